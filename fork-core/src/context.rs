@@ -1,0 +1,84 @@
+//! What an entry function receives in the worker.
+
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+
+use serde::de::DeserializeOwned;
+
+use crate::error::{Error, Result};
+
+/// Everything a worker was given: its socket, its arguments and its file
+/// descriptors (the `$fh, @args` of AnyEvent::Fork's `run`).
+///
+/// Arguments come in the order they were sent: first those sent to the
+/// template(s) it was forked from, then its own. Descriptors likewise.
+///
+/// The socket is a blocking [`std::os::unix::net::UnixStream`] connected to the
+/// parent's [`Worker::stream`](crate::Worker::stream). To use it with tokio
+/// inside the worker, build a runtime first and convert it with
+/// [`Context::into_tokio_socket`].
+#[derive(Debug)]
+pub struct Context {
+    socket: UnixStream,
+    args: Vec<Vec<u8>>,
+    fds: Vec<OwnedFd>,
+}
+
+impl Context {
+    pub(crate) fn new(socket: UnixStream, args: Vec<Vec<u8>>, fds: Vec<OwnedFd>) -> Context {
+        Context { socket, args, fds }
+    }
+
+    /// The socket connected to the parent. `&UnixStream` implements `Read`
+    /// and `Write`, so `ctx.socket().write_all(..)` works.
+    pub fn socket(&self) -> &UnixStream {
+        &self.socket
+    }
+
+    /// All arguments as raw bytes (typed ones are bincode-encoded).
+    pub fn args(&self) -> &[Vec<u8>] {
+        &self.args
+    }
+
+    /// Decodes argument `index`, sent with [`Fork::arg`](crate::Fork::arg) or
+    /// [`Template::arg`](crate::Template::arg).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Arg`] if there is no such argument or it does not decode as `T`.
+    pub fn arg<T: DeserializeOwned>(&self, index: usize) -> Result<T> {
+        let bytes = self.args.get(index).ok_or_else(|| Error::Arg {
+            index,
+            message: format!("only {} arguments were sent", self.args.len()),
+        })?;
+        bincode::deserialize(bytes).map_err(|e| Error::Arg {
+            index,
+            message: e.to_string(),
+        })
+    }
+
+    /// The descriptors sent to this process, in order.
+    pub fn fds(&self) -> &[OwnedFd] {
+        &self.fds
+    }
+
+    /// Takes ownership of the descriptors.
+    pub fn take_fds(&mut self) -> Vec<OwnedFd> {
+        std::mem::take(&mut self.fds)
+    }
+
+    /// Splits the context into socket, arguments and descriptors.
+    pub fn into_parts(self) -> (UnixStream, Vec<Vec<u8>>, Vec<OwnedFd>) {
+        (self.socket, self.args, self.fds)
+    }
+
+    /// Turns the socket into a tokio `UnixStream` (non-blocking).
+    ///
+    /// # Errors
+    ///
+    /// Fails outside a tokio runtime or if the socket cannot be registered.
+    pub fn into_tokio_socket(self) -> Result<tokio::net::UnixStream> {
+        self.socket.set_nonblocking(true)?;
+        Ok(tokio::net::UnixStream::from_std(self.socket)?)
+    }
+}

@@ -1,0 +1,166 @@
+//! The error type of fork-core.
+
+use std::io;
+use std::process::ExitStatus;
+
+/// Errors of fork-core.
+///
+/// Branch on the `is_*` predicates rather than on variants where one exists:
+/// the enum is `#[non_exhaustive]` and grows.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// [`init`](crate::init) was not the first thing the program did: threads
+    /// were already running or a tokio runtime was entered, so forking would
+    /// be undefined behaviour.
+    #[error(
+        "fork_core::init() must be called first thing in main, before any thread or tokio runtime starts: {0}"
+    )]
+    InitOrder(String),
+
+    /// A template was requested but [`init`](crate::init) was never called, so
+    /// the program's `main` would run again inside the template.
+    #[error(
+        "fork_core::init() was not called: call it first thing in main (or use #[fork_core::main])"
+    )]
+    NotInitialized,
+
+    /// The call needs to run inside a tokio runtime.
+    #[error("this must be called from inside a tokio runtime")]
+    NoRuntime,
+
+    /// No early template exists: it must be requested with
+    /// [`Init::early_template`](crate::Init::early_template).
+    #[error("no early template: request one with fork_core::Init::new().early_template(true)")]
+    NoEarlyTemplate,
+
+    /// The template process could not be started.
+    #[error("failed to start a template process")]
+    TemplateStart(#[source] io::Error),
+
+    /// The template process is gone (it exited, was killed, or its connection
+    /// failed), so nothing can be forked from it and the exit status of its
+    /// workers is unknown (they were killed with it).
+    #[error("the template process is gone{}", describe_status(.status))]
+    TemplateGone {
+        /// The template's exit status, when the parent could observe it.
+        status: Option<ExitStatus>,
+    },
+
+    /// An init function failed or panicked, in the template or in a forked
+    /// process before its entry started.
+    #[error("init function `{name}` failed: {message}")]
+    InitFailed {
+        /// The init function's registered name.
+        name: String,
+        /// Its error message (or panic message).
+        message: String,
+    },
+
+    /// No entry or init function is registered under this name.
+    #[error("no entry or init function is registered as `{0}`")]
+    UnknownEntry(String),
+
+    /// More than one entry or init function is registered under this name.
+    #[error("more than one entry or init function is registered as `{0}`")]
+    DuplicateEntry(String),
+
+    /// `fork()` failed in the template (for example `EAGAIN` at `RLIMIT_NPROC`).
+    #[error("fork failed in the template")]
+    Fork(#[source] io::Error),
+
+    /// A command could not be executed in the forked process.
+    #[error("failed to execute `{program}`")]
+    Exec {
+        /// The program that was to run.
+        program: String,
+        /// Why `execvp` failed.
+        #[source]
+        source: io::Error,
+    },
+
+    /// The other side broke the protocol (malformed or oversized frame,
+    /// missing descriptors, truncated control message). The connection is
+    /// closed.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+
+    /// An argument could not be encoded or decoded.
+    #[error("argument {index}: {message}")]
+    Arg {
+        /// Position of the argument.
+        index: usize,
+        /// What went wrong.
+        message: String,
+    },
+
+    /// A forked process exited before its entry started (for example it was
+    /// killed while its init functions ran).
+    #[error("the forked process exited before its entry started ({0})")]
+    Exited(ExitStatus),
+
+    /// A [`Fork`](crate::Fork) was started twice; its descriptors were
+    /// already sent.
+    #[error("this Fork was already started; build a new one with Template::fork()")]
+    AlreadyStarted,
+
+    /// An I/O error in the parent.
+    #[error("I/O error")]
+    Io(#[from] io::Error),
+}
+
+fn describe_status(status: &Option<ExitStatus>) -> String {
+    match status {
+        Some(s) => format!(" ({s})"),
+        None => String::new(),
+    }
+}
+
+impl Error {
+    /// The template process (and with it every worker it forked) is gone.
+    pub fn is_template_gone(&self) -> bool {
+        matches!(self, Error::TemplateGone { .. })
+    }
+
+    /// An init function failed.
+    pub fn is_init_failed(&self) -> bool {
+        matches!(self, Error::InitFailed { .. })
+    }
+
+    /// A protocol violation.
+    pub fn is_protocol(&self) -> bool {
+        matches!(self, Error::Protocol(_))
+    }
+}
+
+/// `Result` with fork-core's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A failure that many waiters share (all requests pending on a connection,
+/// every worker of a template). Cheap to clone, turned into an [`Error`] for
+/// each waiter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Failure {
+    Gone(Option<ExitStatus>),
+    InitFailed { name: String, message: String },
+    Protocol(String),
+    Io(io::ErrorKind, String),
+}
+
+impl Failure {
+    pub(crate) fn to_error(&self) -> Error {
+        match self {
+            Failure::Gone(status) => Error::TemplateGone { status: *status },
+            Failure::InitFailed { name, message } => Error::InitFailed {
+                name: name.clone(),
+                message: message.clone(),
+            },
+            Failure::Protocol(m) => Error::Protocol(m.clone()),
+            Failure::Io(kind, m) => Error::Io(io::Error::new(*kind, m.clone())),
+        }
+    }
+
+    pub(crate) fn io(e: &io::Error) -> Failure {
+        Failure::Io(e.kind(), e.to_string())
+    }
+}

@@ -1,0 +1,121 @@
+//! Template processes that fork workers on request, for tokio programs.
+//!
+//! A big, multi-threaded tokio program must not `fork()` itself: the child
+//! would inherit locks held by threads that do not exist in it, tokio's
+//! global state, and the whole heap (a 2 GiB parent forks ~15 times a
+//! second). fork-core keeps a small, **single-threaded, tokio-free template
+//! process** instead and asks it to fork. Workers are cheap, share what the
+//! template preloaded copy-on-write, and never inherit the parent's threads,
+//! heap or descriptors. It is Perl's AnyEvent::Fork, with exit statuses,
+//! typed arguments and no orphans.
+//!
+//! # The rule: `init` first
+//!
+//! Call [`init`] (or use [`#[fork_core::main]`](main)) as the very first thing
+//! in `main`, before any thread or runtime. A template is this program run
+//! again with a marker; in it, `init` never returns.
+//!
+//! ```no_run
+//! use std::io::{Read, Write};
+//! use fork_core::{Context, Entry, Template};
+//!
+//! fn shout(ctx: Context) -> std::io::Result<()> {
+//!     let word: String = ctx.arg(0).expect("a word");
+//!     ctx.socket().write_all(word.to_uppercase().as_bytes())
+//! }
+//! static SHOUT: Entry = fork_core::entry!(shout);
+//!
+//! #[fork_core::main]
+//! async fn main() -> fork_core::Result<()> {
+//!     let template = Template::shared()?;
+//!     let mut worker = template.fork().arg("hello").run(&SHOUT).await?;
+//!     let mut reply = String::new();
+//!     let mut stream = worker.take_stream().unwrap();
+//!     tokio::io::AsyncReadExt::read_to_string(&mut stream, &mut reply).await?;
+//!     assert_eq!(reply, "HELLO");
+//!     assert!(worker.wait().await?.success());
+//!     Ok(())
+//! }
+//! ```
+//!
+//! # Concepts
+//!
+//! - [`Template`]: a handle to a template process. [`Template::new`] execs a
+//!   fresh one, [`Template::shared`] is the program-wide default,
+//!   [`Template::early`] is forked by [`Init::early_template`] at start-up.
+//!   Prepare it with [`Template::init`] (run an [`InitFn`] in it),
+//!   [`Template::arg`] and [`Template::fd`].
+//! - [`Fork`]: a process being forked from a template; add arguments and
+//!   descriptors, then [`run`](Fork::run) an [`Entry`] in it, or make it a
+//!   new [`template`](Fork::template).
+//! - [`Worker`]: the parent's handle, like `tokio::process::Child`: pid,
+//!   socket, [`wait`](Worker::wait), [`kill`](Worker::kill).
+//! - [`Context`]: what the entry function receives in the worker.
+//! - [`Command`]: `fork` + `exec` of an external program through a template.
+//!
+//! # Guarantees
+//!
+//! - **Exit statuses**: the template reaps its children and reports each
+//!   status; no zombies, whatever the parent does.
+//! - **No orphans**: the template exits on EOF of its control socket (the
+//!   parent exited, was killed, or dropped every handle); workers die with
+//!   the template (`PR_SET_PDEATHSIG`).
+//! - **No leaked descriptors**: a worker holds stdin (`/dev/null`), stdout,
+//!   stderr, its socket and the descriptors sent to it (plus any that your
+//!   own init functions opened in the template), all close-on-exec.
+//!
+//! # Platform
+//!
+//! Linux only (`SOCK_SEQPACKET`, `PR_SET_PDEATHSIG`, `signalfd`,
+//! `close_range`, `/proc`).
+
+#![deny(missing_docs, unsafe_op_in_unsafe_fn)]
+#![warn(unreachable_pub)]
+
+mod command;
+mod context;
+mod entry;
+mod error;
+mod init;
+mod proto;
+mod sys;
+mod template;
+mod worker;
+
+pub use crate::command::Command;
+pub use crate::context::Context;
+pub use crate::entry::{Entry, EntryResult, InitFn, PANIC_EXIT_CODE};
+pub use crate::error::{Error, Result};
+pub use crate::init::{Init, init};
+pub use crate::template::{Fork, Template};
+pub use crate::worker::Worker;
+
+/// Runs an `async fn main` on a multi-threaded tokio runtime, after calling
+/// [`init`] first.
+///
+/// `#[fork_core::main]` is `#[tokio::main]` with `fork_core::init()` placed
+/// before the runtime is built, so the right order is the easy one. Options:
+/// `early_template` (see [`Init::early_template`]) and
+/// `flavor = "current_thread"`.
+///
+/// ```no_run
+/// #[fork_core::main(early_template)]
+/// async fn main() {
+///     let template = fork_core::Template::early().unwrap();
+///     println!("early template is pid {}", template.id());
+/// }
+/// ```
+pub use fork_core_macros::main;
+
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::entry::{ENTRIES, EntryDef, INITS, InitDef, run_entry, run_init};
+    pub use linkme;
+    pub use tokio;
+
+    /// Test support: limits the number of processes of the calling process's
+    /// user (`RLIMIT_NPROC`).
+    pub fn set_nproc_limit(n: u64) -> std::io::Result<()> {
+        crate::sys::set_nproc_limit(n)
+    }
+}

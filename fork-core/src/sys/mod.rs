@@ -1,0 +1,316 @@
+//! The operating-system layer: every `unsafe` block of the workspace lives here.
+//!
+//! The wrappers have safe signatures wherever the invariant can be checked or
+//! owned here; each `unsafe` block states why it holds.
+
+pub(crate) mod scm;
+
+use std::ffi::{CString, OsStr};
+use std::io;
+use std::marker::PhantomData;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+
+/// Converts a `-1` return into the current `errno`.
+fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// Number of threads of the calling process, from `/proc/self/task`.
+pub(crate) fn thread_count() -> io::Result<usize> {
+    Ok(std::fs::read_dir("/proc/self/task")?.count())
+}
+
+/// Proof that the process was single-threaded when last checked, which is
+/// what makes `fork()` sound. Not `Send`: it stays on the thread that checked.
+#[derive(Debug)]
+pub(crate) struct Forker {
+    _not_send: PhantomData<*const ()>,
+}
+
+/// Which side of a `fork()` we are on.
+#[derive(Debug)]
+pub(crate) enum Forked {
+    Parent { child: i32 },
+    Child,
+}
+
+impl Forker {
+    /// Checks that the process is single-threaded.
+    ///
+    /// # Errors
+    ///
+    /// Fails when `/proc/self/task` cannot be read or lists more than one thread.
+    pub(crate) fn new() -> io::Result<Forker> {
+        match thread_count()? {
+            1 => Ok(Forker {
+                _not_send: PhantomData,
+            }),
+            n => Err(io::Error::other(format!(
+                "{n} threads are running; only a single-threaded process may fork"
+            ))),
+        }
+    }
+
+    /// `fork()`s the process.
+    pub(crate) fn fork(&self) -> io::Result<Forked> {
+        // SAFETY: a `Forker` exists only while the process is single-threaded
+        // (checked in `new`, re-checked by the template after running user
+        // code), so the child cannot inherit locks held by other threads.
+        let pid = cvt(unsafe { libc::fork() })?;
+        Ok(if pid == 0 {
+            Forked::Child
+        } else {
+            Forked::Parent { child: pid }
+        })
+    }
+}
+
+/// Asks for `SIGKILL` when the parent thread dies, then checks that the parent
+/// has not died already (the race `PR_SET_PDEATHSIG` leaves open).
+///
+/// Returns `false` if the parent is already gone.
+pub(crate) fn die_with_parent(expected_parent: u32) -> io::Result<bool> {
+    // SAFETY: prctl(PR_SET_PDEATHSIG) takes an integer signal number; no
+    // memory is passed.
+    cvt(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) })?;
+    Ok(std::os::unix::process::parent_id() == expected_parent)
+}
+
+/// Ends the process at once, without running `atexit` handlers or flushing
+/// stdio buffers (for a forked child that must not touch the parent's state).
+pub(crate) fn exit_now(code: i32) -> ! {
+    // SAFETY: `_exit` is always safe to call; it never returns.
+    unsafe { libc::_exit(code) }
+}
+
+/// Sets the disposition of `signal` back to the default.
+pub(crate) fn reset_signal(signal: libc::c_int) -> io::Result<()> {
+    // SAFETY: installing SIG_DFL runs no code of ours in signal context.
+    let old = unsafe { libc::signal(signal, libc::SIG_DFL) };
+    if old == libc::SIG_ERR {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Removes an environment variable.
+///
+/// Only called while the process is single-threaded (checked by the caller
+/// with a [`Forker`]), which is what `std::env::remove_var` requires.
+pub(crate) fn remove_env_single_threaded(_proof: &Forker, key: &str) {
+    // SAFETY: the `Forker` proves no other thread runs that could read the
+    // environment concurrently.
+    unsafe { std::env::remove_var(key) }
+}
+
+/// Makes a process's standard input `/dev/null` and returns the descriptor
+/// that was there before, moved to a new close-on-exec number.
+pub(crate) fn take_stdin() -> io::Result<OwnedFd> {
+    // SAFETY: fcntl(F_DUPFD_CLOEXEC) only creates a new descriptor; fd 0 is
+    // checked to exist by the call itself.
+    let fd = cvt(unsafe { libc::fcntl(0, libc::F_DUPFD_CLOEXEC, 3) })?;
+    // SAFETY: `fd` was just returned by fcntl and is owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    null_stdin()?;
+    Ok(fd)
+}
+
+/// Replaces the process's standard input with `/dev/null`.
+pub(crate) fn null_stdin() -> io::Result<()> {
+    let null = std::fs::File::open("/dev/null")?;
+    nix::unistd::dup2_stdin(&null).map_err(io::Error::from)
+}
+
+/// Closes every descriptor from 3 up except `keep`: used once, when a template
+/// starts, to drop whatever it inherited.
+pub(crate) fn close_inherited(keep: BorrowedFd<'_>) -> io::Result<()> {
+    let keep = keep.as_raw_fd() as libc::c_uint;
+    let ranges = [(3, keep.checked_sub(1)), (keep + 1, Some(libc::c_uint::MAX))];
+    for (first, last) in ranges {
+        let Some(last) = last else { continue };
+        if first > last {
+            continue;
+        }
+        // SAFETY: at template start nothing in this process owns descriptors
+        // other than 0-2 and `keep`: they were inherited from the parent, and
+        // closing them is the point.
+        cvt(unsafe { libc::close_range(first, last, 0) })?;
+    }
+    Ok(())
+}
+
+/// Waits for any child without blocking: `Ok(None)` when none has exited.
+/// Returns `(pid, raw wait status)`.
+pub(crate) fn reap_any() -> io::Result<Option<(i32, i32)>> {
+    let mut status = 0;
+    // SAFETY: `status` is a valid, writable c_int.
+    let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+    match pid {
+        0 => Ok(None),
+        -1 => match io::Error::last_os_error() {
+            e if e.raw_os_error() == Some(libc::ECHILD) => Ok(None),
+            e => Err(e),
+        },
+        pid => Ok(Some((pid, status))),
+    }
+}
+
+/// Blocks until the child `pid` exits and returns its raw wait status.
+pub(crate) fn wait_child(pid: i32) -> io::Result<i32> {
+    let mut status = 0;
+    loop {
+        // SAFETY: `status` is a valid, writable c_int.
+        match cvt(unsafe { libc::waitpid(pid, &mut status, 0) }) {
+            Ok(_) => return Ok(status),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Sends `signal` to `pid`.
+pub(crate) fn kill(pid: i32, signal: i32) -> io::Result<()> {
+    // SAFETY: kill(2) takes plain integers.
+    cvt(unsafe { libc::kill(pid, signal) }).map(drop)
+}
+
+/// Sets or clears `O_NONBLOCK`.
+pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
+    use nix::fcntl::{FcntlArg, OFlag, fcntl};
+    let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL)?);
+    let flags = if on {
+        flags | OFlag::O_NONBLOCK
+    } else {
+        flags & !OFlag::O_NONBLOCK
+    };
+    fcntl(fd, FcntlArg::F_SETFL(flags))?;
+    Ok(())
+}
+
+/// Duplicates `fd` to a new close-on-exec descriptor.
+pub(crate) fn dup_cloexec(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    fd.try_clone_to_owned()
+}
+
+/// A `SOCK_SEQPACKET` pair, both ends close-on-exec and blocking.
+pub(crate) fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
+    Ok(socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )?)
+}
+
+/// Raises `RLIMIT_NPROC` soft and hard limits to `n` processes (used by tests
+/// and by users who want to cap a template).
+pub(crate) fn set_nproc_limit(n: u64) -> io::Result<()> {
+    use nix::sys::resource::{Resource, setrlimit};
+    setrlimit(Resource::RLIMIT_NPROC, n, n)?;
+    Ok(())
+}
+
+/// What an exec'd program gets, prepared before `exec` is called.
+#[derive(Debug)]
+pub(crate) struct ExecImage {
+    program: CString,
+    argv: Vec<CString>,
+    env: Option<Vec<CString>>,
+    cwd: Option<CString>,
+}
+
+fn cstring(bytes: &[u8]) -> io::Result<CString> {
+    CString::new(bytes).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "nul byte"))
+}
+
+impl ExecImage {
+    /// Builds the C strings for `execvpe`.
+    pub(crate) fn new(
+        program: &[u8],
+        args: &[Vec<u8>],
+        env: Option<Vec<(Vec<u8>, Vec<u8>)>>,
+        cwd: Option<&[u8]>,
+    ) -> io::Result<ExecImage> {
+        let mut argv = vec![cstring(program)?];
+        for a in args {
+            argv.push(cstring(a)?);
+        }
+        let env = match env {
+            None => None,
+            Some(vars) => Some(
+                vars.into_iter()
+                    .map(|(mut k, v)| {
+                        k.push(b'=');
+                        k.extend_from_slice(&v);
+                        cstring(&k)
+                    })
+                    .collect::<io::Result<_>>()?,
+            ),
+        };
+        Ok(ExecImage {
+            program: cstring(program)?,
+            argv,
+            env,
+            cwd: cwd.map(cstring).transpose()?,
+        })
+    }
+
+    /// Installs `stdio` on 0, 1, 2 (where given), restores default `SIGPIPE`
+    /// handling (Rust ignores it, programs expect the default), changes
+    /// directory and replaces the process image. Returns only on failure.
+    pub(crate) fn exec(self, stdio: [Option<BorrowedFd<'_>>; 3]) -> io::Error {
+        let run = || -> io::Result<std::convert::Infallible> {
+            for (target, fd) in stdio.into_iter().enumerate() {
+                if let Some(fd) = fd {
+                    // SAFETY: dup2 onto 0/1/2 replaces this process's own
+                    // standard streams, which nothing else here owns; the
+                    // result is not close-on-exec, which is what exec needs.
+                    cvt(unsafe { libc::dup2(fd.as_raw_fd(), target as RawFd) })?;
+                }
+            }
+            reset_signal(libc::SIGPIPE)?;
+            if let Some(dir) = &self.cwd {
+                nix::unistd::chdir(dir.as_c_str())?;
+            }
+            Ok(match &self.env {
+                Some(env) => nix::unistd::execvpe(&self.program, &self.argv, env)?,
+                None => nix::unistd::execvp(&self.program, &self.argv)?,
+            })
+        };
+        match run() {
+            Ok(never) => match never {},
+            Err(e) => e,
+        }
+    }
+}
+
+/// Encodes an `OsStr` as bytes for the wire.
+pub(crate) fn os_bytes(s: &OsStr) -> Vec<u8> {
+    s.as_bytes().to_vec()
+}
+
+/// Borrows a descriptor held in a slice by index, for `exec`'s stdio.
+pub(crate) fn borrow_index(fds: &[OwnedFd], index: Option<u32>) -> Option<BorrowedFd<'_>> {
+    index.and_then(|i| fds.get(i as usize)).map(|f| f.as_fd())
+}
+
+/// Registers an owned descriptor with the current tokio reactor.
+pub(crate) fn async_fd(fd: OwnedFd) -> io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
+    // SAFETY: an `OwnedFd` is a valid, open descriptor that stays open and
+    // refers to the same file description until it is dropped, which happens
+    // only when the `AsyncFd` that owns it is dropped; its `as_raw_fd` always
+    // returns the same number.
+    unsafe { tokio::io::unix::AsyncFd::register(fd) }.map_err(|e| e.into_parts().1)
+}
+
+/// Shuts down one or both directions of a socket.
+pub(crate) fn shutdown(sock: BorrowedFd<'_>, how: nix::sys::socket::Shutdown) {
+    let _ = nix::sys::socket::shutdown(sock.as_raw_fd(), how);
+}

@@ -1,0 +1,391 @@
+//! The parent's side of a template's control socket.
+//!
+//! Requests are sent from the caller's task when the socket has room, and
+//! queued for a writer task otherwise, so ordering holds and nobody blocks.
+//! One reader task per template receives the replies (batched by the
+//! template), completes the matching spawn requests and publishes exit
+//! statuses, which the template reports because the workers are its children.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, IoSlice};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::process::ExitStatusExt;
+use std::process::ExitStatus;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::io::unix::AsyncFd;
+use tokio::sync::{oneshot, watch};
+
+use crate::error::{Error, Failure, Result};
+use crate::proto::{
+    self, Assembler, HEADER_LEN, MAX_FRAME_PAYLOAD, Op, Reader, Reply, Request, SpawnFailure,
+    Then, Writer,
+};
+use crate::sys::{self, scm};
+
+/// Where a process's exit status will appear.
+pub(crate) type ExitWatch = watch::Receiver<Option<Result<ExitStatus, Failure>>>;
+type ExitSender = watch::Sender<Option<Result<ExitStatus, Failure>>>;
+
+/// A process the template forked.
+#[derive(Debug)]
+pub(crate) struct Spawned {
+    pub(crate) pid: i32,
+    pub(crate) exit: ExitWatch,
+}
+
+#[derive(Debug)]
+pub(crate) struct Conn {
+    fd: AsyncFd<OwnedFd>,
+    rt: tokio::runtime::Handle,
+    out: Mutex<Outbox>,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct Outbox {
+    queue: VecDeque<Frame>,
+    writer: bool,
+    close_when_flushed: bool,
+    closed: bool,
+}
+
+#[derive(Debug)]
+struct Frame {
+    header: [u8; HEADER_LEN],
+    payload: Vec<u8>,
+    fds: Vec<OwnedFd>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    next_id: u64,
+    spawns: HashMap<u64, oneshot::Sender<Result<Spawned>>>,
+    pings: HashMap<u64, oneshot::Sender<Result<()>>>,
+    children: HashMap<i32, ExitSender>,
+    failure: Option<Failure>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Nothing panics while holding these locks; recover from poison anyway.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Conn {
+    /// Takes over the parent's end of a control socket and starts its reader.
+    /// `reap` is the template's pid when it is our own child.
+    pub(crate) fn start(fd: OwnedFd, reap: Option<i32>) -> Result<Arc<Conn>> {
+        let rt = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
+        sys::set_nonblocking(fd.as_fd(), true)?;
+        let conn = Arc::new(Conn {
+            fd: sys::async_fd(fd)?,
+            rt,
+            out: Mutex::new(Outbox::default()),
+            state: Mutex::new(State::default()),
+        });
+        conn.rt.spawn(read_loop(conn.clone(), reap));
+        Ok(conn)
+    }
+
+    fn sock(&self) -> BorrowedFd<'_> {
+        self.fd.get_ref().as_fd()
+    }
+
+    /// The failure that ended this connection, if any.
+    pub(crate) fn failure(&self) -> Option<Failure> {
+        lock(&self.state).failure.clone()
+    }
+
+    fn error(&self) -> Error {
+        self.failure()
+            .unwrap_or(Failure::Gone(None))
+            .to_error()
+    }
+
+    /// Sends one request with its descriptors (closed here once sent).
+    pub(crate) fn send(self: &Arc<Self>, req: &Request, fds: Vec<OwnedFd>) -> Result<()> {
+        let mut w = Writer::default();
+        w.request(req);
+        let msg = w.buf;
+        let mut out = lock(&self.out);
+        if out.closed {
+            return Err(self.error());
+        }
+        let mut fds = fds.into_iter();
+        for (header, bytes, fd_range) in proto::split(msg.len(), fds.len()) {
+            let frame_fds: Vec<OwnedFd> = fds.by_ref().take(fd_range.len()).collect();
+            let header = proto::encode_header(header);
+            if out.queue.is_empty() {
+                let borrowed: Vec<BorrowedFd<'_>> = frame_fds.iter().map(AsFd::as_fd).collect();
+                let parts = [IoSlice::new(&header), IoSlice::new(&msg[bytes.clone()])];
+                match scm::send(self.sock(), &parts, &borrowed, true) {
+                    Ok(_) => continue,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(self.send_error(e)),
+                }
+            }
+            out.queue.push_back(Frame {
+                header,
+                payload: msg[bytes].to_vec(),
+                fds: frame_fds,
+            });
+        }
+        if !out.queue.is_empty() && !out.writer {
+            out.writer = true;
+            self.rt.spawn(write_loop(self.clone()));
+        }
+        Ok(())
+    }
+
+    fn send_error(&self, e: io::Error) -> Error {
+        match e.raw_os_error() {
+            Some(libc::EPIPE | libc::ECONNRESET) => self.error(),
+            _ => Error::Io(e),
+        }
+    }
+
+    /// Asks the template to fork; resolves once it reported the new pid.
+    pub(crate) async fn spawn(
+        self: &Arc<Self>,
+        ack: bool,
+        ops: Vec<Op>,
+        then: Then,
+        socket: OwnedFd,
+        fds: Vec<OwnedFd>,
+    ) -> Result<Spawned> {
+        let (tx, rx) = oneshot::channel();
+        let id = {
+            let mut st = lock(&self.state);
+            if let Some(f) = &st.failure {
+                return Err(f.to_error());
+            }
+            let id = st.next_id;
+            st.next_id += 1;
+            st.spawns.insert(id, tx);
+            id
+        };
+        let mut all = Vec::with_capacity(1 + fds.len());
+        all.push(socket);
+        all.extend(fds);
+        if let Err(e) = self.send(&Request::Spawn { id, ack, ops, then }, all) {
+            lock(&self.state).spawns.remove(&id);
+            return Err(e);
+        }
+        rx.await.unwrap_or_else(|_| Err(self.error()))
+    }
+
+    /// Resolves once the template applied everything sent before.
+    pub(crate) async fn ping(self: &Arc<Self>) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        let id = {
+            let mut st = lock(&self.state);
+            if let Some(f) = &st.failure {
+                return Err(f.to_error());
+            }
+            let id = st.next_id;
+            st.next_id += 1;
+            st.pings.insert(id, tx);
+            id
+        };
+        if let Err(e) = self.send(&Request::Ping { id }, Vec::new()) {
+            lock(&self.state).pings.remove(&id);
+            return Err(e);
+        }
+        rx.await.unwrap_or_else(|_| Err(self.error()))
+    }
+
+    /// Marks the connection failed (first failure wins) and fails every
+    /// request that waits on it.
+    pub(crate) fn fail(&self, failure: Failure) {
+        self.fail_inner(failure, false);
+    }
+
+    /// The template is gone (`end` says how): fail everything, and tell every
+    /// child's waiter that its status is lost (the children died with it).
+    fn finish(&self, end: Failure) {
+        self.fail_inner(end, true);
+    }
+
+    fn fail_inner(&self, failure: Failure, gone: bool) {
+        let mut st = lock(&self.state);
+        let first = st.failure.get_or_insert(failure.clone()).clone();
+        for (_, tx) in st.spawns.drain() {
+            let _ = tx.send(Err(first.to_error()));
+        }
+        for (_, tx) in st.pings.drain() {
+            let _ = tx.send(Err(first.to_error()));
+        }
+        if gone {
+            for (_, tx) in st.children.drain() {
+                tx.send_replace(Some(Err(failure.clone())));
+            }
+        }
+    }
+
+    /// Closes the sending side once queued requests are out: the template
+    /// sees EOF and exits.
+    pub(crate) fn close(&self) {
+        let mut out = lock(&self.out);
+        if out.closed {
+            return;
+        }
+        if out.queue.is_empty() {
+            out.closed = true;
+            sys::shutdown(self.sock(), nix::sys::socket::Shutdown::Write);
+        } else {
+            out.close_when_flushed = true;
+        }
+    }
+
+    fn dispatch(&self, msg: &[u8]) -> std::result::Result<(), proto::ProtoError> {
+        let mut reader = Reader::new(msg);
+        while !reader.is_empty() {
+            let reply = reader.reply()?;
+            let mut st = lock(&self.state);
+            match reply {
+                Reply::Spawned { id, pid } => {
+                    let (tx, rx) = watch::channel(None);
+                    st.children.insert(pid, tx);
+                    if let Some(waiter) = st.spawns.remove(&id) {
+                        let _ = waiter.send(Ok(Spawned { pid, exit: rx }));
+                    }
+                }
+                Reply::SpawnFailed { id, failure } => {
+                    let error = match failure {
+                        SpawnFailure::Fork(errno) => {
+                            Error::Fork(io::Error::from_raw_os_error(errno))
+                        }
+                        SpawnFailure::UnknownEntry(name) => Error::UnknownEntry(name),
+                        SpawnFailure::DuplicateEntry(name) => Error::DuplicateEntry(name),
+                        SpawnFailure::BadRequest(m) => Error::Protocol(m),
+                    };
+                    if let Some(waiter) = st.spawns.remove(&id) {
+                        let _ = waiter.send(Err(error));
+                    }
+                }
+                Reply::Exited { pid, status } => {
+                    if let Some(tx) = st.children.remove(&pid) {
+                        tx.send_replace(Some(Ok(ExitStatus::from_raw(status))));
+                    }
+                }
+                Reply::Pong { id } => {
+                    if let Some(waiter) = st.pings.remove(&id) {
+                        let _ = waiter.send(Ok(()));
+                    }
+                }
+                Reply::InitFailed { name, message } => {
+                    drop(st);
+                    self.fail(Failure::InitFailed { name, message });
+                }
+                Reply::ProtocolError { message } => {
+                    drop(st);
+                    self.fail(Failure::Protocol(format!(
+                        "the template rejected a request: {message}"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends `signal` to a child of the template (ignored once it was reaped).
+    pub(crate) fn signal(self: &Arc<Self>, pid: i32, signal: i32) -> Result<()> {
+        self.send(&Request::Kill { pid, signal }, Vec::new())
+    }
+}
+
+/// Marks the connection gone if the reader task is dropped without finishing
+/// (its runtime shut down), so later calls fail instead of hanging.
+struct GoneOnDrop(Arc<Conn>);
+
+impl Drop for GoneOnDrop {
+    fn drop(&mut self) {
+        self.0.finish(Failure::Gone(None));
+    }
+}
+
+async fn read_loop(conn: Arc<Conn>, reap: Option<i32>) {
+    let _gone = GoneOnDrop(conn.clone());
+    let mut buf = vec![0u8; HEADER_LEN + MAX_FRAME_PAYLOAD];
+    let mut asm = Assembler::new(proto::DEFAULT_MAX_MESSAGE);
+    let end = loop {
+        let mut ready = match conn.fd.readable().await {
+            Ok(r) => r,
+            Err(e) => break Failure::io(&e),
+        };
+        let protocol_error = match scm::recv(conn.sock(), &mut buf, true) {
+            Ok(scm::Received::Frame { len, fds }) => match asm.push(&buf[..len], fds) {
+                // A template never sends descriptors; any that came are closed.
+                Ok(Some((msg, _fds))) => conn.dispatch(&msg).err().map(|e| e.0),
+                Ok(None) => None,
+                Err(e) => Some(e.0),
+            },
+            Ok(scm::Received::Eof) => break Failure::Gone(None),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                ready.clear_ready();
+                None
+            }
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => Some(e.to_string()),
+            Err(e) => break Failure::io(&e),
+        };
+        if let Some(message) = protocol_error {
+            // Stop talking to it; it sees EOF and exits, and we read to EOF.
+            conn.fail(Failure::Protocol(format!(
+                "malformed message from the template: {message}"
+            )));
+            sys::shutdown(conn.sock(), nix::sys::socket::Shutdown::Both);
+        }
+    };
+    let end = match (end, reap) {
+        (Failure::Gone(_), Some(pid)) => {
+            let status = tokio::task::spawn_blocking(move || sys::wait_child(pid))
+                .await
+                .ok()
+                .and_then(|r| r.ok())
+                .map(ExitStatus::from_raw);
+            Failure::Gone(status)
+        }
+        (end, _) => end,
+    };
+    conn.finish(end);
+}
+
+async fn write_loop(conn: Arc<Conn>) {
+    loop {
+        let mut ready = match conn.fd.writable().await {
+            Ok(r) => r,
+            Err(_) => {
+                let mut out = lock(&conn.out);
+                out.queue.clear();
+                out.writer = false;
+                return;
+            }
+        };
+        let mut out = lock(&conn.out);
+        while let Some(frame) = out.queue.front() {
+            let borrowed: Vec<BorrowedFd<'_>> = frame.fds.iter().map(AsFd::as_fd).collect();
+            let parts = [IoSlice::new(&frame.header), IoSlice::new(&frame.payload)];
+            match scm::send(conn.sock(), &parts, &borrowed, true) {
+                Ok(_) => {
+                    out.queue.pop_front();
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    ready.clear_ready();
+                    break;
+                }
+                Err(_) => {
+                    // The template is gone; the reader reports it.
+                    out.queue.clear();
+                }
+            }
+        }
+        if out.queue.is_empty() {
+            out.writer = false;
+            if out.close_when_flushed && !out.closed {
+                out.closed = true;
+                sys::shutdown(conn.sock(), nix::sys::socket::Shutdown::Write);
+            }
+            return;
+        }
+    }
+}

@@ -1,0 +1,143 @@
+//! The parent's handle to a forked worker.
+
+use std::process::ExitStatus;
+
+use tokio::net::UnixStream;
+
+use crate::error::{Error, Result};
+use crate::template::Template;
+use crate::template::conn::{ExitWatch, Spawned};
+
+/// A worker process forked from a [`Template`], like
+/// [`tokio::process::Child`].
+///
+/// The worker is a child of the template, not of this process; the template
+/// reaps it and reports its exit status, so [`wait`](Worker::wait) works all
+/// the same and no zombie is left behind, whatever happens to this handle.
+///
+/// # Caveats
+///
+/// Dropping the handle does not kill the worker unless
+/// [`Fork::kill_on_drop`](crate::Fork::kill_on_drop) was set. A worker lives
+/// at most as long as its template, which lives as long as a handle to it or
+/// to one of its workers exists (and as long as this process lives).
+#[derive(Debug)]
+pub struct Worker {
+    pid: u32,
+    stream: Option<UnixStream>,
+    exit: ExitWatch,
+    template: Template,
+    kill_on_drop: bool,
+}
+
+impl Worker {
+    pub(crate) fn new(
+        spawned: Spawned,
+        stream: Option<UnixStream>,
+        template: Template,
+        kill_on_drop: bool,
+    ) -> Worker {
+        Worker {
+            pid: spawned.pid as u32,
+            stream,
+            exit: spawned.exit,
+            template,
+            kill_on_drop,
+        }
+    }
+
+    /// The worker's process id.
+    pub fn id(&self) -> u32 {
+        self.pid
+    }
+
+    /// The template this worker was forked from.
+    pub fn template(&self) -> &Template {
+        &self.template
+    }
+
+    /// The parent's end of the worker's socket: a non-blocking, close-on-exec
+    /// tokio `UnixStream`. `None` once taken, and for executed commands.
+    pub fn stream(&mut self) -> Option<&mut UnixStream> {
+        self.stream.as_mut()
+    }
+
+    /// Takes the parent's end of the socket out of the handle.
+    pub fn take_stream(&mut self) -> Option<UnixStream> {
+        self.stream.take()
+    }
+
+    /// Waits for the worker to exit and returns its status (exit code or
+    /// signal, as reported by the template that reaped it).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::TemplateGone`] if the template died first: the worker was
+    /// killed with it and its status is lost.
+    pub async fn wait(&mut self) -> Result<ExitStatus> {
+        match self.exit.wait_for(Option::is_some).await {
+            Ok(v) => status(v.clone()),
+            Err(_) => Err(Error::TemplateGone { status: None }),
+        }
+    }
+
+    /// Returns the exit status if the worker has exited, without waiting.
+    ///
+    /// # Errors
+    ///
+    /// As [`wait`](Worker::wait).
+    pub fn try_wait(&mut self) -> Result<Option<ExitStatus>> {
+        match self.exit.borrow().clone() {
+            None => Ok(None),
+            v => status(v).map(Some),
+        }
+    }
+
+    /// Sends `signal` to the worker (through its template, so a reused pid is
+    /// never hit). Does nothing once the worker has exited.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::TemplateGone`] if the template is gone.
+    pub fn signal(&self, signal: i32) -> Result<()> {
+        if self.exit.borrow().is_some() {
+            return Ok(());
+        }
+        self.template.conn().signal(self.pid as i32, signal)
+    }
+
+    /// Sends `SIGKILL` without waiting (like `tokio::process::Child::start_kill`).
+    ///
+    /// # Errors
+    ///
+    /// As [`signal`](Worker::signal).
+    pub fn start_kill(&mut self) -> Result<()> {
+        self.signal(libc::SIGKILL)
+    }
+
+    /// Kills the worker and waits for it to be reaped.
+    ///
+    /// # Errors
+    ///
+    /// As [`wait`](Worker::wait).
+    pub async fn kill(&mut self) -> Result<()> {
+        self.start_kill()?;
+        self.wait().await.map(drop)
+    }
+}
+
+fn status(v: Option<Result<ExitStatus, crate::error::Failure>>) -> Result<ExitStatus> {
+    match v {
+        Some(Ok(s)) => Ok(s),
+        Some(Err(f)) => Err(f.to_error()),
+        None => Err(Error::TemplateGone { status: None }),
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if self.kill_on_drop {
+            let _ = self.start_kill();
+        }
+    }
+}
