@@ -285,7 +285,10 @@ pub(crate) fn panic_message(panic: &(dyn Any + Send)) -> String {
 #[macro_export]
 macro_rules! entry {
     ($f:path) => {
-        $crate::entry!($f, name = ::core::concat!(::core::module_path!(), "::", ::core::stringify!($f)))
+        $crate::entry!(
+            $f,
+            name = ::core::concat!(::core::module_path!(), "::", ::core::stringify!($f))
+        )
     };
     ($f:path, name = $name:expr) => {{
         fn __fork_core_entry(ctx: $crate::Context) -> i32 {
@@ -317,7 +320,10 @@ macro_rules! entry {
 #[macro_export]
 macro_rules! init_fn {
     ($f:path) => {
-        $crate::init_fn!($f, name = ::core::concat!(::core::module_path!(), "::", ::core::stringify!($f)))
+        $crate::init_fn!(
+            $f,
+            name = ::core::concat!(::core::module_path!(), "::", ::core::stringify!($f))
+        )
     };
     ($f:path, name = $name:expr) => {{
         fn __fork_core_init(arg: &[u8]) -> ::core::result::Result<(), ::std::string::String> {

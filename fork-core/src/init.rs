@@ -97,7 +97,9 @@ impl Init {
             return Ok(());
         }
         if tokio::runtime::Handle::try_current().is_ok() {
-            return Err(Error::InitOrder("a tokio runtime is already running".into()));
+            return Err(Error::InitOrder(
+                "a tokio runtime is already running".into(),
+            ));
         }
         let forker = Forker::new().map_err(|e| Error::InitOrder(e.to_string()))?;
         if self.early_template {

@@ -71,6 +71,8 @@
 
 #![deny(missing_docs, unsafe_op_in_unsafe_fn)]
 #![warn(unreachable_pub)]
+// The examples show `fn main` on purpose: the init-first rule is about `main`.
+#![allow(clippy::needless_doctest_main)]
 
 mod command;
 mod context;
@@ -80,6 +82,8 @@ mod init;
 mod proto;
 mod sys;
 mod template;
+#[cfg(feature = "test-support")]
+pub mod testing;
 mod worker;
 
 pub use crate::command::Command;
@@ -112,10 +116,4 @@ pub mod __private {
     pub use crate::entry::{ENTRIES, EntryDef, INITS, InitDef, run_entry, run_init};
     pub use linkme;
     pub use tokio;
-
-    /// Test support: limits the number of processes of the calling process's
-    /// user (`RLIMIT_NPROC`).
-    pub fn set_nproc_limit(n: u64) -> std::io::Result<()> {
-        crate::sys::set_nproc_limit(n)
-    }
 }

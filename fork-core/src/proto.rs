@@ -108,7 +108,9 @@ pub(crate) fn decode_frame(frame: &[u8]) -> Result<(Header, &[u8]), ProtoError> 
     }
     let len = u32::from_le_bytes(frame[4..8].try_into().expect("4 bytes")) as usize;
     if len > MAX_FRAME_PAYLOAD {
-        return err(format!("frame payload of {len} bytes exceeds {MAX_FRAME_PAYLOAD}"));
+        return err(format!(
+            "frame payload of {len} bytes exceeds {MAX_FRAME_PAYLOAD}"
+        ));
     }
     let payload = &frame[HEADER_LEN..];
     if payload.len() != len {
@@ -151,6 +153,9 @@ pub(crate) fn split(
     })
 }
 
+/// A reassembled message: its payload and descriptors.
+pub(crate) type Message<F> = (Vec<u8>, Vec<F>);
+
 /// Reassembles frames into messages, carrying the descriptors along.
 ///
 /// `F` is the descriptor type (an `OwnedFd` in the real code): the assembler
@@ -177,7 +182,7 @@ impl<F> Assembler<F> {
         &mut self,
         frame: &[u8],
         fds: Vec<F>,
-    ) -> Result<Option<(Vec<u8>, Vec<F>)>, ProtoError> {
+    ) -> Result<Option<Message<F>>, ProtoError> {
         let result = self.push_inner(frame, fds);
         if result.is_err() {
             self.buf = Vec::new();
@@ -190,7 +195,7 @@ impl<F> Assembler<F> {
         &mut self,
         frame: &[u8],
         fds: Vec<F>,
-    ) -> Result<Option<(Vec<u8>, Vec<F>)>, ProtoError> {
+    ) -> Result<Option<Message<F>>, ProtoError> {
         let (header, payload) = decode_frame(frame)?;
         if header.nfds != fds.len() {
             return err(format!(
@@ -200,10 +205,7 @@ impl<F> Assembler<F> {
             ));
         }
         if self.buf.len() + payload.len() > self.limit {
-            return err(format!(
-                "message exceeds the limit of {} bytes",
-                self.limit
-            ));
+            return err(format!("message exceeds the limit of {} bytes", self.limit));
         }
         self.buf.extend_from_slice(payload);
         self.fds.extend(fds);
@@ -292,15 +294,31 @@ pub(crate) enum SpawnFailure {
 /// Template → parent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Reply {
-    Spawned { id: u64, pid: i32 },
-    SpawnFailed { id: u64, failure: SpawnFailure },
+    Spawned {
+        id: u64,
+        pid: i32,
+    },
+    SpawnFailed {
+        id: u64,
+        failure: SpawnFailure,
+    },
     /// A child was reaped; `status` is the raw `waitpid` status.
-    Exited { pid: i32, status: i32 },
+    Exited {
+        pid: i32,
+        status: i32,
+    },
     /// An init function failed in the template; the template exits after this.
-    InitFailed { name: String, message: String },
-    Pong { id: u64 },
+    InitFailed {
+        name: String,
+        message: String,
+    },
+    Pong {
+        id: u64,
+    },
     /// The template received bytes it could not accept; it exits after this.
-    ProtocolError { message: String },
+    ProtocolError {
+        message: String,
+    },
 }
 
 mod tag {
@@ -550,7 +568,11 @@ impl<'a> Reader<'a> {
         String::from_utf8(self.bytes()?).or_else(|_| err("a name is not UTF-8"))
     }
     fn opt_bytes(&mut self) -> Result<Option<Vec<u8>>, ProtoError> {
-        Ok(if self.bool()? { Some(self.bytes()?) } else { None })
+        Ok(if self.bool()? {
+            Some(self.bytes()?)
+        } else {
+            None
+        })
     }
     /// A count of items that each take at least `min` bytes: bounded by what
     /// is left, so a forged count cannot make us allocate.
@@ -616,7 +638,11 @@ impl<'a> Reader<'a> {
         let cwd = self.opt_bytes()?;
         let mut stdio = [None; 3];
         for s in &mut stdio {
-            *s = if self.bool()? { Some(self.u32()?) } else { None };
+            *s = if self.bool()? {
+                Some(self.u32()?)
+            } else {
+                None
+            };
         }
         Ok(ExecSpec {
             program,
@@ -778,11 +804,36 @@ mod tests {
     #[test]
     fn frame_errors() {
         assert!(decode_frame(&[b'f', 1, 0]).unwrap_err().0.contains("short"));
-        assert!(decode_frame(&[b'x', 1, 0, 0, 0, 0, 0, 0]).unwrap_err().0.contains("magic"));
-        assert!(decode_frame(&[b'f', 9, 0, 0, 0, 0, 0, 0]).unwrap_err().0.contains("version"));
-        assert!(decode_frame(&[b'f', 1, 4, 0, 0, 0, 0, 0]).unwrap_err().0.contains("flags"));
-        assert!(decode_frame(&[b'f', 1, 0, 0, 5, 0, 0, 0]).unwrap_err().0.contains("carries"));
-        assert!(decode_frame(&[b'f', 1, 0, 0, 0, 0, 0, 1]).unwrap_err().0.contains("exceeds"));
+        assert!(
+            decode_frame(&[b'x', 1, 0, 0, 0, 0, 0, 0])
+                .unwrap_err()
+                .0
+                .contains("magic")
+        );
+        assert!(
+            decode_frame(&[b'f', 9, 0, 0, 0, 0, 0, 0])
+                .unwrap_err()
+                .0
+                .contains("version")
+        );
+        assert!(
+            decode_frame(&[b'f', 1, 4, 0, 0, 0, 0, 0])
+                .unwrap_err()
+                .0
+                .contains("flags")
+        );
+        assert!(
+            decode_frame(&[b'f', 1, 0, 0, 5, 0, 0, 0])
+                .unwrap_err()
+                .0
+                .contains("carries")
+        );
+        assert!(
+            decode_frame(&[b'f', 1, 0, 0, 0, 0, 0, 1])
+                .unwrap_err()
+                .0
+                .contains("exceeds")
+        );
     }
 
     #[test]
@@ -849,7 +900,10 @@ mod tests {
         ] {
             roundtrip_reply(Reply::SpawnFailed { id: 2, failure });
         }
-        roundtrip_reply(Reply::Exited { pid: 5, status: 0x0900 });
+        roundtrip_reply(Reply::Exited {
+            pid: 5,
+            status: 0x0900,
+        });
         roundtrip_reply(Reply::InitFailed {
             name: "n".into(),
             message: "m".into(),
@@ -865,16 +919,54 @@ mod tests {
         let mut w = Writer::default();
         w.request(&Request::Prepare(vec![Op::Arg(vec![0; 10])]));
         for cut in 0..w.buf.len() {
-            assert!(Reader::new(&w.buf[..cut]).request().is_err(), "cut at {cut}");
+            assert!(
+                Reader::new(&w.buf[..cut]).request().is_err(),
+                "cut at {cut}"
+            );
         }
         // A forged count must not allocate: 4 billion ops in a 5-byte message.
         let forged = [tag::PREPARE, 0xff, 0xff, 0xff, 0xff];
-        assert!(Reader::new(&forged).request().unwrap_err().0.contains("count"));
+        assert!(
+            Reader::new(&forged)
+                .request()
+                .unwrap_err()
+                .0
+                .contains("count")
+        );
         // A forged length must not read past the end.
-        let forged = [tag::PREPARE, 1, 0, 0, 0, tag::OP_ARG, 0xff, 0xff, 0xff, 0x7f];
-        assert!(Reader::new(&forged).request().unwrap_err().0.contains("truncated"));
-        assert!(Reader::new(&[0x55]).request().unwrap_err().0.contains("unknown"));
-        assert!(Reader::new(&[0x55]).reply().unwrap_err().0.contains("unknown"));
+        let forged = [
+            tag::PREPARE,
+            1,
+            0,
+            0,
+            0,
+            tag::OP_ARG,
+            0xff,
+            0xff,
+            0xff,
+            0x7f,
+        ];
+        assert!(
+            Reader::new(&forged)
+                .request()
+                .unwrap_err()
+                .0
+                .contains("truncated")
+        );
+        assert!(
+            Reader::new(&[0x55])
+                .request()
+                .unwrap_err()
+                .0
+                .contains("unknown")
+        );
+        assert!(
+            Reader::new(&[0x55])
+                .reply()
+                .unwrap_err()
+                .0
+                .contains("unknown")
+        );
     }
 
     #[test]
@@ -902,13 +994,27 @@ mod tests {
     #[test]
     fn assembler_limits() {
         let mut asm: Assembler<()> = Assembler::new(10);
-        let mut frame = encode_header(Header { more: true, nfds: 0, len: 8 }).to_vec();
+        let mut frame = encode_header(Header {
+            more: true,
+            nfds: 0,
+            len: 8,
+        })
+        .to_vec();
         frame.extend([0; 8]);
         assert!(asm.push(&frame, vec![]).unwrap().is_none());
         assert!(asm.push(&frame, vec![]).unwrap_err().0.contains("limit"));
         // A descriptor count that does not match what arrived.
-        let frame = encode_header(Header { more: false, nfds: 2, len: 0 });
-        assert!(asm.push(&frame, vec![()]).unwrap_err().0.contains("descriptors"));
+        let frame = encode_header(Header {
+            more: false,
+            nfds: 2,
+            len: 0,
+        });
+        assert!(
+            asm.push(&frame, vec![()])
+                .unwrap_err()
+                .0
+                .contains("descriptors")
+        );
     }
 
     #[test]

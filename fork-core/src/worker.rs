@@ -9,7 +9,7 @@ use crate::template::Template;
 use crate::template::conn::{ExitWatch, Spawned};
 
 /// A worker process forked from a [`Template`], like
-/// [`tokio::process::Child`].
+/// [`tokio::process::Child`](https://docs.rs/tokio/latest/tokio/process/struct.Child.html).
 ///
 /// The worker is a child of the template, not of this process; the template
 /// reaps it and reports its exit status, so [`wait`](Worker::wait) works all

@@ -1,1 +1,96 @@
-//! Shared helpers of the integration tests.
+//! Shared helpers of the integration tests: a test runner for `harness =
+//! false` targets (whose `main` must call `fork_core::init` first), and
+//! process inspection through `/proc`.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::LazyLock;
+
+pub use libtest_mimic::Failed;
+use libtest_mimic::{Arguments, Trial};
+
+/// The runtime every test of a target shares (a template belongs to the
+/// runtime it was created in).
+pub static RT: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+});
+
+/// A test body.
+pub type TestFn = fn() -> Result<(), Failed>;
+
+/// Runs `tests` with libtest-mimic's command line (so `cargo test` and
+/// nextest filters work). Call after `fork_core::init`.
+pub fn run(tests: &[(&'static str, TestFn)]) -> ! {
+    let args = Arguments::from_args();
+    let trials = tests
+        .iter()
+        .map(|&(name, f)| Trial::test(name, f))
+        .collect();
+    libtest_mimic::run(&args, trials).exit()
+}
+
+/// Runs an async test body on the shared runtime.
+pub fn block_on<F: Future<Output = Result<(), Failed>>>(f: F) -> Result<(), Failed> {
+    RT.block_on(f)
+}
+
+/// Turns any error into a test failure with its `Debug` form.
+pub fn fail(e: impl std::fmt::Debug) -> Failed {
+    format!("{e:?}").into()
+}
+
+/// Asserts a condition, failing the test with a message.
+#[macro_export]
+macro_rules! ensure {
+    ($cond:expr, $($msg:tt)+) => {
+        if !$cond {
+            return Err(format!($($msg)+).into());
+        }
+    };
+}
+
+/// The descriptors a process holds: number → link target.
+pub fn fds_of(pid: u32) -> std::io::Result<BTreeMap<i32, String>> {
+    let mut fds = BTreeMap::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))? {
+        let entry = entry?;
+        let fd: i32 = entry.file_name().to_string_lossy().parse().unwrap_or(-1);
+        let target = std::fs::read_link(entry.path())
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        fds.insert(fd, target);
+    }
+    Ok(fds)
+}
+
+/// The pids listed as children of `pid` (including zombies not yet reaped).
+pub fn children_of(pid: u32) -> std::io::Result<Vec<u32>> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))?;
+    Ok(s.split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect())
+}
+
+/// Number of threads of `pid`.
+pub fn threads_of(pid: u32) -> std::io::Result<usize> {
+    Ok(std::fs::read_dir(format!("/proc/{pid}/task"))?.count())
+}
+
+/// The state letter of `pid` (`R`, `S`, `Z`, ...), or `None` if it is gone.
+pub fn state_of(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may contain spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.chars().next()
+}
+
+/// The parent pid of `pid`.
+pub fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}

@@ -131,7 +131,10 @@ pub(crate) fn null_stdin() -> io::Result<()> {
 /// starts, to drop whatever it inherited.
 pub(crate) fn close_inherited(keep: BorrowedFd<'_>) -> io::Result<()> {
     let keep = keep.as_raw_fd() as libc::c_uint;
-    let ranges = [(3, keep.checked_sub(1)), (keep + 1, Some(libc::c_uint::MAX))];
+    let ranges = [
+        (3, keep.checked_sub(1)),
+        (keep + 1, Some(libc::c_uint::MAX)),
+    ];
     for (first, last) in ranges {
         let Some(last) = last else { continue };
         if first > last {
@@ -209,6 +212,7 @@ pub(crate) fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
     )?)
 }
 
+#[cfg(feature = "test-support")]
 /// Raises `RLIMIT_NPROC` soft and hard limits to `n` processes (used by tests
 /// and by users who want to cap a template).
 pub(crate) fn set_nproc_limit(n: u64) -> io::Result<()> {
@@ -313,4 +317,24 @@ pub(crate) fn async_fd(fd: OwnedFd) -> io::Result<tokio::io::unix::AsyncFd<Owned
 /// Shuts down one or both directions of a socket.
 pub(crate) fn shutdown(sock: BorrowedFd<'_>, how: nix::sys::socket::Shutdown) {
     let _ = nix::sys::socket::shutdown(sock.as_raw_fd(), how);
+}
+
+#[cfg(feature = "test-support")]
+/// Opens a pidfd for any process (Linux 5.3+).
+pub(crate) fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor
+    // or -1; no memory is passed.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the syscall returned a new descriptor that nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+#[cfg(feature = "test-support")]
+/// Makes this process the reaper of orphaned descendants.
+pub(crate) fn set_child_subreaper() -> io::Result<()> {
+    // SAFETY: prctl(PR_SET_CHILD_SUBREAPER, 1) passes only integers.
+    cvt(unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1 as libc::c_ulong) }).map(drop)
 }

@@ -36,7 +36,10 @@ pub(crate) fn send(
     fds: &[BorrowedFd<'_>],
     dontwait: bool,
 ) -> io::Result<usize> {
-    assert!(fds.len() <= SCM_MAX_FD, "too many descriptors for one message");
+    assert!(
+        fds.len() <= SCM_MAX_FD,
+        "too many descriptors for one message"
+    );
     let mut cmsg = CmsgBuf([0; 1536]);
     let payload = size_of::<RawFd>() * fds.len();
     // SAFETY: a zeroed msghdr is a valid empty header.
@@ -171,7 +174,13 @@ mod tests {
         let (a, b) = super::super::seqpacket_pair().unwrap();
         let (r, w) = std::io::pipe().unwrap();
         let fds = [r.as_fd(), w.as_fd()];
-        send(a.as_fd(), &[IoSlice::new(b"he"), IoSlice::new(b"llo")], &fds, false).unwrap();
+        send(
+            a.as_fd(),
+            &[IoSlice::new(b"he"), IoSlice::new(b"llo")],
+            &fds,
+            false,
+        )
+        .unwrap();
         let mut buf = [0u8; 16];
         let Received::Frame { len, fds } = recv(b.as_fd(), &mut buf, false).unwrap() else {
             panic!("expected a frame")
@@ -180,7 +189,10 @@ mod tests {
         assert_eq!(fds.len(), 2);
         assert!(fds.iter().all(|f| fd_is_cloexec(f.as_fd())));
         drop(a);
-        assert!(matches!(recv(b.as_fd(), &mut buf, false).unwrap(), Received::Eof));
+        assert!(matches!(
+            recv(b.as_fd(), &mut buf, false).unwrap(),
+            Received::Eof
+        ));
     }
 
     #[test]

@@ -18,8 +18,8 @@ use tokio::sync::{oneshot, watch};
 
 use crate::error::{Error, Failure, Result};
 use crate::proto::{
-    self, Assembler, HEADER_LEN, MAX_FRAME_PAYLOAD, Op, Reader, Reply, Request, SpawnFailure,
-    Then, Writer,
+    self, Assembler, HEADER_LEN, MAX_FRAME_PAYLOAD, Op, Reader, Reply, Request, SpawnFailure, Then,
+    Writer,
 };
 use crate::sys::{self, scm};
 
@@ -97,9 +97,7 @@ impl Conn {
     }
 
     fn error(&self) -> Error {
-        self.failure()
-            .unwrap_or(Failure::Gone(None))
-            .to_error()
+        self.failure().unwrap_or(Failure::Gone(None)).to_error()
     }
 
     /// Sends one request with its descriptors (closed here once sent).
@@ -321,6 +319,7 @@ async fn read_loop(conn: Arc<Conn>, reap: Option<i32>) {
                 Err(e) => Some(e.0),
             },
             Ok(scm::Received::Eof) => break Failure::Gone(None),
+            Err(e) if e.raw_os_error() == Some(libc::ECONNRESET) => break Failure::Gone(None),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 ready.clear_ready();
                 None

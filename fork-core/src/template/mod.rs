@@ -139,7 +139,11 @@ impl Template {
     }
 
     fn from_conn(fd: OwnedFd, pid: u32, parent: Option<(Template, ExitWatch)>) -> Result<Template> {
-        let reap = if parent.is_none() { Some(pid as i32) } else { None };
+        let reap = if parent.is_none() {
+            Some(pid as i32)
+        } else {
+            None
+        };
         let conn = Conn::start(fd, reap)?;
         Ok(Template {
             inner: Arc::new(Handle {
@@ -227,9 +231,9 @@ impl Template {
     }
 
     fn poison(&self, e: &Error) {
-        self.inner
-            .conn
-            .fail(Failure::Protocol(format!("a preparation step could not be sent: {e}")));
+        self.inner.conn.fail(Failure::Protocol(format!(
+            "a preparation step could not be sent: {e}"
+        )));
     }
 
     /// Runs an init function inside the template, with `arg` (AnyEvent::Fork's
@@ -445,7 +449,13 @@ impl Fork {
         let spawned = self
             .template
             .conn()
-            .spawn(ack, ops, Then::Run(entry.name().to_owned()), theirs.into(), fds)
+            .spawn(
+                ack,
+                ops,
+                Then::Run(entry.name().to_owned()),
+                theirs.into(),
+                fds,
+            )
             .await?;
         ours.set_nonblocking(true)?;
         let mut stream = tokio::net::UnixStream::from_std(ours)?;

@@ -125,6 +125,12 @@ struct Server {
     children: HashSet<i32>,
     asm: Assembler<OwnedFd>,
     out: Writer,
+    /// Set once the template reported a fatal error (a failed init function,
+    /// a protocol violation): the exit code it will end with. From then on it
+    /// only reaps and reports its children and honours kill requests, until
+    /// EOF. Exiting at once would make the kernel reset the connection and
+    /// lose the report.
+    failed: Option<i32>,
 }
 
 impl Server {
@@ -158,6 +164,7 @@ impl Server {
                 children: HashSet::new(),
                 asm: Assembler::new(proto::DEFAULT_MAX_MESSAGE),
                 out: Writer::default(),
+                failed: None,
             }),
             Err(e) => Err((ctrl, e)),
         }
@@ -184,7 +191,7 @@ impl Server {
                             Ok(None) => {}
                             Err(e) => self.fatal(e),
                         },
-                        Ok(Received::Eof) => self.exit(0),
+                        Ok(Received::Eof) => self.exit(self.failed.unwrap_or(0)),
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                         Err(e) if e.kind() == io::ErrorKind::InvalidData => {
                             self.fatal(ProtoError(e.to_string()))
@@ -241,11 +248,12 @@ impl Server {
         sys::exit_now(code)
     }
 
-    /// Reports a protocol violation and exits.
-    fn fatal(&mut self, e: ProtoError) -> ! {
-        self.out.reply(&Reply::ProtocolError { message: e.0 });
-        self.flush();
-        self.exit(EXIT_PROTOCOL)
+    /// Reports a protocol violation; the template is failed from now on.
+    fn fatal(&mut self, e: ProtoError) {
+        if self.failed.is_none() {
+            self.out.reply(&Reply::ProtocolError { message: e.0 });
+            self.failed = Some(EXIT_PROTOCOL);
+        }
     }
 
     /// Handles one reassembled message.
@@ -255,18 +263,23 @@ impl Server {
         while !reader.is_empty() {
             match reader.request() {
                 Ok(r) => requests.push(r),
-                Err(e) => self.fatal(e),
+                Err(e) => return self.fatal(e),
             }
         }
         let needed: usize = requests.iter().map(proto::fds_needed).sum();
         if needed != fds.len() {
-            self.fatal(ProtoError(format!(
+            return self.fatal(ProtoError(format!(
                 "the message needs {needed} descriptors but carries {}",
                 fds.len()
             )));
         }
         let mut fds = VecDeque::from(fds);
         for request in requests {
+            if self.failed.is_some() && !matches!(request, Request::Kill { .. }) {
+                // A failed template forks nothing and prepares nothing more;
+                // the parent already failed these requests on its side.
+                continue;
+            }
             match request {
                 Request::Prepare(ops) => self.prepare(ops, &mut fds),
                 Request::Spawn { id, ack, ops, then } => self.spawn(id, ack, ops, then, &mut fds),
@@ -285,19 +298,23 @@ impl Server {
         for op in ops {
             match op {
                 Op::Arg(a) => self.args.push(a),
-                Op::Fd => self.fds.push(fds.pop_front().expect("descriptors were counted")),
+                Op::Fd => self
+                    .fds
+                    .push(fds.pop_front().expect("descriptors were counted")),
                 Op::Init { name, arg } => {
                     let result = run_init(&name, &arg).and_then(|()| {
                         // User code ran: make sure it left us single-threaded.
                         self.forker = Forker::new().map_err(|e| {
-                            format!("{e}; an init function must not leave threads running in a template")
+                            format!(
+                                "{e}; an init function must not leave threads running in a template"
+                            )
                         })?;
                         Ok(())
                     });
                     if let Err(message) = result {
                         self.out.reply(&Reply::InitFailed { name, message });
-                        self.flush();
-                        self.exit(EXIT_INIT_FAILED);
+                        self.failed = Some(EXIT_INIT_FAILED);
+                        return;
                     }
                 }
             }
@@ -371,7 +388,8 @@ impl Server {
                 Op::Init { name, arg } => {
                     if let Err(message) = run_init(&name, &arg) {
                         if ack {
-                            let _ = (&socket).write_all(&Ack::InitFailed { name, message }.encode());
+                            let _ =
+                                (&socket).write_all(&Ack::InitFailed { name, message }.encode());
                         }
                         sys::exit_now(EXIT_CHILD_INIT_FAILED);
                     }

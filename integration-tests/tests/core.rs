@@ -1,0 +1,912 @@
+//! fork-core, end to end: templates, preparation, workers, exit statuses,
+//! descriptors, exec, and bad input. A `harness = false` target, because
+//! `main` must call `fork_core::init` before libtest-mimic starts threads.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::ExitStatusExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use fork_core::testing::wait_exit;
+use fork_core::{Context, Entry, Error, InitFn, Template};
+use integration_tests::{
+    Failed, block_on, children_of, ensure, fail, fds_of, parent_of, state_of, threads_of,
+};
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncReadExt;
+
+// ===== entries and init functions used by the tests =====
+
+fn exit_with(ctx: Context) -> i32 {
+    ctx.arg(0).expect("an exit code")
+}
+static EXIT_WITH: Entry = fork_core::entry!(exit_with);
+
+/// What a worker reports about itself.
+#[derive(Debug, Serialize, Deserialize)]
+struct Report {
+    pid: u32,
+    args: Vec<Vec<u8>>,
+    /// Descriptor → (link target, close-on-exec).
+    fds: BTreeMap<i32, (String, bool)>,
+    marker: Option<String>,
+    preloaded: u64,
+    fd_contents: Vec<String>,
+}
+
+fn cloexec(fd: i32) -> bool {
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).unwrap_or_default();
+    let flags = info
+        .lines()
+        .find_map(|l| l.strip_prefix("flags:"))
+        .and_then(|f| u32::from_str_radix(f.trim(), 8).ok())
+        .unwrap_or(0);
+    flags & libc::O_CLOEXEC as u32 != 0
+}
+
+fn report(mut ctx: Context) -> std::io::Result<()> {
+    let mut fds = BTreeMap::new();
+    for entry in std::fs::read_dir("/proc/self/fd")? {
+        let entry = entry?;
+        let fd: i32 = entry.file_name().to_string_lossy().parse().unwrap();
+        if let Ok(target) = std::fs::read_link(entry.path()) {
+            fds.insert(fd, (target.to_string_lossy().into_owned(), cloexec(fd)));
+        }
+    }
+    let mut fd_contents = Vec::new();
+    for fd in ctx.take_fds() {
+        let mut file = std::fs::File::from(fd);
+        let mut s = String::new();
+        let _ = file.read_to_string(&mut s);
+        fd_contents.push(s);
+    }
+    let r = Report {
+        pid: std::process::id(),
+        args: ctx.args().to_vec(),
+        fds,
+        marker: std::env::var("FORK_CORE_TEMPLATE").ok(),
+        preloaded: PRELOADED.load(Ordering::SeqCst),
+        fd_contents,
+    };
+    let bytes = bincode::serialize(&r).expect("encodable");
+    ctx.socket().write_all(&bytes)
+}
+static REPORT: Entry = fork_core::entry!(report);
+
+/// Blocks until the parent closes the socket, then exits 0.
+fn wait_for_eof(ctx: Context) -> i32 {
+    let mut buf = [0u8; 64];
+    while matches!(ctx.socket().read(&mut buf), Ok(n) if n > 0) {}
+    0
+}
+static WAIT_FOR_EOF: Entry = fork_core::entry!(wait_for_eof);
+
+fn panics(_ctx: Context) {
+    panic!("this entry panics on purpose");
+}
+static PANICS: Entry = fork_core::entry!(panics);
+
+fn write_to_fds(mut ctx: Context) -> std::io::Result<()> {
+    let message: String = ctx.arg(0).expect("a message");
+    for fd in ctx.take_fds() {
+        std::fs::File::from(fd).write_all(message.as_bytes())?;
+    }
+    Ok(())
+}
+static WRITE_TO_FDS: Entry = fork_core::entry!(write_to_fds);
+
+// Two entries registered under the same name.
+static DUP_A: Entry = fork_core::entry!(exit_with, name = "integration::duplicate");
+static DUP_B: Entry = fork_core::entry!(panics, name = "integration::duplicate");
+
+static PRELOADED: AtomicU64 = AtomicU64::new(0);
+
+fn preload(value: u64) -> Result<(), String> {
+    PRELOADED.store(value, Ordering::SeqCst);
+    Ok(())
+}
+static PRELOAD: InitFn<u64> = fork_core::init_fn!(preload);
+
+fn failing_init(message: String) -> Result<(), String> {
+    Err(message)
+}
+static FAILING_INIT: InitFn<String> = fork_core::init_fn!(failing_init);
+
+fn panicking_init(_: ()) -> Result<(), String> {
+    panic!("init panics on purpose")
+}
+static PANICKING_INIT: InitFn<()> = fork_core::init_fn!(panicking_init);
+
+fn init_starting_a_thread(_: ()) -> Result<(), String> {
+    std::thread::spawn(|| std::thread::sleep(Duration::from_secs(3600)));
+    Ok(())
+}
+static INIT_STARTING_A_THREAD: InitFn<()> = fork_core::init_fn!(init_starting_a_thread);
+
+/// Makes further forks in this process fail with EAGAIN: drop root (which
+/// ignores RLIMIT_NPROC) and allow no process.
+fn forbid_forks(_: ()) -> Result<(), String> {
+    if nix::unistd::geteuid().is_root() {
+        let nobody = nix::unistd::Uid::from_raw(65534);
+        nix::unistd::setgid(nix::unistd::Gid::from_raw(65534)).map_err(|e| e.to_string())?;
+        nix::unistd::setuid(nobody).map_err(|e| e.to_string())?;
+    }
+    fork_core::testing::set_nproc_limit(0).map_err(|e| e.to_string())
+}
+static FORBID_FORKS: InitFn<()> = fork_core::init_fn!(forbid_forks);
+
+// ===== helpers =====
+
+/// Runs `entry` in a fork and returns the bytes it wrote and its status.
+async fn collect(fork: &mut fork_core::Fork, entry: &Entry) -> Result<(Vec<u8>, i32), Failed> {
+    let mut worker = fork.run(entry).await.map_err(fail)?;
+    let mut out = Vec::new();
+    let mut stream = worker.take_stream().ok_or("no stream")?;
+    stream.read_to_end(&mut out).await.map_err(fail)?;
+    let status = worker.wait().await.map_err(fail)?;
+    Ok((out, status.into_raw()))
+}
+
+async fn report_of(fork: &mut fork_core::Fork) -> Result<Report, Failed> {
+    let (bytes, status) = collect(fork, &REPORT).await?;
+    ensure!(status == 0, "report exited with raw status {status}");
+    bincode::deserialize(&bytes).map_err(fail)
+}
+
+// ===== tests =====
+
+fn exit_codes_and_signals() -> Result<(), Failed> {
+    block_on(async {
+        let t = Template::new().map_err(fail)?;
+        for code in [0, 1, 42] {
+            let mut w = t.fork().arg(&code).run(&EXIT_WITH).await.map_err(fail)?;
+            let status = w.wait().await.map_err(fail)?;
+            ensure!(status.code() == Some(code), "code {code}: got {status}");
+        }
+        let mut w = t.fork().run(&WAIT_FOR_EOF).await.map_err(fail)?;
+        ensure!(
+            w.try_wait().map_err(fail)?.is_none(),
+            "running worker has a status"
+        );
+        w.kill().await.map_err(fail)?;
+        let status = w.wait().await.map_err(fail)?;
+        ensure!(
+            status.signal() == Some(libc::SIGKILL),
+            "killed: got {status}"
+        );
+        ensure!(
+            w.try_wait().map_err(fail)?.is_some(),
+            "no status after kill"
+        );
+        // Killing again after exit is fine.
+        w.kill().await.map_err(fail)?;
+        // A catchable signal.
+        let w = t.fork().run(&WAIT_FOR_EOF).await.map_err(fail)?;
+        w.signal(libc::SIGTERM).map_err(fail)?;
+        let mut w = w;
+        let status = w.wait().await.map_err(fail)?;
+        ensure!(
+            status.signal() == Some(libc::SIGTERM),
+            "terminated: got {status}"
+        );
+        Ok(())
+    })
+}
+
+fn worker_stream_is_nonblocking_and_cloexec() -> Result<(), Failed> {
+    block_on(async {
+        let t = Template::shared().map_err(fail)?;
+        let mut w = t.fork().run(&WAIT_FOR_EOF).await.map_err(fail)?;
+        let fd = w.stream().ok_or("no stream")?.as_raw_fd();
+        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).map_err(fail)?;
+        let flags = info
+            .lines()
+            .find_map(|l| l.strip_prefix("flags:"))
+            .and_then(|f| u32::from_str_radix(f.trim(), 8).ok())
+            .ok_or("no flags")?;
+        ensure!(
+            flags & libc::O_NONBLOCK as u32 != 0,
+            "stream is blocking: {flags:o}"
+        );
+        ensure!(
+            flags & libc::O_CLOEXEC as u32 != 0,
+            "stream is not close-on-exec"
+        );
+        ensure!(
+            w.id() > 0 && w.id() != std::process::id(),
+            "bad pid {}",
+            w.id()
+        );
+        ensure!(
+            parent_of(w.id()) == Some(t.id()),
+            "worker is not the template's child"
+        );
+        drop(w.take_stream());
+        ensure!(w.wait().await.map_err(fail)?.success(), "worker failed");
+        Ok(())
+    })
+}
+
+fn no_zombies_after_many_spawns() -> Result<(), Failed> {
+    block_on(async {
+        let t = Template::new().map_err(fail)?;
+        let mut set = tokio::task::JoinSet::new();
+        for i in 0..300 {
+            let t = t.clone();
+            set.spawn(async move {
+                let mut w = t.fork().arg(&(i % 3)).run(&EXIT_WITH).await?;
+                w.wait().await
+            });
+        }
+        let mut n = 0;
+        while let Some(r) = set.join_next().await {
+            let status = r.map_err(fail)?.map_err(fail)?;
+            ensure!(status.code().is_some(), "status {status}");
+            n += 1;
+        }
+        ensure!(n == 300, "only {n} workers");
+        // Every status was reported, so every child was reaped: the template
+        // has no children left, zombie or not.
+        let kids = children_of(t.id()).map_err(fail)?;
+        ensure!(kids.is_empty(), "template still has children {kids:?}");
+        ensure!(
+            threads_of(t.id()).map_err(fail)? == 1,
+            "template is multi-threaded"
+        );
+        Ok(())
+    })
+}
+
+fn template_is_clean() -> Result<(), Failed> {
+    block_on(async {
+        let t = Template::new().map_err(fail)?;
+        t.ready().await.map_err(fail)?;
+        ensure!(
+            parent_of(t.id()) == Some(std::process::id()),
+            "not our child"
+        );
+        ensure!(
+            threads_of(t.id()).map_err(fail)? == 1,
+            "template has threads"
+        );
+        let fds = fds_of(t.id()).map_err(fail)?;
+        ensure!(
+            fds.get(&0).map(String::as_str) == Some("/dev/null"),
+            "stdin: {fds:?}"
+        );
+        // 0-2, the control socket and the signalfd: nothing inherited.
+        let extra: Vec<_> = fds.iter().filter(|(fd, _)| **fd > 2).collect();
+        ensure!(extra.len() == 2, "template holds {extra:?}");
+        ensure!(
+            extra.iter().any(|(_, l)| l.starts_with("socket:"))
+                && extra.iter().any(|(_, l)| l.contains("signalfd")),
+            "template holds {extra:?}"
+        );
+        // The marker is gone from the template's (and so the worker's) env.
+        let r = report_of(&mut t.fork()).await?;
+        ensure!(r.marker.is_none(), "marker leaked: {:?}", r.marker);
+        Ok(())
+    })
+}
+
+fn shared_and_early_templates() -> Result<(), Failed> {
+    block_on(async {
+        let early = Template::early().map_err(fail)?;
+        let again = Template::early().map_err(fail)?;
+        ensure!(early.id() == again.id(), "two early templates");
+        ensure!(
+            parent_of(early.id()) == Some(std::process::id()),
+            "early not our child"
+        );
+        let shared = Template::shared().map_err(fail)?;
+        ensure!(
+            shared.id() == early.id(),
+            "shared template is not the early one"
+        );
+        let mut w = early.fork().arg(&3).run(&EXIT_WITH).await.map_err(fail)?;
+        ensure!(
+            w.wait().await.map_err(fail)?.code() == Some(3),
+            "early fork"
+        );
+        ensure!(
+            threads_of(early.id()).map_err(fail)? == 1,
+            "early template has threads"
+        );
+        let extra = fds_of(early.id())
+            .map_err(fail)?
+            .into_iter()
+            .filter(|(fd, _)| *fd > 2)
+            .count();
+        ensure!(extra == 2, "early template holds {extra} extra descriptors");
+        Ok(())
+    })
+}
+
+fn worker_holds_exactly_its_descriptors() -> Result<(), Failed> {
+    block_on(async {
+        let t = Template::new().map_err(fail)?;
+        let (r1, mut w1) = std::io::pipe().map_err(fail)?;
+        w1.write_all(b"from the template").map_err(fail)?;
+        drop(w1);
+        t.fd(&r1);
+        drop(r1);
+        let (r2, mut w2) = std::io::pipe().map_err(fail)?;
+        w2.write_all(b"from the fork").map_err(fail)?;
+        drop(w2);
+        let report = report_of(t.fork().fd(&r2)).await?;
+        let mut fds = report.fds.clone();
+        // The read_dir handle open while the worker listed its descriptors.
+        fds.retain(|_, (l, _)| !l.starts_with("/proc/"));
+        let numbers: Vec<i32> = fds.keys().copied().collect();
+        ensure!(numbers.len() == 6, "worker holds {fds:?}");
+        ensure!(numbers[..3] == [0, 1, 2], "worker holds {fds:?}");
+        ensure!(fds[&0].0 == "/dev/null", "stdin is {:?}", fds[&0]);
+        let extra: Vec<_> = fds.iter().filter(|(fd, _)| **fd > 2).collect();
+        ensure!(
+            extra
+                .iter()
+                .filter(|(_, (l, _))| l.starts_with("socket:"))
+                .count()
+                == 1
+                && extra
+                    .iter()
+                    .filter(|(_, (l, _))| l.starts_with("pipe:"))
+                    .count()
+                    == 2,
+            "extra descriptors {extra:?}"
+        );
+        ensure!(
+            extra.iter().all(|(_, (_, cloexec))| *cloexec),
+            "not close-on-exec: {extra:?}"
+        );
+        ensure!(
+            report.fd_contents == ["from the template", "from the fork"],
+            "contents {:?}",
+            report.fd_contents
+        );
+        Ok(())
+    })
+}
+
+fn many_descriptors_and_big_arguments() -> Result<(), Failed> {
+    block_on(async {
+        let t = Template::shared().map_err(fail)?;
+        let big = vec![7u8; 1 << 20];
+        // WRITE_TO_FDS writes argument 0 to every descriptor it received.
+        let mut fork = t.fork();
+        fork.arg("hi").arg_bytes(big.clone());
+        let mut writers = Vec::new();
+        let mut readers = Vec::new();
+        for _ in 0..300 {
+            let (r, w) = std::io::pipe().map_err(fail)?;
+            fork.fd(&w);
+            writers.push(w);
+            readers.push(r);
+        }
+        let mut w = fork.run(&WRITE_TO_FDS).await.map_err(fail)?;
+        drop(writers);
+        ensure!(w.wait().await.map_err(fail)?.success(), "writer failed");
+        for mut r in readers {
+            let mut s = String::new();
+            r.read_to_string(&mut s).map_err(fail)?;
+            ensure!(s == "hi", "pipe got {s:?}");
+        }
+        let report = report_of(t.fork().arg_bytes(big.clone())).await?;
+        ensure!(report.args.last() == Some(&big), "big argument mangled");
+        Ok(())
+    })
+}
+
+fn arguments_in_order() -> Result<(), Failed> {
+    block_on(async {
+        let t = Template::new().map_err(fail)?;
+        t.arg("first").arg_bytes(b"raw".to_vec());
+        let sub = t.fork().arg(&2u32).template().await.map_err(fail)?;
+        sub.arg("third");
+        let r = report_of(sub.fork().arg(&[4u8, 4])).await?;
+        let expected: Vec<Vec<u8>> = vec![
+            bincode::serialize("first").unwrap(),
+            b"raw".to_vec(),
+            bincode::serialize(&2u32).unwrap(),
+            bincode::serialize("third").unwrap(),
+            bincode::serialize(&[4u8, 4]).unwrap(),
+        ];
+        ensure!(r.args == expected, "args {:?}", r.args);
+        // The template keeps its presets: a second fork sees the same.
+        let r2 = report_of(&mut sub.fork()).await?;
+        ensure!(
+            r2.args[..4] == expected[..4],
+            "second fork args {:?}",
+            r2.args
+        );
+        ensure!(
+            parent_of(sub.id()) == Some(t.id()),
+            "sub-template not forked from template"
+        );
+        Ok(())
+    })
+}
+
+fn init_functions_preload_state() -> Result<(), Failed> {
+    block_on(async {
+        let t = Template::new().map_err(fail)?;
+        t.init(&PRELOAD, &1234);
+        t.ready().await.map_err(fail)?;
+        let r = report_of(&mut t.fork()).await?;
+        ensure!(r.preloaded == 1234, "preloaded {}", r.preloaded);
+        // A per-fork init runs in the new process only.
+        let r = report_of(t.fork().init(&PRELOAD, &99)).await?;
+        ensure!(r.preloaded == 99, "per-fork preload {}", r.preloaded);
+        let r = report_of(&mut t.fork()).await?;
+        ensure!(
+            r.preloaded == 1234,
+            "template state changed: {}",
+            r.preloaded
+        );
+        Ok(())
+    })
+}
+
+fn failing_init_is_reported() -> Result<(), Failed> {
+    block_on(async {
+        let t = Template::new().map_err(fail)?;
+        t.init(&FAILING_INIT, &"no such dictionary".to_string());
+        match t.ready().await {
+            Err(Error::InitFailed { name, message }) => {
+                ensure!(name.ends_with("failing_init"), "name {name}");
+                ensure!(message == "no such dictionary", "message {message}");
+            }
+            other => return Err(format!("ready gave {other:?}").into()),
+        }
+        let e = t.fork().run(&EXIT_WITH).await.unwrap_err();
+        ensure!(e.is_init_failed(), "later fork gave {e:?}");
+        // The failed template lingers, reaping its workers, until dropped.
+        let pid = t.id();
+        drop(t);
+        ensure!(
+            wait_exit(pid, Duration::from_secs(5)).map_err(fail)?,
+            "template lives on"
+        );
+
+        let t = Template::new().map_err(fail)?;
+        t.init(&PANICKING_INIT, &());
+        let e = t.ready().await.unwrap_err();
+        ensure!(
+            format!("{e}").contains("init panics on purpose"),
+            "panic gave {e}"
+        );
+
+        let t = Template::new().map_err(fail)?;
+        t.init(&INIT_STARTING_A_THREAD, &());
+        let e = t.ready().await.unwrap_err();
+        ensure!(format!("{e}").contains("threads"), "thread init gave {e}");
+
+        // In a fork, the failure is the error of run(); the template is fine.
+        let t = Template::shared().map_err(fail)?;
+        let e = t
+            .fork()
+            .init(&FAILING_INIT, &"bad".to_string())
+            .run(&EXIT_WITH)
+            .await
+            .unwrap_err();
+        ensure!(
+            matches!(&e, Error::InitFailed { message, .. } if message == "bad"),
+            "{e:?}"
+        );
+        t.ready().await.map_err(fail)?;
+        Ok(())
+    })
+}
+
+fn unknown_and_duplicate_entries() -> Result<(), Failed> {
+    block_on(async {
+        let e = Entry::lookup("no::such::entry").unwrap_err();
+        ensure!(
+            matches!(e, Error::UnknownEntry(ref n) if n == "no::such::entry"),
+            "{e:?}"
+        );
+        ensure!(
+            Entry::lookup(EXIT_WITH.name()).is_ok(),
+            "registered entry not found"
+        );
+        let e = Entry::lookup("integration::duplicate").unwrap_err();
+        ensure!(matches!(e, Error::DuplicateEntry(_)), "{e:?}");
+        let t = Template::shared().map_err(fail)?;
+        for entry in [&DUP_A, &DUP_B] {
+            let e = t.fork().run(entry).await.unwrap_err();
+            ensure!(
+                matches!(e, Error::DuplicateEntry(ref n) if n == "integration::duplicate"),
+                "{e:?}"
+            );
+        }
+        ensure!(
+            format!("{}", Error::UnknownEntry("x".into())).contains("no entry"),
+            "unclear message"
+        );
+        Ok(())
+    })
+}
+
+fn panicking_entry_exits_101_and_template_survives() -> Result<(), Failed> {
+    block_on(async {
+        let t = Template::new().map_err(fail)?;
+        let mut w = t.fork().run(&PANICS).await.map_err(fail)?;
+        let status = w.wait().await.map_err(fail)?;
+        ensure!(
+            status.code() == Some(fork_core::PANIC_EXIT_CODE),
+            "panic gave {status}"
+        );
+        let mut w = t.fork().arg(&5).run(&EXIT_WITH).await.map_err(fail)?;
+        ensure!(
+            w.wait().await.map_err(fail)?.code() == Some(5),
+            "template did not survive"
+        );
+        Ok(())
+    })
+}
+
+fn fork_failure_is_an_error() -> Result<(), Failed> {
+    block_on(async {
+        let t = Template::new().map_err(fail)?;
+        let limited = t
+            .fork()
+            .init(&FORBID_FORKS, &())
+            .template()
+            .await
+            .map_err(fail)?;
+        limited.ready().await.map_err(fail)?;
+        let e = limited.fork().run(&EXIT_WITH).await.unwrap_err();
+        match &e {
+            Error::Fork(io) => ensure!(io.raw_os_error() == Some(libc::EAGAIN), "{io:?}"),
+            other => return Err(format!("expected a fork error, got {other:?}").into()),
+        }
+        // The template survives and says so.
+        limited.ready().await.map_err(fail)?;
+        Ok(())
+    })
+}
+
+fn template_death_fails_waiters() -> Result<(), Failed> {
+    block_on(async {
+        let t = Template::new().map_err(fail)?;
+        let mut w = t.fork().run(&WAIT_FOR_EOF).await.map_err(fail)?;
+        let worker_pid = w.id();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(t.id() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .map_err(fail)?;
+        let e = w.wait().await.unwrap_err();
+        ensure!(e.is_template_gone(), "wait gave {e:?}");
+        let e = t.fork().run(&EXIT_WITH).await.unwrap_err();
+        match e {
+            Error::TemplateGone { status: Some(s) } => {
+                ensure!(s.signal() == Some(libc::SIGKILL), "template status {s}")
+            }
+            other => return Err(format!("run gave {other:?}").into()),
+        }
+        ensure!(!t.is_alive(), "dead template looks alive");
+        // The worker died with its template.
+        ensure!(
+            wait_exit(worker_pid, Duration::from_secs(1)).map_err(fail)?,
+            "orphan worker"
+        );
+        Ok(())
+    })
+}
+
+fn dropping_the_last_handle_ends_the_template() -> Result<(), Failed> {
+    block_on(async {
+        let t = Template::new().map_err(fail)?;
+        let pid = t.id();
+        let mut w = t.fork().run(&WAIT_FOR_EOF).await.map_err(fail)?;
+        drop(t);
+        // The worker keeps its template alive.
+        ensure!(
+            state_of(pid).is_some_and(|s| s != 'Z'),
+            "template died early"
+        );
+        let worker_pid = w.id();
+        drop(w.take_stream());
+        ensure!(w.wait().await.map_err(fail)?.success(), "worker failed");
+        drop(w);
+        ensure!(
+            wait_exit(pid, Duration::from_secs(5)).map_err(fail)?,
+            "template lives on"
+        );
+        ensure!(
+            wait_exit(worker_pid, Duration::from_secs(1)).map_err(fail)?,
+            "worker lives on"
+        );
+        Ok(())
+    })
+}
+
+fn exec_commands() -> Result<(), Failed> {
+    block_on(async {
+        let t = Template::shared().map_err(fail)?;
+        let (mut out_r, out_w) = std::io::pipe().map_err(fail)?;
+        let (mut err_r, err_w) = std::io::pipe().map_err(fail)?;
+        let dir = std::env::temp_dir();
+        let mut child = t
+            .command("sh")
+            .arg("-c")
+            .arg("echo out:$GREETING; pwd; echo err >&2; exit 3")
+            .env("GREETING", "hi")
+            .current_dir(&dir)
+            .stdout(&out_w)
+            .stderr(&err_w)
+            .spawn()
+            .await
+            .map_err(fail)?;
+        drop((out_w, err_w));
+        let status = child.wait().await.map_err(fail)?;
+        ensure!(status.code() == Some(3), "sh exited with {status}");
+        let mut out = String::new();
+        out_r.read_to_string(&mut out).map_err(fail)?;
+        let expected = format!("out:hi\n{}\n", dir.canonicalize().map_err(fail)?.display());
+        ensure!(out == expected, "stdout {out:?}, expected {expected:?}");
+        let mut err = String::new();
+        err_r.read_to_string(&mut err).map_err(fail)?;
+        ensure!(err == "err\n", "stderr {err:?}");
+        ensure!(child.stream().is_none(), "exec'd child has a stream");
+
+        let e = t.command("/no/such/program").spawn().await.unwrap_err();
+        match &e {
+            Error::Exec { program, source } => {
+                ensure!(program == "/no/such/program", "program {program}");
+                ensure!(source.kind() == std::io::ErrorKind::NotFound, "{source:?}");
+            }
+            other => return Err(format!("missing program gave {other:?}").into()),
+        }
+        // An exec'd command inherits no descriptor but its stdio.
+        let (mut r, w) = std::io::pipe().map_err(fail)?;
+        let mut child = t
+            .command("sh")
+            .args(["-c", "ls /proc/self/fd"])
+            .stdout(&w)
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .spawn()
+            .await
+            .map_err(fail)?;
+        drop(w);
+        ensure!(child.wait().await.map_err(fail)?.success(), "ls failed");
+        let mut listing = String::new();
+        r.read_to_string(&mut listing).map_err(fail)?;
+        let fds: Vec<&str> = listing.split_whitespace().collect();
+        // 0-2 plus the descriptor `ls` opens for /proc/self/fd itself.
+        ensure!(
+            fds.len() == 4 && fds[..3] == ["0", "1", "2"],
+            "exec'd fds {fds:?}"
+        );
+        Ok(())
+    })
+}
+
+/// Starts this binary as a template by hand, to feed it raw bytes.
+fn raw_template() -> Result<(std::process::Child, OwnedFd), Failed> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
+    let (ours, theirs) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(fail)?;
+    let child = std::process::Command::new("/proc/self/exe")
+        .env(fork_core::testing::TEMPLATE_MARKER, "1:0")
+        .stdin(std::process::Stdio::from(theirs))
+        .spawn()
+        .map_err(fail)?;
+    Ok((child, ours))
+}
+
+fn recv_reply(sock: &OwnedFd) -> Result<Vec<u8>, Failed> {
+    let mut buf = vec![0u8; 70_000];
+    let n = nix::sys::socket::recv(
+        sock.as_raw_fd(),
+        &mut buf,
+        nix::sys::socket::MsgFlags::empty(),
+    )
+    .map_err(fail)?;
+    buf.truncate(n);
+    Ok(buf)
+}
+
+fn template_rejects_malformed_frames() -> Result<(), Failed> {
+    let cases: [(&str, Vec<u8>); 4] = [
+        ("bad magic", vec![b'x', 1, 0, 0, 0, 0, 0, 0]),
+        ("unknown request", vec![b'f', 1, 0, 0, 1, 0, 0, 0, 0x7f]),
+        ("oversized", {
+            // Claims 16 MiB in one frame: over the per-frame maximum.
+            vec![b'f', 1, 0, 0, 0, 0, 0, 1]
+        }),
+        ("missing descriptor", {
+            // A Spawn request (tag 2) needs a socket descriptor; none sent.
+            let mut body = vec![0x02];
+            body.extend(0u64.to_le_bytes());
+            body.push(0);
+            body.extend(0u32.to_le_bytes());
+            body.push(0x02);
+            let mut f = vec![b'f', 1, 0, 0];
+            f.extend((body.len() as u32).to_le_bytes());
+            f.extend(body);
+            f
+        }),
+    ];
+    for (what, frame) in cases {
+        let (mut child, sock) = raw_template()?;
+        nix::sys::socket::send(
+            sock.as_raw_fd(),
+            &frame,
+            nix::sys::socket::MsgFlags::empty(),
+        )
+        .map_err(fail)?;
+        let reply = recv_reply(&sock)?;
+        // A ProtocolError reply (tag 0x86) in a well-formed frame.
+        ensure!(
+            reply.len() > 9 && reply[0] == b'f' && reply[8] == 0x86,
+            "{what}: reply {reply:?}"
+        );
+        // A failed template forks nothing more and exits at EOF.
+        drop(sock);
+        let status = child.wait().map_err(fail)?;
+        ensure!(
+            status.code() == Some(2),
+            "{what}: template exited with {status}"
+        );
+    }
+    // EOF: a closed socket ends the template cleanly.
+    let (mut child, sock) = raw_template()?;
+    drop(sock);
+    let status = child.wait().map_err(fail)?;
+    ensure!(status.success(), "template at EOF exited with {status}");
+    Ok(())
+}
+
+fn stray_marker_is_ignored() -> Result<(), Failed> {
+    // With the marker but an ordinary stdin, the program runs normally: here
+    // it lists its tests and exits 0.
+    let out = std::process::Command::new("/proc/self/exe")
+        .arg("--list")
+        .env(fork_core::testing::TEMPLATE_MARKER, "1:0")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(fail)?;
+    ensure!(out.status.success(), "exited with {}", out.status);
+    ensure!(
+        String::from_utf8_lossy(&out.stdout).contains("stray_marker_is_ignored"),
+        "did not run normally"
+    );
+    Ok(())
+}
+
+fn no_orphans_when_the_parent_is_killed() -> Result<(), Failed> {
+    fork_core::testing::set_child_subreaper().map_err(fail)?;
+    let mut host = std::process::Command::new(env!("CARGO_BIN_EXE_orphan-host"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .map_err(fail)?;
+    let mut pids = Vec::new();
+    let mut out = std::io::BufReader::new(host.stdout.take().ok_or("no stdout")?);
+    let mut line = String::new();
+    while std::io::BufRead::read_line(&mut out, &mut line).map_err(fail)? > 0 {
+        if line.trim() == "ready" {
+            break;
+        }
+        let pid: u32 = line
+            .split_whitespace()
+            .last()
+            .and_then(|p| p.parse().ok())
+            .ok_or("bad line")?;
+        pids.push(pid);
+        line.clear();
+    }
+    ensure!(pids.len() == 6, "host reported {pids:?}");
+    for &pid in &pids {
+        ensure!(
+            state_of(pid).is_some_and(|s| s != 'Z'),
+            "{pid} not running before the kill"
+        );
+    }
+    host.kill().map_err(fail)?;
+    host.wait().map_err(fail)?;
+    for &pid in &pids {
+        ensure!(
+            wait_exit(pid, Duration::from_secs(1)).map_err(fail)?,
+            "process {pid} survived its parent by more than a second"
+        );
+    }
+    // They were re-parented to us (subreaper): reap them, leaving no zombie.
+    for &pid in &pids {
+        let _ = fork_core::testing::reap(pid);
+    }
+    Ok(())
+}
+
+fn init_order_is_checked() -> Result<(), Failed> {
+    let run = |mode: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_init-order"))
+            .arg(mode)
+            .output()
+    };
+    for (mode, needle) in [
+        ("thread", "threads are running"),
+        ("runtime", "runtime is already running"),
+        ("no-init", "was not called"),
+    ] {
+        let out = run(mode).map_err(fail)?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        ensure!(
+            out.status.code() == Some(3),
+            "{mode}: exited with {}",
+            out.status
+        );
+        ensure!(stdout.contains(needle), "{mode}: said {stdout:?}");
+    }
+    let out = run("macro").map_err(fail)?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.success(),
+        "macro: exited with {}: {stdout}",
+        out.status
+    );
+    ensure!(
+        stdout.contains("worker exited with 7"),
+        "macro: said {stdout:?}"
+    );
+    Ok(())
+}
+
+fn main() {
+    fork_core::Init::new().early_template(true).init();
+    integration_tests::run(&[
+        ("exit_codes_and_signals", exit_codes_and_signals),
+        (
+            "worker_stream_is_nonblocking_and_cloexec",
+            worker_stream_is_nonblocking_and_cloexec,
+        ),
+        ("no_zombies_after_many_spawns", no_zombies_after_many_spawns),
+        ("template_is_clean", template_is_clean),
+        ("shared_and_early_templates", shared_and_early_templates),
+        (
+            "worker_holds_exactly_its_descriptors",
+            worker_holds_exactly_its_descriptors,
+        ),
+        (
+            "many_descriptors_and_big_arguments",
+            many_descriptors_and_big_arguments,
+        ),
+        ("arguments_in_order", arguments_in_order),
+        ("init_functions_preload_state", init_functions_preload_state),
+        ("failing_init_is_reported", failing_init_is_reported),
+        (
+            "unknown_and_duplicate_entries",
+            unknown_and_duplicate_entries,
+        ),
+        (
+            "panicking_entry_exits_101_and_template_survives",
+            panicking_entry_exits_101_and_template_survives,
+        ),
+        ("fork_failure_is_an_error", fork_failure_is_an_error),
+        ("template_death_fails_waiters", template_death_fails_waiters),
+        (
+            "dropping_the_last_handle_ends_the_template",
+            dropping_the_last_handle_ends_the_template,
+        ),
+        ("exec_commands", exec_commands),
+        (
+            "template_rejects_malformed_frames",
+            template_rejects_malformed_frames,
+        ),
+        ("stray_marker_is_ignored", stray_marker_is_ignored),
+        (
+            "no_orphans_when_the_parent_is_killed",
+            no_orphans_when_the_parent_is_killed,
+        ),
+        ("init_order_is_checked", init_order_is_checked),
+    ]);
+}
