@@ -4,6 +4,11 @@ use std::ffi::OsString;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 
+use std::os::fd::OwnedFd;
+
+use tokio::io::AsyncReadExt;
+use tokio::net::unix::pipe::Receiver;
+
 use crate::error::Result;
 use crate::proto::ExecSpec;
 use crate::sys;
@@ -19,6 +24,13 @@ use crate::worker::Worker;
 /// [`stdin`](Command::stdin), [`stdout`](Command::stdout) and
 /// [`stderr`](Command::stderr) redirect them to descriptors sent from here.
 /// The environment is the template's unless changed.
+///
+/// Descriptors are passed as they are. `O_NONBLOCK` belongs to the open file
+/// description, which the parent and the command share, so a non-blocking
+/// descriptor (a tokio pipe, say) stays non-blocking in the command, which
+/// most programs do not expect (`tr: write error: Resource temporarily
+/// unavailable`). Pass blocking descriptors (`std::io::pipe`, or tokio's
+/// `into_blocking_fd`), or let [`output`](Command::output) make the pipes.
 ///
 /// # Examples
 ///
@@ -123,6 +135,47 @@ impl Command {
         self
     }
 
+    /// Runs the command to completion and collects its output, like
+    /// [`std::process::Command::output`]: standard output and error are
+    /// captured through pipes unless they were redirected with
+    /// [`stdout`](Command::stdout) or [`stderr`](Command::stderr).
+    ///
+    /// # Errors
+    ///
+    /// As [`spawn`](Command::spawn), and I/O errors reading the pipes.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(template: fork_core::Template) -> fork_core::Result<()> {
+    /// let out = template.command("sh").args(["-c", "echo hi; echo oops >&2; exit 3"]).output().await?;
+    /// assert_eq!(out.status.code(), Some(3));
+    /// assert_eq!(out.stdout, b"hi\n");
+    /// assert_eq!(out.stderr, b"oops\n");
+    /// # Ok(()) }
+    /// ```
+    pub async fn output(&mut self) -> Result<std::process::Output> {
+        let mut capture = |slot: usize| -> Result<Option<Receiver>> {
+            if self.spec.stdio[slot].is_some() {
+                return Ok(None);
+            }
+            let (reader, writer) = std::io::pipe()?;
+            self.stdio(slot, &writer);
+            // Only the reader (its own file description) becomes non-blocking.
+            Ok(Some(Receiver::from_owned_fd(OwnedFd::from(reader))?))
+        };
+        let stdout = capture(1)?;
+        let stderr = capture(2)?;
+        let mut child = self.spawn().await?;
+        let (stdout, stderr, status) =
+            tokio::try_join!(read_all(stdout), read_all(stderr), child.wait())?;
+        Ok(std::process::Output {
+            status,
+            stdout,
+            stderr,
+        })
+    }
+
     /// Forks from the template and executes the command. Resolves once
     /// `exec` succeeded; the returned [`Worker`] has no stream, and
     /// [`Worker::wait`] gives the command's exit status.
@@ -138,4 +191,12 @@ impl Command {
         let spec = self.spec.clone();
         self.fork.exec(spec).await
     }
+}
+
+async fn read_all(pipe: Option<Receiver>) -> Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    if let Some(mut pipe) = pipe {
+        pipe.read_to_end(&mut buf).await?;
+    }
+    Ok(buf)
 }

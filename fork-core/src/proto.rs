@@ -191,11 +191,7 @@ impl<F> Assembler<F> {
         result
     }
 
-    fn push_inner(
-        &mut self,
-        frame: &[u8],
-        fds: Vec<F>,
-    ) -> Result<Option<Message<F>>, ProtoError> {
+    fn push_inner(&mut self, frame: &[u8], fds: Vec<F>) -> Result<Option<Message<F>>, ProtoError> {
         let (header, payload) = decode_frame(frame)?;
         if header.nfds != fds.len() {
             return err(format!(

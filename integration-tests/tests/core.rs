@@ -624,6 +624,34 @@ fn dropping_the_last_handle_ends_the_template() -> Result<(), Failed> {
     })
 }
 
+fn shutdown_reaps_everything() -> Result<(), Failed> {
+    block_on(async {
+        let t = Template::new().map_err(fail)?;
+        let pid = t.id();
+        let mut w = t.fork().run(&WAIT_FOR_EOF).await.map_err(fail)?;
+        let mut done = t.fork().arg(&0).run(&EXIT_WITH).await.map_err(fail)?;
+        done.wait().await.map_err(fail)?;
+        let worker = w.id();
+        let status = t.shutdown().await.map_err(fail)?;
+        ensure!(status.success(), "template exited with {status}");
+        // The template killed and reaped its worker, and we reaped the
+        // template: neither is left, not even as a zombie.
+        ensure!(
+            state_of(worker).is_none(),
+            "worker left as {:?}",
+            state_of(worker)
+        );
+        ensure!(
+            state_of(pid).is_none(),
+            "template left as {:?}",
+            state_of(pid)
+        );
+        let e = w.wait().await.unwrap_err();
+        ensure!(e.is_template_gone(), "worker wait gave {e:?}");
+        Ok(())
+    })
+}
+
 fn exec_commands() -> Result<(), Failed> {
     block_on(async {
         let t = Template::shared().map_err(fail)?;
@@ -661,6 +689,18 @@ fn exec_commands() -> Result<(), Failed> {
             }
             other => return Err(format!("missing program gave {other:?}").into()),
         }
+        // output() captures what was not redirected.
+        let out = t
+            .command("sh")
+            .args(["-c", "echo hi; echo oops >&2; exit 4"])
+            .output()
+            .await
+            .map_err(fail)?;
+        ensure!(out.status.code() == Some(4), "output status {}", out.status);
+        ensure!(
+            out.stdout == b"hi\n" && out.stderr == b"oops\n",
+            "output {out:?}"
+        );
         // An exec'd command inherits no descriptor but its stdio.
         let (mut r, w) = std::io::pipe().map_err(fail)?;
         let mut child = t
@@ -897,6 +937,7 @@ fn main() {
             "dropping_the_last_handle_ends_the_template",
             dropping_the_last_handle_ends_the_template,
         ),
+        ("shutdown_reaps_everything", shutdown_reaps_everything),
         ("exec_commands", exec_commands),
         (
             "template_rejects_malformed_frames",

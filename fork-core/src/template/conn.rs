@@ -40,6 +40,8 @@ pub(crate) struct Conn {
     rt: tokio::runtime::Handle,
     out: Mutex<Outbox>,
     state: Mutex<State>,
+    /// Set when the connection ended, with how.
+    ended: watch::Sender<Option<Failure>>,
 }
 
 #[derive(Debug, Default)]
@@ -82,6 +84,7 @@ impl Conn {
             rt,
             out: Mutex::new(Outbox::default()),
             state: Mutex::new(State::default()),
+            ended: watch::channel(None).0,
         });
         conn.rt.spawn(read_loop(conn.clone(), reap));
         Ok(conn)
@@ -204,6 +207,16 @@ impl Conn {
         self.fail_inner(end, true);
     }
 
+    /// Waits until the connection ended and says how.
+    pub(crate) async fn ended(&self) -> Failure {
+        let mut rx = self.ended.subscribe();
+        let ended = rx.wait_for(Option::is_some).await;
+        match ended {
+            Ok(v) => v.clone().unwrap_or(Failure::Gone(None)),
+            Err(_) => Failure::Gone(None),
+        }
+    }
+
     fn fail_inner(&self, failure: Failure, gone: bool) {
         let mut st = lock(&self.state);
         let first = st.failure.get_or_insert(failure.clone()).clone();
@@ -217,6 +230,13 @@ impl Conn {
             for (_, tx) in st.children.drain() {
                 tx.send_replace(Some(Err(failure.clone())));
             }
+            self.ended.send_if_modified(|ended| {
+                let first = ended.is_none();
+                if first {
+                    *ended = Some(failure);
+                }
+                first
+            });
         }
     }
 

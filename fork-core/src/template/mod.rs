@@ -76,7 +76,7 @@ struct Handle {
     pid: u32,
     /// A template forked from another keeps its parent alive and gets its
     /// exit status from it.
-    _parent: Option<(Template, ExitWatch)>,
+    parent: Option<(Template, ExitWatch)>,
 }
 
 impl Drop for Handle {
@@ -146,11 +146,7 @@ impl Template {
         };
         let conn = Conn::start(fd, reap)?;
         Ok(Template {
-            inner: Arc::new(Handle {
-                conn,
-                pid,
-                _parent: parent,
-            }),
+            inner: Arc::new(Handle { conn, pid, parent }),
         })
     }
 
@@ -217,6 +213,36 @@ impl Template {
     /// `false` once the template is known to be gone or failed.
     pub fn is_alive(&self) -> bool {
         self.inner.conn.failure().is_none()
+    }
+
+    /// Closes the template now and waits for it to exit: it kills and reaps
+    /// every worker it forked (their [`Worker::wait`] then fails with
+    /// [`Error::TemplateGone`]), and the parent reaps it. Other handles to it
+    /// see it as gone.
+    ///
+    /// Dropping the last handle closes a template too, but in the background;
+    /// `shutdown` is for a clean stop, such as the end of a program or test.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::TemplateGone`] if its exit status cannot be observed (for a
+    /// template forked from another one that is gone too).
+    pub async fn shutdown(self) -> Result<std::process::ExitStatus> {
+        let conn = self.inner.conn.clone();
+        conn.close();
+        let ended = conn.ended().await;
+        if let Failure::Gone(Some(status)) = ended {
+            return Ok(status);
+        }
+        if let Some((_, exit)) = &self.inner.parent {
+            let mut exit = exit.clone();
+            if let Ok(v) = exit.wait_for(Option::is_some).await {
+                if let Some(Ok(status)) = v.clone() {
+                    return Ok(status);
+                }
+            }
+        }
+        Err(Error::TemplateGone { status: None })
     }
 
     pub(crate) fn conn(&self) -> &Arc<Conn> {

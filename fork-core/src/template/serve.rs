@@ -191,12 +191,12 @@ impl Server {
                             Ok(None) => {}
                             Err(e) => self.fatal(e),
                         },
-                        Ok(Received::Eof) => self.exit(self.failed.unwrap_or(0)),
+                        Ok(Received::Eof) => self.shutdown(),
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                         Err(e) if e.kind() == io::ErrorKind::InvalidData => {
                             self.fatal(ProtoError(e.to_string()))
                         }
-                        Err(_) => self.exit(EXIT_PROTOCOL),
+                        Err(_) => self.shutdown(),
                     }
                 }
             }
@@ -238,10 +238,22 @@ impl Server {
         let msg = std::mem::take(&mut self.out.buf);
         if send_message(self.ctrl(), &msg).is_err() {
             // The parent is gone.
-            self.exit(0);
+            self.shutdown();
         }
         self.out.buf = msg;
         self.out.buf.clear();
+    }
+
+    /// The parent closed the connection (or died): kill and reap every child,
+    /// so none is left as a zombie for init to collect, and exit.
+    fn shutdown(&mut self) -> ! {
+        for &pid in &self.children {
+            let _ = sys::kill(pid, libc::SIGKILL);
+        }
+        for &pid in &self.children {
+            let _ = sys::wait_child(pid);
+        }
+        self.exit(self.failed.unwrap_or(0))
     }
 
     fn exit(&self, code: i32) -> ! {
