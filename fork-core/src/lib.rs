@@ -78,6 +78,7 @@ mod command;
 mod context;
 mod entry;
 mod error;
+pub mod fdpass;
 mod init;
 mod proto;
 mod sys;
@@ -92,7 +93,7 @@ pub use crate::entry::{Entry, EntryResult, InitFn, PANIC_EXIT_CODE};
 pub use crate::error::{Error, Result};
 pub use crate::init::{Init, init};
 pub use crate::template::{Fork, Template};
-pub use crate::worker::Worker;
+pub use crate::worker::{WaitHandle, Worker};
 
 /// Runs an `async fn main` on a multi-threaded tokio runtime, after calling
 /// [`init`] first.

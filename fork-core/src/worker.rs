@@ -67,6 +67,15 @@ impl Worker {
         self.stream.take()
     }
 
+    /// A cloneable handle that can wait for this worker's exit status from
+    /// elsewhere (another task), while this handle keeps the socket and the
+    /// right to kill.
+    pub fn wait_handle(&self) -> WaitHandle {
+        WaitHandle {
+            exit: self.exit.clone(),
+        }
+    }
+
     /// Waits for the worker to exit and returns its status (exit code or
     /// signal, as reported by the template that reaped it).
     ///
@@ -75,10 +84,7 @@ impl Worker {
     /// [`Error::TemplateGone`] if the template died first: the worker was
     /// killed with it and its status is lost.
     pub async fn wait(&mut self) -> Result<ExitStatus> {
-        match self.exit.wait_for(Option::is_some).await {
-            Ok(v) => status(v.clone()),
-            Err(_) => Err(Error::TemplateGone { status: None }),
-        }
+        self.wait_handle().wait().await
     }
 
     /// Returns the exit status if the worker has exited, without waiting.
@@ -87,10 +93,7 @@ impl Worker {
     ///
     /// As [`wait`](Worker::wait).
     pub fn try_wait(&mut self) -> Result<Option<ExitStatus>> {
-        match self.exit.borrow().clone() {
-            None => Ok(None),
-            v => status(v).map(Some),
-        }
+        self.wait_handle().try_wait()
     }
 
     /// Sends `signal` to the worker (through its template, so a reused pid is
@@ -138,6 +141,38 @@ impl Drop for Worker {
     fn drop(&mut self) {
         if self.kill_on_drop {
             let _ = self.start_kill();
+        }
+    }
+}
+
+/// Waits for a worker's exit status; made by [`Worker::wait_handle`].
+#[derive(Debug, Clone)]
+pub struct WaitHandle {
+    exit: ExitWatch,
+}
+
+impl WaitHandle {
+    /// Waits for the worker to exit, as [`Worker::wait`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Worker::wait`].
+    pub async fn wait(&mut self) -> Result<ExitStatus> {
+        match self.exit.wait_for(Option::is_some).await {
+            Ok(v) => status(v.clone()),
+            Err(_) => Err(Error::TemplateGone { status: None }),
+        }
+    }
+
+    /// The exit status if the worker has exited, as [`Worker::try_wait`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Worker::wait`].
+    pub fn try_wait(&self) -> Result<Option<ExitStatus>> {
+        match self.exit.borrow().clone() {
+            None => Ok(None),
+            v => status(v).map(Some),
         }
     }
 }

@@ -1,1 +1,52 @@
-//! skeleton
+//! Typed tarpc services inside workers forked by fork-core.
+//!
+//! A worker's socket becomes a [tarpc] transport: define a
+//! `#[tarpc::service]` trait, implement it, declare an [`entry!`] whose init
+//! hook builds the server, and [`spawn`] a worker serving it. The parent gets
+//! a [`Client`] stub to wrap in the tarpc-generated client
+//! (`CalcClient::from(client)`), so every tarpc feature (deadlines,
+//! cancellation, trace context) works unchanged; and an [`RpcWorker`] handle
+//! for the process, its [events](Events) and passing descriptors.
+//!
+//! It is Perl's AnyEvent::Fork::RPC, typed:
+//!
+//! - **sync or async workers** ([`Mode`]): one request at a time in order,
+//!   or up to a limit concurrently, queueing (never rejecting) the rest;
+//! - **events** from worker to parent ([`EventSender`], [`Events`]), in order
+//!   with the replies;
+//! - **init and done hooks**: the init hook builds the service (its failure
+//!   is the error of [`spawn`]), [`Setup::on_done`] runs after the last reply;
+//! - **graceful close**: dropping every client lets the worker finish what it
+//!   received, flush, run the done hook and exit 0 ([`RpcWorker::wait`]);
+//! - **worker death is never a hang**: calls fail at once with a
+//!   [`WorkerLost`] carrying the exit status, and the message of a handler
+//!   panic;
+//! - **deadlines** beyond tarpc's implicit 10 s ([`context`]);
+//! - **descriptors to a running worker** ([`RpcWorker::send_fds`],
+//!   [`FdReceiver`]), on a side channel that leaves the RPC stream alone.
+//!
+//! The worker runs its own `current_thread` runtime, built after the fork;
+//! the parent's runtime is yours.
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod client;
+mod codec;
+mod config;
+pub mod context;
+mod entry;
+mod error;
+mod message;
+mod server;
+
+pub use crate::client::{Client, Events, RpcWorker, spawn};
+pub use crate::config::{Config, Format, Mode};
+pub use crate::entry::RpcEntry;
+pub use crate::error::{Error, Result, WorkerLost};
+pub use crate::server::{EventSender, FdReceiver, Setup, serve};
+
+#[doc(hidden)]
+pub mod __private {
+    pub use fork_core;
+}

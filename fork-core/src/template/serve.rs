@@ -91,6 +91,9 @@ fn run(
     ops: Vec<Op>,
     mut op_fds: VecDeque<OwnedFd>,
 ) -> ! {
+    // Initialise std's stdout here, once, rather than in every worker that
+    // flushes it on its way out.
+    drop(io::stdout().lock());
     let mut server = match Server::new(ctrl, args, fds) {
         Ok(s) => s,
         Err((ctrl, e)) => startup_failed(ctrl, e),
@@ -415,9 +418,11 @@ impl Server {
                 }
                 let def = find_entry(&name).expect("checked before forking");
                 let code = (def.run)(Context::new(socket, args, fds));
+                // Rust's stdout is flushed; C `atexit` handlers and static
+                // destructors copied from the template do not run, as after
+                // any fork (they belong to the template).
                 let _ = io::stdout().flush();
-                let _ = io::stderr().flush();
-                std::process::exit(code)
+                sys::exit_now(code)
             }
             Then::Exec(spec) => {
                 let e = exec(spec, &exec_fds);

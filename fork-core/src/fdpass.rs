@@ -1,0 +1,62 @@
+//! Passing file descriptors over unix sockets, safely.
+//!
+//! The same machinery the template protocol uses, for crates built on
+//! fork-core (fork-rpc sends descriptors to running workers with it): all
+//! descriptors of a message travel in one `SCM_RIGHTS` control message,
+//! received ones are close-on-exec and owned at once, and a truncated
+//! control message is an error.
+//!
+//! Use a datagram or seqpacket socket so each message keeps its
+//! descriptors; the functions honour the socket's blocking mode.
+
+use std::io::{self, IoSlice};
+use std::os::fd::{BorrowedFd, OwnedFd};
+
+use crate::sys::scm;
+
+/// Most descriptors one message can carry (the kernel's `SCM_MAX_FD`).
+pub const MAX_FDS: usize = scm::SCM_MAX_FD;
+
+/// Sends `data` with `fds` attached, as one message.
+///
+/// # Errors
+///
+/// I/O errors of `sendmsg` (`WouldBlock` on a full non-blocking socket), or
+/// [`io::ErrorKind::InvalidInput`] for more than [`MAX_FDS`] descriptors.
+pub fn send_fds(sock: BorrowedFd<'_>, data: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<usize> {
+    if fds.len() > MAX_FDS {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "{} descriptors exceed the limit of {MAX_FDS} per message",
+                fds.len()
+            ),
+        ));
+    }
+    scm::send(sock, &[IoSlice::new(data)], fds, false)
+}
+
+/// Receives one message into `buf`, returning its length and descriptors;
+/// `Ok(None)` at EOF.
+///
+/// # Errors
+///
+/// I/O errors of `recvmsg`, or [`io::ErrorKind::InvalidData`] if the
+/// message or its control data was truncated (the descriptors that arrived
+/// are closed).
+pub fn recv_fds(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Option<(usize, Vec<OwnedFd>)>> {
+    match scm::recv(sock, buf, false)? {
+        scm::Received::Eof => Ok(None),
+        scm::Received::Frame { len, fds } => Ok(Some((len, fds))),
+    }
+}
+
+/// A `SOCK_SEQPACKET` socket pair, both ends close-on-exec and blocking:
+/// the kind of socket to pass descriptors over.
+///
+/// # Errors
+///
+/// If `socketpair` fails.
+pub fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    crate::sys::seqpacket_pair()
+}

@@ -1,0 +1,517 @@
+//! The parent side: spawning a worker and calling it.
+
+use std::fmt;
+use std::io;
+use std::marker::PhantomData;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::pin::Pin;
+use std::process::ExitStatus;
+use std::sync::{Arc, Mutex};
+use std::task::{Context as TaskContext, Poll};
+use std::time::{Duration, Instant};
+
+use futures::{Sink, Stream};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tarpc::client::RpcError;
+use tarpc::client::stub::Stub;
+use tarpc::{ClientMessage, RequestName, Response};
+use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc;
+use tokio_util::codec::{Framed, LengthDelimitedCodec};
+
+use crate::codec::{self, Codec};
+use crate::config::{Config, Format};
+use crate::entry::RpcEntry;
+use crate::error::{Error, Result, WorkerLost};
+use crate::message::{self, WorkerMsg};
+
+/// How long a failed call waits for the exit status of a worker whose
+/// connection ended, before reporting it lost without one.
+const STATUS_GRACE: Duration = Duration::from_secs(2);
+
+/// Forks a worker from `fork` that serves `entry`, and returns the typed
+/// client stub and the worker's handle.
+///
+/// `fork` may carry arguments, descriptors and init functions of its own
+/// (see [`fork_core::Fork`]); fork-rpc appends its configuration and a
+/// descriptor channel after them. The stub is tarpc's: wrap it in the
+/// generated client, `CalcClient::from(client)`.
+///
+/// # Errors
+///
+/// [`Error::Core`] if the fork fails, [`Error::Init`] with the message of a
+/// failing init hook, [`Error::Lost`] if the worker dies before it serves.
+///
+/// # Panics
+///
+/// Outside a tokio runtime (the client's dispatch task is spawned on it).
+pub async fn spawn<Req, Resp, Ev>(
+    fork: &mut fork_core::Fork,
+    entry: &RpcEntry<Req, Resp, Ev>,
+    config: &Config,
+) -> Result<(Client<Req, Resp>, RpcWorker<Ev>)>
+where
+    Req: Serialize + RequestName + Send + 'static,
+    Resp: DeserializeOwned + Send + 'static,
+{
+    let (side_ours, side_theirs) = fork_core::fdpass::seqpacket_pair()?;
+    let config_bytes = bincode::serialize(config).map_err(|e| Error::Protocol(e.to_string()))?;
+    let mut worker = fork
+        .fd(&side_theirs)
+        .arg_bytes(config_bytes)
+        .run(entry.entry())
+        .await?;
+    drop(side_theirs);
+    let mut stream = worker
+        .take_stream()
+        .ok_or_else(|| Error::Protocol("the worker has no socket".into()))?;
+    let pid = worker.id();
+    let lost = Arc::new(Lost {
+        pid,
+        panic: Mutex::new(None),
+        ended: Mutex::new(None),
+        exit: worker.wait_handle(),
+    });
+    if let Err(e) = handshake(&mut stream).await {
+        return Err(match e {
+            Error::Io(_) => Error::Lost(lost.lost().await),
+            e => e,
+        });
+    }
+    let codec = LengthDelimitedCodec::builder()
+        .max_frame_length(config.max_frame)
+        .new_codec();
+    let stream = EofWatch {
+        inner: stream,
+        lost: lost.clone(),
+    };
+    let transport = tarpc::serde_transport::new(
+        Framed::new(stream, codec),
+        Codec::<WorkerMsg<Resp>, ClientMessage<Req>>::new(config.format, config.max_frame),
+    );
+    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let demux = Demux {
+        inner: transport,
+        events: events_tx,
+        lost: lost.clone(),
+    };
+    let channel = tarpc::client::new(config.client_config(), demux).spawn();
+    let side = std::os::unix::net::UnixDatagram::from(side_ours);
+    side.set_nonblocking(true)?;
+    let client = Client {
+        inner: channel,
+        lost: lost.clone(),
+        default_timeout: config.default_timeout,
+    };
+    let worker = RpcWorker {
+        process: worker,
+        events: Some(Events {
+            rx: events_rx,
+            format: config.format,
+            limit: config.max_frame as u64,
+            _ev: PhantomData,
+        }),
+        fds: tokio::net::UnixDatagram::from_std(side)?,
+    };
+    Ok((client, worker))
+}
+
+async fn handshake(stream: &mut tokio::net::UnixStream) -> Result<()> {
+    let mut head = [0u8; 5];
+    stream.read_exact(&mut head).await?;
+    let len = u32::from_le_bytes(head[1..5].try_into().expect("4 bytes")) as usize;
+    if len > message::MAX_HANDSHAKE {
+        return Err(Error::Protocol(format!("handshake of {len} bytes")));
+    }
+    let mut text = vec![0u8; len];
+    stream.read_exact(&mut text).await?;
+    let text = String::from_utf8_lossy(&text).into_owned();
+    match head[0] {
+        message::READY => Ok(()),
+        message::INIT_FAILED => Err(Error::Init(text)),
+        s => Err(Error::Protocol(format!("unknown handshake status {s}"))),
+    }
+}
+
+// ===== what is known about a worker's end =====
+
+#[derive(Debug)]
+struct Lost {
+    pid: u32,
+    panic: Mutex<Option<String>>,
+    /// How the connection ended, once it did.
+    ended: Mutex<Option<End>>,
+    exit: fork_core::WaitHandle,
+}
+
+/// How a worker's connection ended.
+#[derive(Debug, Clone)]
+enum End {
+    /// EOF or reset: the worker went away.
+    Disconnected,
+    /// The worker sent something the client could not accept.
+    Protocol(String),
+}
+
+impl Lost {
+    fn end(&self) -> Option<End> {
+        self.ended.lock().ok().and_then(|e| e.clone())
+    }
+
+    /// The lost-worker error, with the exit status if it comes soon.
+    async fn lost(&self) -> WorkerLost {
+        let mut exit = self.exit.clone();
+        let status = tokio::time::timeout(STATUS_GRACE, exit.wait())
+            .await
+            .ok()
+            .and_then(|r| r.ok());
+        WorkerLost {
+            pid: self.pid,
+            status,
+            panic: self.panic.lock().ok().and_then(|p| p.clone()),
+        }
+    }
+}
+
+// ===== the client stub =====
+
+/// The parent's stub for a worker's service: tarpc's `Channel` with
+/// fork-rpc's error mapping and default deadline. Cheap to clone; wrap it in
+/// the generated client (`CalcClient::from(client)`).
+///
+/// Dropping every clone closes the connection gracefully: the worker
+/// finishes what it received, flushes, runs its done hook and exits 0.
+pub struct Client<Req, Resp> {
+    inner: tarpc::client::Channel<Req, Resp>,
+    lost: Arc<Lost>,
+    default_timeout: Option<Duration>,
+}
+
+impl<Req, Resp> Clone for Client<Req, Resp> {
+    fn clone(&self) -> Self {
+        Client {
+            inner: self.inner.clone(),
+            lost: self.lost.clone(),
+            default_timeout: self.default_timeout,
+        }
+    }
+}
+
+impl<Req, Resp> fmt::Debug for Client<Req, Resp> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("pid", &self.lost.pid)
+            .finish()
+    }
+}
+
+impl<Req, Resp> Client<Req, Resp> {
+    /// The worker's process id.
+    pub fn pid(&self) -> u32 {
+        self.lost.pid
+    }
+
+    fn context(&self, mut ctx: tarpc::context::Context) -> tarpc::context::Context {
+        if let Some(timeout) = self.default_timeout {
+            if crate::context::is_implicit(&ctx) {
+                ctx.deadline = Instant::now() + timeout;
+            }
+        }
+        ctx
+    }
+}
+
+impl<Req, Resp> Stub for Client<Req, Resp>
+where
+    Req: RequestName + Send + 'static,
+    Resp: Send + 'static,
+{
+    type Req = Req;
+    type Resp = Resp;
+
+    async fn call(&self, ctx: tarpc::context::Context, request: Req) -> Result<Resp, RpcError> {
+        let ctx = self.context(ctx);
+        match self.inner.call(ctx, request).await {
+            Err(e @ (RpcError::Shutdown | RpcError::Send(_) | RpcError::Channel(_))) => {
+                Err(match self.lost.end() {
+                    Some(End::Disconnected) => self.lost.lost().await.into_rpc_error(),
+                    // Later calls on a connection that died of bad input say so.
+                    Some(End::Protocol(message)) if matches!(e, RpcError::Shutdown) => {
+                        let e: Arc<dyn std::error::Error + Send + Sync> =
+                            Arc::new(io::Error::new(io::ErrorKind::InvalidData, message));
+                        RpcError::Channel(tarpc::ChannelError::Read(e))
+                    }
+                    _ => e,
+                })
+            }
+            other => other,
+        }
+    }
+}
+
+// ===== the worker handle =====
+
+/// The parent's handle to an RPC worker: its process, its events, and the
+/// channel for descriptors.
+#[derive(Debug)]
+pub struct RpcWorker<Ev = ()> {
+    process: fork_core::Worker,
+    events: Option<Events<Ev>>,
+    fds: tokio::net::UnixDatagram,
+}
+
+impl<Ev> RpcWorker<Ev> {
+    /// The worker's process id.
+    pub fn id(&self) -> u32 {
+        self.process.id()
+    }
+
+    /// Takes the stream of the worker's events (once).
+    pub fn events(&mut self) -> Option<Events<Ev>> {
+        self.events.take()
+    }
+
+    /// Sends descriptors to the running worker; they arrive, in order, at
+    /// its [`FdReceiver`](crate::FdReceiver), beside the RPC stream. Send
+    /// them before the call that uses them.
+    ///
+    /// # Errors
+    ///
+    /// I/O errors (for example the worker is gone), or more than
+    /// [`fork_core::fdpass::MAX_FDS`] descriptors.
+    pub async fn send_fds(&self, fds: &[BorrowedFd<'_>]) -> Result<()> {
+        self.fds
+            .async_io(tokio::io::Interest::WRITABLE, || {
+                fork_core::fdpass::send_fds(self.fds.as_fd(), b"f", fds)
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Sends one descriptor (see [`send_fds`](RpcWorker::send_fds)).
+    ///
+    /// # Errors
+    ///
+    /// As [`send_fds`](RpcWorker::send_fds).
+    pub async fn send_fd(&self, fd: impl AsFd) -> Result<()> {
+        self.send_fds(&[fd.as_fd()]).await
+    }
+
+    /// Waits for the worker to exit (after the clients were dropped, it
+    /// finishes and exits 0): AnyEvent::Fork::RPC's `on_destroy`.
+    ///
+    /// # Errors
+    ///
+    /// As [`fork_core::Worker::wait`].
+    pub async fn wait(&mut self) -> Result<ExitStatus> {
+        Ok(self.process.wait().await?)
+    }
+
+    /// Kills the worker and waits for it.
+    ///
+    /// # Errors
+    ///
+    /// As [`fork_core::Worker::kill`].
+    pub async fn kill(&mut self) -> Result<()> {
+        Ok(self.process.kill().await?)
+    }
+
+    /// The underlying process handle (signals, `try_wait`).
+    pub fn process(&mut self) -> &mut fork_core::Worker {
+        &mut self.process
+    }
+}
+
+/// The events a worker sends, in the order it sent them relative to its
+/// replies. A [`Stream`] of `Result<Ev>` (an undecodable event is an error).
+pub struct Events<Ev> {
+    rx: mpsc::UnboundedReceiver<Vec<u8>>,
+    format: Format,
+    limit: u64,
+    _ev: PhantomData<fn() -> Ev>,
+}
+
+impl<Ev> fmt::Debug for Events<Ev> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Events").finish_non_exhaustive()
+    }
+}
+
+impl<Ev: DeserializeOwned> Events<Ev> {
+    /// The next event; `None` once the worker's connection ended and every
+    /// event was taken.
+    pub async fn recv(&mut self) -> Option<Result<Ev>> {
+        let bytes = self.rx.recv().await?;
+        Some(self.decode(&bytes))
+    }
+
+    /// The next event if one is already here.
+    pub fn try_recv(&mut self) -> Option<Result<Ev>> {
+        let bytes = self.rx.try_recv().ok()?;
+        Some(self.decode(&bytes))
+    }
+
+    fn decode(&self, bytes: &[u8]) -> Result<Ev> {
+        codec::decode(self.format, self.limit, bytes)
+            .map_err(|e| Error::Protocol(format!("undecodable event: {e}")))
+    }
+}
+
+impl<Ev: DeserializeOwned> Stream for Events<Ev> {
+    type Item = Result<Ev>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
+        self.rx
+            .poll_recv(cx)
+            .map(|o| o.map(|bytes| self.decode(&bytes)))
+    }
+}
+
+impl<Ev> Unpin for Events<Ev> {}
+
+// ===== the transport the client dispatch runs on =====
+
+/// Splits the worker's frames: replies go to tarpc, events to [`Events`],
+/// a panic report to [`Lost`]; records how the connection ended.
+struct Demux<T> {
+    inner: T,
+    events: mpsc::UnboundedSender<Vec<u8>>,
+    lost: Arc<Lost>,
+}
+
+impl<T> Demux<T> {
+    fn ended(&self, end: End) {
+        if let Ok(mut e) = self.lost.ended.lock() {
+            e.get_or_insert(end);
+        }
+    }
+}
+
+impl<T, Resp> Stream for Demux<T>
+where
+    T: Stream<Item = io::Result<WorkerMsg<Resp>>> + Unpin,
+{
+    type Item = io::Result<Response<Resp>>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
+        loop {
+            match Pin::new(&mut self.inner).poll_next(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => {
+                    self.ended(End::Disconnected);
+                    return Poll::Ready(None);
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    // Unless the socket reported EOF or a reset first.
+                    self.ended(End::Protocol(e.to_string()));
+                    return Poll::Ready(Some(Err(e)));
+                }
+                Poll::Ready(Some(Ok(WorkerMsg::Reply(r)))) => return Poll::Ready(Some(Ok(r))),
+                Poll::Ready(Some(Ok(WorkerMsg::Event(e)))) => {
+                    let _ = self.events.send(e);
+                }
+                Poll::Ready(Some(Ok(WorkerMsg::Panic(message)))) => {
+                    if let Ok(mut p) = self.lost.panic.lock() {
+                        *p = Some(message);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The worker's socket, noting in [`Lost`] when the worker closed it (or
+/// reset it): a read error after that is the worker going away mid-frame,
+/// not bad input.
+struct EofWatch {
+    inner: tokio::net::UnixStream,
+    lost: Arc<Lost>,
+}
+
+impl EofWatch {
+    fn disconnected(&self) {
+        if let Ok(mut e) = self.lost.ended.lock() {
+            e.get_or_insert(End::Disconnected);
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for EofWatch {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
+        match &poll {
+            Poll::Ready(Ok(())) if buf.filled().len() == before && buf.remaining() > 0 => {
+                self.disconnected();
+            }
+            Poll::Ready(Err(e))
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+                ) =>
+            {
+                self.disconnected();
+            }
+            _ => {}
+        }
+        poll
+    }
+}
+
+impl tokio::io::AsyncWrite for EofWatch {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+impl<T, Item> Sink<Item> for Demux<T>
+where
+    T: Sink<Item, Error = io::Error> + Unpin,
+{
+    type Error = io::Error;
+
+    fn poll_ready(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_ready(cx)
+    }
+
+    fn start_send(mut self: Pin<&mut Self>, item: Item) -> io::Result<()> {
+        Pin::new(&mut self.inner).start_send(item)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_close(cx)
+    }
+}

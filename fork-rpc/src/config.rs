@@ -1,0 +1,111 @@
+//! Configuration shared by the parent and the worker.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// How a worker serves requests (AnyEvent::Fork::RPC's `async` option).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Mode {
+    /// One request at a time, in arrival order (`async => 0`). Requests sent
+    /// meanwhile wait, in order, in the socket. The default.
+    Sync,
+    /// Up to `limit` requests concurrently (`async => 1`). More wait in
+    /// order until one finishes: they are queued, never rejected.
+    Async {
+        /// Most requests served at once; at least 1.
+        limit: usize,
+    },
+}
+
+/// The serialisation format of requests, replies and events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Format {
+    /// bincode (compact and fast). The default.
+    Bincode,
+    /// JSON (readable, and for types bincode cannot encode, such as
+    /// `#[serde(flatten)]` or untagged enums).
+    Json,
+}
+
+/// How a worker is spawned and served. Sent to the worker at spawn time, so
+/// both sides always agree.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Config {
+    /// Sync or async serving. The default is [`Mode::Sync`].
+    pub mode: Mode,
+    /// Serialisation format. The default is [`Format::Bincode`].
+    pub format: Format,
+    /// Largest frame (one request, reply or event, serialised) in bytes,
+    /// in both directions. A bigger one fails that connection with an error;
+    /// nothing allocates more than this for one message. The default is
+    /// 16 MiB.
+    pub max_frame: usize,
+    /// Deadline given to calls made with tarpc's implicit default context
+    /// (`tarpc::context::current()`, which expires after 10 s). `None` keeps
+    /// tarpc's 10 s. See [`crate::context`] for how explicit deadlines
+    /// are kept. The default is `None`.
+    pub default_timeout: Option<Duration>,
+    /// Requests the parent's client buffers before the worker received them
+    /// (tarpc's `pending_request_buffer`). The default is 100.
+    pub pending_request_buffer: usize,
+    /// Requests in flight on one client before calls wait (tarpc's
+    /// `max_in_flight_requests`). The default is 1000.
+    pub max_in_flight_requests: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            mode: Mode::Sync,
+            format: Format::Bincode,
+            max_frame: 16 * 1024 * 1024,
+            default_timeout: None,
+            pending_request_buffer: 100,
+            max_in_flight_requests: 1000,
+        }
+    }
+}
+
+impl Config {
+    /// Sets [`mode`](Config::mode).
+    pub fn mode(mut self, mode: Mode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// Serves up to `limit` requests concurrently ([`Mode::Async`]).
+    pub fn concurrent(self, limit: usize) -> Self {
+        self.mode(Mode::Async {
+            limit: limit.max(1),
+        })
+    }
+
+    /// Sets [`format`](Config::format).
+    pub fn format(mut self, format: Format) -> Self {
+        self.format = format;
+        self
+    }
+
+    /// Sets [`max_frame`](Config::max_frame).
+    pub fn max_frame(mut self, bytes: usize) -> Self {
+        self.max_frame = bytes;
+        self
+    }
+
+    /// Sets [`default_timeout`](Config::default_timeout).
+    pub fn default_timeout(mut self, timeout: Duration) -> Self {
+        self.default_timeout = Some(timeout);
+        self
+    }
+
+    pub(crate) fn client_config(&self) -> tarpc::client::Config {
+        let mut c = tarpc::client::Config::default();
+        c.pending_request_buffer = self.pending_request_buffer.max(1);
+        c.max_in_flight_requests = self.max_in_flight_requests.max(1);
+        c
+    }
+}

@@ -1,0 +1,41 @@
+//! Deadlines: tarpc's implicit 10 s, a per-client default, and per-call
+//! overrides.
+//!
+//! Every tarpc call carries a [`Context`] whose deadline ends the call with
+//! `RpcError::DeadlineExceeded` (and cancels it in the worker).
+//! `tarpc::context::current()` sets it 10 s ahead, which kills long jobs by
+//! surprise. fork-rpc keeps tarpc's meaning but lets you choose:
+//!
+//! - **per client**: [`Config::default_timeout`](crate::Config::default_timeout)
+//!   replaces tarpc's implicit deadline for calls made with a context from
+//!   `context::current()`;
+//! - **per call**: [`with_timeout`] (or setting `ctx.deadline` yourself)
+//!   makes a context whose deadline the client leaves alone.
+//!
+//! A context counts as implicit when its deadline is 10 s (minus up to
+//! [`IMPLICIT_WINDOW`]) ahead, which is what `context::current()` makes; an
+//! explicit deadline of between 9.5 and 10 s ahead is treated as implicit.
+
+use std::time::{Duration, Instant};
+
+pub use tarpc::context::Context;
+
+/// tarpc's implicit deadline.
+const TARPC_DEFAULT: Duration = Duration::from_secs(10);
+
+/// How old a `context::current()` may be and still count as implicit.
+pub const IMPLICIT_WINDOW: Duration = Duration::from_millis(500);
+
+/// A context whose deadline is `timeout` from now (a per-call override).
+pub fn with_timeout(timeout: Duration) -> Context {
+    let mut ctx = tarpc::context::current();
+    ctx.deadline = Instant::now() + timeout;
+    ctx
+}
+
+/// Whether `ctx` carries tarpc's implicit deadline.
+pub(crate) fn is_implicit(ctx: &Context) -> bool {
+    let now = Instant::now();
+    let latest = now + TARPC_DEFAULT;
+    ctx.deadline <= latest && ctx.deadline + IMPLICIT_WINDOW > latest
+}

@@ -1,0 +1,108 @@
+//! Errors of fork-rpc, and the "worker lost" error inside tarpc's `RpcError`.
+
+use std::fmt;
+use std::process::ExitStatus;
+use std::sync::Arc;
+
+use tarpc::client::RpcError;
+
+/// Errors of fork-rpc's own calls (spawning, sending descriptors, serving).
+///
+/// Errors of RPC calls are tarpc's [`RpcError`]; when the worker is gone, it
+/// carries a [`WorkerLost`] (see [`WorkerLost::find`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Forking or starting the worker failed.
+    #[error(transparent)]
+    Core(#[from] fork_core::Error),
+
+    /// The worker's init hook failed; its message.
+    #[error("the worker's init hook failed: {0}")]
+    Init(String),
+
+    /// The worker is gone.
+    #[error(transparent)]
+    Lost(#[from] WorkerLost),
+
+    /// The peer broke the protocol (bad handshake, undecodable frame).
+    #[error("protocol error: {0}")]
+    Protocol(String),
+
+    /// An I/O error.
+    #[error("I/O error")]
+    Io(#[from] std::io::Error),
+}
+
+impl Error {
+    /// The worker is gone.
+    pub fn is_worker_lost(&self) -> bool {
+        matches!(self, Error::Lost(_))
+    }
+}
+
+/// `Result` with fork-rpc's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The worker serving a client is gone: it exited, was killed, or panicked.
+///
+/// Calls pending on it fail with a tarpc
+/// [`RpcError::Channel`](tarpc::client::RpcError::Channel) whose source is
+/// this value, and so do all later calls; [`WorkerLost::find`] gets it out
+/// of an `RpcError`.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct WorkerLost {
+    pub(crate) pid: u32,
+    pub(crate) status: Option<ExitStatus>,
+    pub(crate) panic: Option<String>,
+}
+
+impl WorkerLost {
+    /// The worker's process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// How the worker ended, when known (exit code or signal).
+    pub fn status(&self) -> Option<ExitStatus> {
+        self.status
+    }
+
+    /// The message of the handler panic that ended the worker, if that is
+    /// what happened.
+    pub fn panic_message(&self) -> Option<&str> {
+        self.panic.as_deref()
+    }
+
+    /// Finds the `WorkerLost` inside an RPC error, if the call failed because
+    /// the worker is gone.
+    pub fn find(error: &RpcError) -> Option<&WorkerLost> {
+        match error {
+            RpcError::Channel(tarpc::ChannelError::Read(e)) => e.downcast_ref(),
+            _ => None,
+        }
+    }
+
+    /// `true` if the call failed because the worker is gone.
+    pub fn is_lost(error: &RpcError) -> bool {
+        Self::find(error).is_some()
+    }
+
+    pub(crate) fn into_rpc_error(self) -> RpcError {
+        let source: Arc<dyn std::error::Error + Send + Sync> = Arc::new(self);
+        RpcError::Channel(tarpc::ChannelError::Read(source))
+    }
+}
+
+impl fmt::Display for WorkerLost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "worker {} lost", self.pid)?;
+        if let Some(panic) = &self.panic {
+            write!(f, ": a handler panicked: {panic}")?;
+        }
+        match &self.status {
+            Some(status) => write!(f, " ({status})"),
+            None => write!(f, " (exit status unknown)"),
+        }
+    }
+}

@@ -1,0 +1,494 @@
+//! fork-rpc, end to end: typed calls, modes, events, hooks, graceful close,
+//! worker death, deadlines, descriptors to running workers, bad input.
+
+use std::cell::Cell;
+use std::io::{Read, Write};
+use std::os::unix::process::ExitStatusExt;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use fork_core::{Context, Template};
+use fork_rpc::{Config, EventSender, FdReceiver, Format, RpcEntry, Setup, WorkerLost};
+use integration_tests::{Failed, block_on, ensure, fail};
+use serde::{Deserialize, Serialize};
+use tarpc::client::RpcError;
+use tarpc::context;
+
+#[tarpc::service]
+trait Calc {
+    async fn add(a: i64, b: i64) -> i64;
+    async fn echo(s: String) -> String;
+    /// Sleeps (asynchronously), returns how many calls ran at once at most.
+    async fn slow(ms: u64) -> usize;
+    /// Emits `n` events, then returns `n`.
+    async fn emit(n: u32) -> u32;
+    async fn panic(message: String);
+    async fn exit(code: i32);
+    /// Reads everything from the next descriptor sent to the worker.
+    async fn read_fd() -> String;
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+enum Event {
+    Progress(u32),
+}
+
+#[derive(Clone)]
+struct CalcServer {
+    events: EventSender<Event>,
+    running: Rc<Cell<usize>>,
+    peak: Rc<Cell<usize>>,
+    fds: Rc<tokio::sync::Mutex<FdReceiver>>,
+}
+
+impl Calc for CalcServer {
+    async fn add(self, _: context::Context, a: i64, b: i64) -> i64 {
+        a + b
+    }
+
+    async fn echo(self, _: context::Context, s: String) -> String {
+        s
+    }
+
+    async fn slow(self, _: context::Context, ms: u64) -> usize {
+        /// Counts a running call until it ends, also when it is aborted.
+        struct Running(Rc<Cell<usize>>);
+        impl Drop for Running {
+            fn drop(&mut self) {
+                self.0.set(self.0.get() - 1);
+            }
+        }
+        self.running.set(self.running.get() + 1);
+        let _running = Running(self.running.clone());
+        self.peak.set(self.peak.get().max(self.running.get()));
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        self.peak.get()
+    }
+
+    async fn emit(self, _: context::Context, n: u32) -> u32 {
+        for i in 0..n {
+            self.events.send(&Event::Progress(i)).expect("event");
+        }
+        n
+    }
+
+    async fn panic(self, _: context::Context, message: String) {
+        panic!("{message}");
+    }
+
+    async fn exit(self, _: context::Context, code: i32) {
+        std::process::exit(code);
+    }
+
+    async fn read_fd(self, _: context::Context) -> String {
+        let fds = self
+            .fds
+            .lock()
+            .await
+            .recv()
+            .await
+            .expect("recv")
+            .expect("a descriptor");
+        let mut s = String::new();
+        for fd in fds {
+            std::fs::File::from(fd)
+                .read_to_string(&mut s)
+                .expect("read");
+        }
+        s
+    }
+}
+
+/// The init hook: argument 0, if any, is an instruction.
+fn calc(setup: &mut Setup<Event>) -> Result<ServeCalc<CalcServer>, String> {
+    match setup.arg::<String>(0).ok().as_deref() {
+        Some("fail") => return Err("the dictionary is missing".into()),
+        Some("done-to-fd") => {
+            let mut pipe = std::fs::File::from(setup.take_fds().pop().ok_or("no fd")?);
+            setup.on_done(move || {
+                let _ = pipe.write_all(b"done");
+            });
+        }
+        _ => {}
+    }
+    let fds = setup.fd_receiver().ok_or("no fd receiver")?;
+    Ok(CalcServer {
+        events: setup.events(),
+        running: Rc::default(),
+        peak: Rc::default(),
+        fds: Rc::new(tokio::sync::Mutex::new(fds)),
+    }
+    .serve())
+}
+static CALC: RpcEntry<CalcRequest, CalcResponse, Event> = fork_rpc::entry!(calc);
+
+/// A worker that says it is ready, then sends `garbage`, then exits if told
+/// to or waits for EOF.
+fn fake_worker(ctx: Context) -> i32 {
+    let garbage: Vec<u8> = ctx.arg(0).expect("the garbage");
+    let exit: bool = ctx.arg(1).expect("whether to exit");
+    let mut socket = ctx.socket();
+    socket.write_all(&[0, 0, 0, 0, 0]).expect("handshake");
+    socket.write_all(&garbage).expect("garbage");
+    if !exit {
+        let mut buf = [0u8; 1024];
+        while matches!(socket.read(&mut buf), Ok(n) if n > 0) {}
+    }
+    0
+}
+static FAKE: RpcEntry<CalcRequest, CalcResponse, Event> =
+    RpcEntry::from_entry(fork_core::entry!(fake_worker));
+
+async fn start(
+    config: Config,
+) -> Result<
+    (
+        CalcClient<fork_rpc::Client<CalcRequest, CalcResponse>>,
+        fork_rpc::RpcWorker<Event>,
+    ),
+    Failed,
+> {
+    let t = Template::shared().map_err(fail)?;
+    let (client, worker) = fork_rpc::spawn(&mut t.fork(), &CALC, &config)
+        .await
+        .map_err(fail)?;
+    Ok((CalcClient::from(client), worker))
+}
+
+fn lost(e: &RpcError) -> Result<&WorkerLost, Failed> {
+    WorkerLost::find(e).ok_or_else(|| format!("not a lost worker: {e:?}").into())
+}
+
+// ===== tests =====
+
+fn typed_calls_in_both_formats() -> Result<(), Failed> {
+    block_on(async {
+        for format in [Format::Bincode, Format::Json] {
+            let (calc, mut worker) = start(Config::default().format(format)).await?;
+            let sum = calc.add(context::current(), 40, 2).await.map_err(fail)?;
+            ensure!(sum == 42, "{format:?}: 40 + 2 = {sum}");
+            let s = calc
+                .echo(context::current(), "héllo".into())
+                .await
+                .map_err(fail)?;
+            ensure!(s == "héllo", "{format:?}: echo {s:?}");
+            drop(calc);
+            let status = worker.wait().await.map_err(fail)?;
+            ensure!(status.success(), "{format:?}: worker exited with {status}");
+        }
+        Ok(())
+    })
+}
+
+fn sync_mode_serves_one_at_a_time() -> Result<(), Failed> {
+    block_on(async {
+        let (calc, _worker) = start(Config::default()).await?;
+        let calls = (0..5).map(|_| calc.slow(context::current(), 20));
+        let peaks = futures::future::try_join_all(calls).await.map_err(fail)?;
+        ensure!(
+            peaks.iter().all(|&p| p == 1),
+            "sync mode ran calls at once: {peaks:?}"
+        );
+        Ok(())
+    })
+}
+
+fn async_mode_queues_beyond_its_limit() -> Result<(), Failed> {
+    block_on(async {
+        let (calc, _worker) = start(Config::default().concurrent(3)).await?;
+        let calls = (0..10).map(|_| calc.slow(context::current(), 30));
+        let peaks = futures::future::try_join_all(calls).await.map_err(fail)?;
+        let peak = peaks.into_iter().max().unwrap_or(0);
+        ensure!(peak == 3, "async mode with limit 3 peaked at {peak}");
+        Ok(())
+    })
+}
+
+fn events_arrive_in_order_with_replies() -> Result<(), Failed> {
+    block_on(async {
+        let (calc, mut worker) = start(Config::default()).await?;
+        let mut events = worker.events().ok_or("no events")?;
+        for round in 0..5 {
+            let n = calc.emit(context::current(), 3).await.map_err(fail)?;
+            ensure!(n == 3, "emit returned {n}");
+            // The reply came after the events, so they are all here already.
+            for i in 0..3 {
+                let e = events
+                    .try_recv()
+                    .ok_or(format!("round {round}: event {i} missing"))?;
+                ensure!(
+                    e.map_err(fail)? == Event::Progress(i),
+                    "round {round}: event {i} out of order"
+                );
+            }
+            ensure!(events.try_recv().is_none(), "round {round}: extra event");
+        }
+        Ok(())
+    })
+}
+
+fn init_failure_is_the_spawn_error() -> Result<(), Failed> {
+    block_on(async {
+        let t = Template::shared().map_err(fail)?;
+        let e = fork_rpc::spawn(t.fork().arg("fail"), &CALC, &Config::default())
+            .await
+            .unwrap_err();
+        ensure!(
+            matches!(&e, fork_rpc::Error::Init(m) if m == "the dictionary is missing"),
+            "spawn gave {e:?}"
+        );
+        Ok(())
+    })
+}
+
+fn graceful_close_finishes_everything() -> Result<(), Failed> {
+    block_on(async {
+        let t = Template::shared().map_err(fail)?;
+        let (mut done_r, done_w) = std::io::pipe().map_err(fail)?;
+        let (client, mut worker) = fork_rpc::spawn(
+            t.fork().arg("done-to-fd").fd(&done_w),
+            &CALC,
+            &Config::default().concurrent(4),
+        )
+        .await
+        .map_err(fail)?;
+        drop(done_w);
+        let calc = CalcClient::from(client);
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let calc = calc.clone();
+            tasks.push(tokio::spawn(async move {
+                calc.slow(context::current(), 50).await
+            }));
+        }
+        drop(calc);
+        for task in tasks {
+            task.await.map_err(fail)?.map_err(fail)?;
+        }
+        let status = worker.wait().await.map_err(fail)?;
+        ensure!(status.code() == Some(0), "worker exited with {status}");
+        let mut done = String::new();
+        done_r.read_to_string(&mut done).map_err(fail)?;
+        ensure!(done == "done", "done hook wrote {done:?}");
+        Ok(())
+    })
+}
+
+fn killed_worker_fails_calls_promptly() -> Result<(), Failed> {
+    block_on(async {
+        let (calc, mut worker) = start(Config::default()).await?;
+        let pid = worker.id();
+        let call = calc.slow(context::current(), 60_000);
+        let kill = async {
+            // Make sure the call reached the worker.
+            tokio::task::yield_now().await;
+            worker.kill().await
+        };
+        let started = Instant::now();
+        let (result, killed) = tokio::join!(call, kill);
+        killed.map_err(fail)?;
+        let e = result.unwrap_err();
+        let l = lost(&e)?;
+        ensure!(
+            started.elapsed() < Duration::from_secs(5),
+            "took {:?}",
+            started.elapsed()
+        );
+        ensure!(l.pid() == pid, "pid {}", l.pid());
+        ensure!(
+            l.status().and_then(|s| s.signal()) == Some(libc::SIGKILL),
+            "status {:?}",
+            l.status()
+        );
+        // Later calls fail at once, the same way.
+        let e = calc.add(context::current(), 1, 1).await.unwrap_err();
+        ensure!(lost(&e)?.pid() == pid, "later call gave {e:?}");
+        Ok(())
+    })
+}
+
+fn panicking_handler_reports_its_message() -> Result<(), Failed> {
+    block_on(async {
+        let (calc, mut worker) = start(Config::default()).await?;
+        let e = calc
+            .panic(context::current(), "boom at 42".into())
+            .await
+            .unwrap_err();
+        let l = lost(&e)?;
+        ensure!(
+            l.panic_message() == Some("boom at 42"),
+            "panic message {:?}",
+            l.panic_message()
+        );
+        ensure!(
+            l.status().and_then(|s| s.code()) == Some(fork_core::PANIC_EXIT_CODE),
+            "status {:?}",
+            l.status()
+        );
+        ensure!(format!("{l}").contains("boom at 42"), "display {l}");
+        let status = worker.wait().await.map_err(fail)?;
+        ensure!(status.code() == Some(101), "worker exited with {status}");
+        Ok(())
+    })
+}
+
+fn exit_in_handler_is_a_lost_worker() -> Result<(), Failed> {
+    block_on(async {
+        let (calc, _worker) = start(Config::default()).await?;
+        let e = calc.exit(context::current(), 3).await.unwrap_err();
+        let l = lost(&e)?;
+        ensure!(
+            l.status().and_then(|s| s.code()) == Some(3),
+            "status {:?}",
+            l.status()
+        );
+        Ok(())
+    })
+}
+
+fn deadlines_per_client_and_per_call() -> Result<(), Failed> {
+    block_on(async {
+        let (calc, _worker) =
+            start(Config::default().default_timeout(Duration::from_millis(50))).await?;
+        // The client's default replaces tarpc's implicit 10 s.
+        let e = calc.slow(context::current(), 60_000).await.unwrap_err();
+        ensure!(
+            matches!(e, RpcError::DeadlineExceeded),
+            "default deadline gave {e:?}"
+        );
+        // The worker (sync: one call at a time) gave up the expired call, so
+        // the next one is served; an explicit deadline is kept.
+        let peak = calc
+            .slow(fork_rpc::context::with_timeout(Duration::from_secs(5)), 200)
+            .await
+            .map_err(fail)?;
+        ensure!(peak == 1, "peak {peak}");
+        Ok(())
+    })
+}
+
+fn descriptors_reach_a_running_worker() -> Result<(), Failed> {
+    block_on(async {
+        let (calc, worker) = start(Config::default()).await?;
+        for word in ["first", "second"] {
+            let (r, mut w) = std::io::pipe().map_err(fail)?;
+            w.write_all(word.as_bytes()).map_err(fail)?;
+            drop(w);
+            worker.send_fd(&r).await.map_err(fail)?;
+            let got = calc.read_fd(context::current()).await.map_err(fail)?;
+            ensure!(got == word, "read {got:?}, sent {word:?}");
+        }
+        Ok(())
+    })
+}
+
+fn oversized_request_is_an_error() -> Result<(), Failed> {
+    block_on(async {
+        let (calc, _worker) = start(Config::default().max_frame(1024)).await?;
+        let e = calc
+            .echo(context::current(), "x".repeat(4096))
+            .await
+            .unwrap_err();
+        ensure!(
+            !WorkerLost::is_lost(&e),
+            "oversized request blamed on the worker: {e:?}"
+        );
+        Ok(())
+    })
+}
+
+fn bad_bytes_from_the_worker_are_errors() -> Result<(), Failed> {
+    let frame_of = |payload: &[u8]| {
+        let mut f = (payload.len() as u32).to_be_bytes().to_vec();
+        f.extend_from_slice(payload);
+        f
+    };
+    // (what, bytes, the fake worker exits after them)
+    let cases: [(&str, Vec<u8>, bool); 3] = [
+        ("undecodable reply", frame_of(&[0xff; 12]), false),
+        (
+            "oversized frame",
+            0x4000_0000u32.to_be_bytes().to_vec(),
+            false,
+        ),
+        ("truncated frame, then exit", vec![0, 0, 0, 9, 1, 2], true),
+    ];
+    block_on(async {
+        let t = Template::shared().map_err(fail)?;
+        for (what, garbage, exit) in cases {
+            let (client, _worker) =
+                fork_rpc::spawn(t.fork().arg(&garbage).arg(&exit), &FAKE, &Config::default())
+                    .await
+                    .map_err(fail)?;
+            let calc = CalcClient::from(client);
+            let call = calc.add(
+                fork_rpc::context::with_timeout(Duration::from_secs(60)),
+                1,
+                2,
+            );
+            let e = tokio::time::timeout(Duration::from_secs(30), call)
+                .await
+                .map_err(|_| format!("{what}: the call hung"))?
+                .unwrap_err();
+            // Bad bytes from a live worker are a protocol error; a worker
+            // that went away is lost.
+            ensure!(WorkerLost::is_lost(&e) == exit, "{what}: got {e:?}");
+        }
+        Ok(())
+    })
+}
+
+fn main() {
+    fork_core::init();
+    integration_tests::run(&[
+        ("typed_calls_in_both_formats", typed_calls_in_both_formats),
+        (
+            "sync_mode_serves_one_at_a_time",
+            sync_mode_serves_one_at_a_time,
+        ),
+        (
+            "async_mode_queues_beyond_its_limit",
+            async_mode_queues_beyond_its_limit,
+        ),
+        (
+            "events_arrive_in_order_with_replies",
+            events_arrive_in_order_with_replies,
+        ),
+        (
+            "init_failure_is_the_spawn_error",
+            init_failure_is_the_spawn_error,
+        ),
+        (
+            "graceful_close_finishes_everything",
+            graceful_close_finishes_everything,
+        ),
+        (
+            "killed_worker_fails_calls_promptly",
+            killed_worker_fails_calls_promptly,
+        ),
+        (
+            "panicking_handler_reports_its_message",
+            panicking_handler_reports_its_message,
+        ),
+        (
+            "exit_in_handler_is_a_lost_worker",
+            exit_in_handler_is_a_lost_worker,
+        ),
+        (
+            "deadlines_per_client_and_per_call",
+            deadlines_per_client_and_per_call,
+        ),
+        (
+            "descriptors_reach_a_running_worker",
+            descriptors_reach_a_running_worker,
+        ),
+        (
+            "oversized_request_is_an_error",
+            oversized_request_is_an_error,
+        ),
+        (
+            "bad_bytes_from_the_worker_are_errors",
+            bad_bytes_from_the_worker_are_errors,
+        ),
+    ]);
+}
