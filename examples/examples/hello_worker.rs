@@ -17,7 +17,12 @@ fn greeter(ctx: Context) -> std::io::Result<i32> {
     let mut socket = ctx.socket();
     let mut served = 0;
     for name in BufReader::new(ctx.socket()).lines() {
-        writeln!(socket, "{greeting}, {}! (from pid {})", name?, std::process::id())?;
+        writeln!(
+            socket,
+            "{greeting}, {}! (from pid {})",
+            name?,
+            std::process::id()
+        )?;
         served += 1;
     }
     Ok(served) // the exit code: how many names were greeted

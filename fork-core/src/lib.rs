@@ -93,7 +93,7 @@ pub use crate::entry::{Entry, EntryResult, InitFn, PANIC_EXIT_CODE};
 pub use crate::error::{Error, Result};
 pub use crate::init::{Init, init};
 pub use crate::template::{Fork, Template};
-pub use crate::worker::{WaitHandle, Worker};
+pub use crate::worker::{Worker, WorkerHandle};
 
 /// Runs an `async fn main` on a multi-threaded tokio runtime, after calling
 /// [`init`] first.

@@ -67,12 +67,13 @@ impl Worker {
         self.stream.take()
     }
 
-    /// A cloneable handle that can wait for this worker's exit status from
-    /// elsewhere (another task), while this handle keeps the socket and the
-    /// right to kill.
-    pub fn wait_handle(&self) -> WaitHandle {
-        WaitHandle {
+    /// A cloneable handle to wait for this worker and signal it from
+    /// elsewhere (another task), while this `Worker` keeps the socket.
+    pub fn handle(&self) -> WorkerHandle {
+        WorkerHandle {
+            pid: self.pid,
             exit: self.exit.clone(),
+            template: self.template.clone(),
         }
     }
 
@@ -84,7 +85,7 @@ impl Worker {
     /// [`Error::TemplateGone`] if the template died first: the worker was
     /// killed with it and its status is lost.
     pub async fn wait(&mut self) -> Result<ExitStatus> {
-        self.wait_handle().wait().await
+        self.handle().wait().await
     }
 
     /// Returns the exit status if the worker has exited, without waiting.
@@ -93,7 +94,7 @@ impl Worker {
     ///
     /// As [`wait`](Worker::wait).
     pub fn try_wait(&mut self) -> Result<Option<ExitStatus>> {
-        self.wait_handle().try_wait()
+        self.handle().try_wait()
     }
 
     /// Sends `signal` to the worker (through its template, so a reused pid is
@@ -145,13 +146,33 @@ impl Drop for Worker {
     }
 }
 
-/// Waits for a worker's exit status; made by [`Worker::wait_handle`].
+/// A cloneable handle to a worker: wait for it, signal it. Made by
+/// [`Worker::handle`]; it keeps the template alive like the `Worker` does.
 #[derive(Debug, Clone)]
-pub struct WaitHandle {
+pub struct WorkerHandle {
+    pid: u32,
     exit: ExitWatch,
+    template: Template,
 }
 
-impl WaitHandle {
+impl WorkerHandle {
+    /// The worker's process id.
+    pub fn id(&self) -> u32 {
+        self.pid
+    }
+
+    /// Sends `signal` to the worker, as [`Worker::signal`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Worker::signal`].
+    pub fn signal(&self, signal: i32) -> Result<()> {
+        if self.exit.borrow().is_some() {
+            return Ok(());
+        }
+        self.template.conn().signal(self.pid as i32, signal)
+    }
+
     /// Waits for the worker to exit, as [`Worker::wait`].
     ///
     /// # Errors

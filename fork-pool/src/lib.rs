@@ -1,1 +1,54 @@
-//! skeleton
+//! One typed client over a load-balanced, self-scaling pool of forked
+//! workers: Perl's AnyEvent::Fork::Pool for tokio and tarpc, with its holes
+//! fixed.
+//!
+//! A [`Pool`] forks [fork-rpc](fork_rpc) workers from a template you
+//! prepared (preloaded state, arguments, descriptors) and implements tarpc's
+//! `Stub`, so the generated client works over it unchanged:
+//! `CalcClient::from(pool.clone())`.
+//!
+//! - **Dispatch**: each job goes to the least-loaded worker whose load is
+//!   below [`Config::load`], else waits in a FIFO queue. Ties go to the
+//!   oldest worker, so light load concentrates on few workers and the others
+//!   can reach [`Config::stop`] and leave.
+//! - **Scaling**: grow while jobs wait (after [`Config::start`]; zero means at
+//!   once), shrink idle workers after [`Config::stop`] down to
+//!   [`Config::idle`] (also with `idle = 0`), never above [`Config::max`].
+//! - **Recycling**: after [`Config::max_requests`] jobs (with jitter), above
+//!   [`Config::max_rss`], or when a worker calls
+//!   [`retire`](fork_rpc::EventSender::retire).
+//! - **Crashes**: a dead worker is replaced; queued jobs are never lost; jobs
+//!   running on it fail with [`WorkerLost`](fork_rpc::WorkerLost), or run
+//!   again elsewhere when marked [idempotent](Builder::idempotent); failing
+//!   spawns back off, and their error reaches the callers.
+//! - **Timeouts**: [`Config::job_timeout`] fails a job and kills its worker
+//!   (`SIGTERM`, then `SIGKILL`).
+//! - **Shutdown**: [`Pool::shutdown`] drains and leaves no process; dropping
+//!   the last handle does the same in the background.
+//! - **Observability**: [`Pool::stats`] and `tracing` events.
+//!
+//! # Tuning recipes
+//!
+//! As the original's documentation has them:
+//!
+//! - **Lowest latency**: `load = 1` (a job never waits behind another in a
+//!   worker) and `idle = max` (workers are always there: no dynamic sizing).
+//! - **Low latency with sizing**: `load = 1`, `start = 0`.
+//! - **CPU-bound throughput**: `max` = the number of CPUs, `load = 2` or more
+//!   so a worker never waits for its next job.
+//! - **I/O-bound work**: async workers (`fork_rpc::Config::concurrent`) with a
+//!   high `load`, and `max` small.
+//! - **Bursty load**: a longer `start` absorbs short bursts without forking;
+//!   a longer `stop` keeps workers for the next burst.
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod config;
+mod error;
+mod pool;
+mod scale;
+
+pub use crate::config::{Config, Overflow};
+pub use crate::error::{Error, Result};
+pub use crate::pool::{Builder, Pool, PoolEvents, Stats};

@@ -70,13 +70,20 @@ where
     let lost = Arc::new(Lost {
         pid,
         panic: Mutex::new(None),
+        retire: tokio::sync::watch::channel(false).0,
         ended: Mutex::new(None),
-        exit: worker.wait_handle(),
+        exit: worker.handle(),
     });
     if let Err(e) = handshake(&mut stream).await {
         return Err(match e {
             Error::Io(_) => Error::Lost(lost.lost().await),
-            e => e,
+            e => {
+                // The worker exits after reporting; wait for it, so that a
+                // failed spawn leaves no process behind.
+                let mut exit = lost.exit.clone();
+                let _ = tokio::time::timeout(STATUS_GRACE, exit.wait()).await;
+                e
+            }
         });
     }
     let codec = LengthDelimitedCodec::builder()
@@ -105,6 +112,7 @@ where
         default_timeout: config.default_timeout,
     };
     let worker = RpcWorker {
+        lost,
         process: worker,
         events: Some(Events {
             rx: events_rx,
@@ -140,9 +148,11 @@ async fn handshake(stream: &mut tokio::net::UnixStream) -> Result<()> {
 struct Lost {
     pid: u32,
     panic: Mutex<Option<String>>,
+    /// Set when the worker asked to be retired.
+    retire: tokio::sync::watch::Sender<bool>,
     /// How the connection ended, once it did.
     ended: Mutex<Option<End>>,
-    exit: fork_core::WaitHandle,
+    exit: fork_core::WorkerHandle,
 }
 
 /// How a worker's connection ended.
@@ -212,6 +222,21 @@ impl<Req, Resp> Client<Req, Resp> {
         self.lost.pid
     }
 
+    /// Whether the worker asked to be retired (with
+    /// [`EventSender::retire`](crate::EventSender::retire)): send it no new
+    /// calls, and drop the clients once pending calls are answered.
+    pub fn retire_requested(&self) -> bool {
+        *self.lost.retire.borrow()
+    }
+
+    /// Resolves when the worker asks to be retired (never, if it does not).
+    pub async fn retire_request(&self) {
+        let mut rx = self.lost.retire.subscribe();
+        if rx.wait_for(|r| *r).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+
     fn context(&self, mut ctx: tarpc::context::Context) -> tarpc::context::Context {
         if let Some(timeout) = self.default_timeout {
             if crate::context::is_implicit(&ctx) {
@@ -256,6 +281,7 @@ where
 /// channel for descriptors.
 #[derive(Debug)]
 pub struct RpcWorker<Ev = ()> {
+    lost: Arc<Lost>,
     process: fork_core::Worker,
     events: Option<Events<Ev>>,
     fds: tokio::net::UnixDatagram,
@@ -265,6 +291,20 @@ impl<Ev> RpcWorker<Ev> {
     /// The worker's process id.
     pub fn id(&self) -> u32 {
         self.process.id()
+    }
+
+    /// A cloneable handle to wait for the worker process and signal it.
+    pub fn handle(&self) -> fork_core::WorkerHandle {
+        self.process.handle()
+    }
+
+    /// Resolves when the worker asks to be retired (see
+    /// [`Client::retire_requested`]).
+    pub async fn retire_request(&self) {
+        let mut rx = self.lost.retire.subscribe();
+        if rx.wait_for(|r| *r).await.is_err() {
+            std::future::pending::<()>().await;
+        }
     }
 
     /// Takes the stream of the worker's events (once).
@@ -411,6 +451,9 @@ where
                 Poll::Ready(Some(Ok(WorkerMsg::Event(e)))) => {
                     let _ = self.events.send(e);
                 }
+                Poll::Ready(Some(Ok(WorkerMsg::Retire))) => {
+                    self.lost.retire.send_replace(true);
+                }
                 Poll::Ready(Some(Ok(WorkerMsg::Panic(message)))) => {
                     if let Ok(mut p) = self.lost.panic.lock() {
                         *p = Some(message);
@@ -463,13 +506,28 @@ impl tokio::io::AsyncRead for EofWatch {
     }
 }
 
+impl EofWatch {
+    fn note_write_error<T>(&self, poll: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        if let Poll::Ready(Err(e)) = &poll {
+            if matches!(
+                e.kind(),
+                io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+            ) {
+                self.disconnected();
+            }
+        }
+        poll
+    }
+}
+
 impl tokio::io::AsyncWrite for EofWatch {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut TaskContext<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.note_write_error(poll)
     }
 
     fn poll_write_vectored(
@@ -477,7 +535,8 @@ impl tokio::io::AsyncWrite for EofWatch {
         cx: &mut TaskContext<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let poll = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.note_write_error(poll)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -485,11 +544,13 @@ impl tokio::io::AsyncWrite for EofWatch {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let poll = Pin::new(&mut self.inner).poll_flush(cx);
+        self.note_write_error(poll)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        let poll = Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.note_write_error(poll)
     }
 }
 

@@ -39,11 +39,19 @@ fn invalid(e: impl std::fmt::Display) -> io::Error {
 }
 
 /// Encodes one value in `format`.
+/// Encodes one value in `format`; fails if the result exceeds `limit` bytes.
 pub(crate) fn encode<T: Serialize>(format: Format, limit: u64, item: &T) -> io::Result<Vec<u8>> {
-    match format {
-        Format::Bincode => bincode_options(limit).serialize(item).map_err(invalid),
-        Format::Json => serde_json::to_vec(item).map_err(invalid),
+    let bytes = match format {
+        Format::Bincode => bincode_options(limit).serialize(item).map_err(invalid)?,
+        Format::Json => serde_json::to_vec(item).map_err(invalid)?,
+    };
+    if bytes.len() as u64 > limit {
+        return Err(invalid(format!(
+            "{} bytes exceed the frame limit of {limit}",
+            bytes.len()
+        )));
     }
+    Ok(bytes)
 }
 
 /// Decodes one value in `format`; never allocates more than `limit` bytes.

@@ -49,6 +49,14 @@ impl<Req, Resp, Ev> RpcEntry<Req, Resp, Ev> {
     }
 }
 
+impl<Req, Resp, Ev> Clone for RpcEntry<Req, Resp, Ev> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<Req, Resp, Ev> Copy for RpcEntry<Req, Resp, Ev> {}
+
 impl<Req, Resp, Ev> fmt::Debug for RpcEntry<Req, Resp, Ev> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_tuple("RpcEntry").field(&self.entry.name()).finish()
@@ -70,8 +78,8 @@ macro_rules! entry {
         )
     };
     ($init:path, name = $name:expr) => {{
-        fn __fork_rpc_worker(ctx: $crate::__private::fork_core::Context) -> $crate::Result<()> {
-            $crate::serve(ctx, $init)
+        fn __fork_rpc_worker(ctx: $crate::__private::fork_core::Context) -> i32 {
+            $crate::__private::exit_code($crate::serve(ctx, $init))
         }
         $crate::RpcEntry::__new(
             $crate::__private::fork_core::entry!(__fork_rpc_worker, name = $name),

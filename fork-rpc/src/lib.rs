@@ -49,4 +49,17 @@ pub use crate::server::{EventSender, FdReceiver, Setup, serve};
 #[doc(hidden)]
 pub mod __private {
     pub use fork_core;
+
+    /// The worker's exit code for what `serve` returned: 0, or 1 after
+    /// printing the error (an init failure was already sent to the parent).
+    pub fn exit_code(result: crate::Result<()>) -> i32 {
+        match result {
+            Ok(()) => 0,
+            Err(crate::Error::Init(_)) => 1,
+            Err(e) => {
+                eprintln!("fork-rpc worker {}: {e}", std::process::id());
+                1
+            }
+        }
+    }
 }

@@ -17,6 +17,9 @@ pub(crate) enum WorkerMsg<Resp> {
     Event(Vec<u8>),
     /// A handler panicked with this message; the worker exits next.
     Panic(String),
+    /// The worker asks to be retired: send it nothing more, and close the
+    /// connection once its calls are answered.
+    Retire,
 }
 
 /// Handshake status: ready to serve.

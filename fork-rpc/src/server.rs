@@ -61,11 +61,12 @@ impl<Ev: Serialize> Setup<Ev> {
     ///
     /// If there is no such argument or it does not decode as `T`.
     pub fn arg<T: DeserializeOwned>(&self, index: usize) -> Result<T> {
+        let arg_error = |message: String| Error::Core(fork_core::Error::Arg { index, message });
         let bytes = self
             .args
             .get(index)
-            .ok_or_else(|| Error::Protocol(format!("no argument {index}")))?;
-        bincode::deserialize(bytes).map_err(|e| Error::Protocol(format!("argument {index}: {e}")))
+            .ok_or_else(|| arg_error(format!("only {} arguments were sent", self.args.len())))?;
+        bincode::deserialize(bytes).map_err(|e| arg_error(e.to_string()))
     }
 
     /// Takes the descriptors sent with the fork (and inherited from the
@@ -95,6 +96,8 @@ impl<Ev: Serialize> Setup<Ev> {
 /// produced, then `Close`.
 enum Outgoing {
     Frame(Vec<u8>),
+    /// Write everything queued so far, then say so.
+    Flush(tokio::sync::oneshot::Sender<()>),
     Close,
 }
 
@@ -128,8 +131,45 @@ impl<Ev> fmt::Debug for EventSender<Ev> {
     }
 }
 
+impl<Ev> EventSender<Ev> {
+    /// Asks the parent to retire this worker (AnyEvent::Fork::Pool's
+    /// `retire`): it sends no new calls, and closes the connection once the
+    /// calls already sent are answered, so the worker finishes and exits 0.
+    /// A pool then starts a fresh worker if it needs one. Ordered with
+    /// replies and events, like an event.
+    ///
+    /// # Errors
+    ///
+    /// If the connection is closed.
+    pub fn retire(&self) -> Result<()> {
+        let frame = codec::encode(self.format, self.limit, &WorkerMsg::<()>::Retire)?;
+        self.out
+            .send(Outgoing::Frame(frame))
+            .map_err(|_| Error::Io(io::ErrorKind::BrokenPipe.into()))
+    }
+}
+
 impl<Ev: Serialize> EventSender<Ev> {
-    /// Queues an event for the parent.
+    /// Waits until every event (and reply) queued so far was written to the
+    /// socket. Events are written by a task of the worker's runtime, so a
+    /// handler that computes without awaiting holds them back until it
+    /// returns or awaits; call this to send progress at once
+    /// (AnyEvent::Fork::RPC's `flush`).
+    ///
+    /// # Errors
+    ///
+    /// If the connection is closed.
+    pub async fn flush(&self) -> Result<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.out
+            .send(Outgoing::Flush(tx))
+            .map_err(|_| Error::Io(io::ErrorKind::BrokenPipe.into()))?;
+        rx.await
+            .map_err(|_| Error::Io(io::ErrorKind::BrokenPipe.into()))
+    }
+
+    /// Queues an event for the parent; it is written as soon as the
+    /// worker's runtime gets to it (see [`flush`](EventSender::flush)).
     ///
     /// # Errors
     ///
@@ -199,7 +239,22 @@ impl<Req, Resp: Serialize> Sink<Response<Resp>> for ServerTransport<Req, Resp> {
     }
 
     fn start_send(self: Pin<&mut Self>, item: Response<Resp>) -> io::Result<()> {
-        let frame = codec::encode(self.format, self.limit, &WorkerMsg::Reply(item))?;
+        let request_id = item.request_id;
+        let frame = match codec::encode(self.format, self.limit, &WorkerMsg::Reply(item)) {
+            Ok(frame) => frame,
+            // A reply that cannot be sent (too big, not serialisable) fails
+            // its call, not the connection.
+            Err(e) => {
+                let error = Response::<()> {
+                    request_id,
+                    message: Err(tarpc::ServerError::new(
+                        io::ErrorKind::InvalidData,
+                        format!("the reply could not be sent: {e}"),
+                    )),
+                };
+                codec::encode(self.format, self.limit, &WorkerMsg::Reply(error))?
+            }
+        };
         self.out
             .send(Outgoing::Frame(frame))
             .map_err(|_| io::ErrorKind::BrokenPipe.into())
@@ -371,6 +426,10 @@ async fn write_loop(
                 if out.is_empty() {
                     SinkExt::<Bytes>::flush(&mut framed).await?;
                 }
+            }
+            Some(Outgoing::Flush(done)) => {
+                SinkExt::<Bytes>::flush(&mut framed).await?;
+                let _ = done.send(());
             }
             Some(Outgoing::Close) | None => {
                 SinkExt::<Bytes>::flush(&mut framed).await?;

@@ -1,0 +1,886 @@
+//! RPC benchmark: calls per second through fork-rpc, compared with plain
+//! tarpc and with the raw limit (a hand-written length-prefixed ping-pong)
+//! measured in the same run, on a multi-thread and on a `current_thread`
+//! parent runtime; and the memory of an idle RPC worker.
+//!
+//! Run: `cargo bench -p benches --bench rpc` (under a minute), or
+//! `cargo bench -p benches --bench rpc -- --quick` (a few seconds; for CI).
+//! `--only TEXT` measures only the rows whose name contains `TEXT` (to
+//! profile one of them with `perf` or `strace`; the worker's pid is
+//! printed). Other arguments (`--bench`, which cargo passes) are ignored.
+//!
+//! Every peer is a worker forked from one template, serving a trivial echo
+//! call on its socket:
+//!
+//! - **raw**: the parent writes `u32` length + 8-byte payload frames on a
+//!   tokio `UnixStream`, the worker echoes them with blocking std I/O.
+//!   "N in flight" writes N frames, then reads N replies, and repeats.
+//! - **tarpc**: plain tarpc (`serde_transport`, bincode,
+//!   `LengthDelimitedCodec`), the worker running tarpc's own serving recipe
+//!   on a `current_thread` runtime.
+//! - **fork-rpc**: the same service through [`fork_rpc::spawn`], sync mode
+//!   and async mode (`Config::default().concurrent(256)`).
+//!
+//! RPC calls are made by one task keeping N calls in flight (a new call as
+//! soon as one returns). The machines this runs on are small, shared and
+//! noisy: every measurement is split into rounds, and the rounds of the four
+//! peers take turns, so a change in load hits them alike. The table shows
+//! the median round, the spread, ratios to raw and to plain tarpc at the
+//! same depth on the same runtime, and per call the CPU time and the context
+//! switches of the parent (all its threads) and of the worker.
+
+use std::error::Error;
+use std::future::Future;
+use std::io::{self, Read, Write};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fork_core::{Context, Entry, Template, Worker};
+use fork_rpc::{Config, RpcEntry, RpcWorker, Setup};
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use tarpc::client::RpcError;
+use tarpc::server::{BaseChannel, Channel};
+use tarpc::tokio_serde::formats::Bincode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tokio::runtime::Runtime;
+use tokio_util::codec::{Framed, LengthDelimitedCodec};
+
+type BoxResult<T> = Result<T, Box<dyn Error + Send + Sync>>;
+
+// ===== the service =====
+
+// ANCHOR: service
+/// The benchmarked call: as trivial as a call can be.
+#[tarpc::service]
+trait Echo {
+    async fn echo(x: u64) -> u64;
+}
+
+#[derive(Debug, Clone, Copy)]
+struct EchoServer;
+
+impl Echo for EchoServer {
+    async fn echo(self, _: tarpc::context::Context, x: u64) -> u64 {
+        x
+    }
+}
+
+/// fork-rpc's init hook: builds the service in the worker.
+fn echo_service(_: &mut Setup<()>) -> Result<ServeEcho<EchoServer>, String> {
+    Ok(EchoServer.serve())
+}
+static FORK_RPC_ECHO: RpcEntry<EchoRequest, EchoResponse> =
+    fork_rpc::entry!(echo_service, name = "benches::rpc::fork_rpc_echo");
+// ANCHOR_END: service
+
+// ===== the raw limit =====
+
+/// Bytes of payload in a raw frame (a `u64`, like the RPC argument).
+const PAYLOAD: usize = 8;
+/// A raw frame: `u32` length (little-endian) + payload.
+const FRAME: usize = 4 + PAYLOAD;
+
+// ANCHOR: raw_worker
+/// The raw worker: reads what is there, echoes every complete frame in one
+/// write, until EOF. Blocking std I/O, no runtime.
+fn raw_echo(ctx: Context) -> io::Result<()> {
+    let mut socket = ctx.socket();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut have = 0;
+    loop {
+        let n = socket.read(&mut buf[have..])?;
+        if n == 0 {
+            return Ok(());
+        }
+        have += n;
+        let mut end = 0;
+        while have - end >= 4 {
+            let len = u32::from_le_bytes(buf[end..end + 4].try_into().expect("4 bytes"));
+            let len = len as usize;
+            if len > buf.len() - 4 {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, "frame too big"));
+            }
+            if have - end < 4 + len {
+                break;
+            }
+            end += 4 + len;
+        }
+        socket.write_all(&buf[..end])?;
+        buf.copy_within(end..have, 0);
+        have -= end;
+    }
+}
+static RAW_ECHO: Entry = fork_core::entry!(raw_echo, name = "benches::rpc::raw_echo");
+// ANCHOR_END: raw_worker
+
+// ANCHOR: raw_client
+/// The parent's end of the raw ping-pong.
+#[derive(Debug)]
+struct RawConn {
+    stream: UnixStream,
+    out: Vec<u8>,
+    back: Vec<u8>,
+    next: u64,
+}
+
+impl RawConn {
+    /// Writes `n` frames at once, then reads the `n` replies and checks them.
+    async fn batch(&mut self, n: usize) -> io::Result<()> {
+        self.out.clear();
+        for _ in 0..n {
+            self.out.extend_from_slice(&(PAYLOAD as u32).to_le_bytes());
+            self.out.extend_from_slice(&self.next.to_le_bytes());
+            self.next += 1;
+        }
+        self.stream.write_all(&self.out).await?;
+        self.back.resize(n * FRAME, 0);
+        self.stream.read_exact(&mut self.back).await?;
+        if self.back != self.out {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "bad echo"));
+        }
+        Ok(())
+    }
+}
+// ANCHOR_END: raw_client
+
+/// Runs raw batches of `depth` frames until `len` has passed.
+async fn raw_round(
+    conn: Arc<tokio::sync::Mutex<RawConn>>,
+    depth: usize,
+    len: Duration,
+) -> BoxResult<(u64, Duration)> {
+    let mut conn = conn.lock().await;
+    let start = Instant::now();
+    let deadline = start + len;
+    let mut done = 0;
+    while Instant::now() < deadline {
+        conn.batch(depth).await?;
+        done += depth as u64;
+    }
+    Ok((done, start.elapsed()))
+}
+
+// ===== plain tarpc =====
+
+// ANCHOR: tarpc_worker
+/// The plain tarpc worker: tarpc's own serving recipe (one task per
+/// request) on a `current_thread` runtime, over the worker's socket.
+fn tarpc_echo(ctx: Context) -> BoxResult<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let stream = ctx.into_tokio_socket()?;
+        let framed = Framed::new(stream, LengthDelimitedCodec::new());
+        let transport = tarpc::serde_transport::new(framed, Bincode::default());
+        BaseChannel::with_defaults(transport)
+            .execute(EchoServer.serve())
+            .for_each(|response| {
+                tokio::spawn(response);
+                async {}
+            })
+            .await;
+        Ok(())
+    })
+}
+static TARPC_ECHO: Entry = fork_core::entry!(tarpc_echo, name = "benches::rpc::tarpc_echo");
+
+/// The parent's plain tarpc client over the worker's socket.
+fn tarpc_client(stream: UnixStream) -> EchoClient {
+    let framed = Framed::new(stream, LengthDelimitedCodec::new());
+    let transport = tarpc::serde_transport::new(framed, Bincode::default());
+    EchoClient::new(tarpc::client::Config::default(), transport).spawn()
+}
+// ANCHOR_END: tarpc_worker
+
+// ===== calls in flight =====
+
+/// An echo client of either kind.
+trait Caller: Send + Sync + 'static {
+    fn call(&self, x: u64) -> impl Future<Output = Result<u64, RpcError>> + Send + '_;
+}
+
+impl Caller for EchoClient {
+    fn call(&self, x: u64) -> impl Future<Output = Result<u64, RpcError>> + Send + '_ {
+        self.echo(tarpc::context::current(), x)
+    }
+}
+
+type ForkRpcClient = EchoClient<fork_rpc::Client<EchoRequest, EchoResponse>>;
+
+impl Caller for ForkRpcClient {
+    fn call(&self, x: u64) -> impl Future<Output = Result<u64, RpcError>> + Send + '_ {
+        self.echo(tarpc::context::current(), x)
+    }
+}
+
+// ANCHOR: calls
+/// Keeps `depth` calls in flight from one task, starting a new one as soon
+/// as one returns, until `len` has passed; then waits for the last ones.
+async fn calls<C: Caller>(
+    client: Arc<C>,
+    depth: usize,
+    len: Duration,
+) -> BoxResult<(u64, Duration)> {
+    let start = Instant::now();
+    let deadline = start + len;
+    let call = |x: u64| {
+        let client = &client;
+        async move {
+            let y = client.call(x).await?;
+            if y != x {
+                return Err(format!("echo({x}) returned {y}").into());
+            }
+            BoxResult::Ok(())
+        }
+    };
+    let mut running = FuturesUnordered::new();
+    let mut next = 0u64;
+    for _ in 0..depth {
+        running.push(call(next));
+        next += 1;
+    }
+    let mut done = 0;
+    while let Some(result) = running.next().await {
+        result?;
+        done += 1;
+        if Instant::now() < deadline {
+            running.push(call(next));
+            next += 1;
+        }
+    }
+    Ok((done, start.elapsed()))
+}
+// ANCHOR_END: calls
+
+// ===== the peers =====
+
+/// A worker and the parent's end of its connection.
+#[derive(Debug)]
+enum Peer {
+    Raw(Arc<tokio::sync::Mutex<RawConn>>, Worker),
+    Tarpc(Arc<EchoClient>, Worker),
+    ForkRpc(Arc<ForkRpcClient>, RpcWorker),
+}
+
+impl Peer {
+    fn pid(&self) -> u32 {
+        match self {
+            Peer::Raw(_, w) | Peer::Tarpc(_, w) => w.id(),
+            Peer::ForkRpc(_, w) => w.id(),
+        }
+    }
+
+    /// One round of calls, `depth` in flight, in a task on `rt`.
+    fn round(&self, rt: &Runtime, depth: usize, len: Duration) -> BoxResult<(u64, Duration)> {
+        let task = match self {
+            Peer::Raw(conn, _) => rt.spawn(raw_round(conn.clone(), depth, len)),
+            Peer::Tarpc(client, _) => rt.spawn(calls(client.clone(), depth, len)),
+            Peer::ForkRpc(client, _) => rt.spawn(calls(client.clone(), depth, len)),
+        };
+        rt.block_on(task)?
+    }
+
+    /// Closes the connection and waits for the worker to exit.
+    async fn close(self) -> BoxResult<()> {
+        let status = match self {
+            Peer::Raw(conn, mut worker) => {
+                drop(conn);
+                worker.wait().await?
+            }
+            Peer::Tarpc(client, mut worker) => {
+                drop(client);
+                worker.wait().await?
+            }
+            Peer::ForkRpc(client, mut worker) => {
+                drop(client);
+                worker.wait().await?
+            }
+        };
+        if !status.success() {
+            return Err(format!("a worker exited with {status}").into());
+        }
+        Ok(())
+    }
+}
+
+// ANCHOR: spawn
+async fn raw_peer(template: &Template) -> BoxResult<Peer> {
+    let mut worker = template.fork().run(&RAW_ECHO).await?;
+    let stream = worker.take_stream().expect("a worker socket");
+    let conn = RawConn {
+        stream,
+        out: Vec::new(),
+        back: Vec::new(),
+        next: 0,
+    };
+    Ok(Peer::Raw(Arc::new(tokio::sync::Mutex::new(conn)), worker))
+}
+
+async fn tarpc_peer(template: &Template) -> BoxResult<Peer> {
+    let mut worker = template.fork().run(&TARPC_ECHO).await?;
+    let client = tarpc_client(worker.take_stream().expect("a worker socket"));
+    Ok(Peer::Tarpc(Arc::new(client), worker))
+}
+
+async fn fork_rpc_peer(template: &Template, config: &Config) -> BoxResult<Peer> {
+    let (client, worker) = fork_rpc::spawn(&mut template.fork(), &FORK_RPC_ECHO, config).await?;
+    Ok(Peer::ForkRpc(Arc::new(EchoClient::from(client)), worker))
+}
+// ANCHOR_END: spawn
+
+// ===== options =====
+
+#[derive(Debug, Clone)]
+struct Opts {
+    /// Rounds per measurement.
+    rounds: u32,
+    /// Length of one round.
+    round: Duration,
+    /// Measure only the rows whose name contains this.
+    only: Option<String>,
+}
+
+impl Opts {
+    /// Parses `std::env::args` by hand: `--quick` and `--only TEXT`; other
+    /// arguments (`--bench` from cargo) are ignored.
+    fn from_args() -> Opts {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let quick = args.iter().any(|a| a == "--quick");
+        let only = args
+            .iter()
+            .position(|a| a == "--only")
+            .and_then(|i| args.get(i + 1).cloned());
+        if quick {
+            Opts {
+                rounds: 1,
+                round: Duration::from_millis(100),
+                only,
+            }
+        } else {
+            Opts {
+                rounds: 15,
+                round: Duration::from_millis(150),
+                only,
+            }
+        }
+    }
+
+    fn wants(&self, what: &str) -> bool {
+        self.only.as_deref().is_none_or(|only| what.contains(only))
+    }
+}
+
+// ===== measuring =====
+
+/// The rates of the rounds of one measurement, in calls per second, and
+/// what the calls cost.
+#[derive(Debug, Clone, Default)]
+struct Sample {
+    rates: Vec<f64>,
+    calls: u64,
+    /// CPU seconds over the rounds: (parent, worker).
+    cpu: [f64; 2],
+    /// Context switches over the rounds: (parent, worker).
+    switches: [f64; 2],
+}
+
+impl Sample {
+    fn median(&self) -> f64 {
+        let mut r = self.rates.clone();
+        r.sort_by(f64::total_cmp);
+        let n = r.len();
+        if n % 2 == 1 {
+            r[n / 2]
+        } else {
+            (r[n / 2 - 1] + r[n / 2]) / 2.0
+        }
+    }
+
+    fn min(&self) -> f64 {
+        self.rates.iter().copied().fold(f64::INFINITY, f64::min)
+    }
+
+    fn max(&self) -> f64 {
+        self.rates.iter().copied().fold(0.0, f64::max)
+    }
+
+    /// CPU µs per call: (parent, worker).
+    fn cpu_per_call(&self) -> [f64; 2] {
+        self.cpu.map(|c| c * 1e6 / self.calls as f64)
+    }
+
+    /// Context switches per call: (parent, worker).
+    fn switches_per_call(&self) -> [f64; 2] {
+        self.switches.map(|s| s / self.calls as f64)
+    }
+
+    /// Runs one timed round on `peer` and adds it.
+    fn round(&mut self, rt: &Runtime, peer: &Peer, depth: usize, len: Duration) -> BoxResult<()> {
+        let pid = peer.pid();
+        let before = Costs::now(pid)?;
+        let (calls, took) = peer.round(rt, depth, len)?;
+        let after = Costs::now(pid)?;
+        self.calls += calls;
+        self.rates.push(calls as f64 / took.as_secs_f64());
+        for i in 0..2 {
+            self.cpu[i] += after.cpu[i] - before.cpu[i];
+            self.switches[i] += after.switches[i] - before.switches[i];
+        }
+        Ok(())
+    }
+}
+
+/// Measures `depth` calls in flight on each of `peers`, their rounds taking
+/// turns (so a change in the machine's load hits them all alike), after a
+/// quarter round each, untimed, as a warm-up.
+fn measure(
+    rt: &Runtime,
+    opts: &Opts,
+    flavour: &str,
+    depth: usize,
+    peers: &[(Kind, &Peer)],
+) -> BoxResult<Vec<Sample>> {
+    eprint!("measuring {}, {flavour} ...", depth_name(depth));
+    let mut warm_up = Vec::new();
+    for (_, peer) in peers {
+        warm_up.push(peer.round(rt, depth, opts.round / 4)?.0);
+    }
+    let mut samples = vec![Sample::default(); peers.len()];
+    for _ in 0..opts.rounds {
+        for ((_, peer), sample) in peers.iter().zip(&mut samples) {
+            sample.round(rt, peer, depth, opts.round)?;
+        }
+    }
+    for (((kind, _), sample), warm_up) in peers.iter().zip(&samples).zip(warm_up) {
+        eprint!(" {} {:.0}/s", kind.name(), sample.median());
+        if opts.only.is_some() {
+            // For profilers counting events over the whole run.
+            eprint!(" ({} calls with the warm-up)", sample.calls + warm_up);
+        }
+        eprint!(";");
+    }
+    eprintln!();
+    Ok(samples)
+}
+
+// ===== CPU time and context switches =====
+
+/// Cumulative costs of this process (all threads) and of a worker.
+#[derive(Debug, Clone, Copy)]
+struct Costs {
+    /// CPU seconds, user + system.
+    cpu: [f64; 2],
+    /// Context switches, voluntary + involuntary.
+    switches: [f64; 2],
+}
+
+impl Costs {
+    fn now(worker: u32) -> io::Result<Costs> {
+        let (me_cpu, me_switches) = rusage_self()?;
+        Ok(Costs {
+            cpu: [me_cpu, proc_cpu(worker)?],
+            switches: [me_switches, proc_switches(worker)?],
+        })
+    }
+}
+
+/// This process's CPU seconds and context switches, from `getrusage`.
+fn rusage_self() -> io::Result<(f64, f64)> {
+    // SAFETY: `rusage` is plain data; all-zero is a valid value.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `usage` is a valid, writable rusage.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+    Ok((
+        tv(usage.ru_utime) + tv(usage.ru_stime),
+        (usage.ru_nvcsw + usage.ru_nivcsw) as f64,
+    ))
+}
+
+/// A process's CPU seconds, from `/proc/<pid>/stat` (clock ticks, usually
+/// 10 ms).
+fn proc_cpu(pid: u32) -> io::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name, which may hold spaces: field 3 (state)
+    // is index 0, so utime (14) and stime (15) are 11 and 12.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let ticks: Vec<u64> = after
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    if ticks.len() != 2 {
+        return Err(io::Error::other(format!("cannot parse /proc/{pid}/stat")));
+    }
+    // SAFETY: sysconf takes an integer constant.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Ok((ticks[0] + ticks[1]) as f64 / hz)
+}
+
+/// A process's context switches, summed over its threads, from
+/// `/proc/<pid>/task/*/status`.
+fn proc_switches(pid: u32) -> io::Result<f64> {
+    let mut total = 0.0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let status = std::fs::read_to_string(task?.path().join("status"))?;
+        for line in status.lines() {
+            if let Some(n) = line
+                .strip_prefix("voluntary_ctxt_switches:")
+                .or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"))
+            {
+                total += n.trim().parse::<f64>().unwrap_or(0.0);
+            }
+        }
+    }
+    Ok(total)
+}
+
+// ===== memory =====
+
+/// Memory figures of one process, from `/proc/<pid>/smaps_rollup`, in KiB.
+#[derive(Debug, Default, Clone, Copy)]
+struct Mem {
+    rss: u64,
+    pss: u64,
+    /// Unique set size: `Private_Clean + Private_Dirty`.
+    uss: u64,
+}
+
+fn mem_of(pid: u32) -> io::Result<Mem> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))?;
+    let mut mem = Mem::default();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        let (Some(key), Some(value)) = (words.next(), words.next()) else {
+            continue;
+        };
+        let Ok(kib) = value.parse::<u64>() else {
+            continue;
+        };
+        match key {
+            "Rss:" => mem.rss = kib,
+            "Pss:" => mem.pss = kib,
+            "Private_Clean:" | "Private_Dirty:" => mem.uss += kib,
+            _ => {}
+        }
+    }
+    Ok(mem)
+}
+
+// ANCHOR: memory
+/// A fresh worker's memory after its first call (and, for the raw worker,
+/// its first round trip), then it is closed.
+async fn idle_mem(peer: Peer) -> BoxResult<Mem> {
+    match &peer {
+        Peer::Raw(conn, _) => conn.lock().await.batch(1).await?,
+        Peer::Tarpc(client, _) => {
+            client.call(1).await?;
+        }
+        Peer::ForkRpc(client, _) => {
+            client.call(1).await?;
+        }
+    }
+    let mem = mem_of(peer.pid())?;
+    peer.close().await?;
+    Ok(mem)
+}
+// ANCHOR_END: memory
+
+// ===== report =====
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Raw,
+    Tarpc,
+    ForkRpcSync,
+    ForkRpcAsync,
+}
+
+impl Kind {
+    const ALL: [Kind; 4] = [
+        Kind::Raw,
+        Kind::Tarpc,
+        Kind::ForkRpcSync,
+        Kind::ForkRpcAsync,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Raw => "raw ping-pong",
+            Kind::Tarpc => "plain tarpc",
+            Kind::ForkRpcSync => "fork-rpc sync",
+            Kind::ForkRpcAsync => "fork-rpc async",
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Row {
+    kind: Kind,
+    flavour: &'static str,
+    depth: usize,
+    sample: Sample,
+}
+
+impl Row {
+    fn what(&self) -> String {
+        row_name(self.kind, self.flavour, self.depth)
+    }
+}
+
+fn row_name(kind: Kind, flavour: &str, depth: usize) -> String {
+    format!("{}, {}, {flavour}", kind.name(), depth_name(depth))
+}
+
+fn depth_name(depth: usize) -> String {
+    if depth == 1 {
+        "serial".to_owned()
+    } else {
+        format!("{depth} in flight")
+    }
+}
+
+/// Raw serial rate a serial call must reach, as a share.
+const SERIAL_TARGET: f64 = 0.8;
+/// Pipelined calls/s fork-rpc must reach: 2× AnyEvent::Fork::RPC's 230k.
+const PIPELINED_TARGET: f64 = 460_000.0;
+/// USS of an idle RPC worker, KiB.
+const MEM_TARGET: u64 = 1024;
+
+#[derive(Debug, Default)]
+struct Report {
+    rows: Vec<Row>,
+}
+
+impl Report {
+    fn rate(&self, kind: Kind, flavour: &str, depth: usize) -> Option<f64> {
+        self.rows
+            .iter()
+            .find(|r| r.kind == kind && r.flavour == flavour && r.depth == depth)
+            .map(|r| r.sample.median())
+    }
+
+    /// The target of a row, and whether it was met.
+    fn target(&self, row: &Row) -> Option<(String, bool)> {
+        let rate = row.sample.median();
+        match (row.kind, row.depth) {
+            (Kind::ForkRpcSync | Kind::ForkRpcAsync, 1) => {
+                let raw = self.rate(Kind::Raw, row.flavour, 1)?;
+                Some((
+                    format!("≥ {SERIAL_TARGET}× raw serial"),
+                    rate >= SERIAL_TARGET * raw,
+                ))
+            }
+            (Kind::ForkRpcSync | Kind::ForkRpcAsync, _) => Some((
+                format!("≥ {:.0}k/s", PIPELINED_TARGET / 1000.0),
+                rate >= PIPELINED_TARGET,
+            )),
+            _ => None,
+        }
+    }
+
+    fn print(&self) {
+        println!();
+        println!(
+            "| measurement | calls/s (median) | µs/call | × raw | × tarpc | spread (min–max calls/s) | calls | CPU µs/call: parent + worker | switches/call: parent + worker | target |"
+        );
+        println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+        for row in &self.rows {
+            let rate = row.sample.median();
+            let vs = |kind| {
+                self.rate(kind, row.flavour, row.depth)
+                    .filter(|_| row.kind != kind)
+                    .map_or_else(String::new, |r| ratio(rate / r))
+            };
+            let target = self
+                .target(row)
+                .map_or_else(String::new, |(t, ok)| format!("{t}: {}", verdict(ok)));
+            let [cp, cw] = row.sample.cpu_per_call();
+            let [sp, sw] = row.sample.switches_per_call();
+            println!(
+                "| {} | {:.0} | {:.2} | {} | {} | {:.0}–{:.0} | {} | {:.2} + {:.2} = {:.2} | {:.2} + {:.2} | {} |",
+                row.what(),
+                rate,
+                1e6 / rate,
+                vs(Kind::Raw),
+                vs(Kind::Tarpc),
+                row.sample.min(),
+                row.sample.max(),
+                row.sample.calls,
+                cp,
+                cw,
+                cp + cw,
+                sp,
+                sw,
+                target,
+            );
+        }
+    }
+}
+
+/// A ratio with two decimals, or three when it is small.
+fn ratio(x: f64) -> String {
+    if x < 0.1 {
+        format!("{x:.3}")
+    } else {
+        format!("{x:.2}")
+    }
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok { "met" } else { "MISSED" }
+}
+
+// ===== main =====
+
+/// Forks a peer of every wanted kind from one template, measures them
+/// at every depth, then closes them.
+fn run_all(
+    rt: &Runtime,
+    opts: &Opts,
+    flavour: &'static str,
+    depths: &[usize],
+    report: &mut Report,
+) -> BoxResult<()> {
+    let kinds: Vec<Kind> = Kind::ALL
+        .into_iter()
+        .filter(|&kind| {
+            depths
+                .iter()
+                .any(|&d| opts.wants(&row_name(kind, flavour, d)))
+        })
+        .collect();
+    if kinds.is_empty() {
+        return Ok(());
+    }
+    let _rt = rt.enter();
+    let template = Template::new()?;
+    rt.block_on(template.ready())?;
+    let mut peers = Vec::new();
+    for kind in kinds {
+        let peer = rt.block_on(async {
+            match kind {
+                Kind::Raw => raw_peer(&template).await,
+                Kind::Tarpc => tarpc_peer(&template).await,
+                Kind::ForkRpcSync => fork_rpc_peer(&template, &Config::default()).await,
+                Kind::ForkRpcAsync => {
+                    fork_rpc_peer(&template, &Config::default().concurrent(256)).await
+                }
+            }
+        })?;
+        eprintln!("{} worker, {flavour}: pid {}", kind.name(), peer.pid());
+        peers.push((kind, peer));
+    }
+    for &depth in depths {
+        let wanted: Vec<(Kind, &Peer)> = peers
+            .iter()
+            .filter(|(kind, _)| opts.wants(&row_name(*kind, flavour, depth)))
+            .map(|(kind, peer)| (*kind, peer))
+            .collect();
+        if wanted.is_empty() {
+            continue;
+        }
+        let samples = measure(rt, opts, flavour, depth, &wanted)?;
+        for ((kind, _), sample) in wanted.into_iter().zip(samples) {
+            report.rows.push(Row {
+                kind,
+                flavour,
+                depth,
+                sample,
+            });
+        }
+    }
+    for (_, peer) in peers {
+        rt.block_on(peer.close())?;
+    }
+    Ok(())
+}
+
+/// A fresh worker of each kind, its memory after its first call.
+async fn idle_mems() -> BoxResult<Vec<(&'static str, Mem)>> {
+    let template = Template::new()?;
+    template.ready().await?;
+    let sync = Config::default();
+    let concurrent = Config::default().concurrent(256);
+    Ok(vec![
+        ("raw ping-pong", idle_mem(raw_peer(&template).await?).await?),
+        ("plain tarpc", idle_mem(tarpc_peer(&template).await?).await?),
+        (
+            "fork-rpc sync",
+            idle_mem(fork_rpc_peer(&template, &sync).await?).await?,
+        ),
+        (
+            "fork-rpc async",
+            idle_mem(fork_rpc_peer(&template, &concurrent).await?).await?,
+        ),
+    ])
+}
+
+// ANCHOR: main
+fn main() -> BoxResult<()> {
+    // First thing, before any thread: turns template processes started from
+    // this binary into templates.
+    fork_core::init();
+    let opts = Opts::from_args();
+    let mut report = Report::default();
+
+    // The parent on a multi-thread runtime (as `#[tokio::main]` makes) ...
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    run_all(&rt, &opts, "multi-thread", &[1, 64, 256], &mut report)?;
+    let mems = rt.block_on(idle_mems())?;
+    drop(rt);
+
+    // ... and on a `current_thread` runtime.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    run_all(&rt, &opts, "current_thread", &[1, 256], &mut report)?;
+    drop(rt);
+    // ANCHOR_END: main
+
+    // The report.
+    report.print();
+    println!();
+    println!("| worker, after its first call | USS KiB | PSS KiB | RSS KiB | target |");
+    println!("|---|---:|---:|---:|---|");
+    for (name, mem) in &mems {
+        let target = if name.starts_with("fork-rpc") {
+            format!("USS ≤ {MEM_TARGET} KiB: {}", verdict(mem.uss <= MEM_TARGET))
+        } else {
+            String::new()
+        };
+        println!(
+            "| {name} | {} | {} | {} | {target} |",
+            mem.uss, mem.pss, mem.rss
+        );
+    }
+    println!();
+    println!("Targets:");
+    for row in &report.rows {
+        if let Some((target, ok)) = report.target(row) {
+            let raw = report.rate(Kind::Raw, row.flavour, row.depth);
+            let vs = raw.map_or_else(String::new, |r| {
+                format!(" ({:.2}× raw)", row.sample.median() / r)
+            });
+            println!(
+                "- {}: {:.0} calls/s{vs}, {target}: {}",
+                row.what(),
+                row.sample.median(),
+                verdict(ok)
+            );
+        }
+    }
+    println!();
+    println!(
+        "For reference (not measured here), on these machines: Perl's AnyEvent::Fork::RPC ~21k calls/s serial, ~230k/s pipelined; plain tarpc ~36k/s serial, ~300k/s at 64 in flight."
+    );
+    Ok(())
+}

@@ -1,0 +1,1115 @@
+//! The pool: dispatch, the queue, workers' lifecycle, shutdown.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tarpc::RequestName;
+use tarpc::client::RpcError;
+use tarpc::client::stub::Stub;
+use tarpc::context::Context;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+
+use crate::config::{Config, Overflow};
+use crate::error::Error;
+use crate::scale::{self, Knobs, Snapshot};
+
+/// Tells idempotent requests apart.
+type IsIdempotent<Req> = Box<dyn Fn(&Req) -> bool + Send + Sync>;
+
+/// The events of all workers of a pool, each with its worker's pid.
+pub type PoolEvents<Ev> = mpsc::UnboundedReceiver<(u32, fork_rpc::Result<Ev>)>;
+
+/// How often a busy worker's memory is checked at most (an idle one is
+/// checked after every job).
+const RSS_INTERVAL: Duration = Duration::from_millis(100);
+/// Back-off after failed spawns: first delay and ceiling.
+const BACKOFF_FIRST: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// One typed client over many workers: least-loaded dispatch, a FIFO queue,
+/// growth on backlog, shrinking when idle, recycling, crash replacement,
+/// job timeouts and graceful shutdown (AnyEvent::Fork::Pool, and more).
+///
+/// `Pool` implements tarpc's [`Stub`], so the generated client works over it
+/// unchanged: `CalcClient::from(pool.clone())`. It is a cheap handle
+/// (`Clone`); when the last handle is dropped, the pool shuts down in the
+/// background as [`shutdown`](Pool::shutdown) would.
+pub struct Pool<Req, Resp, Ev = ()> {
+    handle: Arc<Handle<Req, Resp, Ev>>,
+}
+
+impl<Req, Resp, Ev> Clone for Pool<Req, Resp, Ev> {
+    fn clone(&self) -> Self {
+        Pool {
+            handle: self.handle.clone(),
+        }
+    }
+}
+
+impl<Req, Resp, Ev> fmt::Debug for Pool<Req, Resp, Ev> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pool")
+            .field("entry", &self.handle.shared.entry)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Handle<Req, Resp, Ev> {
+    shared: Arc<Shared<Req, Resp, Ev>>,
+    /// Shuts the pool down in the background.
+    on_drop: Box<dyn Fn() + Send + Sync>,
+}
+
+impl<Req, Resp, Ev> Drop for Handle<Req, Resp, Ev> {
+    fn drop(&mut self) {
+        (self.on_drop)();
+    }
+}
+
+/// Builds a [`Pool`]; see [`Config`] for every knob.
+pub struct Builder<Req, Resp, Ev> {
+    template: fork_core::Template,
+    entry: fork_rpc::RpcEntry<Req, Resp, Ev>,
+    config: Config,
+    idempotent: Option<IsIdempotent<Req>>,
+    retries: u32,
+}
+
+impl<Req, Resp, Ev> fmt::Debug for Builder<Req, Resp, Ev> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Builder")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A snapshot of a pool's state and counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Workers being started.
+    pub starting: usize,
+    /// Workers ready with no job.
+    pub idle: usize,
+    /// Workers with at least one job.
+    pub busy: usize,
+    /// Jobs waiting in the queue.
+    pub queued: usize,
+    /// Workers started since the pool was built.
+    pub spawned: u64,
+    /// Workers that left because of `max_requests`, `max_rss`, `stop` or
+    /// their own `retire()`.
+    pub recycled: u64,
+    /// Workers that died unexpectedly (killed, panicked, exited).
+    pub crashed: u64,
+    /// Jobs that exceeded `job_timeout` (their workers were killed).
+    pub timed_out: u64,
+    /// Jobs answered.
+    pub completed: u64,
+    /// Failed attempts to start a worker.
+    pub spawn_failures: u64,
+}
+
+struct Shared<Req, Resp, Ev> {
+    config: Config,
+    knobs: Knobs,
+    template: fork_core::Template,
+    entry: fork_rpc::RpcEntry<Req, Resp, Ev>,
+    idempotent: Option<IsIdempotent<Req>>,
+    retries: u32,
+    state: Mutex<State<Req, Resp>>,
+    /// Wakes the supervisor.
+    wake: Notify,
+    /// Signals progress to `shutdown` (a job finished, a worker left).
+    changed: Notify,
+    /// Room in a bounded queue.
+    queue_room: Option<Arc<Semaphore>>,
+    events_tx: mpsc::UnboundedSender<(u32, fork_rpc::Result<Ev>)>,
+    events_rx: Mutex<Option<PoolEvents<Ev>>>,
+}
+
+struct State<Req, Resp> {
+    members: Vec<Member<Req, Resp>>,
+    next_id: u64,
+    queue: VecDeque<Waiter<Req, Resp>>,
+    starting: usize,
+    closed: bool,
+    finished: bool,
+    last_spawn: Option<Instant>,
+    consecutive_failures: u32,
+    backoff_until: Option<Instant>,
+    stats: Stats,
+    rng: u64,
+    /// When the supervisor will look again on its own.
+    next_wake: Option<Instant>,
+}
+
+struct Member<Req, Resp> {
+    id: u64,
+    pid: u32,
+    client: fork_rpc::Client<Req, Resp>,
+    process: fork_core::WorkerHandle,
+    load: usize,
+    served: u64,
+    /// Recycle after this many jobs.
+    limit: Option<u64>,
+    /// Why it takes no more jobs, once it does not.
+    leaving: Option<Leave>,
+    idle_since: Instant,
+    rss_checked: Instant,
+    /// The memory check found it over the limit right after it started:
+    /// the limit is too low for this worker; do not recycle it for memory.
+    rss_exempt: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Leave {
+    Recycled,
+    Retired,
+    Memory,
+}
+
+struct Waiter<Req, Resp> {
+    tx: oneshot::Sender<Result<Grant<Req, Resp>, Error>>,
+    since: Instant,
+    _room: Option<OwnedSemaphorePermit>,
+}
+
+/// A job's place on a worker: the worker's client, and the slot that gives
+/// the place back when dropped.
+struct Grant<Req, Resp> {
+    slot: Slot,
+    client: fork_rpc::Client<Req, Resp>,
+    pid: u32,
+}
+
+/// Gives a worker's place back to the pool when dropped.
+struct Slot {
+    id: u64,
+    release: Option<Box<dyn FnOnce(u64) + Send>>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(release) = self.release.take() {
+            release(self.id);
+        }
+    }
+}
+
+impl Slot {
+    fn disarm(mut self) {
+        self.release = None;
+    }
+}
+
+fn splitmix(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// A random extra in `0..=jitter` that `taken` does not reject, if one
+/// exists: workers recycled after `max_requests` then never all leave at
+/// once (with at least as many values as workers).
+fn pick_jitter(rng: &mut u64, jitter: u64, taken: impl Fn(u64) -> bool) -> u64 {
+    if jitter == 0 {
+        return 0;
+    }
+    let start = splitmix(rng) % (jitter + 1);
+    (0..=jitter.min(4096))
+        .map(|i| (start + i) % (jitter + 1))
+        .find(|&e| !taken(e))
+        .unwrap_or(start)
+}
+
+// ===== impl Builder =====
+
+impl<Req, Resp, Ev> Builder<Req, Resp, Ev>
+where
+    Req: Serialize + DeserializeOwned + RequestName + Send + Sync + 'static,
+    Resp: DeserializeOwned + Send + Sync + 'static,
+    Ev: DeserializeOwned + Send + Sync + 'static,
+{
+    /// Replaces the whole configuration.
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Sets [`Config::max`].
+    pub fn max(mut self, max: usize) -> Self {
+        self.config.max = max;
+        self
+    }
+
+    /// Sets [`Config::idle`].
+    pub fn idle(mut self, idle: usize) -> Self {
+        self.config.idle = idle;
+        self
+    }
+
+    /// Sets [`Config::load`].
+    pub fn load(mut self, load: usize) -> Self {
+        self.config.load = load;
+        self
+    }
+
+    /// Sets [`Config::start`].
+    pub fn start(mut self, start: Duration) -> Self {
+        self.config.start = start;
+        self
+    }
+
+    /// Sets [`Config::stop`].
+    pub fn stop(mut self, stop: Duration) -> Self {
+        self.config.stop = stop;
+        self
+    }
+
+    /// Bounds the queue ([`Config::queue_limit`], [`Config::overflow`]).
+    pub fn queue_limit(mut self, limit: usize, overflow: Overflow) -> Self {
+        self.config.queue_limit = Some(limit);
+        self.config.overflow = overflow;
+        self
+    }
+
+    /// Sets [`Config::max_requests`] (and optionally the jitter).
+    pub fn max_requests(mut self, jobs: u64, jitter: Option<u64>) -> Self {
+        self.config.max_requests = Some(jobs);
+        self.config.max_requests_jitter = jitter;
+        self
+    }
+
+    /// Sets [`Config::max_rss`] in bytes.
+    pub fn max_rss(mut self, bytes: u64) -> Self {
+        self.config.max_rss = Some(bytes);
+        self
+    }
+
+    /// Sets [`Config::job_timeout`].
+    pub fn job_timeout(mut self, limit: Duration) -> Self {
+        self.config.job_timeout = Some(limit);
+        self
+    }
+
+    /// Sets [`Config::kill_grace`].
+    pub fn kill_grace(mut self, grace: Duration) -> Self {
+        self.config.kill_grace = grace;
+        self
+    }
+
+    /// Sets [`Config::shutdown_timeout`].
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.config.shutdown_timeout = timeout;
+        self
+    }
+
+    /// Sets the workers' RPC configuration ([`Config::rpc`]).
+    pub fn rpc(mut self, rpc: fork_rpc::Config) -> Self {
+        self.config.rpc = rpc;
+        self
+    }
+
+    /// Marks requests that may run more than once: when the worker running
+    /// one dies, the pool runs it again on another worker instead of
+    /// failing it, up to [`retries`](Builder::retries) times (once by
+    /// default).
+    pub fn idempotent(
+        mut self,
+        is_idempotent: impl Fn(&Req) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.idempotent = Some(Box::new(is_idempotent));
+        self
+    }
+
+    /// How many times an [idempotent](Builder::idempotent) job is run again
+    /// after its worker died. The default is 1.
+    pub fn retries(mut self, retries: u32) -> Self {
+        self.retries = retries;
+        self
+    }
+
+    /// Builds the pool: starts the supervisor, which starts `idle` workers
+    /// at once.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime.
+    pub fn build(self) -> Pool<Req, Resp, Ev> {
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+            ^ u64::from(std::process::id());
+        let shared = Arc::new(Shared {
+            knobs: self.config.knobs(),
+            queue_room: self.config.queue_limit.map(|n| Arc::new(Semaphore::new(n))),
+            config: self.config,
+            template: self.template,
+            entry: self.entry,
+            idempotent: self.idempotent,
+            retries: self.retries,
+            state: Mutex::new(State {
+                members: Vec::new(),
+                next_id: 0,
+                queue: VecDeque::new(),
+                starting: 0,
+                closed: false,
+                finished: false,
+                last_spawn: None,
+                consecutive_failures: 0,
+                backoff_until: None,
+                stats: Stats::default(),
+                rng: seed,
+                next_wake: None,
+            }),
+            wake: Notify::new(),
+            changed: Notify::new(),
+            events_tx,
+            events_rx: Mutex::new(Some(events_rx)),
+        });
+        tokio::spawn(supervise(shared.clone()));
+        let closing = shared.clone();
+        Pool {
+            handle: Arc::new(Handle {
+                shared,
+                on_drop: Box::new(move || closing.drop_all_handles()),
+            }),
+        }
+    }
+}
+
+// ===== impl Pool =====
+
+impl<Req, Resp, Ev> Pool<Req, Resp, Ev>
+where
+    Req: Serialize + DeserializeOwned + RequestName + Send + Sync + 'static,
+    Resp: DeserializeOwned + Send + Sync + 'static,
+    Ev: DeserializeOwned + Send + Sync + 'static,
+{
+    /// Starts building a pool of workers forked from `template` (prepared as
+    /// you like: preloaded state, arguments, descriptors), each serving
+    /// `entry`.
+    pub fn builder(
+        template: fork_core::Template,
+        entry: &fork_rpc::RpcEntry<Req, Resp, Ev>,
+    ) -> Builder<Req, Resp, Ev> {
+        Builder {
+            template,
+            entry: *entry,
+            config: Config::default(),
+            idempotent: None,
+            retries: 1,
+        }
+    }
+
+    /// A snapshot of the pool's state and counters.
+    pub fn stats(&self) -> Stats {
+        self.handle.shared.stats()
+    }
+
+    /// The process ids of the current workers (not those starting).
+    pub fn worker_pids(&self) -> Vec<u32> {
+        self.handle
+            .shared
+            .lock()
+            .members
+            .iter()
+            .map(|m| m.pid)
+            .collect()
+    }
+
+    /// Takes the stream of events from all workers, each with its worker's
+    /// pid (once; `None` afterwards).
+    pub fn events(&self) -> Option<PoolEvents<Ev>> {
+        self.handle
+            .shared
+            .events_rx
+            .lock()
+            .ok()
+            .and_then(|mut rx| rx.take())
+    }
+
+    /// Waits until the pool's [`Stats`] satisfy `condition`, re-checking
+    /// whenever a worker starts, leaves, dies or turns idle, and returns
+    /// them. For tests and for programs that scale in steps.
+    pub async fn wait_until(&self, condition: impl Fn(&Stats) -> bool) -> Stats {
+        let shared = &self.handle.shared;
+        loop {
+            let changed = shared.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let stats = shared.stats();
+            if condition(&stats) {
+                return stats;
+            }
+            changed.await;
+        }
+    }
+
+    /// Stops taking new calls (they fail with [`Error::Closed`]), lets the
+    /// queued and running jobs finish, closes the workers (they exit 0) and
+    /// waits for them. After [`Config::shutdown_timeout`], jobs still queued
+    /// fail with [`Error::Closed`] and workers still running are killed.
+    /// Afterwards no worker of the pool remains.
+    pub async fn shutdown(&self) {
+        self.handle.shared.shutdown().await;
+    }
+}
+
+impl<Req, Resp, Ev> Stub for Pool<Req, Resp, Ev>
+where
+    Req: Serialize + DeserializeOwned + RequestName + Send + Sync + 'static,
+    Resp: DeserializeOwned + Send + Sync + 'static,
+    Ev: DeserializeOwned + Send + Sync + 'static,
+{
+    type Req = Req;
+    type Resp = Resp;
+
+    async fn call(&self, ctx: Context, request: Req) -> Result<Resp, RpcError> {
+        let shared = &self.handle.shared;
+        // A copy of an idempotent request, to run it again.
+        let copy = match &shared.idempotent {
+            Some(is) if shared.retries > 0 && is(&request) => bincode::serialize(&request).ok(),
+            _ => None,
+        };
+        let mut result = shared.run(ctx, request).await;
+        let mut retries = shared.retries;
+        while let (Err(e), Some(copy)) = (&result, &copy) {
+            if retries == 0 || !fork_rpc::WorkerLost::is_lost(e) {
+                break;
+            }
+            let Ok(request) = bincode::deserialize(copy) else {
+                break;
+            };
+            retries -= 1;
+            tracing::debug!(error = %e, "running an idempotent job again on another worker");
+            result = shared.run(ctx, request).await;
+        }
+        result
+    }
+}
+
+// ===== impl Shared =====
+
+impl<Req, Resp, Ev> Shared<Req, Resp, Ev>
+where
+    Req: Serialize + DeserializeOwned + RequestName + Send + Sync + 'static,
+    Resp: DeserializeOwned + Send + Sync + 'static,
+    Ev: DeserializeOwned + Send + Sync + 'static,
+{
+    fn lock(&self) -> MutexGuard<'_, State<Req, Resp>> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn stats(&self) -> Stats {
+        let st = self.lock();
+        let mut stats = st.stats.clone();
+        stats.starting = st.starting;
+        stats.idle = st.members.iter().filter(|m| m.load == 0).count();
+        stats.busy = st.members.len() - stats.idle;
+        stats.queued = st.queue.len();
+        stats
+    }
+
+    /// The least-loaded worker that takes jobs and has room; ties go to the
+    /// oldest, so light load concentrates on few workers and the rest can
+    /// reach `stop`.
+    fn pick(&self, st: &State<Req, Resp>) -> Option<usize> {
+        let mut best: Option<(usize, usize)> = None;
+        for (i, m) in st.members.iter().enumerate() {
+            if m.leaving.is_some() || m.load >= self.knobs.load {
+                continue;
+            }
+            if best.is_none_or(|(_, load)| m.load < load) {
+                best = Some((i, m.load));
+                if m.load == 0 {
+                    break;
+                }
+            }
+        }
+        best.map(|(i, _)| i)
+    }
+
+    fn grant(self: &Arc<Self>, st: &mut State<Req, Resp>, i: usize) -> Grant<Req, Resp> {
+        let m = &mut st.members[i];
+        m.load += 1;
+        let shared = self.clone();
+        Grant {
+            slot: Slot {
+                id: m.id,
+                release: Some(Box::new(move |id| shared.release(id))),
+            },
+            client: m.client.clone(),
+            pid: m.pid,
+        }
+    }
+
+    /// Hands free places to queued jobs, oldest first.
+    fn dispatch(self: &Arc<Self>, st: &mut State<Req, Resp>) {
+        while !st.queue.is_empty() {
+            let Some(i) = self.pick(st) else { break };
+            let waiter = st.queue.pop_front().expect("not empty");
+            let grant = self.grant(st, i);
+            if let Err(Ok(grant)) = waiter.tx.send(Ok(grant)) {
+                // The caller gave up meanwhile: take the place back.
+                grant.slot.disarm();
+                st.members[i].load -= 1;
+            }
+        }
+    }
+
+    /// Gets a place on a worker, waiting in the queue if none is free.
+    async fn acquire(self: &Arc<Self>) -> Result<Grant<Req, Resp>, Error> {
+        let room = match &self.queue_room {
+            None => None,
+            Some(sem) => {
+                {
+                    let mut st = self.lock();
+                    if st.closed {
+                        return Err(Error::Closed);
+                    }
+                    if st.queue.is_empty() {
+                        if let Some(i) = self.pick(&st) {
+                            return Ok(self.grant(&mut st, i));
+                        }
+                    }
+                }
+                match self.config.overflow {
+                    Overflow::Error => Some(
+                        sem.clone()
+                            .try_acquire_owned()
+                            .map_err(|_| Error::QueueFull(self.config.queue_limit.unwrap_or(0)))?,
+                    ),
+                    Overflow::Wait => Some(
+                        sem.clone()
+                            .acquire_owned()
+                            .await
+                            .map_err(|_| Error::Closed)?,
+                    ),
+                }
+            }
+        };
+        let rx = {
+            let mut st = self.lock();
+            if st.closed {
+                return Err(Error::Closed);
+            }
+            if st.queue.is_empty() {
+                if let Some(i) = self.pick(&st) {
+                    return Ok(self.grant(&mut st, i));
+                }
+            }
+            let (tx, rx) = oneshot::channel();
+            st.queue.push_back(Waiter {
+                tx,
+                since: Instant::now(),
+                _room: room,
+            });
+            rx
+        };
+        self.wake.notify_one();
+        rx.await.unwrap_or(Err(Error::Closed))
+    }
+
+    /// Runs one job on one worker.
+    async fn run(self: &Arc<Self>, ctx: Context, request: Req) -> Result<Resp, RpcError> {
+        let grant = self.acquire().await.map_err(Error::into_rpc)?;
+        let call = Stub::call(&grant.client, ctx, request);
+        let result = match self.config.job_timeout {
+            None => call.await,
+            Some(limit) => match tokio::time::timeout(limit, call).await {
+                Ok(result) => result,
+                Err(_) => {
+                    self.timed_out(grant.slot.id);
+                    Err(Error::Timeout {
+                        limit,
+                        pid: grant.pid,
+                    }
+                    .into_rpc())
+                }
+            },
+        };
+        if let Err(e) = &result {
+            if let Some(lost) = fork_rpc::WorkerLost::find(e) {
+                self.lost(grant.slot.id, lost);
+            }
+        }
+        drop(grant);
+        result
+    }
+
+    /// A job finished: free its place, retire the worker if it is due,
+    /// feed the queue.
+    fn release(self: &Arc<Self>, id: u64) {
+        let now = Instant::now();
+        let mut check_rss = None;
+        let mut leaving = None;
+        let mut turned_idle = false;
+        {
+            let mut st = self.lock();
+            st.stats.completed += 1;
+            if let Some(i) = st.members.iter().position(|m| m.id == id) {
+                let m = &mut st.members[i];
+                m.load -= 1;
+                m.served += 1;
+                if m.load == 0 {
+                    m.idle_since = now;
+                    turned_idle = true;
+                }
+                if m.leaving.is_none() {
+                    if m.limit.is_some_and(|limit| m.served >= limit) {
+                        m.leaving = Some(Leave::Recycled);
+                    } else if m.client.retire_requested() {
+                        m.leaving = Some(Leave::Retired);
+                    } else if self.config.max_rss.is_some()
+                        && !m.rss_exempt
+                        && (m.load == 0 || now.duration_since(m.rss_checked) >= RSS_INTERVAL)
+                    {
+                        m.rss_checked = now;
+                        check_rss = Some((m.pid, m.served));
+                    }
+                }
+                if m.leaving.is_some() && m.load == 0 {
+                    leaving = Some(st.members.remove(i));
+                }
+                if st.members.get(i).is_some_and(|m| m.load == 0) || leaving.is_some() {
+                    self.changed.notify_waiters();
+                }
+            }
+            self.dispatch(&mut st);
+            // A worker that turned idle needs a stop timer, unless the
+            // supervisor looks again before that timer would be due anyway.
+            let timer_needed =
+                turned_idle && st.next_wake.is_none_or(|at| at > now + self.config.stop);
+            if leaving.is_some() || !st.queue.is_empty() || timer_needed {
+                self.wake.notify_one();
+            }
+        }
+        if let Some(m) = leaving {
+            self.leave(m);
+        }
+        if let Some((pid, served)) = check_rss {
+            self.check_rss(id, pid, served);
+        }
+    }
+
+    fn check_rss(self: &Arc<Self>, id: u64, pid: u32, served: u64) {
+        let Some(limit) = self.config.max_rss else {
+            return;
+        };
+        let Some(rss) = rss_of(pid) else { return };
+        if rss <= limit {
+            return;
+        }
+        let mut st = self.lock();
+        let Some(i) = st.members.iter().position(|m| m.id == id) else {
+            return;
+        };
+        let m = &mut st.members[i];
+        if served <= 1 {
+            // Over the limit from the start: recycling would only fork
+            // another one just as big, again and again.
+            m.rss_exempt = true;
+            tracing::warn!(
+                pid,
+                rss,
+                limit,
+                "a fresh worker is already over max_rss; not recycling it for memory"
+            );
+            return;
+        }
+        if m.leaving.is_none() {
+            m.leaving = Some(Leave::Memory);
+            tracing::info!(pid, rss, limit, "recycling a worker over max_rss");
+        }
+        if m.load == 0 {
+            let m = st.members.remove(i);
+            self.wake.notify_one();
+            drop(st);
+            self.leave(m);
+        }
+    }
+
+    /// A worker leaves gracefully: dropping its client closes the connection
+    /// once its jobs are answered, and it exits 0.
+    fn leave(&self, m: Member<Req, Resp>) {
+        let mut st = self.lock();
+        st.stats.recycled += 1;
+        drop(st);
+        tracing::debug!(pid = m.pid, reason = ?m.leaving, served = m.served, "worker leaves");
+        self.changed.notify_waiters();
+    }
+
+    /// A job saw its worker die: take the worker out (the supervisor starts
+    /// a replacement if one is needed).
+    fn lost(self: &Arc<Self>, id: u64, lost: &fork_rpc::WorkerLost) {
+        let mut st = self.lock();
+        if let Some(i) = st.members.iter().position(|m| m.id == id) {
+            st.members.remove(i);
+            st.stats.crashed += 1;
+            tracing::warn!(pid = lost.pid(), status = ?lost.status(), "worker lost");
+            self.wake.notify_one();
+            self.changed.notify_waiters();
+        }
+    }
+
+    /// A job exceeded the time limit: take its worker out, `SIGTERM` it, and
+    /// `SIGKILL` it after the grace period.
+    fn timed_out(self: &Arc<Self>, id: u64) {
+        let mut st = self.lock();
+        st.stats.timed_out += 1;
+        let Some(i) = st.members.iter().position(|m| m.id == id) else {
+            return;
+        };
+        let m = st.members.remove(i);
+        self.wake.notify_one();
+        self.changed.notify_waiters();
+        drop(st);
+        tracing::warn!(pid = m.pid, limit = ?self.config.job_timeout, "job timed out; killing its worker");
+        terminate(m.process, self.config.kill_grace);
+    }
+
+    fn snapshot(&self, st: &State<Req, Resp>) -> Snapshot {
+        let mut s = Snapshot {
+            starting: st.starting,
+            queued: st.queue.len(),
+            oldest_queued: st.queue.front().map(|w| w.since),
+            last_spawn: st.last_spawn,
+            backoff_until: st.backoff_until,
+            ..Snapshot::default()
+        };
+        for m in st.members.iter().filter(|m| m.leaving.is_none()) {
+            if m.load == 0 {
+                s.idle.push((m.id, m.idle_since));
+            } else {
+                s.busy += 1;
+            }
+        }
+        s
+    }
+
+    /// Starts one worker; on success it joins the pool and takes queued jobs.
+    async fn spawn_worker(self: Arc<Self>) {
+        let result =
+            fork_rpc::spawn(&mut self.template.fork(), &self.entry, &self.config.rpc).await;
+        let mut st = self.lock();
+        st.starting -= 1;
+        match result {
+            Ok((client, worker)) => {
+                if st.closed && st.finished {
+                    drop(st);
+                    drop(client);
+                    let _ = worker.handle().signal(libc_sigkill());
+                    return;
+                }
+                st.consecutive_failures = 0;
+                st.backoff_until = None;
+                st.stats.spawned += 1;
+                let id = st.next_id;
+                st.next_id += 1;
+                let limit = self.config.max_requests.map(|n| {
+                    let taken: Vec<u64> = st.members.iter().filter_map(|m| m.limit).collect();
+                    let extra = pick_jitter(&mut st.rng, self.config.jitter(), |e| {
+                        taken.contains(&n.saturating_add(e))
+                    });
+                    n.saturating_add(extra).max(1)
+                });
+                let now = Instant::now();
+                let pid = worker.id();
+                st.members.push(Member {
+                    id,
+                    pid,
+                    client,
+                    process: worker.handle(),
+                    load: 0,
+                    served: 0,
+                    limit,
+                    leaving: None,
+                    idle_since: now,
+                    rss_checked: now,
+                    rss_exempt: false,
+                });
+                tracing::debug!(pid, "worker started");
+                self.dispatch(&mut st);
+                drop(st);
+                tokio::spawn(monitor(self.clone(), id, worker));
+            }
+            Err(e) => {
+                st.stats.spawn_failures += 1;
+                st.consecutive_failures += 1;
+                let backoff = BACKOFF_FIRST
+                    .saturating_mul(1 << st.consecutive_failures.min(16).saturating_sub(1))
+                    .min(BACKOFF_MAX);
+                st.backoff_until = Some(Instant::now() + backoff);
+                tracing::warn!(error = %e, ?backoff, "could not start a worker");
+                if st.members.is_empty() && st.starting == 0 {
+                    // Nothing will serve the queue soon: tell the callers.
+                    let message = e.to_string();
+                    for waiter in st.queue.drain(..) {
+                        let _ = waiter.tx.send(Err(Error::Spawn(message.clone())));
+                    }
+                }
+            }
+        }
+        self.wake.notify_one();
+        self.changed.notify_waiters();
+    }
+
+    async fn shutdown(self: &Arc<Self>) {
+        let deadline = tokio::time::Instant::now() + self.config.shutdown_timeout;
+        {
+            let mut st = self.lock();
+            if st.finished {
+                return;
+            }
+            st.closed = true;
+        }
+        if let Some(sem) = &self.queue_room {
+            sem.close();
+        }
+        tracing::debug!("pool shutting down");
+        // Drain the queue and the running jobs.
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            {
+                let st = self.lock();
+                let busy = st.members.iter().any(|m| m.load > 0);
+                if st.queue.is_empty() && !busy {
+                    break;
+                }
+            }
+            self.wake.notify_one();
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                break;
+            }
+        }
+        // Close every worker and wait for it; kill what is left at the deadline.
+        let (members, waiters) = {
+            let mut st = self.lock();
+            st.finished = true;
+            (
+                std::mem::take(&mut st.members),
+                std::mem::take(&mut st.queue),
+            )
+        };
+        for waiter in waiters {
+            let _ = waiter.tx.send(Err(Error::Closed));
+        }
+        let mut handles = Vec::new();
+        for m in members {
+            handles.push(m.process.clone());
+            drop(m);
+        }
+        self.wake.notify_one();
+        for mut handle in handles {
+            if tokio::time::timeout_at(deadline, handle.wait())
+                .await
+                .is_err()
+            {
+                let _ = handle.signal(libc_sigkill());
+                let _ = handle.wait().await;
+            }
+        }
+        // Workers still starting are killed as they arrive (`finished`); wait
+        // for them so that none outlives the shutdown.
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.lock().starting == 0 {
+                break;
+            }
+            changed.await;
+        }
+        tracing::debug!("pool shut down");
+    }
+
+    fn drop_all_handles(self: &Arc<Self>) {
+        let shared = self.clone();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move { shared.shutdown().await });
+        } else {
+            // No runtime: close what can be closed synchronously.
+            let mut st = shared.lock();
+            st.closed = true;
+            st.finished = true;
+            st.members.clear();
+            st.queue.clear();
+        }
+    }
+}
+
+const fn libc_sigkill() -> i32 {
+    9
+}
+
+const fn libc_sigterm() -> i32 {
+    15
+}
+
+/// `SIGTERM` now, `SIGKILL` after `grace` if the worker is still there.
+fn terminate(process: fork_core::WorkerHandle, grace: Duration) {
+    let _ = process.signal(libc_sigterm());
+    tokio::spawn(async move {
+        let mut waiting = process.clone();
+        if tokio::time::timeout(grace, waiting.wait()).await.is_err() {
+            let _ = process.signal(libc_sigkill());
+        }
+    });
+}
+
+/// Resident memory of `pid` in bytes, from `/proc/<pid>/statm`.
+fn rss_of(pid: u32) -> Option<u64> {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
+
+/// Watches one worker: forwards its events, honours its retire request,
+/// and notices its death.
+async fn monitor<Req, Resp, Ev>(
+    shared: Arc<Shared<Req, Resp, Ev>>,
+    id: u64,
+    mut worker: fork_rpc::RpcWorker<Ev>,
+) where
+    Req: Serialize + DeserializeOwned + RequestName + Send + Sync + 'static,
+    Resp: DeserializeOwned + Send + Sync + 'static,
+    Ev: DeserializeOwned + Send + Sync + 'static,
+{
+    let pid = worker.id();
+    let mut exit = worker.handle();
+    let mut events = worker.events();
+    let mut retire_seen = false;
+    let status = loop {
+        tokio::select! {
+            status = exit.wait() => break status,
+            event = async { events.as_mut()?.recv().await }, if events.is_some() => match event {
+                Some(event) => {
+                    let _ = shared.events_tx.send((pid, event));
+                }
+                None => events = None,
+            },
+            () = worker.retire_request(), if !retire_seen => {
+                retire_seen = true;
+                let mut st = shared.lock();
+                if let Some(i) = st.members.iter().position(|m| m.id == id) {
+                    st.members[i].leaving.get_or_insert(Leave::Retired);
+                    if st.members[i].load == 0 {
+                        let m = st.members.remove(i);
+                        shared.wake.notify_one();
+                        drop(st);
+                        shared.leave(m);
+                    }
+                }
+            }
+        }
+    };
+    // Events sent before the exit may still be queued.
+    if let Some(events) = events.as_mut() {
+        while let Some(event) = events.try_recv() {
+            let _ = shared.events_tx.send((pid, event));
+        }
+    }
+    let mut st = shared.lock();
+    if let Some(i) = st.members.iter().position(|m| m.id == id) {
+        st.members.remove(i);
+        st.stats.crashed += 1;
+        tracing::warn!(pid, ?status, "worker died");
+        shared.wake.notify_one();
+    }
+    drop(st);
+    shared.changed.notify_waiters();
+}
+
+/// The supervisor: applies the scaling policy whenever something changed
+/// or a timer is due.
+async fn supervise<Req, Resp, Ev>(shared: Arc<Shared<Req, Resp, Ev>>)
+where
+    Req: Serialize + DeserializeOwned + RequestName + Send + Sync + 'static,
+    Resp: DeserializeOwned + Send + Sync + 'static,
+    Ev: DeserializeOwned + Send + Sync + 'static,
+{
+    loop {
+        let now = Instant::now();
+        let (decision, stopped) = {
+            let mut st = shared.lock();
+            if st.finished {
+                return;
+            }
+            let snapshot = shared.snapshot(&st);
+            let mut decision = scale::decide(&shared.knobs, &snapshot, now);
+            if st.closed {
+                // Draining: only start workers for jobs still queued.
+                decision.stop.clear();
+                if st.queue.is_empty() {
+                    decision.spawn = 0;
+                }
+            }
+            let mut stopped = Vec::new();
+            for id in &decision.stop {
+                if let Some(i) = st.members.iter().position(|m| m.id == *id && m.load == 0) {
+                    let mut m = st.members.remove(i);
+                    m.leaving = Some(Leave::Recycled);
+                    stopped.push(m);
+                }
+            }
+            if decision.spawn > 0 {
+                st.starting += decision.spawn;
+                st.last_spawn = Some(now);
+            }
+            st.next_wake = decision.wake_at;
+            (decision, stopped)
+        };
+        for m in stopped {
+            tracing::debug!(pid = m.pid, "stopping an idle worker");
+            shared.leave(m);
+        }
+        for _ in 0..decision.spawn {
+            tokio::spawn(shared.clone().spawn_worker());
+        }
+        match decision.wake_at {
+            Some(at) => {
+                let _ = tokio::time::timeout_at(at.into(), shared.wake.notified()).await;
+            }
+            None => shared.wake.notified().await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_gives_live_workers_distinct_limits() {
+        let mut rng = 42;
+        let mut taken = Vec::new();
+        for _ in 0..5 {
+            let e = pick_jitter(&mut rng, 4, |e| taken.contains(&e));
+            assert!(e <= 4);
+            assert!(!taken.contains(&e), "{e} given twice");
+            taken.push(e);
+        }
+        // More workers than values: repeats are unavoidable but stay in range.
+        assert!(pick_jitter(&mut rng, 4, |e| taken.contains(&e)) <= 4);
+        assert_eq!(pick_jitter(&mut rng, 0, |_| false), 0);
+    }
+
+    #[test]
+    fn splitmix_is_not_constant() {
+        let mut rng = 1;
+        let a = splitmix(&mut rng);
+        let b = splitmix(&mut rng);
+        assert_ne!(a, b);
+    }
+}

@@ -1,0 +1,736 @@
+//! fork-pool, end to end: typed pooled calls, knobs, dispatch, scaling,
+//! recycling, crashes, timeouts, shutdown, stats, and a chaos test.
+
+use std::collections::{BTreeSet, HashSet};
+use std::os::unix::process::ExitStatusExt;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use fork_core::testing::wait_exit;
+use fork_core::{InitFn, Template};
+use fork_pool::{Overflow, Pool};
+use fork_rpc::{EventSender, RpcEntry, Setup, WorkerLost};
+use integration_tests::{Failed, block_on, children_of, ensure, fail};
+use tarpc::client::RpcError;
+use tarpc::context;
+
+#[tarpc::service]
+trait Job {
+    /// The worker's pid.
+    async fn pid() -> u32;
+    /// Sleeps without blocking the worker; returns its pid.
+    async fn sleep(ms: u64) -> u32;
+    /// Sends an event, then sleeps; returns the pid.
+    async fn announced_sleep(ms: u64) -> u32;
+    /// Blocks the worker (cannot be cancelled); returns its pid.
+    async fn block(ms: u64) -> u32;
+    /// Allocates and keeps `mib` MiB; returns the pid.
+    async fn grow(mib: usize) -> u32;
+    /// Asks the pool to retire this worker; returns its pid.
+    async fn retire() -> u32;
+    /// The value the template preloaded, and the argument sent to it.
+    async fn preloaded() -> (u64, String);
+}
+
+#[derive(Clone)]
+struct JobServer {
+    events: EventSender<()>,
+    arg: String,
+}
+
+static HOARD: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
+
+impl Job for JobServer {
+    async fn pid(self, _: context::Context) -> u32 {
+        std::process::id()
+    }
+
+    async fn sleep(self, _: context::Context, ms: u64) -> u32 {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        std::process::id()
+    }
+
+    async fn announced_sleep(self, _: context::Context, ms: u64) -> u32 {
+        self.events.send(&()).expect("event");
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        std::process::id()
+    }
+
+    async fn block(self, _: context::Context, ms: u64) -> u32 {
+        std::thread::sleep(Duration::from_millis(ms));
+        std::process::id()
+    }
+
+    async fn grow(self, _: context::Context, mib: usize) -> u32 {
+        let mut hoard = HOARD.lock().unwrap();
+        hoard.push(vec![1u8; mib << 20]);
+        std::process::id()
+    }
+
+    async fn retire(self, _: context::Context) -> u32 {
+        self.events.retire().expect("retire");
+        std::process::id()
+    }
+
+    async fn preloaded(self, _: context::Context) -> (u64, String) {
+        (PRELOADED.load(Ordering::SeqCst), self.arg)
+    }
+}
+
+static PRELOADED: AtomicU64 = AtomicU64::new(0);
+fn preload(v: u64) -> Result<(), String> {
+    PRELOADED.store(v, Ordering::SeqCst);
+    Ok(())
+}
+static PRELOAD: InitFn<u64> = fork_core::init_fn!(preload);
+
+static BIG: OnceLock<Vec<u8>> = OnceLock::new();
+fn preload_big(mib: usize) -> Result<(), String> {
+    BIG.set(vec![7u8; mib << 20])
+        .map_err(|_| "twice".to_string())
+}
+static PRELOAD_BIG: InitFn<usize> = fork_core::init_fn!(preload_big);
+
+fn job(setup: &mut Setup<()>) -> Result<ServeJob<JobServer>, String> {
+    let arg: String = setup.arg(0).unwrap_or_default();
+    if arg == "fail" {
+        return Err("cannot start: no database".into());
+    }
+    Ok(JobServer {
+        events: setup.events(),
+        arg,
+    }
+    .serve())
+}
+static JOB: RpcEntry<JobRequest, JobResponse> = fork_rpc::entry!(job);
+
+type Client = JobClient<Pool<JobRequest, JobResponse>>;
+
+fn pool_on(template: &Template) -> fork_pool::Builder<JobRequest, JobResponse, ()> {
+    Pool::builder(template.clone(), &JOB)
+}
+
+/// A template of our own, so that counting its children is exact.
+async fn template() -> Result<Template, Failed> {
+    Template::new().map_err(fail)
+}
+
+fn lost(e: &RpcError) -> Option<&WorkerLost> {
+    WorkerLost::find(e)
+}
+
+/// Waits (without sleeping) until every pid has exited.
+async fn all_exit(pids: impl IntoIterator<Item = u32>) -> Result<(), Failed> {
+    for pid in pids {
+        let gone = tokio::task::spawn_blocking(move || wait_exit(pid, Duration::from_secs(10)))
+            .await
+            .map_err(fail)?
+            .map_err(fail)?;
+        ensure!(gone, "process {pid} did not exit");
+    }
+    Ok(())
+}
+
+// ===== tests =====
+
+fn typed_calls_through_a_prepared_template() -> Result<(), Failed> {
+    block_on(async {
+        let t = template().await?;
+        t.init(&PRELOAD, &77);
+        t.arg("configured");
+        let pool = pool_on(&t).max(2).build();
+        let client = Client::from(pool.clone());
+        let (value, arg) = client.preloaded(context::current()).await.map_err(fail)?;
+        ensure!(value == 77 && arg == "configured", "got {value}, {arg}");
+        pool.shutdown().await;
+        Ok(())
+    })
+}
+
+fn start_zero_grows_at_once_and_max_is_respected() -> Result<(), Failed> {
+    block_on(async {
+        let t = template().await?;
+        let pool = pool_on(&t).max(3).load(2).start(Duration::ZERO).build();
+        let client = Client::from(pool.clone());
+        let calls = (0..6).map(|_| client.sleep(context::current(), 300));
+        let pids: BTreeSet<u32> = futures::future::try_join_all(calls)
+            .await
+            .map_err(fail)?
+            .into_iter()
+            .collect();
+        ensure!(
+            pids.len() == 3,
+            "6 jobs at load 2 with start 0 ran on {pids:?}"
+        );
+        ensure!(
+            pool.stats().spawned == 3,
+            "spawned {}",
+            pool.stats().spawned
+        );
+        pool.shutdown().await;
+        Ok(())
+    })
+}
+
+fn long_start_keeps_jobs_queued_on_the_first_worker() -> Result<(), Failed> {
+    block_on(async {
+        let t = template().await?;
+        let pool = pool_on(&t)
+            .max(4)
+            .load(2)
+            .start(Duration::from_secs(3600))
+            .build();
+        let client = Client::from(pool.clone());
+        let calls = (0..6).map(|_| client.sleep(context::current(), 20));
+        let pids: BTreeSet<u32> = futures::future::try_join_all(calls)
+            .await
+            .map_err(fail)?
+            .into_iter()
+            .collect();
+        ensure!(pids.len() == 1, "with a long start, jobs ran on {pids:?}");
+        pool.shutdown().await;
+        Ok(())
+    })
+}
+
+fn light_load_concentrates_on_one_worker() -> Result<(), Failed> {
+    block_on(async {
+        let t = template().await?;
+        let pool = pool_on(&t).max(3).idle(3).build();
+        let client = Client::from(pool.clone());
+        let mut pids = HashSet::new();
+        for _ in 0..20 {
+            pids.insert(client.pid(context::current()).await.map_err(fail)?);
+        }
+        ensure!(pids.len() == 1, "one call at a time spread over {pids:?}");
+        // Concurrent jobs at load 1 spread over the workers.
+        let pool1 = pool_on(&t).max(3).idle(3).load(1).build();
+        let client1 = Client::from(pool1.clone());
+        let calls = (0..3).map(|_| client1.sleep(context::current(), 200));
+        let spread: BTreeSet<u32> = futures::future::try_join_all(calls)
+            .await
+            .map_err(fail)?
+            .into_iter()
+            .collect();
+        ensure!(
+            spread.len() == 3,
+            "3 concurrent jobs at load 1 ran on {spread:?}"
+        );
+        pool.shutdown().await;
+        pool1.shutdown().await;
+        Ok(())
+    })
+}
+
+fn idle_workers_stop_after_stop_down_to_idle() -> Result<(), Failed> {
+    block_on(async {
+        for keep in [0usize, 1] {
+            let t = template().await?;
+            let pool = pool_on(&t)
+                .max(3)
+                .idle(keep)
+                .load(1)
+                .start(Duration::ZERO)
+                .stop(Duration::from_millis(200))
+                .build();
+            let client = Client::from(pool.clone());
+            let calls = (0..3).map(|_| client.sleep(context::current(), 100));
+            let pids: Vec<u32> = futures::future::try_join_all(calls).await.map_err(fail)?;
+            let used: BTreeSet<u32> = pids.into_iter().collect();
+            ensure!(used.len() == 3, "idle {keep}: burst ran on {used:?}");
+            // All but `keep` workers leave after `stop`, and exit.
+            let settled = tokio::time::timeout(
+                Duration::from_secs(10),
+                pool.wait_until(|s| s.idle + s.busy + s.starting == keep),
+            )
+            .await
+            .map_err(|_| format!("idle {keep}: the pool did not shrink: {:?}", pool.stats()))?;
+            ensure!(settled.idle == keep, "idle {keep}: {settled:?}");
+            let survivors: BTreeSet<u32> = pool.worker_pids().into_iter().collect();
+            ensure!(
+                survivors.len() == keep,
+                "idle {keep}: {survivors:?} survived"
+            );
+            let gone: Vec<u32> = used.difference(&survivors).copied().collect();
+            all_exit(gone).await?;
+            ensure!(
+                pool.stats().recycled as usize == 3 - keep,
+                "idle {keep}: {:?}",
+                pool.stats()
+            );
+            pool.shutdown().await;
+        }
+        Ok(())
+    })
+}
+
+fn max_requests_recycles_with_jitter() -> Result<(), Failed> {
+    block_on(async {
+        let t = template().await?;
+        let pool = pool_on(&t).max(1).max_requests(5, Some(0)).build();
+        let client = Client::from(pool.clone());
+        let mut pids = Vec::new();
+        for _ in 0..20 {
+            pids.push(client.pid(context::current()).await.map_err(fail)?);
+        }
+        let distinct: BTreeSet<u32> = pids.iter().copied().collect();
+        ensure!(
+            distinct.len() == 4,
+            "20 jobs at 5 per worker ran on {distinct:?}"
+        );
+        for chunk in pids.chunks(5) {
+            ensure!(
+                chunk.iter().all(|p| *p == chunk[0]),
+                "a worker served other than 5: {pids:?}"
+            );
+        }
+        ensure!(pool.stats().recycled >= 3, "{:?}", pool.stats());
+        pool.shutdown().await;
+        all_exit(distinct).await
+    })
+}
+
+fn memory_ceiling_recycles_but_not_fresh_workers() -> Result<(), Failed> {
+    block_on(async {
+        let t = template().await?;
+        let pool = pool_on(&t).max(1).max_rss(64 << 20).build();
+        let client = Client::from(pool.clone());
+        let first = client.pid(context::current()).await.map_err(fail)?;
+        let grown = client.grow(context::current(), 100).await.map_err(fail)?;
+        ensure!(first == grown, "grew on another worker");
+        // The memory is checked between jobs: the next job finds a new worker.
+        let next = client.pid(context::current()).await.map_err(fail)?;
+        ensure!(next != grown, "a worker over max_rss was kept");
+        all_exit([grown]).await?;
+        pool.shutdown().await;
+
+        // A template so big that every fresh worker is over the limit: no
+        // recycling storm, the worker stays.
+        let big = template().await?;
+        big.init(&PRELOAD_BIG, &80);
+        big.ready().await.map_err(fail)?;
+        let pool = pool_on(&big).max(1).max_rss(64 << 20).build();
+        let client = Client::from(pool.clone());
+        let mut pids = BTreeSet::new();
+        for _ in 0..5 {
+            pids.insert(client.pid(context::current()).await.map_err(fail)?);
+            // Give the 100 ms check interval a chance without sleeping: the
+            // call itself takes time; repeat enough times.
+        }
+        ensure!(
+            pids.len() == 1,
+            "fresh over-limit workers were recycled: {pids:?}"
+        );
+        ensure!(pool.stats().recycled == 0, "{:?}", pool.stats());
+        pool.shutdown().await;
+        Ok(())
+    })
+}
+
+fn retire_from_inside_a_worker() -> Result<(), Failed> {
+    block_on(async {
+        let t = template().await?;
+        let pool = pool_on(&t).max(1).build();
+        let client = Client::from(pool.clone());
+        let retired = client.retire(context::current()).await.map_err(fail)?;
+        let next = client.pid(context::current()).await.map_err(fail)?;
+        ensure!(next != retired, "the retired worker took another job");
+        all_exit([retired]).await?;
+        ensure!(
+            pool.stats().crashed == 0,
+            "retirement counted as a crash: {:?}",
+            pool.stats()
+        );
+        pool.shutdown().await;
+        Ok(())
+    })
+}
+
+fn crashed_workers_are_replaced_and_queued_jobs_kept() -> Result<(), Failed> {
+    block_on(async {
+        let t = template().await?;
+        let pool = pool_on(&t).max(1).load(1).build();
+        let client = Client::from(pool.clone());
+        let mut events = pool.events().ok_or("no events")?;
+        let victim = client.pid(context::current()).await.map_err(fail)?;
+        // One job running on the victim, four queued behind it.
+        let running = client.announced_sleep(context::current(), 60_000);
+        let queued = futures::future::join_all((0..4).map(|_| client.pid(context::current())));
+        let kill = async {
+            // Kill once the first job runs (the others wait: load 1, max 1).
+            let (pid, _) = events.recv().await.ok_or("no event")?;
+            if pid != victim || pool.stats().queued != 4 {
+                return Err(format!("the job ran on {pid}, {:?}", pool.stats()));
+            }
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(victim as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            )
+            .map_err(|e| e.to_string())
+        };
+        let (running, queued, killed) = tokio::join!(running, queued, kill);
+        killed?;
+        let e = running.unwrap_err();
+        let l = lost(&e).ok_or(format!("running job gave {e:?}"))?;
+        ensure!(
+            l.status().and_then(|s| s.signal()) == Some(libc::SIGKILL),
+            "{l}"
+        );
+        for r in queued {
+            let pid = r.map_err(fail)?;
+            ensure!(pid != victim, "a queued job ran on the dead worker");
+        }
+        let stats = pool.stats();
+        ensure!(stats.crashed == 1 && stats.spawned == 2, "{stats:?}");
+        pool.shutdown().await;
+        Ok(())
+    })
+}
+
+fn idempotent_jobs_are_retried_once() -> Result<(), Failed> {
+    block_on(async {
+        let t = template().await?;
+        let pool = pool_on(&t)
+            .max(1)
+            .load(1)
+            .idempotent(|r| matches!(r, JobRequest::AnnouncedSleep { .. }))
+            .build();
+        let client = Client::from(pool.clone());
+        let mut events = pool.events().ok_or("no events")?;
+        let victim = client.pid(context::current()).await.map_err(fail)?;
+        let job = client.announced_sleep(context::current(), 300);
+        let kill = async {
+            // Kill once the job runs on the worker.
+            let (pid, _) = events.recv().await.ok_or("no event")?;
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            )
+            .map_err(|e| e.to_string())
+        };
+        let (job, killed) = tokio::join!(job, kill);
+        killed?;
+        let pid = job.map_err(fail)?;
+        ensure!(pid != victim, "retried on the dead worker");
+        pool.shutdown().await;
+        Ok(())
+    })
+}
+
+fn failing_init_backs_off_and_reaches_callers() -> Result<(), Failed> {
+    block_on(async {
+        let t = template().await?;
+        t.arg("fail");
+        let pool = pool_on(&t).max(2).build();
+        let client = Client::from(pool.clone());
+        for _ in 0..3 {
+            let e = client.pid(context::current()).await.unwrap_err();
+            match fork_pool::Error::find(&e) {
+                Some(fork_pool::Error::Spawn(m)) => {
+                    ensure!(m.contains("cannot start: no database"), "message {m}")
+                }
+                other => return Err(format!("got {e:?} / {other:?}").into()),
+            }
+        }
+        // Three calls, three failed starts, not a storm.
+        let failures = pool.stats().spawn_failures;
+        ensure!((3..=4).contains(&failures), "{failures} failed starts");
+        ensure!(
+            children_of(t.id()).map_err(fail)?.is_empty(),
+            "workers left"
+        );
+        pool.shutdown().await;
+        Ok(())
+    })
+}
+
+fn job_timeout_kills_the_stuck_worker() -> Result<(), Failed> {
+    block_on(async {
+        let t = template().await?;
+        let pool = pool_on(&t)
+            .max(1)
+            .load(2)
+            .job_timeout(Duration::from_millis(300))
+            .kill_grace(Duration::from_millis(200))
+            .build();
+        let client = Client::from(pool.clone());
+        let stuck = client.pid(context::current()).await.map_err(fail)?;
+        // A blocking job (it cannot be cancelled) and one waiting behind it
+        // in the same worker.
+        let (a, b) = tokio::join!(
+            client.block(context::current(), 60_000),
+            client.pid(context::current())
+        );
+        let e = a.unwrap_err();
+        ensure!(
+            matches!(fork_pool::Error::find(&e), Some(fork_pool::Error::Timeout { pid, .. }) if *pid == stuck),
+            "stuck job gave {e:?}"
+        );
+        // The job behind it on the same worker lost it: killed by SIGTERM.
+        match b {
+            Err(e) => {
+                let timeout = matches!(
+                    fork_pool::Error::find(&e),
+                    Some(fork_pool::Error::Timeout { .. })
+                );
+                let term = lost(&e).and_then(|l| l.status()).and_then(|s| s.signal())
+                    == Some(libc::SIGTERM);
+                ensure!(timeout || term, "the job behind gave {e:?}");
+            }
+            Ok(pid) => ensure!(pid != stuck, "ran on the stuck worker"),
+        }
+        all_exit([stuck]).await?;
+        let next = client.pid(context::current()).await.map_err(fail)?;
+        ensure!(next != stuck, "the stuck worker served again");
+        ensure!(pool.stats().timed_out >= 1, "{:?}", pool.stats());
+        pool.shutdown().await;
+        Ok(())
+    })
+}
+
+fn shutdown_drains_and_leaves_nothing() -> Result<(), Failed> {
+    block_on(async {
+        let t = template().await?;
+        let pool = pool_on(&t).max(2).load(1).start(Duration::ZERO).build();
+        let client = Client::from(pool.clone());
+        let mut events = pool.events().ok_or("no events")?;
+        // Six jobs: two run, four wait in the queue when shutdown starts.
+        let jobs = futures::future::join_all(
+            (0..6).map(|_| client.announced_sleep(context::current(), 100)),
+        );
+        let shutdown = async {
+            for _ in 0..2 {
+                let _event = events.recv().await.ok_or("no event")?;
+            }
+            let before = pool.stats();
+            pool.shutdown().await;
+            Ok::<_, String>(before)
+        };
+        let (jobs, before) = tokio::join!(jobs, shutdown);
+        let before = before?;
+        ensure!(before.queued == 4, "at shutdown: {before:?}");
+        for j in jobs {
+            j.map_err(fail)?;
+        }
+        let e = client.pid(context::current()).await.unwrap_err();
+        ensure!(
+            matches!(fork_pool::Error::find(&e), Some(fork_pool::Error::Closed)),
+            "{e:?}"
+        );
+        ensure!(
+            children_of(t.id()).map_err(fail)?.is_empty(),
+            "workers left: {:?}",
+            children_of(t.id())
+        );
+        ensure!(
+            pool.stats().idle + pool.stats().busy == 0,
+            "{:?}",
+            pool.stats()
+        );
+        Ok(())
+    })
+}
+
+fn bounded_queue_waits_or_fails() -> Result<(), Failed> {
+    block_on(async {
+        for overflow in [Overflow::Error, Overflow::Wait] {
+            let t = template().await?;
+            let pool = pool_on(&t).max(1).load(1).queue_limit(2, overflow).build();
+            let client = Client::from(pool.clone());
+            let mut events = pool.events().ok_or("no events")?;
+            let first = client.announced_sleep(context::current(), 200);
+            let rest = async {
+                let _event = events.recv().await.ok_or("no event")?;
+                // One runs; two may wait; the fourth finds the queue full.
+                let queued =
+                    futures::future::join_all((0..3).map(|_| client.pid(context::current())));
+                Ok::<_, String>(queued.await)
+            };
+            let (first, rest) = tokio::join!(first, rest);
+            first.map_err(fail)?;
+            let rest = rest?;
+            let full = rest
+                .iter()
+                .filter(|r| matches!(r, Err(e) if matches!(fork_pool::Error::find(e), Some(fork_pool::Error::QueueFull(2)))))
+                .count();
+            let ok = rest.iter().filter(|r| r.is_ok()).count();
+            match overflow {
+                Overflow::Error => ensure!(full == 1 && ok == 2, "error overflow: {rest:?}"),
+                _ => ensure!(full == 0 && ok == 3, "wait overflow: {rest:?}"),
+            }
+            pool.shutdown().await;
+        }
+        Ok(())
+    })
+}
+
+fn dropping_the_pool_shuts_it_down() -> Result<(), Failed> {
+    block_on(async {
+        let t = template().await?;
+        let pool = pool_on(&t).max(2).idle(2).build();
+        let client = Client::from(pool.clone());
+        client.pid(context::current()).await.map_err(fail)?;
+        let pids = pool.worker_pids();
+        ensure!(!pids.is_empty(), "no workers");
+        drop(client);
+        drop(pool);
+        all_exit(pids).await?;
+        Ok(())
+    })
+}
+
+fn chaos() -> Result<(), Failed> {
+    block_on(async {
+        let t = template().await?;
+        let pool = pool_on(&t)
+            .max(4)
+            .idle(4)
+            .load(1)
+            .start(Duration::ZERO)
+            .idempotent(|r| matches!(r, JobRequest::Sleep { .. }))
+            .retries(3)
+            .build();
+        let client = Client::from(pool.clone());
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let killer = {
+            let pool = pool.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut kills = 0u32;
+                let mut rng = 0x2545_f491_4f6c_dd1du64;
+                while !stop.load(Ordering::Relaxed) {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    let pids = pool.worker_pids();
+                    if pids.is_empty() {
+                        continue;
+                    }
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    let victim = pids[(rng % pids.len() as u64) as usize];
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(victim as i32),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                    kills += 1;
+                }
+                kills
+            })
+        };
+        let total = 10_000;
+        let mut ok_idempotent = 0;
+        let mut lost_plain = 0;
+        let mut ok_plain = 0;
+        let results = futures::future::join_all((0..total).map(|i| {
+            let c = client.clone();
+            async move {
+                // Queued jobs wait long under this load: no tarpc deadline.
+                let ctx = fork_rpc::context::with_timeout(Duration::from_secs(300));
+                if i % 2 == 0 {
+                    (true, c.sleep(ctx, 0).await.map(drop))
+                } else {
+                    (false, c.pid(ctx).await.map(drop))
+                }
+            }
+        }))
+        .await;
+        stop.store(true, Ordering::Relaxed);
+        let kills = killer.await.map_err(fail)?;
+        for (idempotent, r) in results {
+            match (idempotent, r) {
+                (true, Ok(())) => ok_idempotent += 1,
+                (true, Err(e)) => return Err(format!("an idempotent job failed: {e:?}").into()),
+                (false, Ok(())) => ok_plain += 1,
+                (false, Err(e)) => {
+                    ensure!(lost(&e).is_some(), "job failed with {e:?}");
+                    lost_plain += 1;
+                }
+            }
+        }
+        ensure!(kills > 10, "only {kills} kills");
+        ensure!(
+            ok_idempotent + ok_plain + lost_plain <= total,
+            "counted twice"
+        );
+        ensure!(
+            ok_idempotent == total / 2,
+            "{ok_idempotent} idempotent jobs succeeded"
+        );
+        ensure!(lost_plain > 0, "no job was lost: the chaos did not bite");
+        // Back to its size, and everything works.
+        tokio::time::timeout(Duration::from_secs(10), pool.wait_until(|s| s.idle == 4))
+            .await
+            .map_err(|_| format!("the pool did not recover: {:?}", pool.stats()))?;
+        for _ in 0..10 {
+            client.pid(context::current()).await.map_err(fail)?;
+        }
+        pool.shutdown().await;
+        ensure!(
+            children_of(t.id()).map_err(fail)?.is_empty(),
+            "processes left"
+        );
+        Ok(())
+    })
+}
+
+fn main() {
+    fork_core::init();
+    integration_tests::run(&[
+        (
+            "typed_calls_through_a_prepared_template",
+            typed_calls_through_a_prepared_template,
+        ),
+        (
+            "start_zero_grows_at_once_and_max_is_respected",
+            start_zero_grows_at_once_and_max_is_respected,
+        ),
+        (
+            "long_start_keeps_jobs_queued_on_the_first_worker",
+            long_start_keeps_jobs_queued_on_the_first_worker,
+        ),
+        (
+            "light_load_concentrates_on_one_worker",
+            light_load_concentrates_on_one_worker,
+        ),
+        (
+            "idle_workers_stop_after_stop_down_to_idle",
+            idle_workers_stop_after_stop_down_to_idle,
+        ),
+        (
+            "max_requests_recycles_with_jitter",
+            max_requests_recycles_with_jitter,
+        ),
+        (
+            "memory_ceiling_recycles_but_not_fresh_workers",
+            memory_ceiling_recycles_but_not_fresh_workers,
+        ),
+        ("retire_from_inside_a_worker", retire_from_inside_a_worker),
+        (
+            "crashed_workers_are_replaced_and_queued_jobs_kept",
+            crashed_workers_are_replaced_and_queued_jobs_kept,
+        ),
+        (
+            "idempotent_jobs_are_retried_once",
+            idempotent_jobs_are_retried_once,
+        ),
+        (
+            "failing_init_backs_off_and_reaches_callers",
+            failing_init_backs_off_and_reaches_callers,
+        ),
+        (
+            "job_timeout_kills_the_stuck_worker",
+            job_timeout_kills_the_stuck_worker,
+        ),
+        (
+            "shutdown_drains_and_leaves_nothing",
+            shutdown_drains_and_leaves_nothing,
+        ),
+        ("bounded_queue_waits_or_fails", bounded_queue_waits_or_fails),
+        (
+            "dropping_the_pool_shuts_it_down",
+            dropping_the_pool_shuts_it_down,
+        ),
+        ("chaos", chaos),
+    ]);
+}
