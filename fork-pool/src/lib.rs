@@ -27,6 +27,50 @@
 //!   the last handle does the same in the background.
 //! - **Observability**: [`Pool::stats`] and `tracing` events.
 //!
+//! # Example
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use fork_core::Template;
+//! use fork_pool::Pool;
+//! use fork_rpc::{RpcEntry, Setup};
+//! use tarpc::context;
+//!
+//! #[tarpc::service]
+//! trait Calc {
+//!     async fn square(x: u64) -> u64;
+//! }
+//!
+//! #[derive(Clone)]
+//! struct CalcServer;
+//!
+//! impl Calc for CalcServer {
+//!     async fn square(self, _: context::Context, x: u64) -> u64 {
+//!         x * x
+//!     }
+//! }
+//!
+//! fn calc(_setup: &mut Setup<()>) -> Result<ServeCalc<CalcServer>, String> {
+//!     Ok(CalcServer.serve())
+//! }
+//! static CALC: RpcEntry<CalcRequest, CalcResponse> = fork_rpc::entry!(calc);
+//!
+//! #[fork_core::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let pool = Pool::builder(Template::shared()?, &CALC)
+//!         .max(4)
+//!         .load(2)
+//!         .stop(Duration::from_secs(5))
+//!         .build();
+//!     let calc = CalcClient::from(pool.clone());
+//!     let squares = futures::future::try_join_all((0..100).map(|x| calc.square(context::current(), x))).await?;
+//!     assert_eq!(squares[9], 81);
+//!     println!("{:?}", pool.stats());
+//!     pool.shutdown().await;
+//!     Ok(())
+//! }
+//! ```
+//!
 //! # Tuning recipes
 //!
 //! As the original's documentation has them:

@@ -27,6 +27,45 @@
 //!
 //! The worker runs its own `current_thread` runtime, built after the fork;
 //! the parent's runtime is yours.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use fork_core::Template;
+//! use fork_rpc::{Config, RpcEntry, Setup};
+//! use tarpc::context;
+//!
+//! #[tarpc::service]
+//! trait Calc {
+//!     async fn add(a: i64, b: i64) -> i64;
+//! }
+//!
+//! #[derive(Clone)]
+//! struct CalcServer;
+//!
+//! impl Calc for CalcServer {
+//!     async fn add(self, _: context::Context, a: i64, b: i64) -> i64 {
+//!         a + b
+//!     }
+//! }
+//!
+//! // The init hook runs in the worker and builds the service.
+//! fn calc(_setup: &mut Setup<()>) -> Result<ServeCalc<CalcServer>, String> {
+//!     Ok(CalcServer.serve())
+//! }
+//! static CALC: RpcEntry<CalcRequest, CalcResponse> = fork_rpc::entry!(calc);
+//!
+//! #[fork_core::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let template = Template::shared()?;
+//!     let (client, mut worker) = fork_rpc::spawn(&mut template.fork(), &CALC, &Config::default()).await?;
+//!     let calc = CalcClient::from(client);
+//!     assert_eq!(calc.add(context::current(), 2, 3).await?, 5);
+//!     drop(calc); // graceful close: the worker finishes and exits 0
+//!     assert!(worker.wait().await?.success());
+//!     Ok(())
+//! }
+//! ```
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
