@@ -108,7 +108,7 @@ pub struct Stats {
     pub crashed: u64,
     /// Jobs that exceeded `job_timeout` (their workers were killed).
     pub timed_out: u64,
-    /// Jobs answered.
+    /// Jobs answered successfully (failed attempts not counted).
     pub completed: u64,
     /// Failed attempts to start a worker.
     pub spawn_failures: u64,
@@ -130,6 +130,8 @@ struct Shared<Req, Resp, Ev> {
     queue_room: Option<Arc<Semaphore>>,
     events_tx: mpsc::UnboundedSender<(u32, fork_rpc::Result<Ev>)>,
     events_rx: Mutex<Option<PoolEvents<Ev>>>,
+    /// Events are kept only once somebody took the stream.
+    events_taken: std::sync::atomic::AtomicBool,
 }
 
 struct State<Req, Resp> {
@@ -171,6 +173,7 @@ enum Leave {
     Recycled,
     Retired,
     Memory,
+    Idle,
 }
 
 struct Waiter<Req, Resp> {
@@ -374,7 +377,18 @@ where
             changed: Notify::new(),
             events_tx,
             events_rx: Mutex::new(Some(events_rx)),
+            events_taken: std::sync::atomic::AtomicBool::new(false),
         });
+        // The `idle` workers start up front, before any job can queue.
+        let spares = shared.knobs.idle;
+        if spares > 0 {
+            let mut st = shared.lock();
+            st.starting = spares;
+            st.last_spawn = Some(Instant::now());
+        }
+        for _ in 0..spares {
+            tokio::spawn(shared.clone().spawn_worker());
+        }
         tokio::spawn(supervise(shared.clone()));
         let closing = shared.clone();
         Pool {
@@ -427,14 +441,15 @@ where
     }
 
     /// Takes the stream of events from all workers, each with its worker's
-    /// pid (once; `None` afterwards).
+    /// pid (once; `None` afterwards). Events sent before it is taken are
+    /// dropped, so that a pool whose events nobody reads does not hoard them.
     pub fn events(&self) -> Option<PoolEvents<Ev>> {
-        self.handle
-            .shared
-            .events_rx
-            .lock()
-            .ok()
-            .and_then(|mut rx| rx.take())
+        let shared = &self.handle.shared;
+        let rx = shared.events_rx.lock().ok().and_then(|mut rx| rx.take());
+        shared
+            .events_taken
+            .store(true, std::sync::atomic::Ordering::Release);
+        rx
     }
 
     /// Waits until the pool's [`Stats`] satisfy `condition`, re-checking
@@ -475,6 +490,8 @@ where
 
     async fn call(&self, ctx: Context, request: Req) -> Result<Resp, RpcError> {
         let shared = &self.handle.shared;
+        // Before queueing: time spent waiting counts against the deadline.
+        let ctx = fork_rpc::context::apply_default(ctx, shared.config.rpc.default_timeout);
         // A copy of an idempotent request, to run it again.
         let copy = match &shared.idempotent {
             Some(is) if shared.retries > 0 && is(&request) => bincode::serialize(&request).ok(),
@@ -541,6 +558,10 @@ where
     fn grant(self: &Arc<Self>, st: &mut State<Req, Resp>, i: usize) -> Grant<Req, Resp> {
         let m = &mut st.members[i];
         m.load += 1;
+        if m.load == 1 && self.knobs.idle > 0 {
+            // A spare went to work: the supervisor may start another.
+            self.wake.notify_one();
+        }
         let shared = self.clone();
         Grant {
             slot: Slot {
@@ -637,9 +658,12 @@ where
                 }
             },
         };
-        if let Err(e) = &result {
-            if let Some(lost) = fork_rpc::WorkerLost::find(e) {
-                self.lost(grant.slot.id, lost);
+        match &result {
+            Ok(_) => self.lock().stats.completed += 1,
+            Err(e) => {
+                if let Some(lost) = fork_rpc::WorkerLost::find(e) {
+                    self.lost(grant.slot.id, lost);
+                }
             }
         }
         drop(grant);
@@ -655,7 +679,6 @@ where
         let mut turned_idle = false;
         {
             let mut st = self.lock();
-            st.stats.completed += 1;
             if let Some(i) = st.members.iter().position(|m| m.id == id) {
                 let m = &mut st.members[i];
                 m.load -= 1;
@@ -678,7 +701,7 @@ where
                     }
                 }
                 if m.leaving.is_some() && m.load == 0 {
-                    leaving = Some(st.members.remove(i));
+                    leaving = Some(Self::take_leaving(&mut st, i));
                 }
                 if st.members.get(i).is_some_and(|m| m.load == 0) || leaving.is_some() {
                     self.changed.notify_waiters();
@@ -731,19 +754,23 @@ where
             tracing::info!(pid, rss, limit, "recycling a worker over max_rss");
         }
         if m.load == 0 {
-            let m = st.members.remove(i);
+            let m = Self::take_leaving(&mut st, i);
             self.wake.notify_one();
             drop(st);
             self.leave(m);
         }
     }
 
+    /// Takes a leaving worker out of the pool (counted as recycled, in the
+    /// same critical section, so stats stay consistent).
+    fn take_leaving(st: &mut State<Req, Resp>, i: usize) -> Member<Req, Resp> {
+        st.stats.recycled += 1;
+        st.members.remove(i)
+    }
+
     /// A worker leaves gracefully: dropping its client closes the connection
     /// once its jobs are answered, and it exits 0.
     fn leave(&self, m: Member<Req, Resp>) {
-        let mut st = self.lock();
-        st.stats.recycled += 1;
-        drop(st);
         tracing::debug!(pid = m.pid, reason = ?m.leaving, served = m.served, "worker leaves");
         self.changed.notify_waiters();
     }
@@ -968,11 +995,12 @@ fn terminate(process: fork_core::WorkerHandle, grace: Duration) {
     });
 }
 
-/// Resident memory of `pid` in bytes, from `/proc/<pid>/statm`.
+/// Resident memory of `pid` in bytes, from `VmRSS` in `/proc/<pid>/status`.
 fn rss_of(pid: u32) -> Option<u64> {
-    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    Some(pages * 4096)
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 /// Watches one worker: forwards its events, honours its retire request,
@@ -995,7 +1023,9 @@ async fn monitor<Req, Resp, Ev>(
             status = exit.wait() => break status,
             event = async { events.as_mut()?.recv().await }, if events.is_some() => match event {
                 Some(event) => {
-                    let _ = shared.events_tx.send((pid, event));
+                    if shared.events_taken.load(std::sync::atomic::Ordering::Acquire) {
+                        let _ = shared.events_tx.send((pid, event));
+                    }
                 }
                 None => events = None,
             },
@@ -1005,7 +1035,7 @@ async fn monitor<Req, Resp, Ev>(
                 if let Some(i) = st.members.iter().position(|m| m.id == id) {
                     st.members[i].leaving.get_or_insert(Leave::Retired);
                     if st.members[i].load == 0 {
-                        let m = st.members.remove(i);
+                        let m = Shared::<Req, Resp, Ev>::take_leaving(&mut st, i);
                         shared.wake.notify_one();
                         drop(st);
                         shared.leave(m);
@@ -1017,7 +1047,12 @@ async fn monitor<Req, Resp, Ev>(
     // Events sent before the exit may still be queued.
     if let Some(events) = events.as_mut() {
         while let Some(event) = events.try_recv() {
-            let _ = shared.events_tx.send((pid, event));
+            if shared
+                .events_taken
+                .load(std::sync::atomic::Ordering::Acquire)
+            {
+                let _ = shared.events_tx.send((pid, event));
+            }
         }
     }
     let mut st = shared.lock();
@@ -1058,9 +1093,8 @@ where
             let mut stopped = Vec::new();
             for id in &decision.stop {
                 if let Some(i) = st.members.iter().position(|m| m.id == *id && m.load == 0) {
-                    let mut m = st.members.remove(i);
-                    m.leaving = Some(Leave::Recycled);
-                    stopped.push(m);
+                    st.members[i].leaving = Some(Leave::Idle);
+                    stopped.push(Shared::<Req, Resp, Ev>::take_leaving(&mut st, i));
                 }
             }
             if decision.spawn > 0 {

@@ -53,7 +53,8 @@ fn earliest(a: Option<Instant>, b: Instant) -> Option<Instant> {
 ///   (counting workers already starting); otherwise the first worker at
 ///   once, then one more once the oldest job waited `start`, and one more
 ///   per `start` while jobs wait.
-/// - **Keep `idle`** idle workers (ready or starting), within `max`.
+/// - **Keep `idle`** idle workers (ready or starting), within `max`, when no
+///   job waits.
 /// - **Shrink**: stop workers idle for `stop` or longer, the longest idle
 ///   first, while more than `idle` are idle and no job waits. With
 ///   `idle = 0` every idle worker is stopped in the end.
@@ -65,8 +66,11 @@ pub(crate) fn decide(k: &Knobs, s: &Snapshot, now: Instant) -> Decision {
     let load = k.load.max(1);
 
     let mut want = 0;
-    // Keep `idle` workers idle or on their way.
-    want = want.max(k.idle.saturating_sub(s.idle.len() + s.starting));
+    // Keep `idle` workers idle or on their way (while jobs wait, `start`
+    // paces the growth instead).
+    if s.queued == 0 {
+        want = want.max(k.idle.saturating_sub(s.idle.len() + s.starting));
+    }
     // Cover the backlog.
     let uncovered = s.queued.saturating_sub(s.starting * load);
     if uncovered > 0 {
@@ -198,6 +202,26 @@ mod tests {
         tokio::time::advance(k.start).await;
         let t2 = tokio::time::Instant::now().into_std();
         assert_eq!(decide(&k, &s, t2).spawn, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn spares_do_not_bypass_start_under_backlog() {
+        let now = tokio::time::Instant::now().into_std();
+        let k = Knobs { idle: 2, ..knobs() };
+        let s = Snapshot {
+            busy: 1,
+            queued: 8,
+            oldest_queued: Some(now),
+            ..Snapshot::default()
+        };
+        assert_eq!(decide(&k, &s, now).spawn, 0);
+        // A spare that went to work is replaced when nothing waits.
+        let s = Snapshot {
+            busy: 1,
+            idle: vec![(1, now)],
+            ..Snapshot::default()
+        };
+        assert_eq!(decide(&k, &s, now).spawn, 1);
     }
 
     #[tokio::test(start_paused = true)]

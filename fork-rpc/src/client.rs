@@ -8,7 +8,7 @@ use std::pin::Pin;
 use std::process::ExitStatus;
 use std::sync::{Arc, Mutex};
 use std::task::{Context as TaskContext, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::{Sink, Stream};
 use serde::Serialize;
@@ -237,13 +237,8 @@ impl<Req, Resp> Client<Req, Resp> {
         }
     }
 
-    fn context(&self, mut ctx: tarpc::context::Context) -> tarpc::context::Context {
-        if let Some(timeout) = self.default_timeout {
-            if crate::context::is_implicit(&ctx) {
-                ctx.deadline = Instant::now() + timeout;
-            }
-        }
-        ctx
+    fn context(&self, ctx: tarpc::context::Context) -> tarpc::context::Context {
+        crate::context::apply_default(ctx, self.default_timeout)
     }
 }
 

@@ -33,6 +33,19 @@ pub fn with_timeout(timeout: Duration) -> Context {
     ctx
 }
 
+/// Applies a client's default timeout to `ctx` if it carries tarpc's
+/// implicit deadline (see the module docs); other contexts are returned as
+/// they are. For code that queues calls before they reach a
+/// [`Client`](crate::Client), such as a pool, so the wait counts.
+pub fn apply_default(mut ctx: Context, default_timeout: Option<Duration>) -> Context {
+    if let Some(timeout) = default_timeout {
+        if is_implicit(&ctx) {
+            ctx.deadline = Instant::now() + timeout;
+        }
+    }
+    ctx
+}
+
 /// Whether `ctx` carries tarpc's implicit deadline.
 pub(crate) fn is_implicit(ctx: &Context) -> bool {
     let now = Instant::now();

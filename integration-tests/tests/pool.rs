@@ -68,10 +68,12 @@ impl Job for JobServer {
         std::process::id()
     }
 
+    // ANCHOR: retire_server
     async fn retire(self, _: context::Context) -> u32 {
         self.events.retire().expect("retire");
         std::process::id()
     }
+    // ANCHOR_END: retire_server
 
     async fn preloaded(self, _: context::Context) -> (u64, String) {
         (PRELOADED.load(Ordering::SeqCst), self.arg)
@@ -197,6 +199,7 @@ fn long_start_keeps_jobs_queued_on_the_first_worker() -> Result<(), Failed> {
 fn light_load_concentrates_on_one_worker() -> Result<(), Failed> {
     block_on(async {
         let t = template().await?;
+        // ANCHOR: concentrate
         let pool = pool_on(&t).max(3).idle(3).build();
         let client = Client::from(pool.clone());
         let mut pids = HashSet::new();
@@ -217,6 +220,7 @@ fn light_load_concentrates_on_one_worker() -> Result<(), Failed> {
             spread.len() == 3,
             "3 concurrent jobs at load 1 ran on {spread:?}"
         );
+        // ANCHOR_END: concentrate
         pool.shutdown().await;
         pool1.shutdown().await;
         Ok(())
@@ -265,6 +269,32 @@ fn idle_workers_stop_after_stop_down_to_idle() -> Result<(), Failed> {
     })
 }
 
+fn a_spare_that_goes_to_work_is_replaced() -> Result<(), Failed> {
+    block_on(async {
+        let t = template().await?;
+        let pool = pool_on(&t).max(2).idle(1).build();
+        let client = Client::from(pool.clone());
+        let mut events = pool.events().ok_or("no events")?;
+        pool.wait_until(|s| s.idle == 1).await;
+        let job = client.announced_sleep(context::current(), 2_000);
+        let check = async {
+            let _event = events.recv().await.ok_or("no event")?;
+            // One worker busy, and a new spare.
+            tokio::time::timeout(
+                Duration::from_secs(10),
+                pool.wait_until(|s| s.busy == 1 && s.idle == 1),
+            )
+            .await
+            .map_err(|_| format!("no new spare: {:?}", pool.stats()))
+        };
+        let (job, stats) = tokio::join!(job, check);
+        job.map_err(fail)?;
+        ensure!(stats?.spawned == 2, "spawned {:?}", pool.stats());
+        pool.shutdown().await;
+        Ok(())
+    })
+}
+
 fn max_requests_recycles_with_jitter() -> Result<(), Failed> {
     block_on(async {
         let t = template().await?;
@@ -294,6 +324,7 @@ fn max_requests_recycles_with_jitter() -> Result<(), Failed> {
 fn memory_ceiling_recycles_but_not_fresh_workers() -> Result<(), Failed> {
     block_on(async {
         let t = template().await?;
+        // ANCHOR: max_rss
         let pool = pool_on(&t).max(1).max_rss(64 << 20).build();
         let client = Client::from(pool.clone());
         let first = client.pid(context::current()).await.map_err(fail)?;
@@ -323,6 +354,7 @@ fn memory_ceiling_recycles_but_not_fresh_workers() -> Result<(), Failed> {
             "fresh over-limit workers were recycled: {pids:?}"
         );
         ensure!(pool.stats().recycled == 0, "{:?}", pool.stats());
+        // ANCHOR_END: max_rss
         pool.shutdown().await;
         Ok(())
     })
@@ -331,12 +363,14 @@ fn memory_ceiling_recycles_but_not_fresh_workers() -> Result<(), Failed> {
 fn retire_from_inside_a_worker() -> Result<(), Failed> {
     block_on(async {
         let t = template().await?;
+        // ANCHOR: retire
         let pool = pool_on(&t).max(1).build();
         let client = Client::from(pool.clone());
         let retired = client.retire(context::current()).await.map_err(fail)?;
         let next = client.pid(context::current()).await.map_err(fail)?;
         ensure!(next != retired, "the retired worker took another job");
         all_exit([retired]).await?;
+        // ANCHOR_END: retire
         ensure!(
             pool.stats().crashed == 0,
             "retirement counted as a crash: {:?}",
@@ -421,6 +455,7 @@ fn idempotent_jobs_are_retried_once() -> Result<(), Failed> {
 fn failing_init_backs_off_and_reaches_callers() -> Result<(), Failed> {
     block_on(async {
         let t = template().await?;
+        // ANCHOR: init_failure
         t.arg("fail");
         let pool = pool_on(&t).max(2).build();
         let client = Client::from(pool.clone());
@@ -436,6 +471,7 @@ fn failing_init_backs_off_and_reaches_callers() -> Result<(), Failed> {
         // Three calls, three failed starts, not a storm.
         let failures = pool.stats().spawn_failures;
         ensure!((3..=4).contains(&failures), "{failures} failed starts");
+        // ANCHOR_END: init_failure
         ensure!(
             children_of(t.id()).map_err(fail)?.is_empty(),
             "workers left"
@@ -448,6 +484,7 @@ fn failing_init_backs_off_and_reaches_callers() -> Result<(), Failed> {
 fn job_timeout_kills_the_stuck_worker() -> Result<(), Failed> {
     block_on(async {
         let t = template().await?;
+        // ANCHOR: job_timeout
         let pool = pool_on(&t)
             .max(1)
             .load(2)
@@ -484,6 +521,7 @@ fn job_timeout_kills_the_stuck_worker() -> Result<(), Failed> {
         let next = client.pid(context::current()).await.map_err(fail)?;
         ensure!(next != stuck, "the stuck worker served again");
         ensure!(pool.stats().timed_out >= 1, "{:?}", pool.stats());
+        // ANCHOR_END: job_timeout
         pool.shutdown().await;
         Ok(())
     })
@@ -536,6 +574,7 @@ fn bounded_queue_waits_or_fails() -> Result<(), Failed> {
     block_on(async {
         for overflow in [Overflow::Error, Overflow::Wait] {
             let t = template().await?;
+            // ANCHOR: queue_limit
             let pool = pool_on(&t).max(1).load(1).queue_limit(2, overflow).build();
             let client = Client::from(pool.clone());
             let mut events = pool.events().ok_or("no events")?;
@@ -559,6 +598,7 @@ fn bounded_queue_waits_or_fails() -> Result<(), Failed> {
                 Overflow::Error => ensure!(full == 1 && ok == 2, "error overflow: {rest:?}"),
                 _ => ensure!(full == 0 && ok == 3, "wait overflow: {rest:?}"),
             }
+            // ANCHOR_END: queue_limit
             pool.shutdown().await;
         }
         Ok(())
@@ -568,6 +608,7 @@ fn bounded_queue_waits_or_fails() -> Result<(), Failed> {
 fn dropping_the_pool_shuts_it_down() -> Result<(), Failed> {
     block_on(async {
         let t = template().await?;
+        // ANCHOR: drop
         let pool = pool_on(&t).max(2).idle(2).build();
         let client = Client::from(pool.clone());
         client.pid(context::current()).await.map_err(fail)?;
@@ -576,6 +617,7 @@ fn dropping_the_pool_shuts_it_down() -> Result<(), Failed> {
         drop(client);
         drop(pool);
         all_exit(pids).await?;
+        // ANCHOR_END: drop
         Ok(())
     })
 }
@@ -583,6 +625,7 @@ fn dropping_the_pool_shuts_it_down() -> Result<(), Failed> {
 fn chaos() -> Result<(), Failed> {
     block_on(async {
         let t = template().await?;
+        // ANCHOR: chaos_pool
         let pool = pool_on(&t)
             .max(4)
             .idle(4)
@@ -591,6 +634,7 @@ fn chaos() -> Result<(), Failed> {
             .idempotent(|r| matches!(r, JobRequest::Sleep { .. }))
             .retries(3)
             .build();
+        // ANCHOR_END: chaos_pool
         let client = Client::from(pool.clone());
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let killer = {
@@ -601,6 +645,9 @@ fn chaos() -> Result<(), Failed> {
                 let mut rng = 0x2545_f491_4f6c_dd1du64;
                 while !stop.load(Ordering::Relaxed) {
                     tokio::time::sleep(Duration::from_millis(10)).await;
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
                     let pids = pool.worker_pids();
                     if pids.is_empty() {
                         continue;
@@ -662,8 +709,9 @@ fn chaos() -> Result<(), Failed> {
         tokio::time::timeout(Duration::from_secs(10), pool.wait_until(|s| s.idle == 4))
             .await
             .map_err(|_| format!("the pool did not recover: {:?}", pool.stats()))?;
+        // (Idempotent calls: a worker killed last may not be noticed yet.)
         for _ in 0..10 {
-            client.pid(context::current()).await.map_err(fail)?;
+            client.sleep(context::current(), 0).await.map_err(fail)?;
         }
         pool.shutdown().await;
         ensure!(
@@ -696,6 +744,10 @@ fn main() {
         (
             "idle_workers_stop_after_stop_down_to_idle",
             idle_workers_stop_after_stop_down_to_idle,
+        ),
+        (
+            "a_spare_that_goes_to_work_is_replaced",
+            a_spare_that_goes_to_work_is_replaced,
         ),
         (
             "max_requests_recycles_with_jitter",
