@@ -115,6 +115,8 @@ pub struct Stats {
 }
 
 struct Shared<Req, Resp, Ev> {
+    /// This very value, for callbacks that only get `&self`.
+    this: std::sync::Weak<Shared<Req, Resp, Ev>>,
     config: Config,
     knobs: Knobs,
     template: fork_core::Template,
@@ -193,20 +195,25 @@ struct Grant<Req, Resp> {
 /// Gives a worker's place back to the pool when dropped.
 struct Slot {
     id: u64,
-    release: Option<Box<dyn FnOnce(u64) + Send>>,
+    pool: Option<Arc<dyn Release>>,
+}
+
+/// What a [`Slot`] calls back into (the pool, with its types erased).
+trait Release: Send + Sync {
+    fn release(&self, id: u64);
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        if let Some(release) = self.release.take() {
-            release(self.id);
+        if let Some(pool) = self.pool.take() {
+            pool.release(self.id);
         }
     }
 }
 
 impl Slot {
     fn disarm(mut self) {
-        self.release = None;
+        self.pool = None;
     }
 }
 
@@ -351,7 +358,8 @@ where
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_nanos() as u64)
             ^ u64::from(std::process::id());
-        let shared = Arc::new(Shared {
+        let shared = Arc::new_cyclic(|this| Shared {
+            this: this.clone(),
             knobs: self.config.knobs(),
             queue_room: self.config.queue_limit.map(|n| Arc::new(Semaphore::new(n))),
             config: self.config,
@@ -562,14 +570,17 @@ where
             // A spare went to work: the supervisor may start another.
             self.wake.notify_one();
         }
-        let shared = self.clone();
+        let id = m.id;
+        let client = m.client.clone();
+        let pid = m.pid;
+        let pool: Arc<dyn Release> = self.clone();
         Grant {
             slot: Slot {
-                id: m.id,
-                release: Some(Box::new(move |id| shared.release(id))),
+                id,
+                pool: Some(pool),
             },
-            client: m.client.clone(),
-            pid: m.pid,
+            client,
+            pid,
         }
     }
 
@@ -634,9 +645,12 @@ where
                 since: Instant::now(),
                 _room: room,
             });
+            // The supervisor grows the pool for waiting jobs, if it can.
+            if st.members.len() + st.starting < self.knobs.max {
+                self.wake.notify_one();
+            }
             rx
         };
-        self.wake.notify_one();
         rx.await.unwrap_or(Err(Error::Closed))
     }
 
@@ -672,8 +686,10 @@ where
 
     /// A job finished: free its place, retire the worker if it is due,
     /// feed the queue.
-    fn release(self: &Arc<Self>, id: u64) {
-        let now = Instant::now();
+    fn release_job(self: &Arc<Self>, id: u64) {
+        // Read the clock only when something needs it.
+        let mut clock = None;
+        let mut now = || *clock.get_or_insert_with(Instant::now);
         let mut check_rss = None;
         let mut leaving = None;
         let mut turned_idle = false;
@@ -684,7 +700,7 @@ where
                 m.load -= 1;
                 m.served += 1;
                 if m.load == 0 {
-                    m.idle_since = now;
+                    m.idle_since = now();
                     turned_idle = true;
                 }
                 if m.leaving.is_none() {
@@ -694,9 +710,9 @@ where
                         m.leaving = Some(Leave::Retired);
                     } else if self.config.max_rss.is_some()
                         && !m.rss_exempt
-                        && (m.load == 0 || now.duration_since(m.rss_checked) >= RSS_INTERVAL)
+                        && (m.load == 0 || now().duration_since(m.rss_checked) >= RSS_INTERVAL)
                     {
-                        m.rss_checked = now;
+                        m.rss_checked = now();
                         check_rss = Some((m.pid, m.served));
                     }
                 }
@@ -708,11 +724,15 @@ where
                 }
             }
             self.dispatch(&mut st);
-            // A worker that turned idle needs a stop timer, unless the
-            // supervisor looks again before that timer would be due anyway.
-            let timer_needed =
-                turned_idle && st.next_wake.is_none_or(|at| at > now + self.config.stop);
-            if leaving.is_some() || !st.queue.is_empty() || timer_needed {
+            // Wake the supervisor only when it can act: a worker left; jobs
+            // wait and the pool may grow; or a worker turned idle that may be
+            // stopped (more idle than `idle`) and no timer of the supervisor
+            // would look before its `stop` is due.
+            let may_grow = st.members.len() + st.starting < self.knobs.max;
+            let timer_needed = turned_idle
+                && st.next_wake.is_none_or(|at| at > now() + self.config.stop)
+                && st.members.iter().filter(|m| m.load == 0).count() > self.knobs.idle;
+            if leaving.is_some() || (!st.queue.is_empty() && may_grow) || timer_needed {
                 self.wake.notify_one();
             }
         }
@@ -972,6 +992,20 @@ where
             st.finished = true;
             st.members.clear();
             st.queue.clear();
+        }
+    }
+}
+
+impl<Req, Resp, Ev> Release for Shared<Req, Resp, Ev>
+where
+    Req: Serialize + DeserializeOwned + RequestName + Send + Sync + 'static,
+    Resp: DeserializeOwned + Send + Sync + 'static,
+    Ev: DeserializeOwned + Send + Sync + 'static,
+{
+    fn release(&self, id: u64) {
+        // `release_job` needs the `Arc` to hand places to queued jobs.
+        if let Some(this) = self.this.upgrade() {
+            this.release_job(id);
         }
     }
 }

@@ -1,0 +1,889 @@
+//! Pool benchmark: jobs per second through a fork-pool, compared with a
+//! single fork-rpc worker called directly in the same run, and how CPU-bound
+//! jobs scale from one worker to two.
+//!
+//! Run: `cargo bench -p benches --bench pool` (about 75 seconds), or
+//! `cargo bench -p benches --bench pool -- --quick` (a few seconds; for CI).
+//! `--only TEXT` measures only the rows whose name contains `TEXT` (to
+//! profile one of them with `perf` or `strace`; the workers' pids are
+//! printed). Other arguments (`--bench`, which cargo passes) are ignored.
+//!
+//! Every worker serves the same `Job` service, forked from one template per
+//! runtime:
+//!
+//! - **direct**: one worker from [`fork_rpc::spawn`], called through its own
+//!   client: the baseline.
+//! - **pool**: a [`Pool`] with `idle(n).max(n)`, so that all its workers are
+//!   there before the measurement and none comes or goes during it.
+//!
+//! Three parts, each measured with the direct worker next to the pools:
+//!
+//! 1. **Throughput**: trivial calls, 256 in flight, the pool with 2 workers
+//!    at `load` 1, 2 and 10 (the rest wait in the pool's queue), and at
+//!    `load` 128 (all 256 on the wire, as with the direct worker).
+//! 2. **Overhead**: trivial calls, a pool of 1 worker at `load` L with L
+//!    calls in flight, against the direct worker with L in flight: the same
+//!    number of requests on the wire, so the difference is what the pool
+//!    adds to a call.
+//! 3. **CPU-bound**: ~2 ms of arithmetic per job, 16 in flight, 1 worker
+//!    against 2, at `load` 1 and at `load` 2.
+//!
+//! Calls are made by one task keeping N calls in flight (a new call as soon
+//! as one returns). The machines this runs on are small, shared and noisy:
+//! every measurement is split into rounds, and the rounds of the peers of a
+//! part take turns, so a change in load hits them alike. Ratios are the
+//! median of the per-round ratios (each round against its neighbour of the
+//! other peer).
+
+use std::error::Error;
+use std::future::Future;
+use std::hint::black_box;
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fork_core::Template;
+use fork_pool::Pool;
+use fork_rpc::{Config, RpcEntry, RpcWorker, Setup};
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use tarpc::client::RpcError;
+use tokio::runtime::Runtime;
+
+type BoxResult<T> = Result<T, Box<dyn Error + Send + Sync>>;
+
+// ===== the service =====
+
+// ANCHOR: service
+/// The benchmarked jobs: a trivial one, and one that keeps a CPU busy.
+#[tarpc::service]
+trait Job {
+    /// Returns `x`.
+    async fn echo(x: u64) -> u64;
+    /// Runs `rounds` rounds of arithmetic, then returns `x`.
+    async fn spin(rounds: u64, x: u64) -> u64;
+}
+
+#[derive(Debug, Clone, Copy)]
+struct JobServer;
+
+impl Job for JobServer {
+    async fn echo(self, _: tarpc::context::Context, x: u64) -> u64 {
+        x
+    }
+
+    async fn spin(self, _: tarpc::context::Context, rounds: u64, x: u64) -> u64 {
+        black_box(busy(rounds, x));
+        x
+    }
+}
+
+/// A fixed amount of arithmetic (xorshift steps, each depending on the
+/// last), so that a job costs the same CPU time however the CPUs are shared.
+fn busy(rounds: u64, seed: u64) -> u64 {
+    let mut x = black_box(seed) | 1;
+    for _ in 0..black_box(rounds) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+    }
+    x
+}
+
+/// fork-rpc's init hook: builds the service in the worker.
+fn job_service(_: &mut Setup<()>) -> Result<ServeJob<JobServer>, String> {
+    Ok(JobServer.serve())
+}
+static JOB: RpcEntry<JobRequest, JobResponse> =
+    fork_rpc::entry!(job_service, name = "benches::pool::job");
+// ANCHOR_END: service
+
+/// The rounds of [`busy`] that take `target` on this machine, calibrated
+/// here, in the parent (the workers are forks of the same binary): the
+/// fastest of a few tries, the one least disturbed by other load.
+fn calibrate(target: Duration) -> u64 {
+    const TRY: u64 = 1 << 20;
+    let mut best = Duration::MAX;
+    for _ in 0..7 {
+        let start = Instant::now();
+        black_box(busy(TRY, 7));
+        best = best.min(start.elapsed());
+    }
+    (TRY as f64 * target.as_secs_f64() / best.as_secs_f64().max(1e-9)) as u64
+}
+
+// ===== the peers =====
+
+type DirectClient = JobClient<fork_rpc::Client<JobRequest, JobResponse>>;
+type JobPool = Pool<JobRequest, JobResponse>;
+type PoolClient = JobClient<JobPool>;
+
+/// How a call reaches a worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Via {
+    /// One fork-rpc worker, through its own client.
+    Direct,
+    /// A pool of `workers` workers (`idle = max = workers`) at `load`.
+    Pool { workers: usize, load: usize },
+}
+
+impl Via {
+    fn name(self) -> String {
+        match self {
+            Via::Direct => "direct worker".to_owned(),
+            Via::Pool { workers: 1, load } => format!("pool, 1 worker, load {load}"),
+            Via::Pool { workers, load } => format!("pool, {workers} workers, load {load}"),
+        }
+    }
+}
+
+// ANCHOR: peers
+/// Forks a direct worker.
+async fn direct(template: &Template) -> BoxResult<Peer> {
+    let (client, worker) = fork_rpc::spawn(&mut template.fork(), &JOB, &Config::default()).await?;
+    Ok(Peer::Direct(Arc::new(JobClient::from(client)), worker))
+}
+
+/// Builds a pool of `workers` workers that neither grows nor shrinks, and
+/// waits until they are all up.
+async fn pool(template: &Template, workers: usize, load: usize) -> BoxResult<Peer> {
+    let pool = Pool::builder(template.clone(), &JOB)
+        .idle(workers)
+        .max(workers)
+        .load(load)
+        .build();
+    pool.wait_until(|s| s.idle == workers).await;
+    Ok(Peer::Pool(Arc::new(JobClient::from(pool.clone())), pool))
+}
+// ANCHOR_END: peers
+
+/// A peer and the parent's end of its connections.
+#[derive(Debug)]
+enum Peer {
+    Direct(Arc<DirectClient>, RpcWorker),
+    Pool(Arc<PoolClient>, JobPool),
+}
+
+impl Peer {
+    async fn new(template: &Template, via: Via) -> BoxResult<Peer> {
+        match via {
+            Via::Direct => direct(template).await,
+            Via::Pool { workers, load } => pool(template, workers, load).await,
+        }
+    }
+
+    fn pids(&self) -> Vec<u32> {
+        match self {
+            Peer::Direct(_, worker) => vec![worker.id()],
+            Peer::Pool(_, pool) => pool.worker_pids(),
+        }
+    }
+
+    /// One round of calls, `depth` in flight, in a task on `rt`.
+    fn round(
+        &self,
+        rt: &Runtime,
+        work: Work,
+        depth: usize,
+        len: Duration,
+    ) -> BoxResult<(u64, Duration)> {
+        let task = match self {
+            Peer::Direct(client, _) => rt.spawn(calls(client.clone(), work, depth, len)),
+            Peer::Pool(client, _) => rt.spawn(calls(client.clone(), work, depth, len)),
+        };
+        rt.block_on(task)?
+    }
+
+    /// Closes the connections and waits for the workers to exit; checks
+    /// that a pool kept its workers all along.
+    async fn close(self, via: Via) -> BoxResult<()> {
+        match self {
+            Peer::Direct(client, mut worker) => {
+                drop(client);
+                let status = worker.wait().await?;
+                if !status.success() {
+                    return Err(format!("the direct worker exited with {status}").into());
+                }
+            }
+            Peer::Pool(client, pool) => {
+                drop(client);
+                let stats = pool.stats();
+                pool.shutdown().await;
+                let workers = match via {
+                    Via::Pool { workers, .. } => workers as u64,
+                    Via::Direct => 1,
+                };
+                if stats.spawned != workers || stats.crashed != 0 || stats.recycled != 0 {
+                    let name = via.name();
+                    return Err(format!("{name}: workers came and went: {stats:?}").into());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+// ===== calls in flight =====
+
+/// What each call does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Work {
+    /// `echo`: nothing.
+    Trivial,
+    /// `spin` with this many rounds.
+    Cpu(u64),
+}
+
+/// A job client of either kind.
+trait Caller: Send + Sync + 'static {
+    fn call(&self, work: Work, x: u64) -> impl Future<Output = Result<u64, RpcError>> + Send + '_;
+}
+
+impl Caller for DirectClient {
+    fn call(&self, work: Work, x: u64) -> impl Future<Output = Result<u64, RpcError>> + Send + '_ {
+        let ctx = tarpc::context::current();
+        async move {
+            match work {
+                Work::Trivial => self.echo(ctx, x).await,
+                Work::Cpu(rounds) => self.spin(ctx, rounds, x).await,
+            }
+        }
+    }
+}
+
+impl Caller for PoolClient {
+    fn call(&self, work: Work, x: u64) -> impl Future<Output = Result<u64, RpcError>> + Send + '_ {
+        let ctx = tarpc::context::current();
+        async move {
+            match work {
+                Work::Trivial => self.echo(ctx, x).await,
+                Work::Cpu(rounds) => self.spin(ctx, rounds, x).await,
+            }
+        }
+    }
+}
+
+// ANCHOR: calls
+/// Keeps `depth` calls in flight from one task, starting a new one as soon
+/// as one returns, until `len` has passed; then waits for the last ones.
+async fn calls<C: Caller>(
+    client: Arc<C>,
+    work: Work,
+    depth: usize,
+    len: Duration,
+) -> BoxResult<(u64, Duration)> {
+    let start = Instant::now();
+    let deadline = start + len;
+    let call = |x: u64| {
+        let client = &client;
+        async move {
+            let y = client.call(work, x).await?;
+            if y != x {
+                return Err(format!("job({x}) returned {y}").into());
+            }
+            BoxResult::Ok(())
+        }
+    };
+    let mut running = FuturesUnordered::new();
+    let mut next = 0u64;
+    for _ in 0..depth {
+        running.push(call(next));
+        next += 1;
+    }
+    let mut done = 0;
+    while let Some(result) = running.next().await {
+        result?;
+        done += 1;
+        if Instant::now() < deadline {
+            running.push(call(next));
+            next += 1;
+        }
+    }
+    Ok((done, start.elapsed()))
+}
+// ANCHOR_END: calls
+
+// ===== options =====
+
+#[derive(Debug, Clone)]
+struct Opts {
+    /// Rounds per measurement of trivial calls, and their length.
+    rounds: u32,
+    round: Duration,
+    /// The same for CPU-bound jobs.
+    cpu_rounds: u32,
+    cpu_round: Duration,
+    /// Measure only the rows whose name contains this.
+    only: Option<String>,
+}
+
+impl Opts {
+    /// Parses `std::env::args` by hand: `--quick` and `--only TEXT`; other
+    /// arguments (`--bench` from cargo) are ignored.
+    fn from_args() -> Opts {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let quick = args.iter().any(|a| a == "--quick");
+        let only = args
+            .iter()
+            .position(|a| a == "--only")
+            .and_then(|i| args.get(i + 1).cloned());
+        if quick {
+            Opts {
+                rounds: 1,
+                round: Duration::from_millis(100),
+                cpu_rounds: 1,
+                cpu_round: Duration::from_millis(100),
+                only,
+            }
+        } else {
+            Opts {
+                rounds: 15,
+                round: Duration::from_millis(150),
+                cpu_rounds: 7,
+                cpu_round: Duration::from_millis(400),
+                only,
+            }
+        }
+    }
+
+    fn wants(&self, what: &str) -> bool {
+        self.only.as_deref().is_none_or(|only| what.contains(only))
+    }
+}
+
+// ===== measuring =====
+
+/// The rates of the rounds of one measurement, in calls per second, and
+/// what the calls cost.
+#[derive(Debug, Clone, Default)]
+struct Sample {
+    rates: Vec<f64>,
+    calls: u64,
+    /// Seconds over the rounds.
+    elapsed: f64,
+    /// CPU seconds over the rounds: (parent, workers).
+    cpu: [f64; 2],
+    /// Context switches over the rounds: (parent, workers).
+    switches: [f64; 2],
+}
+
+impl Sample {
+    fn median(&self) -> f64 {
+        median(self.rates.clone())
+    }
+
+    fn min(&self) -> f64 {
+        self.rates.iter().copied().fold(f64::INFINITY, f64::min)
+    }
+
+    fn max(&self) -> f64 {
+        self.rates.iter().copied().fold(0.0, f64::max)
+    }
+
+    /// CPU µs per call: (parent, workers).
+    fn cpu_per_call(&self) -> [f64; 2] {
+        self.cpu.map(|c| c * 1e6 / self.calls as f64)
+    }
+
+    /// Context switches per call: (parent, workers).
+    fn switches_per_call(&self) -> [f64; 2] {
+        self.switches.map(|s| s / self.calls as f64)
+    }
+
+    /// How many CPUs the workers kept busy, on average over the rounds.
+    fn worker_cpus(&self) -> f64 {
+        self.cpu[1] / self.elapsed
+    }
+
+    /// This sample's rate over `base`'s: the median of the ratios of their
+    /// rounds, which took turns.
+    fn ratio_to(&self, base: &Sample) -> f64 {
+        median(
+            self.rates
+                .iter()
+                .zip(&base.rates)
+                .map(|(a, b)| a / b)
+                .collect(),
+        )
+    }
+
+    /// Runs one timed round on `peer` and adds it.
+    fn round(
+        &mut self,
+        rt: &Runtime,
+        peer: &Peer,
+        work: Work,
+        depth: usize,
+        len: Duration,
+    ) -> BoxResult<()> {
+        let pids = peer.pids();
+        let before = Costs::now(&pids)?;
+        let (calls, took) = peer.round(rt, work, depth, len)?;
+        let after = Costs::now(&pids)?;
+        self.calls += calls;
+        self.elapsed += took.as_secs_f64();
+        self.rates.push(calls as f64 / took.as_secs_f64());
+        for i in 0..2 {
+            self.cpu[i] += after.cpu[i] - before.cpu[i];
+            self.switches[i] += after.switches[i] - before.switches[i];
+        }
+        Ok(())
+    }
+}
+
+fn median(mut r: Vec<f64>) -> f64 {
+    r.sort_by(f64::total_cmp);
+    let n = r.len();
+    match n {
+        0 => f64::NAN,
+        _ if n % 2 == 1 => r[n / 2],
+        _ => (r[n / 2 - 1] + r[n / 2]) / 2.0,
+    }
+}
+
+/// A row of the report: what was measured, and how it went.
+#[derive(Debug)]
+struct Row {
+    part: Part,
+    flavour: &'static str,
+    via: Via,
+    work: Work,
+    depth: usize,
+    sample: Sample,
+}
+
+impl Row {
+    fn what(&self) -> String {
+        row_name(self.via, self.depth, self.flavour)
+    }
+}
+
+fn row_name(via: Via, depth: usize, flavour: &str) -> String {
+    let depth = if depth == 1 {
+        "serial".to_owned()
+    } else {
+        format!("{depth} in flight")
+    };
+    format!("{}, {depth}, {flavour}", via.name())
+}
+
+/// One part of the benchmark: peers measured side by side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Part {
+    Throughput,
+    Overhead,
+    Cpu,
+}
+
+/// One part on one runtime: peers measured side by side.
+#[derive(Debug, Clone, Copy)]
+struct Measure<'a> {
+    part: Part,
+    flavour: &'static str,
+    work: Work,
+    /// Calls in flight.
+    depth: usize,
+    vias: &'a [Via],
+}
+
+impl<'a> Measure<'a> {
+    fn trivial(part: Part, flavour: &'static str, depth: usize, vias: &'a [Via]) -> Self {
+        Measure {
+            part,
+            flavour,
+            work: Work::Trivial,
+            depth,
+            vias,
+        }
+    }
+}
+
+/// Forks the wanted peers of `m`, measures them with their rounds taking
+/// turns (so a change in the machine's load hits them all alike), after a
+/// quarter round each, untimed, as a warm-up; then closes them.
+fn measure(
+    rt: &Runtime,
+    opts: &Opts,
+    template: &Template,
+    m: Measure<'_>,
+    report: &mut Report,
+) -> BoxResult<()> {
+    let vias: Vec<Via> = m
+        .vias
+        .iter()
+        .copied()
+        .filter(|&via| opts.wants(&row_name(via, m.depth, m.flavour)))
+        .collect();
+    if vias.is_empty() {
+        return Ok(());
+    }
+    let (rounds, len) = match m.work {
+        Work::Trivial => (opts.rounds, opts.round),
+        Work::Cpu(_) => (opts.cpu_rounds, opts.cpu_round),
+    };
+    let mut peers = Vec::new();
+    for &via in &vias {
+        let peer = rt.block_on(Peer::new(template, via))?;
+        if opts.only.is_some() {
+            let name = row_name(via, m.depth, m.flavour);
+            eprintln!("{name}: pids {:?}", peer.pids());
+        }
+        peers.push(peer);
+    }
+    eprint!(
+        "measuring {:?}, {} in flight, {} ...",
+        m.part, m.depth, m.flavour
+    );
+    let mut warm_up = Vec::new();
+    for peer in &peers {
+        warm_up.push(peer.round(rt, m.work, m.depth, len / 4)?.0);
+    }
+    let mut samples = vec![Sample::default(); peers.len()];
+    for _ in 0..rounds {
+        for (peer, sample) in peers.iter().zip(&mut samples) {
+            sample.round(rt, peer, m.work, m.depth, len)?;
+        }
+    }
+    for ((via, sample), warm_up) in vias.iter().zip(&samples).zip(warm_up) {
+        eprint!(" {} {:.0}/s", via.name(), sample.median());
+        if opts.only.is_some() {
+            // For profilers counting events over the whole run.
+            eprint!(" ({} calls with the warm-up)", sample.calls + warm_up);
+        }
+        eprint!(";");
+    }
+    eprintln!();
+    for (peer, &via) in peers.into_iter().zip(&vias) {
+        rt.block_on(peer.close(via))?;
+    }
+    for (via, sample) in vias.into_iter().zip(samples) {
+        report.rows.push(Row {
+            part: m.part,
+            flavour: m.flavour,
+            via,
+            work: m.work,
+            depth: m.depth,
+            sample,
+        });
+    }
+    Ok(())
+}
+
+// ===== CPU time and context switches =====
+
+/// Cumulative costs of this process (all threads) and of workers.
+#[derive(Debug, Clone, Copy)]
+struct Costs {
+    /// CPU seconds, user + system: (parent, workers).
+    cpu: [f64; 2],
+    /// Context switches, voluntary + involuntary: (parent, workers).
+    switches: [f64; 2],
+}
+
+impl Costs {
+    fn now(workers: &[u32]) -> io::Result<Costs> {
+        let (me_cpu, me_switches) = rusage_self()?;
+        let (mut cpu, mut switches) = (0.0, 0.0);
+        for &pid in workers {
+            cpu += proc_cpu(pid)?;
+            switches += proc_switches(pid)?;
+        }
+        Ok(Costs {
+            cpu: [me_cpu, cpu],
+            switches: [me_switches, switches],
+        })
+    }
+}
+
+/// This process's CPU seconds and context switches, from `getrusage`.
+fn rusage_self() -> io::Result<(f64, f64)> {
+    // SAFETY: `rusage` is plain data; all-zero is a valid value.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `usage` is a valid, writable rusage.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+    Ok((
+        tv(usage.ru_utime) + tv(usage.ru_stime),
+        (usage.ru_nvcsw + usage.ru_nivcsw) as f64,
+    ))
+}
+
+/// A process's CPU seconds, from `/proc/<pid>/stat` (clock ticks, usually
+/// 10 ms).
+fn proc_cpu(pid: u32) -> io::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name, which may hold spaces: field 3 (state)
+    // is index 0, so utime (14) and stime (15) are 11 and 12.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let ticks: Vec<u64> = after
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    if ticks.len() != 2 {
+        return Err(io::Error::other(format!("cannot parse /proc/{pid}/stat")));
+    }
+    // SAFETY: sysconf takes an integer constant.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Ok((ticks[0] + ticks[1]) as f64 / hz)
+}
+
+/// A process's context switches, summed over its threads, from
+/// `/proc/<pid>/task/*/status`.
+fn proc_switches(pid: u32) -> io::Result<f64> {
+    let mut total = 0.0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let status = std::fs::read_to_string(task?.path().join("status"))?;
+        for line in status.lines() {
+            if let Some(n) = line
+                .strip_prefix("voluntary_ctxt_switches:")
+                .or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"))
+            {
+                total += n.trim().parse::<f64>().unwrap_or(0.0);
+            }
+        }
+    }
+    Ok(total)
+}
+
+/// The 1-minute load average, from `/proc/loadavg`: how busy the machine
+/// was besides this run.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".to_owned())
+}
+
+// ===== report =====
+
+/// Trivial jobs per second the pool must reach at load 10: 3× Perl's
+/// AnyEvent::Fork::Pool (~107k/s at load 10).
+const THROUGHPUT_TARGET: f64 = 300_000.0;
+/// Most a call may cost through the pool, as a multiple of the cost through
+/// a direct worker with the same number in flight.
+const OVERHEAD_TARGET: f64 = 1.10;
+/// Least speed-up of CPU-bound jobs from 1 worker to 2.
+const SCALING_TARGET: f64 = 1.9;
+
+#[derive(Debug, Default)]
+struct Report {
+    rows: Vec<Row>,
+}
+
+impl Report {
+    fn find(&self, row: &Row, via: Via) -> Option<&Row> {
+        self.rows.iter().find(|r| {
+            r.part == row.part && r.flavour == row.flavour && r.depth == row.depth && r.via == via
+        })
+    }
+
+    /// A row's rate over the direct worker's in the same part.
+    fn vs_direct(&self, row: &Row) -> Option<f64> {
+        let base = self.find(row, Via::Direct)?;
+        (row.via != Via::Direct).then(|| row.sample.ratio_to(&base.sample))
+    }
+
+    /// The target of a row, and whether it was met.
+    fn target(&self, row: &Row) -> Option<(String, bool)> {
+        match (row.part, row.via) {
+            (Part::Throughput, Via::Pool { load: 10, .. }) => Some((
+                format!("≥ {:.0}k/s", THROUGHPUT_TARGET / 1000.0),
+                row.sample.median() >= THROUGHPUT_TARGET,
+            )),
+            (Part::Overhead, Via::Pool { .. }) => {
+                // Cost per call is the inverse of the rate.
+                let cost = 1.0 / self.vs_direct(row)?;
+                let limit = (OVERHEAD_TARGET - 1.0) * 100.0;
+                let extra = (cost - 1.0) * 100.0;
+                Some((
+                    format!("≤ +{limit:.0}% per call vs direct: {extra:+.1}%"),
+                    cost <= OVERHEAD_TARGET,
+                ))
+            }
+            (Part::Cpu, Via::Pool { workers: 2, load }) => {
+                let one = self.find(row, Via::Pool { workers: 1, load })?;
+                let scaling = row.sample.ratio_to(&one.sample);
+                Some((
+                    format!(
+                        "≥ {SCALING_TARGET}× 1 worker: {scaling:.2}× (workers busy {:.2} CPUs)",
+                        row.sample.worker_cpus()
+                    ),
+                    scaling >= SCALING_TARGET,
+                ))
+            }
+            _ => None,
+        }
+    }
+
+    fn print(&self) {
+        println!();
+        println!(
+            "| part | measurement | jobs/s (median) | µs/job | × direct | spread (min–max jobs/s) | jobs | CPU µs/job: parent + workers | switches/job: parent + workers | target |"
+        );
+        println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---|");
+        for row in &self.rows {
+            let rate = row.sample.median();
+            let vs = self.vs_direct(row).map_or_else(String::new, ratio);
+            let target = match (self.target(row), row.part) {
+                (Some((t, ok)), _) => format!("{t}: {}", verdict(ok)),
+                // How much CPU the machine gave: the baseline of the scaling.
+                (None, Part::Cpu) => format!("workers busy {:.2} CPUs", row.sample.worker_cpus()),
+                (None, _) => String::new(),
+            };
+            let [cp, cw] = row.sample.cpu_per_call();
+            let [sp, sw] = row.sample.switches_per_call();
+            let part = match (row.part, row.work) {
+                (Part::Throughput, _) => "throughput".to_owned(),
+                (Part::Overhead, _) => "overhead".to_owned(),
+                (Part::Cpu, Work::Cpu(rounds)) => format!("CPU-bound ({rounds} rounds)"),
+                (Part::Cpu, Work::Trivial) => "CPU-bound".to_owned(),
+            };
+            println!(
+                "| {part} | {} | {:.0} | {:.2} | {} | {:.0}–{:.0} | {} | {:.2} + {:.2} = {:.2} | {:.2} + {:.2} | {} |",
+                row.what(),
+                rate,
+                1e6 / rate,
+                vs,
+                row.sample.min(),
+                row.sample.max(),
+                row.sample.calls,
+                cp,
+                cw,
+                cp + cw,
+                sp,
+                sw,
+                target,
+            );
+        }
+        println!();
+        println!("Targets:");
+        for row in &self.rows {
+            if let Some((target, ok)) = self.target(row) {
+                println!(
+                    "- {}: {:.0} jobs/s, {target}: {}",
+                    row.what(),
+                    row.sample.median(),
+                    verdict(ok)
+                );
+            }
+        }
+        println!();
+        println!(
+            "For reference (not measured here): Perl's AnyEvent::Fork::Pool ~50k trivial jobs/s at load 2, ~107k/s at load 10; Python's ProcessPoolExecutor ~10k/s."
+        );
+    }
+}
+
+/// A ratio with two decimals, or three when it is small.
+fn ratio(x: f64) -> String {
+    if x < 0.1 {
+        format!("{x:.3}")
+    } else {
+        format!("{x:.2}")
+    }
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok { "met" } else { "MISSED" }
+}
+
+// ===== main =====
+
+/// Trivial calls in flight in the throughput part, and calls in flight in
+/// the CPU-bound part.
+const MANY: usize = 256;
+const CPU_DEPTH: usize = 16;
+
+// ANCHOR: parts
+/// Every part on one runtime, with workers forked from one template.
+fn run_all(
+    rt: &Runtime,
+    opts: &Opts,
+    flavour: &'static str,
+    spin: Option<u64>,
+    report: &mut Report,
+) -> BoxResult<()> {
+    let _rt = rt.enter();
+    let template = Template::new()?;
+    rt.block_on(template.ready())?;
+    let two = |load| Via::Pool { workers: 2, load };
+    let one = |load| Via::Pool { workers: 1, load };
+
+    // 1. Throughput: many trivial calls in flight, 2 workers at load 1, 2,
+    // 10, and at a load that takes all of them at once (no queue).
+    let vias = [Via::Direct, two(1), two(2), two(10), two(MANY / 2)];
+    measure(
+        rt,
+        opts,
+        &template,
+        Measure::trivial(Part::Throughput, flavour, MANY, &vias),
+        report,
+    )?;
+
+    // 2. Overhead: 1 worker at load L, L calls in flight, against direct.
+    for load in [1, 2, 10] {
+        let vias = [Via::Direct, one(load)];
+        measure(
+            rt,
+            opts,
+            &template,
+            Measure::trivial(Part::Overhead, flavour, load, &vias),
+            report,
+        )?;
+    }
+
+    // 3. CPU-bound: ~2 ms jobs, 1 worker against 2, at load 1 (and 2).
+    if let Some(rounds) = spin {
+        let vias = [Via::Direct, one(1), two(1), one(2), two(2)];
+        let m = Measure {
+            part: Part::Cpu,
+            flavour,
+            work: Work::Cpu(rounds),
+            depth: CPU_DEPTH,
+            vias: &vias,
+        };
+        measure(rt, opts, &template, m, report)?;
+    }
+    rt.block_on(template.shutdown())?;
+    Ok(())
+}
+// ANCHOR_END: parts
+
+// ANCHOR: main
+fn main() -> BoxResult<()> {
+    // First thing, before any thread: turns template processes started from
+    // this binary into templates.
+    fork_core::init();
+    let opts = Opts::from_args();
+    let spin = calibrate(Duration::from_millis(2));
+    eprintln!("a CPU-bound job: {spin} rounds of arithmetic, about 2 ms here");
+    let mut report = Report::default();
+    let load_before = load_average();
+
+    // The parent on a multi-thread runtime (as `#[tokio::main]` makes) ...
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    run_all(&rt, &opts, "multi-thread", Some(spin), &mut report)?;
+    drop(rt);
+
+    // ... and, for trivial calls, on a `current_thread` runtime.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    run_all(&rt, &opts, "current_thread", None, &mut report)?;
+    drop(rt);
+    // ANCHOR_END: main
+
+    report.print();
+    println!();
+    println!(
+        "Load average (1 min) of this machine: {load_before} before the run, {} after it.",
+        load_average()
+    );
+    Ok(())
+}
