@@ -368,7 +368,10 @@ where
     let inbound = FramedRead::new(read, codec()).map(move |frame| {
         frame.and_then(|bytes| codec::decode::<ClientMessage<S::Req>>(format, limit, &bytes))
     });
-    let writer = tokio::spawn(write_loop(FramedWrite::new(write, codec()), out_rx));
+    // The writer runs in this task, beside the handlers: a reply queued by
+    // a handler wakes this same task, with no hop to another one.
+    let writer = write_loop(FramedWrite::new(write, codec()), out_rx);
+    tokio::pin!(writer);
     let transport = ServerTransport {
         inbound: Box::pin(inbound),
         out: out_tx.clone(),
@@ -383,16 +386,27 @@ where
         Mode::Async { limit } => limit.max(1),
     };
     let serving = drive(requests, concurrency, panic_tx);
+    let mut written = None;
     let panicked = tokio::select! {
         () = serving => None,
         Some(message) = panic_rx.recv() => Some(message),
+        // The writer only ends early on a write error: the parent is gone.
+        result = &mut writer => {
+            written = Some(result);
+            None
+        }
     };
     if let Some(message) = &panicked {
         let frame = codec::encode(format, limit, &WorkerMsg::<()>::Panic(message.clone()))?;
         let _ = out_tx.send(Outgoing::Frame(frame));
     }
-    let _ = out_tx.send(Outgoing::Close);
-    let written = writer.await.map_err(|e| Error::Io(io::Error::other(e)))?;
+    let written = match written {
+        Some(result) => result,
+        None => {
+            let _ = out_tx.send(Outgoing::Close);
+            writer.await
+        }
+    };
     if panicked.is_some() {
         // The default hook printed the panic; the parent got its message.
         std::process::exit(fork_core::PANIC_EXIT_CODE);
