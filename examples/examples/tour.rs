@@ -1,19 +1,35 @@
-//! A guided tour of fork-core, printing what it does as it goes: start-up,
-//! a template preloaded with state, workers sharing that state
-//! copy-on-write, spawn rates, descriptor passing, an external command and
-//! exit statuses, then a summary table.
+//! A guided tour of the workspace, printing what it does as it goes.
+//!
+//! fork-core: start-up, a template preloaded with state, workers sharing
+//! that state copy-on-write, spawn rates, descriptor passing, an external
+//! command and exit statuses. fork-rpc: typed calls to a worker forked from
+//! the same template, with events. fork-pool: a pool working through a batch
+//! of jobs (with a progress bar), growing under load and shrinking when idle,
+//! and recovering from a worker killed in the middle of a job. Then a summary
+//! table.
+//!
+//! Every step asserts what it shows, so running the tour is also a test.
 //!
 //! Run: `cargo run --release --example tour` (a few seconds; also works
 //! without `--release`, only slower).
 
+use std::collections::BTreeSet;
 use std::fs::File;
-use std::io::{Read, Write};
+use std::future::Future;
+use std::io::{IsTerminal, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use fork_core::{Context, Entry, InitFn, Template};
+use fork_pool::{Pool, PoolEvents, Stats};
+use fork_rpc::{EventSender, Mode, RpcEntry, Setup, WorkerLost};
+use futures::future::try_join_all;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+use tarpc::context;
 use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe;
 use tokio::task::JoinSet;
@@ -168,6 +184,201 @@ async fn spawn_rate(
 }
 // ANCHOR_END: spawn_rate
 
+// ANCHOR: rpc_service
+/// A typed service: this process calls these methods, a worker runs them.
+/// Arguments, results and events are serde types.
+#[tarpc::service]
+trait Primes {
+    /// The prime factors of `n` (below 2^22), smallest first, looked up in
+    /// the template's table. Takes at least `ms` milliseconds: a stand-in
+    /// for a longer job. Sends `Began(n)`, then a `Factor` event per factor.
+    async fn factor(n: u32, ms: u64) -> Vec<u32>;
+    /// A job with a side effect (think: it sends an e-mail), so one not to
+    /// run twice. Sends `Began(job)`, works `ms` milliseconds and returns the
+    /// pid of the worker that ran it.
+    async fn deliver(job: u32, ms: u64) -> u32;
+}
+
+/// What a worker tells this process while it works.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+enum Event {
+    /// It began a job: `factor(n)` or `deliver(job)`.
+    Began(u32),
+    /// `factor` found a prime factor.
+    Factor(u32),
+}
+// ANCHOR_END: rpc_service
+
+// ANCHOR: rpc_server
+/// The implementation, in the worker (tarpc clones it for every request).
+#[derive(Clone)]
+struct PrimesServer {
+    events: EventSender<Event>,
+}
+
+impl PrimesServer {
+    fn tell(&self, event: Event) {
+        self.events.send(&event).expect("the parent is there");
+    }
+}
+
+impl Primes for PrimesServer {
+    async fn factor(self, _: context::Context, mut n: u32, ms: u64) -> Vec<u32> {
+        self.tell(Event::Began(n));
+        if ms > 0 {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+        let table = TABLE.get().expect("the template preloaded the table");
+        let mut factors = Vec::new();
+        while n > 1 {
+            let p = table[n as usize];
+            self.tell(Event::Factor(p));
+            factors.push(p);
+            n /= p;
+        }
+        factors
+    }
+
+    async fn deliver(self, _: context::Context, job: u32, ms: u64) -> u32 {
+        self.tell(Event::Began(job));
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        std::process::id()
+    }
+}
+
+/// The init hook: runs in the worker right after the fork and builds the
+/// service it serves.
+fn serve_primes(setup: &mut Setup<Event>) -> Result<ServePrimes<PrimesServer>, String> {
+    Ok(PrimesServer {
+        events: setup.events(),
+    }
+    .serve())
+}
+
+/// The worker entry, typed with the service's requests, responses and
+/// events.
+static PRIMES: RpcEntry<PrimesRequest, PrimesResponse, Event> = fork_rpc::entry!(serve_primes);
+// ANCHOR_END: rpc_server
+
+type PrimesPool = Pool<PrimesRequest, PrimesResponse, Event>;
+
+/// This process's own check, without the table.
+fn is_prime(n: u32) -> bool {
+    n >= 2
+        && (2..)
+            .take_while(|d| d * d <= n)
+            .all(|d| !n.is_multiple_of(d))
+}
+
+/// Workers in a pool, ready (idle or busy); not those still starting.
+fn ready_workers(s: &Stats) -> usize {
+    s.idle + s.busy
+}
+
+/// `future`, or an error naming `what` after 10 s: a step that goes wrong
+/// fails the tour instead of hanging it.
+async fn within<T>(what: &str, future: impl Future<Output = T>) -> Result<T, BoxError> {
+    tokio::time::timeout(Duration::from_secs(10), future)
+        .await
+        .map_err(|_| format!("timed out waiting for {what}").into())
+}
+
+/// Waits until the pool's stats satisfy `condition` (never by sleeping).
+async fn settle(
+    pool: &PrimesPool,
+    what: &str,
+    condition: impl Fn(&Stats) -> bool,
+) -> Result<Stats, BoxError> {
+    within(what, pool.wait_until(condition)).await
+}
+
+/// The pid of the next worker that begins job `job`.
+async fn began(events: &mut PoolEvents<Event>, job: u32) -> Result<u32, BoxError> {
+    loop {
+        let (pid, event) = events.recv().await.ok_or("the pool is gone")?;
+        if event? == Event::Began(job) {
+            return Ok(pid);
+        }
+    }
+}
+
+// ANCHOR: kill
+/// Waits for a worker to begin job `job`, kills it (`SIGKILL`) in the middle
+/// of it, and returns its pid.
+async fn kill_when_began(events: &mut PoolEvents<Event>, job: u32) -> Result<u32, BoxError> {
+    let pid = began(events, job).await?;
+    kill(Pid::from_raw(i32::try_from(pid)?), Signal::SIGKILL)?;
+    Ok(pid)
+}
+// ANCHOR_END: kill
+
+// ANCHOR: progress
+/// A pool's progress through a batch, on one line: redrawn in place (`\r`)
+/// on a terminal, printed as a new line every so often when stdout is a
+/// pipe or a file (as in CI logs).
+struct Progress {
+    total: u64,
+    began: Instant,
+    tty: bool,
+}
+
+impl Progress {
+    fn new(total: u64) -> Progress {
+        Progress {
+            total,
+            began: Instant::now(),
+            tty: std::io::stdout().is_terminal(),
+        }
+    }
+
+    /// How often to draw: smoothly on a terminal, sparingly in a log.
+    fn period(&self) -> Duration {
+        Duration::from_millis(if self.tty { 25 } else { 100 })
+    }
+
+    fn draw(&self, s: &Stats) {
+        const WIDTH: u64 = 16;
+        let done = s.completed.min(self.total);
+        let filled = (done * WIDTH / self.total) as usize;
+        let line = format!(
+            "   [{}{}] {done:>3}/{} jobs  workers: {} busy, {} idle  {:>3} queued  {:>4} ms",
+            "#".repeat(filled),
+            ".".repeat(WIDTH as usize - filled),
+            self.total,
+            s.busy,
+            s.idle,
+            s.queued,
+            self.began.elapsed().as_millis(),
+        );
+        if self.tty {
+            print!("\r{line}");
+            // Only a drawing: a failed flush is not worth failing the tour.
+            let _ = std::io::stdout().flush();
+        } else {
+            println!("{line}");
+        }
+    }
+
+    /// Draws the final state, and ends the line on a terminal.
+    fn finish(&self, s: &Stats) {
+        self.draw(s);
+        if self.tty {
+            println!();
+        }
+    }
+}
+// ANCHOR_END: progress
+
+/// The processes that `pid` forked and has not reaped yet: for a template,
+/// its workers (Linux: `/proc/PID/task/PID/children`).
+fn children(pid: u32) -> std::io::Result<Vec<u32>> {
+    let list = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))?;
+    Ok(list
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect())
+}
+
 /// Prints a step's title and its explanation.
 fn step(title: &str, text: &str) {
     println!("\n== {title}\n");
@@ -195,7 +406,7 @@ fn main() -> Result<(), BoxError> {
 async fn tour() -> Result<(), BoxError> {
     let tour_start = Instant::now();
     let mut summary: Vec<(String, String)> = Vec::new();
-    println!("fork-core tour: this process is pid {}", std::process::id());
+    println!("fork tour: this process is pid {}", std::process::id());
 
     // ---------------------------------------------------------------------
     step(
@@ -393,12 +604,272 @@ async fn tour() -> Result<(), BoxError> {
     summary.push(("exit statuses".into(), format!("{exited}; {killed}")));
 
     // ---------------------------------------------------------------------
+    step(
+        "7. Typed calls to a worker",
+        "fork-rpc serves a #[tarpc::service] trait in a worker forked from the
+         same template (so it answers from the preloaded table), and this
+         process calls it through the client tarpc generated. A sync worker
+         runs one call at a time, in order; events it sends while it works
+         arrive in order with its replies.",
+    );
+    // ANCHOR: rpc_spawn
+    let config = fork_rpc::Config::default().mode(Mode::Sync); // (the default)
+    let (client, mut worker) = fork_rpc::spawn(&mut template.fork(), &PRIMES, &config).await?;
+    let primes = PrimesClient::from(client); // the client tarpc generated
+    let mut events = worker.events().expect("taken once");
+    let factors = primes.factor(context::current(), 4_194_303, 0).await?;
+    // The events sent before a reply are here by the time the reply is.
+    let mut told = Vec::new();
+    while let Some(event) = events.try_recv() {
+        told.push(event?);
+    }
+    // ANCHOR_END: rpc_spawn
+    println!("   worker {}: factor(4194303) = {factors:?}", worker.id());
+    println!("   its events, all before the reply: {told:?}");
+    assert_eq!(factors, [3, 23, 89, 683]);
+    let mut expected = vec![Event::Began(4_194_303)];
+    expected.extend(factors.iter().map(|&p| Event::Factor(p)));
+    assert_eq!(told, expected);
+
+    // ANCHOR: rpc_sync
+    // Two calls of 50 ms sent at once: the sync worker runs one after the
+    // other, the second waiting in the socket meanwhile.
+    let started = Instant::now();
+    let (first, second) = tokio::join!(
+        primes.deliver(context::current(), 1, 50),
+        primes.deliver(context::current(), 2, 50),
+    );
+    let both = started.elapsed();
+    assert_eq!((first?, second?), (worker.id(), worker.id()));
+    assert!(both >= Duration::from_millis(100), "{both:?}");
+    // ANCHOR_END: rpc_sync
+    println!("   2 calls of 50 ms sent at once, answered one after the other in {both:.0?}");
+
+    // ANCHOR: rpc_round_trip
+    let calls = 500;
+    let started = Instant::now();
+    for _ in 0..calls {
+        assert_eq!(
+            primes.factor(context::current(), 999_983, 0).await?,
+            [999_983]
+        );
+    }
+    let round_trip = started.elapsed() / calls;
+    // ANCHOR_END: rpc_round_trip
+    let mut more = 0;
+    while let Some(event) = events.try_recv() {
+        event?;
+        more += 1;
+    }
+    // Began for the two deliveries, Began and Factor for each factor call.
+    assert_eq!(more, 2 + 2 * calls);
+    println!("   {calls} calls one after the other: {round_trip:.0?} a round trip");
+
+    // ANCHOR: rpc_close
+    drop(primes); // the last client: the worker finishes and exits 0
+    let status = worker.wait().await?;
+    assert!(status.success());
+    // ANCHOR_END: rpc_close
+    println!("   client dropped: worker {} exited, {status}", worker.id());
+    summary.push((
+        "typed RPC, sync worker".into(),
+        format!("{round_trip:.0?} a round trip; 2 calls of 50 ms in {both:.0?}"),
+    ));
+
+    // ---------------------------------------------------------------------
+    step(
+        "8. A pool works through a batch",
+        "fork-pool puts many such workers behind one client, the same one
+         tarpc generated. This pool keeps no worker while it has no job
+         (idle = 0), runs one job per worker at a time (load = 1): the rest
+         wait in its queue; while they wait, it starts one more worker every
+         20 ms (start), up to 4 (max). 200 jobs of 10 ms each, sent at once;
+         the bar shows the pool's own stats as it works.",
+    );
+    // ANCHOR: pool
+    let (start, stop) = (Duration::from_millis(20), Duration::from_millis(300));
+    let pool = Pool::builder(template.clone(), &PRIMES)
+        .max(4) // at most 4 workers
+        .idle(0) // none kept when there is no work (the default)
+        .load(1) // one job per worker at a time: the others wait in the queue
+        .start(start) // while jobs wait, one more worker every 20 ms
+        .stop(stop) // a worker idle for 300 ms is stopped
+        // Factoring has no side effect: if its worker dies, run it again.
+        .idempotent(|request| matches!(request, PrimesRequest::Factor { .. }))
+        .build();
+    let primes = PrimesClient::from(pool.clone()); // tarpc's client, over the pool
+    // ANCHOR_END: pool
+
+    // ANCHOR: batch
+    const JOBS: u32 = 200;
+    let job = Duration::from_millis(10);
+    let numbers: Vec<u32> = (0..JOBS).map(|i| 4_194_303 - i).collect();
+    let calls = numbers
+        .iter()
+        .map(|&n| primes.factor(context::current(), n, job.as_millis() as u64));
+    let mut batch = std::pin::pin!(try_join_all(calls));
+    let progress = Progress::new(JOBS.into());
+    let mut redraw = tokio::time::interval(progress.period());
+    // (when, how many workers): the pool's growth, seen with wait_until.
+    let mut growth = vec![(Duration::ZERO, ready_workers(&pool.stats()))];
+    let answers = loop {
+        let known = growth.last().map_or(0, |&(_, n)| n);
+        tokio::select! {
+            answers = &mut batch => break answers?,
+            s = pool.wait_until(move |s| ready_workers(s) > known) => {
+                growth.push((progress.began.elapsed(), ready_workers(&s)));
+            }
+            _ = redraw.tick() => progress.draw(&pool.stats()),
+        }
+    };
+    let took = progress.began.elapsed();
+    progress.finish(&pool.stats());
+    // ANCHOR_END: batch
+    for (&n, factors) in numbers.iter().zip(&answers) {
+        assert_eq!(factors.iter().product::<u32>(), n);
+        assert!(factors.iter().all(|&p| is_prime(p)), "{n}: {factors:?}");
+    }
+    let s = pool.stats();
+    assert_eq!((s.completed, s.spawned), (u64::from(JOBS), 4));
+    // At most 4 jobs at once, each at least 10 ms.
+    assert!(took >= job * JOBS / 4, "{took:?}");
+    let arrivals: Vec<String> = growth[1..]
+        .iter()
+        .map(|(at, n)| format!("{n} at {} ms", at.as_millis()))
+        .collect();
+    println!(
+        "   all {JOBS} answers checked; workers: {}",
+        arrivals.join(", ")
+    );
+    // ANCHOR: growth
+    // From none up to max: the first worker at once, then one more per
+    // `start` at most.
+    assert_eq!(growth.first().map(|g| g.1), Some(0));
+    assert_eq!(growth.last().map(|g| g.1), Some(4));
+    for &(at, n) in &growth[1..] {
+        assert!(at >= start * (n as u32 - 1), "worker {n} at {at:?}");
+    }
+    // ANCHOR_END: growth
+    summary.push((
+        "pool, batch".into(),
+        format!("{JOBS} jobs of {job:.0?} in {took:.0?}, on 0 to 4 workers"),
+    ));
+
+    // ---------------------------------------------------------------------
+    step(
+        "9. The pool shrinks when idle",
+        "A worker idle for 300 ms (stop) is stopped, down to idle = 0 workers
+         here (AnyEvent::Fork::Pool would keep them for ever). The tour waits
+         for that with pool.wait_until, not with a sleep.",
+    );
+    // ANCHOR: shrink
+    let idle_from = Instant::now();
+    let s = settle(&pool, "no worker", |s| {
+        ready_workers(s) + s.starting == 0 && s.recycled == 4
+    })
+    .await?;
+    let shrunk_after = idle_from.elapsed();
+    assert_eq!(s.spawned, 4);
+    assert!(pool.worker_pids().is_empty());
+    // ANCHOR_END: shrink
+    // Each worker turned idle when its last job ended: less than a job
+    // before the batch did, give or take scheduling.
+    assert!(shrunk_after >= stop / 2, "{shrunk_after:?}");
+    println!("   {shrunk_after:.0?} after the batch: all 4 workers stopped, none left");
+    summary.push((
+        "pool, shrinking".into(),
+        format!("4 workers to 0, {shrunk_after:.0?} after the batch"),
+    ));
+
+    // ---------------------------------------------------------------------
+    step(
+        "10. A worker killed in the middle of a job",
+        "Workers announce each job with an event; the tour SIGKILLs the worker
+         that began it. A plain job then fails with fork_rpc::WorkerLost
+         (saying which worker, and how it ended); a job marked idempotent runs
+         again on another worker, and its caller only sees the answer. The
+         pool starts new workers as jobs need them, and serves on.",
+    );
+    // ANCHOR: crash
+    let mut events = pool.events().expect("taken once");
+    let started = Instant::now();
+    let (result, victim) = tokio::join!(
+        primes.deliver(context::current(), 1, 10_000), // not idempotent
+        within("job 1 to begin", kill_when_began(&mut events, 1)),
+    );
+    let victim = victim??;
+    let err = result.unwrap_err();
+    let lost = WorkerLost::find(&err).expect("its worker died");
+    assert_eq!(lost.pid(), victim);
+    assert_eq!(lost.status().and_then(|s| s.signal()), Some(9));
+    assert!(started.elapsed() < Duration::from_secs(5)); // not the 10 s job
+    // ANCHOR_END: crash
+    println!("   deliver(1): {lost}");
+
+    // ANCHOR: retry
+    let n = 999_983; // a prime, so the answer is [n]
+    let watch = async {
+        let victim = kill_when_began(&mut events, n).await?;
+        let rerun = began(&mut events, n).await?; // the pool runs it again
+        Ok::<_, BoxError>((victim, rerun))
+    };
+    let (answer, watched) = tokio::join!(
+        primes.factor(context::current(), n, 300), // idempotent
+        within("factor to run again", watch),
+    );
+    let (second_victim, rerun) = watched??;
+    assert_eq!(answer?, [n]);
+    assert_ne!(rerun, second_victim);
+    // ANCHOR_END: retry
+    println!(
+        "   factor({n}): worker {second_victim} killed under it, worker {rerun} ran it again: [{n}]"
+    );
+
+    // ANCHOR: recovered
+    let pids = try_join_all((10..18).map(|job| primes.deliver(context::current(), job, 0))).await?;
+    assert!(
+        pids.iter()
+            .all(|pid| ![victim, second_victim].contains(pid))
+    );
+    let s = pool.stats();
+    assert_eq!(s.crashed, 2);
+    assert_eq!(s.completed, u64::from(JOBS) + 1 + 8); // the deliver(1) failed
+    // ANCHOR_END: recovered
+    let used: BTreeSet<u32> = pids.into_iter().collect();
+    println!("   8 more jobs, all answered, by workers {used:?}");
+    println!(
+        "   stats: {} workers started, {} stopped when idle, {} crashed, {} jobs completed",
+        s.spawned, s.recycled, s.crashed, s.completed
+    );
+
+    // Let a worker still starting (if a job asked for one) join first: one
+    // that is still starting when the shutdown ends is killed but may not
+    // be reaped yet, and the check below would see it.
+    settle(&pool, "no worker starting", |s| s.starting == 0).await?;
+    // ANCHOR: pool_shutdown
+    pool.shutdown().await; // finishes the jobs, closes the workers, waits for them
+    let err = primes.deliver(context::current(), 99, 0).await.unwrap_err();
+    assert!(matches!(
+        fork_pool::Error::find(&err),
+        Some(fork_pool::Error::Closed)
+    ));
+    assert_eq!(children(template.id())?, Vec::<u32>::new());
+    // ANCHOR_END: pool_shutdown
+    println!("   shut down: the template has no worker left");
+    summary.push((
+        "pool, worker killed".into(),
+        format!("plain job: worker {victim} lost; idempotent job: ran again on {rerun}"),
+    ));
+
+    // ---------------------------------------------------------------------
     let total = tour_start.elapsed();
     println!("\n== Summary ({total:.1?} in all)\n");
     let width = summary.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
     for (what, result) in &summary {
         println!("   {what:<width$}  {result}");
     }
-    println!("\nEvery worker was waited for; the templates exit when this process does.");
+    println!(
+        "\nEvery worker was waited for and the pool shut down; the templates exit\nwhen this process does."
+    );
     Ok(())
 }

@@ -848,15 +848,26 @@ where
         let result =
             fork_rpc::spawn(&mut self.template.fork(), &self.entry, &self.config.rpc).await;
         let mut st = self.lock();
+        if st.closed && st.finished {
+            if let Ok((client, worker)) = result {
+                // Shut down meanwhile: end this worker, and count it as
+                // starting until it is gone, so that `shutdown` waits for it.
+                drop(st);
+                drop(client);
+                let shared = self.clone();
+                tokio::spawn(async move {
+                    let mut handle = worker.handle();
+                    let _ = handle.signal(libc_sigkill());
+                    let _ = handle.wait().await;
+                    shared.lock().starting -= 1;
+                    shared.changed.notify_waiters();
+                });
+                return;
+            }
+        }
         st.starting -= 1;
         match result {
             Ok((client, worker)) => {
-                if st.closed && st.finished {
-                    drop(st);
-                    drop(client);
-                    let _ = worker.handle().signal(libc_sigkill());
-                    return;
-                }
                 st.consecutive_failures = 0;
                 st.backoff_until = None;
                 st.stats.spawned += 1;

@@ -6,6 +6,7 @@ use std::marker::PhantomData;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::pin::Pin;
 use std::process::ExitStatus;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
@@ -98,9 +99,11 @@ where
         Codec::<WorkerMsg<Resp>, ClientMessage<Req>>::new(config.format, config.max_frame),
     );
     let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let untaken = Arc::new(UntakenEvents::default());
     let demux = Demux {
         inner: transport,
         events: events_tx,
+        untaken: untaken.clone(),
         lost: lost.clone(),
     };
     let channel = tarpc::client::new(config.client_config(), demux).spawn();
@@ -112,6 +115,7 @@ where
         default_timeout: config.default_timeout,
     };
     let worker = RpcWorker {
+        untaken,
         lost,
         process: worker,
         events: Some(Events {
@@ -276,6 +280,7 @@ where
 /// channel for descriptors.
 #[derive(Debug)]
 pub struct RpcWorker<Ev = ()> {
+    untaken: Arc<UntakenEvents>,
     lost: Arc<Lost>,
     process: fork_core::Worker,
     events: Option<Events<Ev>>,
@@ -302,8 +307,12 @@ impl<Ev> RpcWorker<Ev> {
         }
     }
 
-    /// Takes the stream of the worker's events (once).
+    /// Takes the stream of the worker's events (once). Until it is taken,
+    /// the first [`UNTAKEN_EVENTS`] events are kept for it and later ones
+    /// dropped, so that a worker whose events nobody reads cannot fill the
+    /// parent's memory.
     pub fn events(&mut self) -> Option<Events<Ev>> {
+        self.untaken.taken.store(true, Ordering::Release);
         self.events.take()
     }
 
@@ -405,6 +414,24 @@ impl<Ev: DeserializeOwned> Stream for Events<Ev> {
 
 impl<Ev> Unpin for Events<Ev> {}
 
+/// How many events are kept for an [`Events`] stream not taken yet.
+pub const UNTAKEN_EVENTS: usize = 1024;
+
+/// Bookkeeping for events that arrive before anyone took the stream.
+#[derive(Debug, Default)]
+struct UntakenEvents {
+    taken: AtomicBool,
+    kept: AtomicUsize,
+}
+
+impl UntakenEvents {
+    /// Whether to keep one more event.
+    fn keep(&self) -> bool {
+        self.taken.load(Ordering::Acquire)
+            || self.kept.fetch_add(1, Ordering::Relaxed) < UNTAKEN_EVENTS
+    }
+}
+
 // ===== the transport the client dispatch runs on =====
 
 /// Splits the worker's frames: replies go to tarpc, events to [`Events`],
@@ -412,6 +439,7 @@ impl<Ev> Unpin for Events<Ev> {}
 struct Demux<T> {
     inner: T,
     events: mpsc::UnboundedSender<Vec<u8>>,
+    untaken: Arc<UntakenEvents>,
     lost: Arc<Lost>,
 }
 
@@ -444,7 +472,9 @@ where
                 }
                 Poll::Ready(Some(Ok(WorkerMsg::Reply(r)))) => return Poll::Ready(Some(Ok(r))),
                 Poll::Ready(Some(Ok(WorkerMsg::Event(e)))) => {
-                    let _ = self.events.send(e);
+                    if self.untaken.keep() {
+                        let _ = self.events.send(e);
+                    }
                 }
                 Poll::Ready(Some(Ok(WorkerMsg::Retire))) => {
                     self.lost.retire.send_replace(true);

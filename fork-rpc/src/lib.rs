@@ -79,7 +79,7 @@ mod error;
 mod message;
 mod server;
 
-pub use crate::client::{Client, Events, RpcWorker, spawn};
+pub use crate::client::{Client, Events, RpcWorker, UNTAKEN_EVENTS, spawn};
 pub use crate::config::{Config, Format, Mode};
 pub use crate::entry::RpcEntry;
 pub use crate::error::{Error, Result, WorkerLost};
