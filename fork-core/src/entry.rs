@@ -257,7 +257,8 @@ pub fn run_init<T: DeserializeOwned, E: fmt::Display>(
 }
 
 /// The message of a panic payload.
-pub(crate) fn panic_message(panic: &(dyn Any + Send)) -> String {
+#[doc(hidden)]
+pub fn panic_message(panic: &(dyn Any + Send)) -> String {
     if let Some(s) = panic.downcast_ref::<&str>() {
         (*s).to_owned()
     } else if let Some(s) = panic.downcast_ref::<String>() {

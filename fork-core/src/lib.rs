@@ -114,7 +114,7 @@ pub use fork_core_macros::main;
 
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::entry::{ENTRIES, EntryDef, INITS, InitDef, run_entry, run_init};
+    pub use crate::entry::{ENTRIES, EntryDef, INITS, InitDef, panic_message, run_entry, run_init};
     pub use linkme;
     pub use tokio;
 }

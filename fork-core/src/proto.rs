@@ -350,6 +350,9 @@ mod tag {
 #[derive(Debug, Default)]
 pub(crate) struct Writer {
     pub(crate) buf: Vec<u8>,
+    /// Set when a field was too long to encode (over 4 GiB); the message is
+    /// then invalid and must not be sent.
+    pub(crate) overflow: bool,
 }
 
 impl Writer {
@@ -366,8 +369,16 @@ impl Writer {
         self.buf.extend_from_slice(&v.to_le_bytes());
     }
     fn bytes(&mut self, v: &[u8]) {
-        self.u32(u32::try_from(v.len()).expect("a field over 4 GiB"));
-        self.buf.extend_from_slice(v);
+        match u32::try_from(v.len()) {
+            Ok(len) => {
+                self.u32(len);
+                self.buf.extend_from_slice(v);
+            }
+            Err(_) => {
+                self.overflow = true;
+                self.u32(0);
+            }
+        }
     }
     fn opt_bytes(&mut self, v: Option<&[u8]>) {
         match v {

@@ -498,16 +498,6 @@ async fn guarded(
     panics: mpsc::UnboundedSender<String>,
 ) {
     if let Err(panic) = AssertUnwindSafe(handler).catch_unwind().await {
-        let _ = panics.send(panic_message(&*panic));
-    }
-}
-
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = panic.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = panic.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "a non-string panic payload".to_owned()
+        let _ = panics.send(fork_core::__private::panic_message(&*panic));
     }
 }

@@ -395,6 +395,15 @@ fn many_descriptors_and_big_arguments() -> Result<(), Failed> {
         }
         let report = report_of(t.fork().arg_bytes(big.clone())).await?;
         ensure!(report.args.last() == Some(&big), "big argument mangled");
+        // Over the message limit: a clear error, and the template is fine.
+        let e = t
+            .fork()
+            .arg_bytes(vec![0u8; 65 << 20])
+            .run(&EXIT_WITH)
+            .await
+            .unwrap_err();
+        ensure!(e.is_protocol() && e.to_string().contains("exceeds"), "{e}");
+        t.ready().await.map_err(fail)?;
         Ok(())
     })
 }

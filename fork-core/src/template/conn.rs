@@ -107,6 +107,18 @@ impl Conn {
     pub(crate) fn send(self: &Arc<Self>, req: &Request, fds: Vec<OwnedFd>) -> Result<()> {
         let mut w = Writer::default();
         w.request(req);
+        if w.overflow || w.buf.len() > proto::DEFAULT_MAX_MESSAGE {
+            return Err(Error::Protocol(format!(
+                "a request of {} bytes exceeds the limit of {} bytes; pass big data \
+                 through a file descriptor (a file or a memfd) instead",
+                if w.overflow {
+                    u64::MAX
+                } else {
+                    w.buf.len() as u64
+                },
+                proto::DEFAULT_MAX_MESSAGE
+            )));
+        }
         let msg = w.buf;
         let mut out = lock(&self.out);
         if out.closed {
