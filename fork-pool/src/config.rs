@@ -56,7 +56,7 @@ pub struct Config {
     /// Recycle a worker whose resident memory exceeds this many bytes,
     /// checked between jobs: whenever the worker turns idle, and at most
     /// every 100 ms while it stays busy (each check reads
-    /// `/proc/<pid>/statm`). A worker over
+    /// `VmRSS` in `/proc/<pid>/status`). A worker over
     /// the limit right after it started is not recycled again and again:
     /// the pool backs off and says so in the log. The default is `None`.
     pub max_rss: Option<u64>,

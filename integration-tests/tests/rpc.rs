@@ -18,6 +18,8 @@ use tarpc::context;
 trait Calc {
     async fn add(a: i64, b: i64) -> i64;
     async fn echo(s: String) -> String;
+    /// A reply of `n` bytes.
+    async fn big(n: u64) -> String;
     /// Sleeps (asynchronously), returns how many calls ran at once at most.
     async fn slow(ms: u64) -> usize;
     /// Emits `n` events, then returns `n`.
@@ -48,6 +50,10 @@ impl Calc for CalcServer {
 
     async fn echo(self, _: context::Context, s: String) -> String {
         s
+    }
+
+    async fn big(self, _: context::Context, n: u64) -> String {
+        "y".repeat(n as usize)
     }
 
     async fn slow(self, _: context::Context, ms: u64) -> usize {
