@@ -46,8 +46,9 @@ pub struct Config {
     pub max_frame: usize,
     /// Deadline given to calls made with tarpc's implicit default context
     /// (`tarpc::context::current()`, which expires after 10 s). `None` keeps
-    /// tarpc's 10 s. See [`crate::context`] for how explicit deadlines
-    /// are kept. The default is `None`.
+    /// tarpc's 10 s. A context counts as implicit when its deadline lies
+    /// between 9.5 and 10 s ahead; see [`crate::context`]. The default is
+    /// `None`.
     pub default_timeout: Option<Duration>,
     /// Requests the parent's client buffers before the worker received them
     /// (tarpc's `pending_request_buffer`). The default is 100.
@@ -99,6 +100,25 @@ impl Config {
     /// Sets [`default_timeout`](Config::default_timeout).
     pub fn default_timeout(mut self, timeout: Duration) -> Self {
         self.default_timeout = Some(timeout);
+        self
+    }
+
+    /// Clears [`default_timeout`](Config::default_timeout): tarpc's 10 s
+    /// applies again.
+    pub fn no_default_timeout(mut self) -> Self {
+        self.default_timeout = None;
+        self
+    }
+
+    /// Sets [`pending_request_buffer`](Config::pending_request_buffer).
+    pub fn pending_request_buffer(mut self, requests: usize) -> Self {
+        self.pending_request_buffer = requests;
+        self
+    }
+
+    /// Sets [`max_in_flight_requests`](Config::max_in_flight_requests).
+    pub fn max_in_flight_requests(mut self, requests: usize) -> Self {
+        self.max_in_flight_requests = requests;
         self
     }
 
