@@ -49,7 +49,7 @@ impl Context {
     pub fn arg<T: DeserializeOwned>(&self, index: usize) -> Result<T> {
         let bytes = self.args.get(index).ok_or_else(|| Error::Arg {
             index,
-            message: format!("only {} arguments were sent", self.args.len()),
+            message: format!("no such argument ({} sent)", self.args.len()),
         })?;
         bincode::deserialize(bytes).map_err(|e| Error::Arg {
             index,

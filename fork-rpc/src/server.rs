@@ -65,7 +65,7 @@ impl<Ev: Serialize> Setup<Ev> {
         let bytes = self
             .args
             .get(index)
-            .ok_or_else(|| arg_error(format!("only {} arguments were sent", self.args.len())))?;
+            .ok_or_else(|| arg_error(format!("no such argument ({} sent)", self.args.len())))?;
         bincode::deserialize(bytes).map_err(|e| arg_error(e.to_string()))
     }
 
