@@ -60,3 +60,9 @@ pub fn recv_fds(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Option<(usiz
 pub fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
     crate::sys::seqpacket_pair()
 }
+
+/// Shuts down the sending direction of a socket (`shutdown(SHUT_WR)`): the
+/// peer reads EOF once it has read what was sent, and can still reply.
+pub fn shutdown_write(sock: BorrowedFd<'_>) {
+    crate::sys::shutdown(sock, nix::sys::socket::Shutdown::Write);
+}

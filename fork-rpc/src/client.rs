@@ -11,17 +11,18 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
-use futures::{Sink, Stream};
+use futures::{Stream, StreamExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tarpc::client::RpcError;
 use tarpc::client::stub::Stub;
-use tarpc::{ClientMessage, RequestName, Response};
+use tarpc::{RequestName, Response};
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
-use tokio_util::codec::{Framed, LengthDelimitedCodec};
+use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
 
-use crate::codec::{self, Codec};
+use crate::channel::Channel;
+use crate::codec;
 use crate::config::{Config, Format};
 use crate::entry::RpcEntry;
 use crate::error::{Error, Result, WorkerLost};
@@ -90,23 +91,33 @@ where
     let codec = LengthDelimitedCodec::builder()
         .max_frame_length(config.max_frame)
         .new_codec();
-    let stream = EofWatch {
-        inner: stream,
-        lost: lost.clone(),
-    };
-    let transport = tarpc::serde_transport::new(
-        Framed::new(stream, codec),
-        Codec::<WorkerMsg<Resp>, ClientMessage<Req>>::new(config.format, config.max_frame),
-    );
+    let (read, write) = stream.into_split();
+    let (format, limit) = (config.format, config.max_frame as u64);
+    let frames = FramedRead::new(
+        EofWatch {
+            inner: read,
+            lost: lost.clone(),
+        },
+        codec,
+    )
+    .map(move |frame| {
+        frame.and_then(|bytes| codec::decode::<WorkerMsg<Resp>>(format, limit, &bytes))
+    });
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let untaken = Arc::new(UntakenEvents::default());
     let demux = Demux {
-        inner: transport,
+        inner: Box::pin(frames),
         events: events_tx,
         untaken: untaken.clone(),
         lost: lost.clone(),
     };
-    let channel = tarpc::client::new(config.client_config(), demux).spawn();
+    let channel = Channel::new(
+        write,
+        demux,
+        config.format,
+        config.max_frame as u64,
+        config.max_in_flight_requests,
+    );
     let side = std::os::unix::net::UnixDatagram::from(side_ours);
     side.set_nonblocking(true)?;
     let client = Client {
@@ -197,7 +208,7 @@ impl Lost {
 /// Dropping every clone closes the connection gracefully: the worker
 /// finishes what it received, flushes, runs its done hook and exits 0.
 pub struct Client<Req, Resp> {
-    inner: tarpc::client::Channel<Req, Resp>,
+    inner: Channel<Req, Resp>,
     lost: Arc<Lost>,
     default_timeout: Option<Duration>,
 }
@@ -248,7 +259,7 @@ impl<Req, Resp> Client<Req, Resp> {
 
 impl<Req, Resp> Stub for Client<Req, Resp>
 where
-    Req: RequestName + Send + 'static,
+    Req: Serialize + RequestName + Send + 'static,
     Resp: Send + 'static,
 {
     type Req = Req;
@@ -265,6 +276,18 @@ where
                         let e: Arc<dyn std::error::Error + Send + Sync> =
                             Arc::new(io::Error::new(io::ErrorKind::InvalidData, message));
                         RpcError::Channel(tarpc::ChannelError::Read(e))
+                    }
+                    // The connection failed without a word on how (a write
+                    // broke before the reader saw EOF): lost, if the worker
+                    // exits; its status comes through its template a moment
+                    // after the socket broke.
+                    None if !matches!(e, RpcError::Send(_)) => {
+                        let lost = self.lost.lost().await;
+                        if lost.status.is_some() {
+                            lost.into_rpc_error()
+                        } else {
+                            e
+                        }
                     }
                     _ => e,
                 })
@@ -492,12 +515,12 @@ where
 /// The worker's socket, noting in [`Lost`] when the worker closed it (or
 /// reset it): a read error after that is the worker going away mid-frame,
 /// not bad input.
-struct EofWatch {
-    inner: tokio::net::UnixStream,
+struct EofWatch<S> {
+    inner: S,
     lost: Arc<Lost>,
 }
 
-impl EofWatch {
+impl<S> EofWatch<S> {
     fn disconnected(&self) {
         if let Ok(mut e) = self.lost.ended.lock() {
             e.get_or_insert(End::Disconnected);
@@ -505,7 +528,7 @@ impl EofWatch {
     }
 }
 
-impl tokio::io::AsyncRead for EofWatch {
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for EofWatch<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut TaskContext<'_>,
@@ -528,76 +551,5 @@ impl tokio::io::AsyncRead for EofWatch {
             _ => {}
         }
         poll
-    }
-}
-
-impl EofWatch {
-    fn note_write_error<T>(&self, poll: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
-        if let Poll::Ready(Err(e)) = &poll {
-            if matches!(
-                e.kind(),
-                io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
-            ) {
-                self.disconnected();
-            }
-        }
-        poll
-    }
-}
-
-impl tokio::io::AsyncWrite for EofWatch {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut TaskContext<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
-        self.note_write_error(poll)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut TaskContext<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let poll = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        self.note_write_error(poll)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
-        let poll = Pin::new(&mut self.inner).poll_flush(cx);
-        self.note_write_error(poll)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
-        let poll = Pin::new(&mut self.inner).poll_shutdown(cx);
-        self.note_write_error(poll)
-    }
-}
-
-impl<T, Item> Sink<Item> for Demux<T>
-where
-    T: Sink<Item, Error = io::Error> + Unpin,
-{
-    type Error = io::Error;
-
-    fn poll_ready(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_ready(cx)
-    }
-
-    fn start_send(mut self: Pin<&mut Self>, item: Item) -> io::Result<()> {
-        Pin::new(&mut self.inner).start_send(item)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_close(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_close(cx)
     }
 }

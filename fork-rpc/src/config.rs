@@ -50,11 +50,12 @@ pub struct Config {
     /// between 9.5 and 10 s ahead; see [`crate::context`]. The default is
     /// `None`.
     pub default_timeout: Option<Duration>,
-    /// Requests the parent's client buffers before the worker received them
-    /// (tarpc's `pending_request_buffer`). The default is 100.
+    /// Kept for compatibility with tarpc's client configuration; fork-rpc's
+    /// client writes each request at once and buffers none. The default is
+    /// 100.
     pub pending_request_buffer: usize,
-    /// Requests in flight on one client before calls wait (tarpc's
-    /// `max_in_flight_requests`). The default is 1000.
+    /// Requests in flight on one connection before further calls wait for a
+    /// reply (tarpc's `max_in_flight_requests`). The default is 1000.
     pub max_in_flight_requests: usize,
 }
 
@@ -120,12 +121,5 @@ impl Config {
     pub fn max_in_flight_requests(mut self, requests: usize) -> Self {
         self.max_in_flight_requests = requests;
         self
-    }
-
-    pub(crate) fn client_config(&self) -> tarpc::client::Config {
-        let mut c = tarpc::client::Config::default();
-        c.pending_request_buffer = self.pending_request_buffer.max(1);
-        c.max_in_flight_requests = self.max_in_flight_requests.max(1);
-        c
     }
 }

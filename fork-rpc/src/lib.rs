@@ -70,6 +70,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod channel;
 mod client;
 mod codec;
 mod config;
