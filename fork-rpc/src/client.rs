@@ -47,7 +47,7 @@ const STATUS_GRACE: Duration = Duration::from_secs(2);
 ///
 /// # Panics
 ///
-/// Outside a tokio runtime (the client's dispatch task is spawned on it).
+/// Outside a tokio runtime (the client's reader task is spawned on it).
 pub async fn spawn<Req, Resp, Ev>(
     fork: &mut fork_core::Fork,
     entry: &RpcEntry<Req, Resp, Ev>,
@@ -201,7 +201,7 @@ impl Lost {
 
 // ===== the client stub =====
 
-/// The parent's stub for a worker's service: tarpc's `Channel` with
+/// The parent's stub for a worker's service: tarpc's wire format, with
 /// fork-rpc's error mapping and default deadline. Cheap to clone; wrap it in
 /// the generated client (`CalcClient::from(client)`).
 ///
@@ -455,7 +455,7 @@ impl UntakenEvents {
     }
 }
 
-// ===== the transport the client dispatch runs on =====
+// ===== what the client's reader task reads =====
 
 /// Splits the worker's frames: replies go to tarpc, events to [`Events`],
 /// a panic report to [`Lost`]; records how the connection ended.
