@@ -18,13 +18,14 @@ use std::os::unix::process::ExitStatusExt;
 use std::time::{Duration, Instant};
 
 use fork_core::Template;
-use fork_rpc::{Config, RpcEntry, Setup, WorkerLost};
+use fork_rpc::{Config, EventSender, RpcEntry, Setup, WorkerLost};
 use tarpc::client::RpcError;
 use tarpc::context;
 
 #[tarpc::service]
 trait Job {
-    /// Works for `ms` milliseconds, then returns `ms`.
+    /// Says it started (an event), works for `ms` milliseconds, then
+    /// returns `ms`.
     async fn work(ms: u64) -> u64;
     /// Panics with `message`.
     async fn fail(message: String);
@@ -35,10 +36,13 @@ trait Job {
 }
 
 #[derive(Clone)]
-struct JobServer;
+struct JobServer {
+    events: EventSender<()>,
+}
 
 impl Job for JobServer {
     async fn work(self, _: context::Context, ms: u64) -> u64 {
+        self.events.send(&()).expect("an event");
         tokio::time::sleep(Duration::from_millis(ms)).await;
         ms
     }
@@ -56,8 +60,11 @@ impl Job for JobServer {
     }
 }
 
-fn job(_setup: &mut Setup<()>) -> Result<ServeJob<JobServer>, String> {
-    Ok(JobServer.serve())
+fn job(setup: &mut Setup<()>) -> Result<ServeJob<JobServer>, String> {
+    Ok(JobServer {
+        events: setup.events(),
+    }
+    .serve())
 }
 
 static JOB: RpcEntry<JobRequest, JobResponse> = fork_rpc::entry!(job);
@@ -72,10 +79,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let (client, mut worker) =
             fork_rpc::spawn(&mut template.fork(), &JOB, &Config::default()).await?;
         let job = JobClient::from(client);
+        let mut events = worker.events().expect("the events");
         let started = Instant::now();
         let call = job.work(context::current(), 5_000);
         let kill = async {
-            tokio::time::sleep(Duration::from_millis(100)).await; // mid-call
+            events.recv().await; // the call is running in the worker
             worker.kill().await // SIGKILL, and wait until it is reaped
         };
         let (result, killed) = tokio::join!(call, kill);
@@ -87,7 +95,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         assert_eq!(lost.panic_message(), None);
         assert!(started.elapsed() < Duration::from_secs(4)); // not the 5 s call
         // ANCHOR_END: killed
-        println!("killed mid-call after {:?}: {lost}", started.elapsed());
+        println!(
+            "killed mid-call after {} ms: {lost}",
+            started.elapsed().as_millis()
+        );
 
         // ANCHOR: later
         // Every later call on that client fails at once, the same way.
