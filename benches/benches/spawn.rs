@@ -11,6 +11,7 @@
 //! rates are also given as ratios to the raw limit measured minutes earlier in
 //! the same process.
 
+use benches::{Mem, mem_of, ratio, verdict};
 use std::error::Error;
 use std::future::Future;
 use std::io::{self, Read, Write};
@@ -363,36 +364,6 @@ fn creations(rt: &Runtime, opts: &Opts, what: &str) -> BoxResult<Sample> {
 
 // ===== memory =====
 
-/// Memory figures of one process, from `/proc/<pid>/smaps_rollup`, in KiB.
-#[derive(Debug, Default, Clone, Copy)]
-struct Mem {
-    rss: u64,
-    pss: u64,
-    /// Unique set size: `Private_Clean + Private_Dirty`.
-    uss: u64,
-}
-
-fn mem_of(pid: u32) -> io::Result<Mem> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))?;
-    let mut mem = Mem::default();
-    for line in text.lines() {
-        let mut words = line.split_whitespace();
-        let (Some(key), Some(value)) = (words.next(), words.next()) else {
-            continue;
-        };
-        let Ok(kib) = value.parse::<u64>() else {
-            continue;
-        };
-        match key {
-            "Rss:" => mem.rss = kib,
-            "Pss:" => mem.pss = kib,
-            "Private_Clean:" | "Private_Dirty:" => mem.uss += kib,
-            _ => {}
-        }
-    }
-    Ok(mem)
-}
-
 // ANCHOR: idle
 /// Forks an idle worker, reads its memory once it is up, then kills it.
 async fn idle_worker_mem(template: &Template) -> BoxResult<Mem> {
@@ -473,19 +444,6 @@ impl Report {
             );
         }
     }
-}
-
-/// A ratio with two decimals, or three when it is small.
-fn ratio(x: f64) -> String {
-    if x < 0.1 {
-        format!("{x:.3}")
-    } else {
-        format!("{x:.2}")
-    }
-}
-
-fn verdict(ok: bool) -> &'static str {
-    if ok { "met" } else { "MISSED" }
 }
 
 fn human(bytes: usize) -> String {
