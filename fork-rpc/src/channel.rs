@@ -203,12 +203,15 @@ impl<Resp> Shared<Resp> {
         if out.flushing {
             return Ok(());
         }
-        if !defer {
+        // A flush task needs a runtime; without one (a call dropped after
+        // its runtime shut down), write what the socket takes now.
+        let runtime = tokio::runtime::Handle::try_current().ok();
+        if !defer || runtime.is_none() {
             self.write_some(&mut out)?;
         }
-        if !out.buf.is_empty() {
+        if let (false, Some(runtime)) = (out.buf.is_empty(), runtime) {
             out.flushing = true;
-            tokio::spawn(flush(self.clone()));
+            runtime.spawn(flush(self.clone()));
         }
         Ok(())
     }
