@@ -3,33 +3,65 @@
 //!
 //! tarpc's client hands every call to a dispatch task and back, which costs
 //! two task hand-offs per call (and on a multi-threaded runtime, wakeups of
-//! other threads). Here the caller writes its request itself (batched with
-//! any others waiting, with one non-blocking `write`), and one reader task
-//! completes the callers' replies. Cancellation (a dropped call sends tarpc's
-//! `Cancel`), deadlines and trace contexts work as with tarpc's client.
+//! other threads). Here callers do the work themselves:
+//!
+//! - **Writing**: a caller writes its request itself, with one non-blocking
+//!   `write` when it is alone; with other calls in flight, a short-lived
+//!   task writes every request queued in that round at once.
+//! - **Reading**: one waiting caller at a time is the *reader*: the socket
+//!   wakes it when replies arrive, it reads them and completes the calls
+//!   they answer (its own and others'), and when its own reply is in it
+//!   hands the role to another waiting caller. A serial call is thus woken
+//!   by the socket directly, as in a hand-written ping-pong. With no call
+//!   waiting, a background task reads (events, the end of the connection).
+//!
+//! The reader's task must be polled for replies to be read, so a caller
+//! that waits for its reply inside a `select!` beside long synchronous work
+//! delays the replies of other calls on that connection (the background
+//! task takes over only when no call waits).
+//!
+//! Cancellation (a dropped call sends tarpc's `Cancel`), deadlines and trace
+//! contexts work as with tarpc's client. Deadlines share one timer, in the
+//! background task, set to the earliest: calls with the usual, growing
+//! deadlines never touch a timer themselves (on a multi-threaded runtime,
+//! registering one from outside the runtime's threads wakes one of them).
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::io;
 use std::marker::PhantomData;
 use std::os::fd::AsFd;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
+use std::task::{Context as TaskContext, Poll, Wake, Waker};
+use std::time::Instant;
 
-use futures::{Stream, StreamExt};
+use futures::Stream;
 use serde::Serialize;
 use tarpc::client::RpcError;
 use tarpc::context::Context;
 use tarpc::{ClientMessage, Request, Response, ServerError};
 use tokio::net::unix::OwnedWriteHalf;
-use tokio::sync::{Semaphore, oneshot};
+use tokio::sync::Semaphore;
 
 use crate::codec;
 use crate::config::Format;
 
 type Reply<Resp> = Result<Resp, ServerError>;
 
+/// The decoded replies from the worker, until the connection ends.
+type Replies<Resp> = Pin<Box<dyn Stream<Item = io::Result<Response<Resp>>> + Send>>;
+
 struct Shared<Resp> {
-    pending: Mutex<Pending<Resp>>,
+    state: Arc<Mutex<State<Resp>>>,
+    /// The reply stream, locked by whoever reads; `None` once it ended.
+    replies: Mutex<Option<Replies<Resp>>>,
+    /// Someone found `replies` locked and left the reading to its holder:
+    /// the holder reads again after unlocking.
+    turned_away: AtomicBool,
+    /// The waker the socket holds: it wakes the current reader.
+    socket_waker: Waker,
     out: Mutex<Out>,
     write: Arc<OwnedWriteHalf>,
     next_id: AtomicU64,
@@ -38,10 +70,107 @@ struct Shared<Resp> {
     limit: u64,
 }
 
-struct Pending<Resp> {
-    waiting: HashMap<u64, oneshot::Sender<Reply<Resp>>>,
+struct State<Resp> {
+    calls: HashMap<u64, Slot<Resp>>,
+    /// Who reads when replies arrive.
+    reader: Reader,
+    /// The background reader's waker, once it ran.
+    background: Option<Waker>,
+    /// The earliest deadline of a waiting call, or one before it: when the
+    /// background task's timer fires.
+    timer: Option<Instant>,
     /// The connection ended: no reply will come.
     ended: bool,
+}
+
+/// A call waiting for its reply, its reply, or its expiry.
+enum Slot<Resp> {
+    Waiting {
+        waker: Option<Waker>,
+        deadline: Instant,
+    },
+    Done(Reply<Resp>),
+    /// Past its deadline, not yet told.
+    Expired,
+}
+
+/// How a call ended.
+enum Outcome<Resp> {
+    Reply(Reply<Resp>),
+    /// The connection ended first.
+    Ended,
+    Expired,
+}
+
+/// Who is woken when the socket has replies.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Reader {
+    Call(u64),
+    Background,
+}
+
+impl<Resp> State<Resp> {
+    /// Whether `id` is a call still waiting, whose task can be woken.
+    fn can_read(&self, id: u64) -> bool {
+        matches!(
+            self.calls.get(&id),
+            Some(Slot::Waiting { waker: Some(_), .. })
+        )
+    }
+
+    /// Whether the designated reader will read when woken.
+    fn reader_ready(&self) -> bool {
+        match self.reader {
+            Reader::Call(id) => self.can_read(id),
+            Reader::Background => true,
+        }
+    }
+
+    /// Keeps the reader if it still waits, else names a waiting call, else
+    /// the background task.
+    fn designate(&mut self) {
+        if self.reader_ready() {
+            return;
+        }
+        self.reader = self
+            .calls
+            .iter()
+            .find(|(_, slot)| matches!(slot, Slot::Waiting { waker: Some(_), .. }))
+            .map_or(Reader::Background, |(&id, _)| Reader::Call(id));
+    }
+
+    /// The waker of the designated reader; the background task's when the
+    /// designated call stopped waiting.
+    fn reader_waker(&self) -> Option<&Waker> {
+        if let Reader::Call(id) = self.reader {
+            if let Some(Slot::Waiting {
+                waker: Some(waker), ..
+            }) = self.calls.get(&id)
+            {
+                return Some(waker);
+            }
+        }
+        self.background.as_ref()
+    }
+}
+
+/// The waker registered with the socket: passes readiness on to the
+/// designated reader.
+struct SocketWaker<Resp> {
+    state: Arc<Mutex<State<Resp>>>,
+}
+
+impl<Resp: Send + 'static> Wake for SocketWaker<Resp> {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        let waker = lock(&self.state).reader_waker().cloned();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
 }
 
 #[derive(Default)]
@@ -92,7 +221,7 @@ impl<Resp> Drop for Closer<Resp> {
 }
 
 impl<Req: Serialize + Send + 'static, Resp: Send + 'static> Channel<Req, Resp> {
-    /// Starts the reader task over `replies` and returns the channel.
+    /// Starts the background reader over `replies` and returns the channel.
     pub(crate) fn new(
         write: OwnedWriteHalf,
         replies: impl Stream<Item = io::Result<Response<Resp>>> + Send + 'static,
@@ -100,11 +229,20 @@ impl<Req: Serialize + Send + 'static, Resp: Send + 'static> Channel<Req, Resp> {
         limit: u64,
         max_in_flight: usize,
     ) -> Self {
+        let state = Arc::new(Mutex::new(State {
+            calls: HashMap::new(),
+            reader: Reader::Background,
+            background: None,
+            timer: None,
+            ended: false,
+        }));
         let shared = Arc::new(Shared {
-            pending: Mutex::new(Pending {
-                waiting: HashMap::new(),
-                ended: false,
-            }),
+            socket_waker: Waker::from(Arc::new(SocketWaker {
+                state: state.clone(),
+            })),
+            state,
+            replies: Mutex::new(Some(Box::pin(replies))),
+            turned_away: AtomicBool::new(false),
             out: Mutex::new(Out::default()),
             write: Arc::new(write),
             next_id: AtomicU64::new(0),
@@ -112,7 +250,7 @@ impl<Req: Serialize + Send + 'static, Resp: Send + 'static> Channel<Req, Resp> {
             format,
             limit,
         });
-        tokio::spawn(read_replies(shared.clone(), replies));
+        tokio::spawn(read_in_background(shared.clone()));
         Channel {
             _closer: Arc::new(Closer(shared.clone())),
             shared,
@@ -144,17 +282,29 @@ impl<Req: Serialize + Send + 'static, Resp: Send + 'static> Channel<Req, Resp> {
             }),
         )
         .map_err(|e| RpcError::Send(Box::new(e)))?;
-        let (tx, rx) = oneshot::channel();
         let others_waiting = {
-            let mut pending = lock(&shared.pending);
-            if pending.ended {
+            let mut st = lock(&shared.state);
+            if st.ended {
                 return Err(RpcError::Shutdown);
             }
-            pending.waiting.insert(id, tx);
-            pending.waiting.len() > 1
+            st.calls.insert(
+                id,
+                Slot::Waiting {
+                    waker: None,
+                    deadline: ctx.deadline,
+                },
+            );
+            // Only a deadline earlier than the timer's moves it.
+            if st.timer.is_none_or(|at| ctx.deadline < at) {
+                st.timer = Some(ctx.deadline);
+                if let Some(background) = &st.background {
+                    background.wake_by_ref();
+                }
+            }
+            st.calls.len() > 1
         };
         // From here on, dropping this future cancels the call.
-        let guard = CancelOnDrop {
+        let mut guard = CancelOnDrop {
             shared,
             id,
             trace: ctx.trace_context,
@@ -163,27 +313,236 @@ impl<Req: Serialize + Send + 'static, Resp: Send + 'static> Channel<Req, Resp> {
         // Alone, write at once (latency); with other calls in flight, let a
         // task write everything queued in this round at once (throughput).
         if shared.send(&frame, others_waiting).is_err() {
-            lock(&shared.pending).waiting.remove(&id);
-            let mut guard = guard;
             guard.armed = false;
+            shared.forget(id);
             return Err(RpcError::Shutdown);
         }
-        let reply = tokio::time::timeout_at(ctx.deadline.into(), rx).await;
-        let mut guard = guard;
-        match reply {
-            Ok(Ok(reply)) => {
+        match std::future::poll_fn(|cx| shared.poll_reply(id, cx)).await {
+            Outcome::Reply(reply) => {
                 guard.armed = false;
                 reply.map_err(RpcError::Server)
             }
-            // The reader ended: the connection is gone.
-            Ok(Err(_)) => {
+            Outcome::Ended => {
                 guard.armed = false;
                 Err(RpcError::Shutdown)
             }
-            // Past the deadline: the guard cancels it in the worker.
-            Err(_) => Err(RpcError::DeadlineExceeded),
+            // The guard cancels it in the worker.
+            Outcome::Expired => Err(RpcError::DeadlineExceeded),
         }
     }
+}
+
+impl<Resp: Send + 'static> Shared<Resp> {
+    /// How call `id` ended, or `Pending`, after reading what the socket has
+    /// if this call is the reader or none is. An expired call keeps its
+    /// slot until it is forgotten (and cancelled).
+    fn poll_reply(&self, id: u64, cx: &mut TaskContext<'_>) -> Poll<Outcome<Resp>> {
+        for attempt in 0..2 {
+            let mut st = lock(&self.state);
+            match st.calls.get_mut(&id) {
+                Some(Slot::Waiting { waker, .. }) => match waker {
+                    Some(w) if w.will_wake(cx.waker()) => {}
+                    _ => *waker = Some(cx.waker().clone()),
+                },
+                Some(Slot::Done(_)) => {
+                    let Some(Slot::Done(reply)) = st.calls.remove(&id) else {
+                        unreachable!("checked above")
+                    };
+                    return Poll::Ready(Outcome::Reply(reply));
+                }
+                Some(Slot::Expired) => return Poll::Ready(Outcome::Expired),
+                None => return Poll::Ready(Outcome::Ended),
+            }
+            if attempt == 1 {
+                break;
+            }
+            // Another waiting call reads: it completes this one.
+            if matches!(st.reader, Reader::Call(r) if r != id && st.can_read(r)) {
+                break;
+            }
+            st.reader = Reader::Call(id);
+            drop(st);
+            self.read(Some(id));
+        }
+        Poll::Pending
+    }
+
+    /// Reads every reply the socket has, completing the calls they answer,
+    /// and leaves the socket's wakeups to a reader that will read: a
+    /// waiting call, or the background task. If another thread is reading,
+    /// leaves it to that one. `me` is the call reading, if one is: it is
+    /// not woken for its own reply (a task woken while it runs is polled
+    /// again, and on a multi-threaded runtime that wakes another thread).
+    fn read(&self, me: Option<u64>) {
+        loop {
+            let mut replies = match self.replies.try_lock() {
+                Ok(replies) => replies,
+                Err(TryLockError::Poisoned(p)) => p.into_inner(),
+                Err(TryLockError::WouldBlock) => {
+                    // Its holder may have finished its last read already:
+                    // ask it to look again, unless it has gone meanwhile.
+                    self.turned_away.store(true, Ordering::SeqCst);
+                    match self.replies.try_lock() {
+                        Ok(replies) => replies,
+                        Err(TryLockError::Poisoned(p)) => p.into_inner(),
+                        Err(TryLockError::WouldBlock) => return,
+                    }
+                }
+            };
+            self.turned_away.store(false, Ordering::SeqCst);
+            loop {
+                lock(&self.state).designate();
+                self.read_available(&mut replies, me);
+                // The reader named before that last read may have got its
+                // reply in it: name another and read again, so that no
+                // wakeup goes to a call that no longer waits.
+                if lock(&self.state).reader_ready() {
+                    break;
+                }
+            }
+            drop(replies);
+            if !self.turned_away.load(Ordering::SeqCst) {
+                return;
+            }
+        }
+    }
+
+    /// Reads until the socket has nothing more (its wakeup then goes to the
+    /// designated reader) or the connection ended.
+    fn read_available(&self, replies: &mut Option<Replies<Resp>>, me: Option<u64>) {
+        let mut cx = TaskContext::from_waker(&self.socket_waker);
+        while let Some(stream) = replies.as_mut() {
+            match stream.as_mut().poll_next(&mut cx) {
+                Poll::Pending => return,
+                Poll::Ready(Some(Ok(reply))) => self.complete(reply, me),
+                Poll::Ready(None | Some(Err(_))) => {
+                    // Dropping the stream ends the worker's event stream.
+                    *replies = None;
+                    self.end();
+                }
+            }
+        }
+    }
+
+    /// Hands a reply to its call, waking it unless it is `me`.
+    fn complete(&self, reply: Response<Resp>, me: Option<u64>) {
+        let mut st = lock(&self.state);
+        let Some(slot) = st.calls.get_mut(&reply.request_id) else {
+            // Cancelled meanwhile.
+            return;
+        };
+        if let Slot::Waiting { waker, .. } = slot {
+            let waker = waker.take();
+            *slot = Slot::Done(reply.message);
+            drop(st);
+            if let Some(waker) = waker.filter(|_| me != Some(reply.request_id)) {
+                waker.wake();
+            }
+        }
+    }
+
+    /// The connection ended: wake every waiting call (it finds no reply)
+    /// and the background reader (it stops).
+    fn end(&self) {
+        let mut wakers = Vec::new();
+        {
+            let mut st = lock(&self.state);
+            st.ended = true;
+            st.calls.retain(|_, slot| match slot {
+                Slot::Waiting { waker, .. } => {
+                    wakers.extend(waker.take());
+                    false
+                }
+                // Replies that came before the end stay for their calls.
+                Slot::Done(_) | Slot::Expired => true,
+            });
+            wakers.extend(st.background.take());
+        }
+        self.in_flight.close();
+        for waker in wakers {
+            waker.wake();
+        }
+    }
+
+    /// Forgets a call that will not wait for its reply, naming another
+    /// reader if it was the reader. Whether it was unanswered.
+    fn forget(&self, id: u64) -> bool {
+        let (unanswered, was_reader) = {
+            let mut st = lock(&self.state);
+            let slot = st.calls.remove(&id);
+            (
+                matches!(slot, Some(Slot::Waiting { .. } | Slot::Expired)),
+                st.reader == Reader::Call(id),
+            )
+        };
+        if was_reader {
+            self.read(None);
+        }
+        unanswered
+    }
+
+    /// Fails the waiting calls whose deadline passed; returns the earliest
+    /// deadline left, which the timer is set to.
+    fn expire(&self) -> Option<Instant> {
+        let now = Instant::now();
+        let mut wakers = Vec::new();
+        let mut next: Option<Instant> = None;
+        let mut st = lock(&self.state);
+        for slot in st.calls.values_mut() {
+            if let Slot::Waiting { waker, deadline } = slot {
+                if *deadline <= now {
+                    wakers.extend(waker.take());
+                    *slot = Slot::Expired;
+                } else {
+                    next = Some(next.map_or(*deadline, |at| at.min(*deadline)));
+                }
+            }
+        }
+        st.timer = next;
+        drop(st);
+        for waker in wakers {
+            waker.wake();
+        }
+        next
+    }
+}
+
+/// Reads when no call waits, so that events and the end of the connection
+/// still get noticed, and fails calls past their deadline. Ends when the
+/// connection does.
+async fn read_in_background<Resp: Send + 'static>(shared: Arc<Shared<Resp>>) {
+    let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    std::future::poll_fn(|cx| {
+        let mut next = {
+            let mut st = lock(&shared.state);
+            if st.ended {
+                return Poll::Ready(());
+            }
+            match &st.background {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                _ => st.background = Some(cx.waker().clone()),
+            }
+            st.timer
+        };
+        shared.read(None);
+        while let Some(at) = next {
+            let at = tokio::time::Instant::from_std(at);
+            let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+            if timer.deadline() != at {
+                timer.as_mut().reset(at);
+            }
+            if timer.as_mut().poll(cx).is_pending() {
+                break;
+            }
+            next = shared.expire();
+        }
+        if lock(&shared.state).ended {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await;
 }
 
 impl<Resp> Shared<Resp> {
@@ -268,14 +627,7 @@ struct CancelOnDrop<'a, Resp: Send + 'static> {
 
 impl<Resp: Send + 'static> Drop for CancelOnDrop<'_, Resp> {
     fn drop(&mut self) {
-        if !self.armed {
-            return;
-        }
-        if lock(&self.shared.pending)
-            .waiting
-            .remove(&self.id)
-            .is_none()
-        {
+        if !self.armed || !self.shared.forget(self.id) {
             return;
         }
         let cancel: ClientMessage<()> = ClientMessage::Cancel {
@@ -286,25 +638,4 @@ impl<Resp: Send + 'static> Drop for CancelOnDrop<'_, Resp> {
             let _ = self.shared.send(&frame, true);
         }
     }
-}
-
-/// Completes the callers' replies until the connection ends, then fails
-/// every call still waiting.
-async fn read_replies<Resp>(
-    shared: Arc<Shared<Resp>>,
-    replies: impl Stream<Item = io::Result<Response<Resp>>>,
-) {
-    let mut replies = std::pin::pin!(replies);
-    while let Some(Ok(reply)) = replies.next().await {
-        let waiter = lock(&shared.pending).waiting.remove(&reply.request_id);
-        if let Some(tx) = waiter {
-            let _ = tx.send(reply.message);
-        }
-    }
-    let mut pending = lock(&shared.pending);
-    pending.ended = true;
-    // Dropping the senders wakes every caller with "gone".
-    pending.waiting.clear();
-    drop(pending);
-    shared.in_flight.close();
 }

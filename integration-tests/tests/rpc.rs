@@ -24,6 +24,8 @@ trait Calc {
     async fn slow(ms: u64) -> usize;
     /// Emits `n` events, then returns `n`.
     async fn emit(n: u32) -> u32;
+    /// Returns at once; emits `n` events `ms` later.
+    async fn emit_later(n: u32, ms: u64);
     async fn panic(message: String);
     async fn exit(code: i32);
     /// Reads everything from the next descriptor sent to the worker.
@@ -76,6 +78,16 @@ impl Calc for CalcServer {
             self.events.send(&Event::Progress(i)).expect("event");
         }
         n
+    }
+
+    async fn emit_later(self, _: context::Context, n: u32, ms: u64) {
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            for i in 0..n {
+                events.send(&Event::Progress(i)).expect("event");
+            }
+        });
     }
 
     async fn panic(self, _: context::Context, message: String) {
@@ -228,6 +240,96 @@ fn events_arrive_in_order_with_replies() -> Result<(), Failed> {
                 );
             }
             ensure!(events.try_recv().is_none(), "round {round}: extra event");
+        }
+        Ok(())
+    })
+}
+
+fn events_arrive_while_no_call_waits() -> Result<(), Failed> {
+    block_on(async {
+        let (calc, mut worker) = start(Config::default()).await?;
+        let mut events = worker.events().ok_or("no events")?;
+        calc.emit_later(context::current(), 3, 50)
+            .await
+            .map_err(fail)?;
+        // No call waits now: the client reads the events in the background.
+        for i in 0..3 {
+            // (Under the 10 s of the call's deadline, whose timer would
+            // wake the background reader anyway.)
+            let e = tokio::time::timeout(Duration::from_secs(5), events.recv())
+                .await
+                .map_err(|_| format!("event {i} did not come"))?
+                .ok_or(format!("events ended before event {i}"))?;
+            ensure!(e.map_err(fail)? == Event::Progress(i), "event {i} wrong");
+        }
+        Ok(())
+    })
+}
+
+/// Many tasks on a multi-threaded runtime call one worker, and a third of
+/// them give up while waiting (dropped, or past a deadline): one waiting
+/// call reads for all, so each that gives up must pass that on. Every
+/// other call gets its own answer, and none hangs.
+fn callers_that_give_up_leave_the_reading_to_others() -> Result<(), Failed> {
+    block_on(async {
+        let (calc, _worker) = start(Config::default().concurrent(64)).await?;
+        let calc = std::sync::Arc::new(calc);
+        // The first call waits first, so it reads; it gives up before the
+        // reply of the second (in a task of its own) comes, which must
+        // still reach that call.
+        let first = tokio::time::timeout(
+            Duration::from_millis(50),
+            calc.slow(context::current(), 300),
+        );
+        let second = tokio::spawn({
+            let calc = calc.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                calc.slow(context::current(), 100).await
+            }
+        });
+        ensure!(first.await.is_err(), "the first call was not dropped");
+        // Well before any deadline timer (10 s) could wake a reader.
+        tokio::time::timeout(Duration::from_secs(3), second)
+            .await
+            .map_err(|_| "the second call's reply was not read")?
+            .map_err(fail)?
+            .map_err(fail)?;
+        let tasks = (0..300i64).map(|i| {
+            let calc = calc.clone();
+            tokio::spawn(async move {
+                let ms = (i % 7) as u64 * 3;
+                match i % 3 {
+                    // Dropped while its call waits.
+                    0 => {
+                        let gave_up = tokio::time::timeout(
+                            Duration::from_millis(ms / 2),
+                            calc.slow(context::current(), ms + 5),
+                        )
+                        .await;
+                        ensure!(gave_up.is_err(), "call {i} was not dropped");
+                    }
+                    // Past its deadline while it waits.
+                    1 => {
+                        let ctx = fork_rpc::context::with_timeout(Duration::from_millis(ms / 2));
+                        let e = calc.slow(ctx, ms + 20).await.unwrap_err();
+                        ensure!(matches!(e, RpcError::DeadlineExceeded), "call {i}: {e:?}");
+                    }
+                    _ => {
+                        calc.slow(context::current(), ms).await.map_err(fail)?;
+                        let sum = calc.add(context::current(), i, 1).await.map_err(fail)?;
+                        ensure!(sum == i + 1, "add({i}, 1) returned {sum}");
+                    }
+                }
+                Ok::<(), Failed>(())
+            })
+        });
+        let all = futures::future::join_all(tasks);
+        let results = tokio::time::timeout(Duration::from_secs(30), all)
+            .await
+            .map_err(|_| "calls hung")?;
+        for result in results {
+            result.map_err(fail)??;
         }
         Ok(())
     })
@@ -459,6 +561,14 @@ fn main() {
         (
             "events_arrive_in_order_with_replies",
             events_arrive_in_order_with_replies,
+        ),
+        (
+            "events_arrive_while_no_call_waits",
+            events_arrive_while_no_call_waits,
+        ),
+        (
+            "callers_that_give_up_leave_the_reading_to_others",
+            callers_that_give_up_leave_the_reading_to_others,
         ),
         (
             "init_failure_is_the_spawn_error",
