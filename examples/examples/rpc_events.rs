@@ -10,10 +10,6 @@
 //! replies; the done hook writing a summary to a pipe once the parent has
 //! closed the client.
 //!
-//! The worker whose init hook fails also prints its error on the shared
-//! stderr (`Error: Init(..)`), as every entry that returns an error does:
-//! that line is expected.
-//!
 //! Run: `cargo run --example rpc_events`
 
 use std::cell::Cell;
