@@ -3,6 +3,7 @@
 use std::io;
 
 use bincode::Options;
+use bytes::{BufMut, BytesMut};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -16,7 +17,6 @@ fn invalid(e: impl std::fmt::Display) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e.to_string())
 }
 
-/// Encodes one value in `format`.
 /// Encodes one value in `format`; fails if the result exceeds `limit` bytes.
 pub(crate) fn encode<T: Serialize>(format: Format, limit: u64, item: &T) -> io::Result<Vec<u8>> {
     let bytes = match format {
@@ -41,5 +41,71 @@ pub(crate) fn decode<T: DeserializeOwned>(
     match format {
         Format::Bincode => bincode_options(limit).deserialize(bytes).map_err(invalid),
         Format::Json => serde_json::from_slice(bytes).map_err(invalid),
+    }
+}
+
+/// Appends one value to `out` as a frame: its length (`u32`, big-endian, as
+/// `LengthDelimitedCodec` writes it), then the value encoded in `format`.
+/// Encodes in one pass and stops as soon as the frame exceeds `limit` bytes.
+///
+/// # Errors
+///
+/// If the value cannot be encoded or its frame exceeds `limit` bytes; `out`
+/// is then left as it was.
+pub(crate) fn encode_frame<T: Serialize>(
+    format: Format,
+    limit: u64,
+    item: &T,
+    out: &mut BytesMut,
+) -> io::Result<()> {
+    let start = out.len();
+    out.put_u32(0);
+    let mut body = Limited {
+        out,
+        left: limit.min(u32::MAX.into()),
+        limit,
+    };
+    let encoded = match format {
+        Format::Bincode => bincode::DefaultOptions::new()
+            .serialize_into(&mut body, item)
+            .map_err(invalid),
+        Format::Json => serde_json::to_writer(&mut body, item).map_err(invalid),
+    };
+    match encoded {
+        Ok(()) => {
+            let len = (out.len() - start - 4) as u32;
+            out[start..start + 4].copy_from_slice(&len.to_be_bytes());
+            Ok(())
+        }
+        Err(e) => {
+            out.truncate(start);
+            Err(e)
+        }
+    }
+}
+
+/// Appends to a buffer, failing once more than `left` bytes would be written.
+struct Limited<'a> {
+    out: &'a mut BytesMut,
+    left: u64,
+    /// The limit, for the error message.
+    limit: u64,
+}
+
+impl io::Write for Limited<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if buf.len() as u64 > self.left {
+            return Err(invalid(format!(
+                "the frame exceeds the limit of {} bytes",
+                self.limit
+            )));
+        }
+        self.left -= buf.len() as u64;
+        self.out.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }

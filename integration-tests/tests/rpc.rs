@@ -1,5 +1,6 @@
 //! fork-rpc, end to end: typed calls, modes, events, hooks, graceful close,
-//! worker death, deadlines, descriptors to running workers, bad input.
+//! worker death, deadlines, cancellation, descriptors to running workers,
+//! bad input, and the worker's side of the wire protocol.
 
 use std::cell::Cell;
 use std::io::{Read, Write};
@@ -12,7 +13,8 @@ use fork_rpc::{Config, EventSender, FdReceiver, Format, RpcEntry, Setup, WorkerL
 use integration_tests::{Failed, block_on, ensure, fail};
 use serde::{Deserialize, Serialize};
 use tarpc::client::RpcError;
-use tarpc::context;
+use tarpc::{ClientMessage, Request, context};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tarpc::service]
 trait Calc {
@@ -175,6 +177,99 @@ async fn start(
 
 fn lost(e: &RpcError) -> Result<&WorkerLost, Failed> {
     WorkerLost::find(e).ok_or_else(|| format!("not a lost worker: {e:?}").into())
+}
+
+/// What a worker sends, as fork-rpc encodes it (a copy of its private
+/// `WorkerMsg`, for tests that speak the protocol by hand).
+#[derive(Debug, Deserialize)]
+#[allow(dead_code, reason = "the payloads are read through `Debug` only")]
+enum WorkerMsg {
+    Reply(tarpc::Response<CalcResponse>),
+    Event(Vec<u8>),
+    Panic(String),
+    Retire,
+}
+
+/// Forks a CALC worker the way `fork_rpc::spawn` does, reads its handshake,
+/// and returns its socket: for tests that speak the protocol by hand.
+async fn raw_worker(
+    config: &Config,
+) -> Result<(tokio::net::UnixStream, fork_core::Worker), Failed> {
+    let t = Template::shared().map_err(fail)?;
+    let (_side, side_theirs) = fork_core::fdpass::seqpacket_pair().map_err(fail)?;
+    let mut worker = t
+        .fork()
+        .fd(&side_theirs)
+        .arg_bytes(bincode::serialize(config).map_err(fail)?)
+        .run(CALC.entry())
+        .await
+        .map_err(fail)?;
+    let mut stream = worker.take_stream().ok_or("no socket")?;
+    let mut handshake = [0u8; 5];
+    stream.read_exact(&mut handshake).await.map_err(fail)?;
+    ensure!(handshake == [0; 5], "handshake {handshake:?}");
+    Ok((stream, worker))
+}
+
+/// Appends a request frame (bincode, as the client encodes it).
+fn push_request(out: &mut Vec<u8>, id: u64, timeout: Duration, message: CalcRequest) {
+    let mut ctx = context::current();
+    ctx.deadline = Instant::now() + timeout;
+    push_frame(
+        out,
+        &ClientMessage::Request(Request {
+            context: ctx,
+            id,
+            message,
+        }),
+    );
+}
+
+/// Appends a cancellation frame.
+fn push_cancel(out: &mut Vec<u8>, id: u64) {
+    let cancel: ClientMessage<CalcRequest> = ClientMessage::Cancel {
+        trace_context: Default::default(),
+        request_id: id,
+    };
+    push_frame(out, &cancel);
+}
+
+fn push_frame(out: &mut Vec<u8>, message: &impl Serialize) {
+    use bincode::Options;
+    let frame = bincode::DefaultOptions::new()
+        .serialize(message)
+        .expect("encodable");
+    out.extend_from_slice(&(frame.len() as u32).to_be_bytes());
+    out.extend_from_slice(&frame);
+}
+
+/// Reads the worker's next frame; `None` at the end of the stream.
+async fn read_msg(stream: &mut tokio::net::UnixStream) -> Result<Option<WorkerMsg>, Failed> {
+    use bincode::Options;
+    let mut len = [0u8; 4];
+    match stream.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(fail(e)),
+    }
+    let mut frame = vec![0; u32::from_be_bytes(len) as usize];
+    stream.read_exact(&mut frame).await.map_err(fail)?;
+    Ok(Some(
+        bincode::DefaultOptions::new()
+            .deserialize(&frame)
+            .map_err(fail)?,
+    ))
+}
+
+/// Reads the reply to request `id`, failing on anything else.
+async fn expect_reply(
+    stream: &mut tokio::net::UnixStream,
+    id: u64,
+) -> Result<CalcResponse, Failed> {
+    match read_msg(stream).await? {
+        Some(WorkerMsg::Reply(reply)) if reply.request_id == id => reply.message.map_err(fail),
+        other => Err(format!("expected the reply to {id}, got {other:?}").into()),
+    }
 }
 
 // ===== tests =====
@@ -546,6 +641,106 @@ fn bad_bytes_from_the_worker_are_errors() -> Result<(), Failed> {
     })
 }
 
+fn cancelled_call_stops_its_handler() -> Result<(), Failed> {
+    block_on(async {
+        let (calc, _worker) = start(Config::default()).await?;
+        let ctx = fork_rpc::context::with_timeout(Duration::from_secs(60));
+        // Dropping the call (here, on a timeout of our own) cancels it.
+        let call = tokio::time::timeout(Duration::from_millis(200), calc.slow(ctx, 60_000));
+        ensure!(call.await.is_err(), "the 60 s call returned");
+        // The worker serves one call at a time: this one runs only because
+        // the cancelled handler was dropped, and runs alone.
+        let started = Instant::now();
+        let peak = calc
+            .slow(fork_rpc::context::with_timeout(Duration::from_secs(10)), 1)
+            .await
+            .map_err(fail)?;
+        ensure!(peak == 1, "peak {peak}");
+        ensure!(
+            started.elapsed() < Duration::from_secs(5),
+            "took {:?}",
+            started.elapsed()
+        );
+        Ok(())
+    })
+}
+
+fn oversized_reply_is_an_error_reply() -> Result<(), Failed> {
+    block_on(async {
+        let (calc, _worker) = start(Config::default().max_frame(1024)).await?;
+        let e = calc.big(context::current(), 4096).await.unwrap_err();
+        ensure!(
+            matches!(&e, RpcError::Server(e) if e.detail.contains("could not be sent")),
+            "oversized reply gave {e:?}"
+        );
+        // It failed that call only.
+        let sum = calc.add(context::current(), 1, 2).await.map_err(fail)?;
+        ensure!(sum == 3, "1 + 2 = {sum}");
+        Ok(())
+    })
+}
+
+fn worker_protocol_by_hand() -> Result<(), Failed> {
+    block_on(async {
+        let (mut stream, mut worker) = raw_worker(&Config::default()).await?;
+        let long = Duration::from_secs(60);
+        let run = async {
+            let mut out = Vec::new();
+            // Expired on arrival: never runs (it would send events).
+            push_request(&mut out, 1, Duration::ZERO, CalcRequest::Emit { n: 2 });
+            push_request(&mut out, 2, long, CalcRequest::Slow { ms: 100 });
+            // An id already in flight is ignored.
+            push_request(&mut out, 2, long, CalcRequest::Emit { n: 2 });
+            // Cancelled while queued.
+            push_request(&mut out, 3, long, CalcRequest::Slow { ms: 60_000 });
+            push_cancel(&mut out, 3);
+            push_request(&mut out, 4, long, CalcRequest::Add { a: 1, b: 2 });
+            push_request(&mut out, 5, long, CalcRequest::Slow { ms: 60_000 });
+            stream.write_all(&out).await.map_err(fail)?;
+            ensure!(
+                matches!(expect_reply(&mut stream, 2).await?, CalcResponse::Slow(1)),
+                "reply 2"
+            );
+            ensure!(
+                matches!(expect_reply(&mut stream, 4).await?, CalcResponse::Add(3)),
+                "reply 4"
+            );
+            // 5 runs now (sync mode: it started as 4 returned): cancel it,
+            // then one that runs past its deadline, then a quick one.
+            let mut out = Vec::new();
+            push_cancel(&mut out, 5);
+            push_request(&mut out, 6, long, CalcRequest::Add { a: 2, b: 2 });
+            push_request(
+                &mut out,
+                7,
+                Duration::from_millis(100),
+                CalcRequest::Slow { ms: 60_000 },
+            );
+            push_request(&mut out, 8, long, CalcRequest::Add { a: 3, b: 3 });
+            stream.write_all(&out).await.map_err(fail)?;
+            ensure!(
+                matches!(expect_reply(&mut stream, 6).await?, CalcResponse::Add(4)),
+                "reply 6"
+            );
+            ensure!(
+                matches!(expect_reply(&mut stream, 8).await?, CalcResponse::Add(6)),
+                "reply 8"
+            );
+            // A graceful close: nothing more comes, and the worker exits 0.
+            stream.shutdown().await.map_err(fail)?;
+            if let Some(msg) = read_msg(&mut stream).await? {
+                return Err(format!("unexpected {msg:?}").into());
+            }
+            let status = worker.wait().await.map_err(fail)?;
+            ensure!(status.success(), "worker exited with {status}");
+            Ok(())
+        };
+        tokio::time::timeout(Duration::from_secs(30), run)
+            .await
+            .map_err(|_| "the worker hung")?
+    })
+}
+
 fn main() {
     fork_core::init();
     integration_tests::run(&[
@@ -606,5 +801,14 @@ fn main() {
             "bad_bytes_from_the_worker_are_errors",
             bad_bytes_from_the_worker_are_errors,
         ),
+        (
+            "cancelled_call_stops_its_handler",
+            cancelled_call_stops_its_handler,
+        ),
+        (
+            "oversized_reply_is_an_error_reply",
+            oversized_reply_is_an_error_reply,
+        ),
+        ("worker_protocol_by_hand", worker_protocol_by_hand),
     ]);
 }
