@@ -128,8 +128,9 @@ enum Outgoing {
 
 /// Sends events to the parent, in order with the replies (cheap to clone).
 ///
-/// Events and replies go through one queue, so an event sent before a
-/// handler returns reaches the parent before that handler's reply.
+/// The serving loop writes the events queued so far before each reply, so an
+/// event sent before a handler returns reaches the parent before that
+/// handler's reply.
 pub struct EventSender<Ev> {
     out: mpsc::UnboundedSender<Outgoing>,
     format: Format,

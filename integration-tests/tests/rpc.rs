@@ -28,6 +28,8 @@ trait Calc {
     async fn emit(n: u32) -> u32;
     /// Returns at once; emits `n` events `ms` later.
     async fn emit_later(n: u32, ms: u64);
+    /// Emits an event and flushes it, then blocks the worker's thread.
+    async fn flush_then_block(ms: u64);
     async fn panic(message: String);
     async fn exit(code: i32);
     /// Reads everything from the next descriptor sent to the worker.
@@ -90,6 +92,12 @@ impl Calc for CalcServer {
                 events.send(&Event::Progress(i)).expect("event");
             }
         });
+    }
+
+    async fn flush_then_block(self, _: context::Context, ms: u64) {
+        self.events.send(&Event::Progress(7)).expect("event");
+        self.events.flush().await.expect("flush");
+        std::thread::sleep(Duration::from_millis(ms));
     }
 
     async fn panic(self, _: context::Context, message: String) {
@@ -641,6 +649,25 @@ fn bad_bytes_from_the_worker_are_errors() -> Result<(), Failed> {
     })
 }
 
+fn flushed_event_arrives_while_its_handler_blocks() -> Result<(), Failed> {
+    block_on(async {
+        let (calc, mut worker) = start(Config::default()).await?;
+        let mut events = worker.events().ok_or("no events")?;
+        let started = Instant::now();
+        let call =
+            tokio::spawn(async move { calc.flush_then_block(context::current(), 2000).await });
+        let event = events.recv().await.ok_or("no event")?.map_err(fail)?;
+        ensure!(event == Event::Progress(7), "event {event:?}");
+        ensure!(
+            started.elapsed() < Duration::from_millis(1500),
+            "the event came after {:?}, with the reply",
+            started.elapsed()
+        );
+        call.await.map_err(fail)?.map_err(fail)?;
+        Ok(())
+    })
+}
+
 fn cancelled_call_stops_its_handler() -> Result<(), Failed> {
     block_on(async {
         let (calc, _worker) = start(Config::default()).await?;
@@ -800,6 +827,10 @@ fn main() {
         (
             "bad_bytes_from_the_worker_are_errors",
             bad_bytes_from_the_worker_are_errors,
+        ),
+        (
+            "flushed_event_arrives_while_its_handler_blocks",
+            flushed_event_arrives_while_its_handler_blocks,
         ),
         (
             "cancelled_call_stops_its_handler",
