@@ -499,23 +499,30 @@ fn job_timeout_kills_the_stuck_worker() -> Result<(), Failed> {
             client.block(context::current(), 60_000),
             client.pid(context::current())
         );
+        // Both jobs exceed their limit (the one behind waits on the stuck
+        // worker); whichever the pool sees first times out and gets the
+        // worker killed with SIGTERM, which the other may lose it to first.
+        let timed_out = |e: &RpcError| matches!(fork_pool::Error::find(e), Some(fork_pool::Error::Timeout { pid, .. }) if *pid == stuck);
+        let terminated = |e: &RpcError| {
+            lost(e).and_then(|l| l.status()).and_then(|s| s.signal()) == Some(libc::SIGTERM)
+        };
         let e = a.unwrap_err();
-        ensure!(
-            matches!(fork_pool::Error::find(&e), Some(fork_pool::Error::Timeout { pid, .. }) if *pid == stuck),
-            "stuck job gave {e:?}"
-        );
-        // The job behind it on the same worker lost it: killed by SIGTERM.
+        ensure!(timed_out(&e) || terminated(&e), "stuck job gave {e:?}");
         match b {
-            Err(e) => {
-                let timeout = matches!(
-                    fork_pool::Error::find(&e),
-                    Some(fork_pool::Error::Timeout { .. })
+            Err(e_b) => {
+                ensure!(
+                    timed_out(&e_b) || terminated(&e_b),
+                    "the job behind gave {e_b:?}"
                 );
-                let term = lost(&e).and_then(|l| l.status()).and_then(|s| s.signal())
-                    == Some(libc::SIGTERM);
-                ensure!(timeout || term, "the job behind gave {e:?}");
+                ensure!(
+                    timed_out(&e) || timed_out(&e_b),
+                    "no job timed out: {e:?}, {e_b:?}"
+                );
             }
-            Ok(pid) => ensure!(pid != stuck, "ran on the stuck worker"),
+            Ok(pid) => {
+                ensure!(pid != stuck, "ran on the stuck worker");
+                ensure!(timed_out(&e), "stuck job gave {e:?}");
+            }
         }
         all_exit([stuck]).await?;
         let next = client.pid(context::current()).await.map_err(fail)?;
