@@ -600,8 +600,9 @@ impl<Resp> Shared<Resp> {
 /// Writes the queue: frames queued while other calls were in flight (so
 /// that one write carries them all), or the rest once the socket has room.
 async fn flush<Resp>(shared: Arc<Shared<Resp>>) {
-    // Let the other callers of this round queue their frames first.
-    tokio::task::yield_now().await;
+    // Spawned by the first caller of a round, this runs once that caller's
+    // task yields (next, on a multi-threaded runtime's same thread), after
+    // the other callers of the round queued their frames.
     loop {
         if shared.write.writable().await.is_err() {
             let mut out = lock(&shared.out);
