@@ -47,7 +47,8 @@ const STATUS_GRACE: Duration = Duration::from_secs(2);
 ///
 /// # Panics
 ///
-/// Outside a tokio runtime (the client's reader task is spawned on it).
+/// Outside a tokio runtime (the client's background reader task is spawned
+/// on it).
 pub async fn spawn<Req, Resp, Ev>(
     fork: &mut fork_core::Fork,
     entry: &RpcEntry<Req, Resp, Ev>,
@@ -455,7 +456,7 @@ impl UntakenEvents {
     }
 }
 
-// ===== what the client's reader task reads =====
+// ===== what the client reads =====
 
 /// Splits the worker's frames: replies go to tarpc, events to [`Events`],
 /// a panic report to [`Lost`]; records how the connection ended.
