@@ -181,20 +181,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut call = std::pin::pin!(call);
         let start = Instant::now();
         let mut last = None;
+        let mut show = |event: Progress| {
+            println!("  {:>4} ms  event {event:?}", start.elapsed().as_millis());
+            received += 1;
+            last = Some(event);
+        };
         let found = loop {
             tokio::select! {
-                // Events first: those sent before the reply are all here
-                // by the time the reply is.
-                biased;
-                Some(event) = events.recv() => {
-                    let event = event?;
-                    println!("  {:>4} ms  event {event:?}", start.elapsed().as_millis());
-                    received += 1;
-                    last = Some(event);
-                }
+                Some(event) = events.recv() => show(event?),
                 reply = &mut call => break reply?,
             }
         };
+        // Every event sent before the reply is in the stream by the time
+        // the reply is.
+        while let Some(event) = events.try_recv() {
+            show(event?);
+        }
         println!("  {:>4} ms  reply {found}", start.elapsed().as_millis());
         // The last event came before the reply, and said the same.
         let done = to - from;
