@@ -8,17 +8,21 @@
 //! - **Writing**: a caller writes its request itself, with one non-blocking
 //!   `write` when it is alone; with other calls in flight, a short-lived
 //!   task writes every request queued in that round at once.
-//! - **Reading**: one waiting caller at a time is the *reader*: the socket
-//!   wakes it when replies arrive, it reads them and completes the calls
-//!   they answer (its own and others'), and when its own reply is in it
-//!   hands the role to another waiting caller. A serial call is thus woken
-//!   by the socket directly, as in a hand-written ping-pong. With no call
-//!   waiting, a background task reads (events, the end of the connection).
+//! - **Reading**: one waiting caller at a time is the *reader*, the one
+//!   polled last: the socket wakes it when replies arrive, it reads them
+//!   and completes the calls they answer (its own and others'), and when
+//!   its own reply is in it hands the role to another waiting caller. A
+//!   serial call is thus woken by the socket directly, as in a hand-written
+//!   ping-pong. With no call waiting, a background task reads (events, the
+//!   end of the connection).
 //!
-//! The reader's task must be polled for replies to be read, so a caller
-//! that waits for its reply inside a `select!` beside long synchronous work
-//! delays the replies of other calls on that connection (the background
-//! task takes over only when no call waits).
+//! A reader's task may not poll it again soon, or ever: it may be busy, or
+//! waiting for something else while it keeps the call (a second call made
+//! in the same task is polled after it, so it takes the role). While calls
+//! are in flight, the background task looks every [`WATCH`]: a wakeup that
+//! no one read since its last look means the reader is not reading, so it
+//! reads for it and names another reader. Such a reader delays the replies
+//! of others by at most twice that; it never stalls them.
 //!
 //! Cancellation (a dropped call sends tarpc's `Cancel`), deadlines and trace
 //! contexts work as with tarpc's client. Deadlines share one timer, in the
@@ -35,7 +39,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::task::{Context as TaskContext, Poll, Wake, Waker};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures::Stream;
 use serde::Serialize;
@@ -49,6 +53,10 @@ use crate::codec;
 use crate::config::Format;
 
 type Reply<Resp> = Result<Resp, ServerError>;
+
+/// How often the background task checks, while calls are in flight, that
+/// the socket's wakeups are read.
+pub(crate) const WATCH: Duration = Duration::from_millis(10);
 
 /// The decoded replies from the worker, until the connection ends.
 type Replies<Resp> = Pin<Box<dyn Stream<Item = io::Result<Response<Resp>>> + Send>>;
@@ -79,6 +87,12 @@ struct State<Resp> {
     /// The earliest deadline of a waiting call, or one before it: when the
     /// background task's timer fires.
     timer: Option<Instant>,
+    /// The socket woke the reader and no one read since.
+    unread: bool,
+    /// The background task checks every [`WATCH`] that wakeups are read.
+    watching: bool,
+    /// Calls started (`next_id`) when the background task last checked.
+    started_at_check: u64,
     /// The connection ended: no reply will come.
     ended: bool,
 }
@@ -110,6 +124,26 @@ enum Reader {
 }
 
 impl<Resp> State<Resp> {
+    /// How call `id` ended, removing a reply from its slot; else stores
+    /// `waker` to be woken when it ends.
+    fn outcome(&mut self, id: u64, waker: &Waker) -> Option<Outcome<Resp>> {
+        match self.calls.get_mut(&id) {
+            Some(Slot::Waiting { waker: stored, .. }) => {
+                match stored {
+                    Some(w) if w.will_wake(waker) => {}
+                    _ => *stored = Some(waker.clone()),
+                }
+                None
+            }
+            Some(Slot::Done(_)) => match self.calls.remove(&id) {
+                Some(Slot::Done(reply)) => Some(Outcome::Reply(reply)),
+                _ => unreachable!("checked above"),
+            },
+            Some(Slot::Expired) => Some(Outcome::Expired),
+            None => Some(Outcome::Ended),
+        }
+    }
+
     /// Whether `id` is a call still waiting, whose task can be woken.
     fn can_read(&self, id: u64) -> bool {
         matches!(
@@ -166,7 +200,11 @@ impl<Resp: Send + 'static> Wake for SocketWaker<Resp> {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        let waker = lock(&self.state).reader_waker().cloned();
+        let waker = {
+            let mut st = lock(&self.state);
+            st.unread = true;
+            st.reader_waker().cloned()
+        };
         if let Some(waker) = waker {
             waker.wake();
         }
@@ -234,6 +272,11 @@ impl<Req: Serialize + Send + 'static, Resp: Send + 'static> Channel<Req, Resp> {
             reader: Reader::Background,
             background: None,
             timer: None,
+            // Until the first read, the socket has no waker: whoever polls
+            // first reads.
+            unread: true,
+            watching: false,
+            started_at_check: 0,
             ended: false,
         }));
         let shared = Arc::new(Shared {
@@ -294,9 +337,14 @@ impl<Req: Serialize + Send + 'static, Resp: Send + 'static> Channel<Req, Resp> {
                     deadline: ctx.deadline,
                 },
             );
-            // Only a deadline earlier than the timer's moves it.
-            if st.timer.is_none_or(|at| ctx.deadline < at) {
+            // Only a deadline earlier than the timer's moves it; the
+            // background task looks at both when woken.
+            let earlier = st.timer.is_none_or(|at| ctx.deadline < at);
+            if earlier {
                 st.timer = Some(ctx.deadline);
+            }
+            if earlier || !st.watching {
+                st.watching = true;
                 if let Some(background) = &st.background {
                     background.wake_by_ref();
                 }
@@ -333,38 +381,25 @@ impl<Req: Serialize + Send + 'static, Resp: Send + 'static> Channel<Req, Resp> {
 }
 
 impl<Resp: Send + 'static> Shared<Resp> {
-    /// How call `id` ended, or `Pending`, after reading what the socket has
-    /// if this call is the reader or none is. An expired call keeps its
-    /// slot until it is forgotten (and cancelled).
+    /// How call `id` ended, or `Pending`. The call polled last is the
+    /// reader (its task is surely still polling it); it reads if the socket
+    /// woke a reader that did not read. An expired call keeps its slot until
+    /// it is forgotten (and cancelled).
     fn poll_reply(&self, id: u64, cx: &mut TaskContext<'_>) -> Poll<Outcome<Resp>> {
-        for attempt in 0..2 {
+        {
             let mut st = lock(&self.state);
-            match st.calls.get_mut(&id) {
-                Some(Slot::Waiting { waker, .. }) => match waker {
-                    Some(w) if w.will_wake(cx.waker()) => {}
-                    _ => *waker = Some(cx.waker().clone()),
-                },
-                Some(Slot::Done(_)) => {
-                    let Some(Slot::Done(reply)) = st.calls.remove(&id) else {
-                        unreachable!("checked above")
-                    };
-                    return Poll::Ready(Outcome::Reply(reply));
-                }
-                Some(Slot::Expired) => return Poll::Ready(Outcome::Expired),
-                None => return Poll::Ready(Outcome::Ended),
-            }
-            if attempt == 1 {
-                break;
-            }
-            // Another waiting call reads: it completes this one.
-            if matches!(st.reader, Reader::Call(r) if r != id && st.can_read(r)) {
-                break;
+            if let Some(outcome) = st.outcome(id, cx.waker()) {
+                return Poll::Ready(outcome);
             }
             st.reader = Reader::Call(id);
-            drop(st);
-            self.read(Some(id));
+            if !st.unread {
+                return Poll::Pending;
+            }
         }
-        Poll::Pending
+        self.read(Some(id));
+        lock(&self.state)
+            .outcome(id, cx.waker())
+            .map_or(Poll::Pending, Poll::Ready)
     }
 
     /// Reads every reply the socket has, completing the calls they answer,
@@ -391,7 +426,11 @@ impl<Resp: Send + 'static> Shared<Resp> {
             };
             self.turned_away.store(false, Ordering::SeqCst);
             loop {
-                lock(&self.state).designate();
+                {
+                    let mut st = lock(&self.state);
+                    st.designate();
+                    st.unread = false;
+                }
                 self.read_available(&mut replies, me);
                 // The reader named before that last read may have got its
                 // reply in it: name another and read again, so that no
@@ -505,15 +544,45 @@ impl<Resp: Send + 'static> Shared<Resp> {
         }
         next
     }
+
+    /// The background task's look every [`WATCH`]: if the socket's last
+    /// wakeup was not read, the reader it went to is not polling; reads for
+    /// it and names another (its task got that wakeup, so it needs no other
+    /// one). Whether to look again: calls started or waited since.
+    fn watch(&self) -> bool {
+        let started = self.next_id.load(Ordering::Relaxed);
+        let (unread, watching) = {
+            let mut st = lock(&self.state);
+            if st.unread {
+                if let Reader::Call(id) = st.reader {
+                    if let Some(Slot::Waiting { waker, .. }) = st.calls.get_mut(&id) {
+                        *waker = None;
+                    }
+                }
+            }
+            let idle = started == st.started_at_check
+                && !st.calls.values().any(|s| matches!(s, Slot::Waiting { .. }));
+            st.started_at_check = started;
+            st.watching = !idle;
+            (st.unread, st.watching)
+        };
+        if unread {
+            self.read(None);
+        }
+        watching
+    }
 }
 
 /// Reads when no call waits, so that events and the end of the connection
-/// still get noticed, and fails calls past their deadline. Ends when the
+/// still get noticed; while calls are in flight, checks every [`WATCH`]
+/// that the reader reads; fails calls past their deadline. Ends when the
 /// connection does.
 async fn read_in_background<Resp: Send + 'static>(shared: Arc<Shared<Resp>>) {
     let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    // When to check on the reader next.
+    let mut check: Option<Instant> = None;
     std::future::poll_fn(|cx| {
-        let mut next = {
+        let (mut deadline, mut watching, unread) = {
             let mut st = lock(&shared.state);
             if st.ended {
                 return Poll::Ready(());
@@ -522,10 +591,18 @@ async fn read_in_background<Resp: Send + 'static>(shared: Arc<Shared<Resp>>) {
                 Some(w) if w.will_wake(cx.waker()) => {}
                 _ => st.background = Some(cx.waker().clone()),
             }
-            st.timer
+            (st.timer, st.watching, st.unread)
         };
-        shared.read(None);
-        while let Some(at) = next {
+        if unread {
+            shared.read(None);
+        }
+        loop {
+            if watching && check.is_none() {
+                check = Some(Instant::now() + WATCH);
+            }
+            let Some(at) = deadline.into_iter().chain(check).min() else {
+                break;
+            };
             let at = tokio::time::Instant::from_std(at);
             let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
             if timer.deadline() != at {
@@ -534,7 +611,14 @@ async fn read_in_background<Resp: Send + 'static>(shared: Arc<Shared<Resp>>) {
             if timer.as_mut().poll(cx).is_pending() {
                 break;
             }
-            next = shared.expire();
+            let now = Instant::now();
+            if deadline.is_some_and(|at| at <= now) {
+                deadline = shared.expire();
+            }
+            if check.is_some_and(|at| at <= now) {
+                check = None;
+                watching = shared.watch();
+            }
         }
         if lock(&shared.state).ended {
             Poll::Ready(())

@@ -377,27 +377,32 @@ fn callers_that_give_up_leave_the_reading_to_others() -> Result<(), Failed> {
     block_on(async {
         let (calc, _worker) = start(Config::default().concurrent(64)).await?;
         let calc = std::sync::Arc::new(calc);
-        // The first call waits first, so it reads; it gives up before the
-        // reply of the second (in a task of its own) comes, which must
-        // still reach that call.
+        // The second call (in a task of its own) waits; the first, polled
+        // after it, reads, and gives up before the second's reply comes,
+        // which must still reach that call.
+        let (polled, was_polled) = tokio::sync::oneshot::channel();
+        let second = tokio::spawn({
+            let calc = calc.clone();
+            async move {
+                let mut call = std::pin::pin!(calc.slow(context::current(), 100));
+                if futures::poll!(call.as_mut()).is_ready() {
+                    return Err("slow(100) returned at once".into());
+                }
+                let _ = polled.send(());
+                call.await.map_err(fail)
+            }
+        });
+        was_polled.await.map_err(fail)?;
         let first = tokio::time::timeout(
             Duration::from_millis(50),
             calc.slow(context::current(), 300),
         );
-        let second = tokio::spawn({
-            let calc = calc.clone();
-            async move {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                calc.slow(context::current(), 100).await
-            }
-        });
         ensure!(first.await.is_err(), "the first call was not dropped");
         // Well before any deadline timer (10 s) could wake a reader.
         tokio::time::timeout(Duration::from_secs(3), second)
             .await
             .map_err(|_| "the second call's reply was not read")?
-            .map_err(fail)?
-            .map_err(fail)?;
+            .map_err(fail)??;
         let tasks = (0..300i64).map(|i| {
             let calc = calc.clone();
             tokio::spawn(async move {
@@ -434,6 +439,56 @@ fn callers_that_give_up_leave_the_reading_to_others() -> Result<(), Failed> {
         for result in results {
             result.map_err(fail)??;
         }
+        Ok(())
+    })
+}
+
+/// A call whose future was polled, then neither polled again nor dropped,
+/// holds up no other call (it cannot read for them).
+fn a_call_polled_then_left_holds_up_no_other() -> Result<(), Failed> {
+    block_on(async {
+        let (calc, _worker) = start(Config::default().concurrent(8)).await?;
+        let calc = std::sync::Arc::new(calc);
+        // Same task: `long` waits (it was polled) while another call is made.
+        let mut long = std::pin::pin!(calc.slow(context::current(), 100));
+        ensure!(
+            futures::poll!(long.as_mut()).is_pending(),
+            "slow(100) returned at once"
+        );
+        // Well before any deadline (10 s) could end the wait.
+        let sum = tokio::time::timeout(Duration::from_secs(3), calc.add(context::current(), 1, 2))
+            .await
+            .map_err(|_| "a call made beside a waiting one got no reply")?
+            .map_err(fail)?;
+        ensure!(sum == 3, "add(1, 2) returned {sum}");
+        tokio::time::timeout(Duration::from_secs(3), long)
+            .await
+            .map_err(|_| "the waiting call got no reply")?
+            .map_err(fail)?;
+        // Another task: its call waits first, then this task polls one call
+        // and keeps it without polling it again.
+        let (polled, was_polled) = tokio::sync::oneshot::channel();
+        let other = tokio::spawn({
+            let calc = calc.clone();
+            async move {
+                let mut call = std::pin::pin!(calc.slow(context::current(), 20));
+                if futures::poll!(call.as_mut()).is_ready() {
+                    return Err("slow(20) returned at once".into());
+                }
+                let _ = polled.send(());
+                call.await.map_err(fail)
+            }
+        });
+        was_polled.await.map_err(fail)?;
+        let mut left = std::pin::pin!(calc.slow(context::current(), 1000));
+        ensure!(
+            futures::poll!(left.as_mut()).is_pending(),
+            "slow(1000) returned at once"
+        );
+        tokio::time::timeout(Duration::from_secs(3), other)
+            .await
+            .map_err(|_| "a call waiting beside one left unpolled got no reply")?
+            .map_err(fail)??;
         Ok(())
     })
 }
@@ -791,6 +846,10 @@ fn main() {
         (
             "callers_that_give_up_leave_the_reading_to_others",
             callers_that_give_up_leave_the_reading_to_others,
+        ),
+        (
+            "a_call_polled_then_left_holds_up_no_other",
+            a_call_polled_then_left_holds_up_no_other,
         ),
         (
             "init_failure_is_the_spawn_error",
