@@ -115,8 +115,6 @@ pub struct Stats {
 }
 
 struct Shared<Req, Resp, Ev> {
-    /// This very value, for callbacks that only get `&self`.
-    this: std::sync::Weak<Shared<Req, Resp, Ev>>,
     config: Config,
     knobs: Knobs,
     template: fork_core::Template,
@@ -155,7 +153,9 @@ struct State<Req, Resp> {
 struct Member<Req, Resp> {
     id: u64,
     pid: u32,
-    client: fork_rpc::Client<Req, Resp>,
+    /// Shared with the jobs running on it (one reference to count per job,
+    /// where a client clone has three).
+    client: Arc<fork_rpc::Client<Req, Resp>>,
     process: fork_core::WorkerHandle,
     load: usize,
     served: u64,
@@ -188,25 +188,27 @@ struct Waiter<Req, Resp> {
 /// the place back when dropped.
 struct Grant<Req, Resp> {
     slot: Slot,
-    client: fork_rpc::Client<Req, Resp>,
+    client: Arc<fork_rpc::Client<Req, Resp>>,
     pid: u32,
 }
 
 /// Gives a worker's place back to the pool when dropped.
 struct Slot {
     id: u64,
+    /// The job was answered (counted in `Stats::completed`).
+    answered: bool,
     pool: Option<Arc<dyn Release>>,
 }
 
 /// What a [`Slot`] calls back into (the pool, with its types erased).
 trait Release: Send + Sync {
-    fn release(&self, id: u64);
+    fn release(self: Arc<Self>, id: u64, answered: bool);
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
         if let Some(pool) = self.pool.take() {
-            pool.release(self.id);
+            pool.release(self.id, self.answered);
         }
     }
 }
@@ -358,8 +360,7 @@ where
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_nanos() as u64)
             ^ u64::from(std::process::id());
-        let shared = Arc::new_cyclic(|this| Shared {
-            this: this.clone(),
+        let shared = Arc::new(Shared {
             knobs: self.config.knobs(),
             queue_room: self.config.queue_limit.map(|n| Arc::new(Semaphore::new(n))),
             config: self.config,
@@ -500,25 +501,14 @@ where
         let shared = &self.handle.shared;
         // Before queueing: time spent waiting counts against the deadline.
         let ctx = fork_rpc::context::apply_default(ctx, shared.config.rpc.default_timeout);
-        // A copy of an idempotent request, to run it again.
-        let copy = match &shared.idempotent {
-            Some(is) if shared.retries > 0 && is(&request) => bincode::serialize(&request).ok(),
-            _ => None,
-        };
-        let mut result = shared.run(ctx, request).await;
-        let mut retries = shared.retries;
-        while let (Err(e), Some(copy)) = (&result, &copy) {
-            if retries == 0 || !fork_rpc::WorkerLost::is_lost(e) {
-                break;
+        match &shared.idempotent {
+            // Boxed, as the other slow paths: the future of a common call
+            // stays small (it is moved several times on its way).
+            Some(is) if shared.retries > 0 && is(&request) => {
+                Box::pin(shared.run_retrying(ctx, request)).await
             }
-            let Ok(request) = bincode::deserialize(copy) else {
-                break;
-            };
-            retries -= 1;
-            tracing::debug!(error = %e, "running an idempotent job again on another worker");
-            result = shared.run(ctx, request).await;
+            _ => shared.run(ctx, request).await,
         }
-        result
     }
 }
 
@@ -566,22 +556,39 @@ where
     fn grant(self: &Arc<Self>, st: &mut State<Req, Resp>, i: usize) -> Grant<Req, Resp> {
         let m = &mut st.members[i];
         m.load += 1;
-        if m.load == 1 && self.knobs.idle > 0 {
-            // A spare went to work: the supervisor may start another.
-            self.wake.notify_one();
-        }
+        let went_to_work = m.load == 1;
         let id = m.id;
         let client = m.client.clone();
         let pid = m.pid;
+        if went_to_work && self.spares_short(st) {
+            // A spare went to work: the supervisor starts another.
+            self.wake.notify_one();
+        }
         let pool: Arc<dyn Release> = self.clone();
         Grant {
             slot: Slot {
                 id,
+                answered: false,
                 pool: Some(pool),
             },
             client,
             pid,
         }
+    }
+
+    /// Whether the pool has fewer spare workers (idle or starting) than
+    /// `idle` and room for another: what the scaling policy would start one
+    /// for.
+    fn spares_short(&self, st: &State<Req, Resp>) -> bool {
+        if self.knobs.idle == 0 {
+            return false;
+        }
+        let (mut spares, mut total) = (st.starting, st.starting);
+        for m in st.members.iter().filter(|m| m.leaving.is_none()) {
+            total += 1;
+            spares += usize::from(m.load == 0);
+        }
+        spares < self.knobs.idle && total < self.knobs.max
     }
 
     /// Hands free places to queued jobs, oldest first.
@@ -598,36 +605,47 @@ where
         }
     }
 
+    /// A place on a worker if one is free and no job queues before this
+    /// one; `None` if the job must queue.
+    fn try_acquire(self: &Arc<Self>) -> Result<Option<Grant<Req, Resp>>, Error> {
+        let mut st = self.lock();
+        if st.closed {
+            return Err(Error::Closed);
+        }
+        if st.queue.is_empty() {
+            if let Some(i) = self.pick(&st) {
+                return Ok(Some(self.grant(&mut st, i)));
+            }
+        }
+        Ok(None)
+    }
+
     /// Gets a place on a worker, waiting in the queue if none is free.
     async fn acquire(self: &Arc<Self>) -> Result<Grant<Req, Resp>, Error> {
+        if let Some(grant) = self.try_acquire()? {
+            return Ok(grant);
+        }
+        Box::pin(self.queue_up()).await
+    }
+
+    /// Waits in the queue (after waiting for room in it, if it is bounded
+    /// and the caller chose to wait) for a place on a worker.
+    async fn queue_up(self: &Arc<Self>) -> Result<Grant<Req, Resp>, Error> {
         let room = match &self.queue_room {
             None => None,
-            Some(sem) => {
-                {
-                    let mut st = self.lock();
-                    if st.closed {
-                        return Err(Error::Closed);
-                    }
-                    if st.queue.is_empty() {
-                        if let Some(i) = self.pick(&st) {
-                            return Ok(self.grant(&mut st, i));
-                        }
-                    }
-                }
-                match self.config.overflow {
-                    Overflow::Error => Some(
-                        sem.clone()
-                            .try_acquire_owned()
-                            .map_err(|_| Error::QueueFull(self.config.queue_limit.unwrap_or(0)))?,
-                    ),
-                    Overflow::Wait => Some(
-                        sem.clone()
-                            .acquire_owned()
-                            .await
-                            .map_err(|_| Error::Closed)?,
-                    ),
-                }
-            }
+            Some(sem) => match self.config.overflow {
+                Overflow::Error => Some(
+                    sem.clone()
+                        .try_acquire_owned()
+                        .map_err(|_| Error::QueueFull(self.config.queue_limit.unwrap_or(0)))?,
+                ),
+                Overflow::Wait => Some(
+                    sem.clone()
+                        .acquire_owned()
+                        .await
+                        .map_err(|_| Error::Closed)?,
+                ),
+            },
         };
         let rx = {
             let mut st = self.lock();
@@ -654,26 +672,37 @@ where
         rx.await.unwrap_or(Err(Error::Closed))
     }
 
+    /// Runs an idempotent job, and again on another worker (up to
+    /// `retries` times) while the worker it ran on is lost.
+    async fn run_retrying(self: &Arc<Self>, ctx: Context, request: Req) -> Result<Resp, RpcError> {
+        // A copy of the request, to run it again.
+        let copy = bincode::serialize(&request).ok();
+        let mut result = self.run(ctx, request).await;
+        let mut retries = self.retries;
+        while let (Err(e), Some(copy)) = (&result, &copy) {
+            if retries == 0 || !fork_rpc::WorkerLost::is_lost(e) {
+                break;
+            }
+            let Ok(request) = bincode::deserialize(copy) else {
+                break;
+            };
+            retries -= 1;
+            tracing::debug!(error = %e, "running an idempotent job again on another worker");
+            result = self.run(ctx, request).await;
+        }
+        result
+    }
+
     /// Runs one job on one worker.
     async fn run(self: &Arc<Self>, ctx: Context, request: Req) -> Result<Resp, RpcError> {
-        let grant = self.acquire().await.map_err(Error::into_rpc)?;
-        let call = Stub::call(&grant.client, ctx, request);
+        let mut grant = self.acquire().await.map_err(Error::into_rpc)?;
         let result = match self.config.job_timeout {
-            None => call.await,
-            Some(limit) => match tokio::time::timeout(limit, call).await {
-                Ok(result) => result,
-                Err(_) => {
-                    self.timed_out(grant.slot.id);
-                    Err(Error::Timeout {
-                        limit,
-                        pid: grant.pid,
-                    }
-                    .into_rpc())
-                }
-            },
+            None => Stub::call(&*grant.client, ctx, request).await,
+            // Boxed: a call without a limit does not carry a timer.
+            Some(limit) => Box::pin(self.run_within(limit, &grant, ctx, request)).await,
         };
         match &result {
-            Ok(_) => self.lock().stats.completed += 1,
+            Ok(_) => grant.slot.answered = true,
             Err(e) => {
                 if let Some(lost) = fork_rpc::WorkerLost::find(e) {
                     self.lost(grant.slot.id, lost);
@@ -684,9 +713,30 @@ where
         result
     }
 
+    /// Runs a job with a time limit; past it, the worker is killed.
+    async fn run_within(
+        self: &Arc<Self>,
+        limit: Duration,
+        grant: &Grant<Req, Resp>,
+        ctx: Context,
+        request: Req,
+    ) -> Result<Resp, RpcError> {
+        match tokio::time::timeout(limit, Stub::call(&*grant.client, ctx, request)).await {
+            Ok(result) => result,
+            Err(_) => {
+                self.timed_out(grant.slot.id);
+                Err(Error::Timeout {
+                    limit,
+                    pid: grant.pid,
+                }
+                .into_rpc())
+            }
+        }
+    }
+
     /// A job finished: free its place, retire the worker if it is due,
     /// feed the queue.
-    fn release_job(self: &Arc<Self>, id: u64) {
+    fn release_job(self: &Arc<Self>, id: u64, answered: bool) {
         // Read the clock only when something needs it.
         let mut clock = None;
         let mut now = || *clock.get_or_insert_with(Instant::now);
@@ -695,6 +745,9 @@ where
         let mut turned_idle = false;
         {
             let mut st = self.lock();
+            if answered {
+                st.stats.completed += 1;
+            }
             if let Some(i) = st.members.iter().position(|m| m.id == id) {
                 let m = &mut st.members[i];
                 m.load -= 1;
@@ -885,7 +938,7 @@ where
                 st.members.push(Member {
                     id,
                     pid,
-                    client,
+                    client: Arc::new(client),
                     process: worker.handle(),
                     load: 0,
                     served: 0,
@@ -1013,11 +1066,8 @@ where
     Resp: DeserializeOwned + Send + Sync + 'static,
     Ev: DeserializeOwned + Send + Sync + 'static,
 {
-    fn release(&self, id: u64) {
-        // `release_job` needs the `Arc` to hand places to queued jobs.
-        if let Some(this) = self.this.upgrade() {
-            this.release_job(id);
-        }
+    fn release(self: Arc<Self>, id: u64, answered: bool) {
+        self.release_job(id, answered);
     }
 }
 
