@@ -4,9 +4,11 @@
 //!
 //! Run: `cargo bench -p benches --bench pool` (about 75 seconds), or
 //! `cargo bench -p benches --bench pool -- --quick` (a few seconds; for CI).
-//! `--only TEXT` measures only the rows whose name contains `TEXT` (to
-//! profile one of them with `perf` or `strace`; the workers' pids are
-//! printed). Other arguments (`--bench`, which cargo passes) are ignored.
+//! `--only TEXT` measures only the rows whose part and name (as in
+//! `overhead: pool, 1 worker, load 10, 10 in flight, current_thread`)
+//! contain `TEXT` (to profile one of them with `perf` or `strace`, the
+//! workers' pids are printed; or to measure one part, as in
+//! `taskset -c 0 cargo bench -p benches --bench pool -- --only overhead`). Other arguments (`--bench`, which cargo passes) are ignored.
 //!
 //! Every worker serves the same `Job` service, forked from one template per
 //! runtime:
@@ -326,7 +328,7 @@ struct Opts {
     /// The same for CPU-bound jobs.
     cpu_rounds: u32,
     cpu_round: Duration,
-    /// Measure only the rows whose name contains this.
+    /// Measure only the rows whose part and name contain this.
     only: Option<String>,
 }
 
@@ -525,7 +527,10 @@ fn measure(
         .vias
         .iter()
         .copied()
-        .filter(|&via| opts.wants(&row_name(via, m.depth, m.flavour)))
+        .filter(|&via| {
+            let part = format!("{:?}", m.part).to_lowercase();
+            opts.wants(&format!("{part}: {}", row_name(via, m.depth, m.flavour)))
+        })
         .collect();
     if vias.is_empty() {
         return Ok(());
