@@ -49,6 +49,7 @@ use fork_core::Template;
 use fork_pool::Pool;
 use fork_rpc::{Config, RpcEntry, RpcWorker, Setup};
 use futures::StreamExt;
+use futures::future::Either;
 use futures::stream::FuturesUnordered;
 use tarpc::client::RpcError;
 use tokio::runtime::Runtime;
@@ -245,11 +246,9 @@ trait Caller: Send + Sync + 'static {
 impl Caller for DirectClient {
     fn call(&self, work: Work, x: u64) -> impl Future<Output = Result<u64, RpcError>> + Send + '_ {
         let ctx = tarpc::context::current();
-        async move {
-            match work {
-                Work::Trivial => self.echo(ctx, x).await,
-                Work::Cpu(rounds) => self.spin(ctx, rounds, x).await,
-            }
+        match work {
+            Work::Trivial => Either::Left(self.echo(ctx, x)),
+            Work::Cpu(rounds) => Either::Right(self.spin(ctx, rounds, x)),
         }
     }
 }
@@ -257,11 +256,9 @@ impl Caller for DirectClient {
 impl Caller for PoolClient {
     fn call(&self, work: Work, x: u64) -> impl Future<Output = Result<u64, RpcError>> + Send + '_ {
         let ctx = tarpc::context::current();
-        async move {
-            match work {
-                Work::Trivial => self.echo(ctx, x).await,
-                Work::Cpu(rounds) => self.spin(ctx, rounds, x).await,
-            }
+        match work {
+            Work::Trivial => Either::Left(self.echo(ctx, x)),
+            Work::Cpu(rounds) => Either::Right(self.spin(ctx, rounds, x)),
         }
     }
 }

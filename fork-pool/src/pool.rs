@@ -2,9 +2,11 @@
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use futures::future::Either;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tarpc::RequestName;
@@ -497,17 +499,29 @@ where
     type Req = Req;
     type Resp = Resp;
 
-    async fn call(&self, ctx: Context, request: Req) -> Result<Resp, RpcError> {
+    // Not an `async fn`, and `run` written out in it: the future of a call
+    // is moved several times on its way (into the caller's future, a
+    // `FuturesUnordered`, a task), and each async fn layer would keep its own
+    // copy of the context and the request. The slow paths (queueing, a time
+    // limit, retries) are boxed for the same reason.
+    fn call(&self, ctx: Context, request: Req) -> impl Future<Output = Result<Resp, RpcError>> {
         let shared = &self.handle.shared;
-        // Before queueing: time spent waiting counts against the deadline.
+        // When the call is made (tarpc's generated methods make it at once):
+        // the time spent waiting in the queue counts against the deadline.
         let ctx = fork_rpc::context::apply_default(ctx, shared.config.rpc.default_timeout);
-        match &shared.idempotent {
-            // Boxed, as the other slow paths: the future of a common call
-            // stays small (it is moved several times on its way).
-            Some(is) if shared.retries > 0 && is(&request) => {
-                Box::pin(shared.run_retrying(ctx, request)).await
+        let retry = shared.retries > 0 && shared.idempotent.as_ref().is_some_and(|is| is(&request));
+        async move {
+            if retry {
+                return Box::pin(shared.run_retrying(ctx, request)).await;
             }
-            _ => shared.run(ctx, request).await,
+            let grant = match shared.try_acquire() {
+                Ok(Some(grant)) => grant,
+                Ok(None) => Box::pin(shared.queue_up()).await.map_err(Error::into_rpc)?,
+                Err(e) => return Err(e.into_rpc()),
+            };
+            let result = shared.call_on(&grant, ctx, request).await;
+            shared.finish(grant, &result);
+            result
         }
     }
 }
@@ -695,13 +709,31 @@ where
 
     /// Runs one job on one worker.
     async fn run(self: &Arc<Self>, ctx: Context, request: Req) -> Result<Resp, RpcError> {
-        let mut grant = self.acquire().await.map_err(Error::into_rpc)?;
-        let result = match self.config.job_timeout {
-            None => Stub::call(&*grant.client, ctx, request).await,
-            // Boxed: a call without a limit does not carry a timer.
-            Some(limit) => Box::pin(self.run_within(limit, &grant, ctx, request)).await,
-        };
-        match &result {
+        let grant = self.acquire().await.map_err(Error::into_rpc)?;
+        let result = self.call_on(&grant, ctx, request).await;
+        self.finish(grant, &result);
+        result
+    }
+
+    /// The call of a job on the worker it was granted, within the time
+    /// limit if there is one (boxed: a call without a limit carries no
+    /// timer).
+    fn call_on<'a>(
+        self: &'a Arc<Self>,
+        grant: &'a Grant<Req, Resp>,
+        ctx: Context,
+        request: Req,
+    ) -> impl Future<Output = Result<Resp, RpcError>> + 'a {
+        match self.config.job_timeout {
+            None => Either::Left(Stub::call(&*grant.client, ctx, request)),
+            Some(limit) => Either::Right(Box::pin(self.run_within(limit, grant, ctx, request))),
+        }
+    }
+
+    /// A job ended: counts it, takes its worker out if the worker was lost,
+    /// and gives the place back.
+    fn finish(self: &Arc<Self>, mut grant: Grant<Req, Resp>, result: &Result<Resp, RpcError>) {
+        match result {
             Ok(_) => grant.slot.answered = true,
             Err(e) => {
                 if let Some(lost) = fork_rpc::WorkerLost::find(e) {
@@ -709,8 +741,6 @@ where
                 }
             }
         }
-        drop(grant);
-        result
     }
 
     /// Runs a job with a time limit; past it, the worker is killed.
