@@ -499,29 +499,21 @@ where
     type Req = Req;
     type Resp = Resp;
 
-    // Not an `async fn`, and `run` written out in it: the future of a call
-    // is moved several times on its way (into the caller's future, a
-    // `FuturesUnordered`, a task), and each async fn layer would keep its own
-    // copy of the context and the request. The slow paths (queueing, a time
-    // limit, retries) are boxed for the same reason.
+    // Plain functions returning futures rather than `async fn`s, here and in
+    // `run` and `acquire`: the future of a call is moved several times on its
+    // way (into the caller's future, a `FuturesUnordered`, a task), and each
+    // async fn layer would keep its own copy of the context and the request.
+    // The slow paths (queueing, a time limit, retries) are boxed for the
+    // same reason.
     fn call(&self, ctx: Context, request: Req) -> impl Future<Output = Result<Resp, RpcError>> {
         let shared = &self.handle.shared;
         // When the call is made (tarpc's generated methods make it at once):
         // the time spent waiting in the queue counts against the deadline.
         let ctx = fork_rpc::context::apply_default(ctx, shared.config.rpc.default_timeout);
-        let retry = shared.retries > 0 && shared.idempotent.as_ref().is_some_and(|is| is(&request));
-        async move {
-            if retry {
-                return Box::pin(shared.run_retrying(ctx, request)).await;
-            }
-            let grant = match shared.try_acquire() {
-                Ok(Some(grant)) => grant,
-                Ok(None) => Box::pin(shared.queue_up()).await.map_err(Error::into_rpc)?,
-                Err(e) => return Err(e.into_rpc()),
-            };
-            let result = shared.call_on(&grant, ctx, request).await;
-            shared.finish(grant, &result);
-            result
+        if shared.retries > 0 && shared.idempotent.as_ref().is_some_and(|is| is(&request)) {
+            Either::Right(Box::pin(shared.run_retrying(ctx, request)))
+        } else {
+            Either::Left(shared.run(ctx, request))
         }
     }
 }
@@ -634,12 +626,14 @@ where
         Ok(None)
     }
 
-    /// Gets a place on a worker, waiting in the queue if none is free.
-    async fn acquire(self: &Arc<Self>) -> Result<Grant<Req, Resp>, Error> {
-        if let Some(grant) = self.try_acquire()? {
-            return Ok(grant);
+    /// Gets a place on a worker, waiting in the queue if none is free. Takes
+    /// a free place when called, not when first polled.
+    fn acquire(self: &Arc<Self>) -> impl Future<Output = Result<Grant<Req, Resp>, Error>> + '_ {
+        match self.try_acquire() {
+            Ok(Some(grant)) => Either::Left(std::future::ready(Ok(grant))),
+            Ok(None) => Either::Right(Box::pin(self.queue_up())),
+            Err(e) => Either::Left(std::future::ready(Err(e))),
         }
-        Box::pin(self.queue_up()).await
     }
 
     /// Waits in the queue (after waiting for room in it, if it is bounded
@@ -708,11 +702,17 @@ where
     }
 
     /// Runs one job on one worker.
-    async fn run(self: &Arc<Self>, ctx: Context, request: Req) -> Result<Resp, RpcError> {
-        let grant = self.acquire().await.map_err(Error::into_rpc)?;
-        let result = self.call_on(&grant, ctx, request).await;
-        self.finish(grant, &result);
-        result
+    fn run(
+        self: &Arc<Self>,
+        ctx: Context,
+        request: Req,
+    ) -> impl Future<Output = Result<Resp, RpcError>> + '_ {
+        async move {
+            let grant = self.acquire().await.map_err(Error::into_rpc)?;
+            let result = self.call_on(&grant, ctx, request).await;
+            self.finish(grant, &result);
+            result
+        }
     }
 
     /// The call of a job on the worker it was granted, within the time
