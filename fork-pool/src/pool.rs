@@ -499,12 +499,12 @@ where
     type Req = Req;
     type Resp = Resp;
 
-    // A plain function returning `run`'s future, not an `async fn` around
-    // it, as `acquire` and `call_on` are: the future of a call is moved
-    // several times on its way (into the caller's future, a
-    // `FuturesUnordered`, a task), and each async fn layer would keep its own
-    // copy of the context and the request. The slow paths (queueing, a time
-    // limit, retries) are boxed for the same reason.
+    // Plain functions returning futures rather than `async fn`s, here and in
+    // `run` and `acquire`: the future of a call is moved several times on its
+    // way (into the caller's future, a `FuturesUnordered`, a task), and each
+    // async fn layer would keep its own copy of the context and the request.
+    // The slow paths (queueing, a time limit, retries) are boxed for the
+    // same reason.
     fn call(&self, ctx: Context, request: Req) -> impl Future<Output = Result<Resp, RpcError>> {
         let shared = &self.handle.shared;
         // When the call is made (tarpc's generated methods make it at once):
@@ -702,11 +702,17 @@ where
     }
 
     /// Runs one job on one worker.
-    async fn run(self: &Arc<Self>, ctx: Context, request: Req) -> Result<Resp, RpcError> {
-        let grant = self.acquire().await.map_err(Error::into_rpc)?;
-        let result = self.call_on(&grant, ctx, request).await;
-        self.finish(grant, &result);
-        result
+    fn run(
+        self: &Arc<Self>,
+        ctx: Context,
+        request: Req,
+    ) -> impl Future<Output = Result<Resp, RpcError>> + '_ {
+        async move {
+            let grant = self.acquire().await.map_err(Error::into_rpc)?;
+            let result = self.call_on(&grant, ctx, request).await;
+            self.finish(grant, &result);
+            result
+        }
     }
 
     /// The call of a job on the worker it was granted, within the time
