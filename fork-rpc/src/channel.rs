@@ -520,10 +520,9 @@ impl<Resp: Send + 'static> Shared<Resp> {
         unanswered
     }
 
-    /// Fails the waiting calls whose deadline passed; returns the earliest
-    /// deadline left, which the timer is set to.
-    fn expire(&self) -> Option<Instant> {
-        let now = Instant::now();
+    /// Fails the waiting calls whose deadline passed by `now`; returns the
+    /// earliest deadline left, which the timer is set to.
+    fn expire(&self, now: Instant) -> Option<Instant> {
         let mut wakers = Vec::new();
         let mut next: Option<Instant> = None;
         let mut st = lock(&self.state);
@@ -579,6 +578,8 @@ impl<Resp: Send + 'static> Shared<Resp> {
 /// connection does.
 async fn read_in_background<Resp: Send + 'static>(shared: Arc<Shared<Resp>>) {
     let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    // What the timer is set for.
+    let mut timer_for: Option<Instant> = None;
     // When to check on the reader next.
     let mut check: Option<Instant> = None;
     std::future::poll_fn(|cx| {
@@ -603,17 +604,32 @@ async fn read_in_background<Resp: Send + 'static>(shared: Arc<Shared<Resp>>) {
             let Some(at) = deadline.into_iter().chain(check).min() else {
                 break;
             };
-            let at = tokio::time::Instant::from_std(at);
-            let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
-            if timer.deadline() != at {
-                timer.as_mut().reset(at);
+            if timer_for != Some(at) {
+                // Deadlines are on the real clock (tarpc's); the timer is on
+                // the runtime's, which need not be the real one: tokio's
+                // paused clock in tests runs ahead of it. Set `at - now`
+                // ahead; if it fires early, it is set again for what is left,
+                // and the task yields meanwhile rather than spin.
+                let on_runtime =
+                    tokio::time::Instant::now() + at.saturating_duration_since(Instant::now());
+                match &mut timer {
+                    Some(timer) => timer.as_mut().reset(on_runtime),
+                    None => timer = Some(Box::pin(tokio::time::sleep_until(on_runtime))),
+                }
+                timer_for = Some(at);
             }
-            if timer.as_mut().poll(cx).is_pending() {
-                break;
+            if let Some(timer) = &mut timer {
+                if timer.as_mut().poll(cx).is_pending() {
+                    break;
+                }
             }
             let now = Instant::now();
+            if now < at {
+                timer_for = None;
+                continue;
+            }
             if deadline.is_some_and(|at| at <= now) {
-                deadline = shared.expire();
+                deadline = shared.expire(now);
             }
             if check.is_some_and(|at| at <= now) {
                 check = None;

@@ -612,6 +612,57 @@ fn exit_in_handler_is_a_lost_worker() -> Result<(), Failed> {
     })
 }
 
+/// On a runtime whose clock is paused and moved ahead of the real one
+/// (tokio's `start_paused` and `advance`, common in tests), deadlines still
+/// pass on the real clock (tarpc's), and the client waits for them without
+/// holding the runtime's thread: other tasks run meanwhile.
+fn calls_end_on_a_paused_clock() -> Result<(), Failed> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let result = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .map_err(fail)
+            .and_then(|rt| {
+                rt.block_on(async {
+                    let (calc, _worker) = start(Config::default()).await?;
+                    tokio::time::advance(Duration::from_secs(3600)).await;
+                    let turns = std::rc::Rc::new(Cell::new(0u64));
+                    let local = tokio::task::LocalSet::new();
+                    let counting = local.spawn_local({
+                        let turns = turns.clone();
+                        async move {
+                            loop {
+                                turns.set(turns.get() + 1);
+                                tokio::time::sleep(Duration::from_millis(1)).await;
+                            }
+                        }
+                    });
+                    let e = local
+                        .run_until(calc.slow(
+                            fork_rpc::context::with_timeout(Duration::from_millis(200)),
+                            60_000,
+                        ))
+                        .await
+                        .unwrap_err();
+                    counting.abort();
+                    ensure!(
+                        matches!(e, RpcError::DeadlineExceeded),
+                        "slow(60 s) gave {e:?}"
+                    );
+                    ensure!(turns.get() > 1, "no other task ran while the call waited");
+                    let sum = calc.add(context::current(), 1, 2).await.map_err(fail)?;
+                    ensure!(sum == 3, "add(1, 2) returned {sum}");
+                    Ok(())
+                })
+            });
+        let _ = tx.send(result);
+    });
+    rx.recv_timeout(Duration::from_secs(10))
+        .map_err(|_| "the calls did not end within 10 s on a paused clock")?
+}
+
 fn deadlines_per_client_and_per_call() -> Result<(), Failed> {
     block_on(async {
         let (calc, _worker) =
@@ -871,6 +922,7 @@ fn main() {
             "exit_in_handler_is_a_lost_worker",
             exit_in_handler_is_a_lost_worker,
         ),
+        ("calls_end_on_a_paused_clock", calls_end_on_a_paused_clock),
         (
             "deadlines_per_client_and_per_call",
             deadlines_per_client_and_per_call,
