@@ -1242,7 +1242,11 @@ where
         }
         match decision.wake_at {
             Some(at) => {
-                let _ = tokio::time::timeout_at(at.into(), shared.wake.notified()).await;
+                // The time left on the real clock, waited on the runtime's:
+                // on a paused tokio clock moved ahead (tests), `at` itself is
+                // past there, and the loop would turn without waiting.
+                let left = at.saturating_duration_since(Instant::now());
+                let _ = tokio::time::timeout(left, shared.wake.notified()).await;
             }
             None => shared.wake.notified().await,
         }
