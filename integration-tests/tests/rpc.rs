@@ -699,6 +699,52 @@ fn descriptors_reach_a_running_worker() -> Result<(), Failed> {
     })
 }
 
+/// Requests and replies of megabytes, several in flight each way at once:
+/// both sides' sockets fill, and writers wait for room while they keep
+/// reading. Nothing is left open in the worker afterwards.
+fn large_messages_both_ways_at_once() -> Result<(), Failed> {
+    block_on(async {
+        const LEN: usize = 3 << 20;
+        let (calc, worker) = start(Config::default().concurrent(4)).await?;
+        let before = integration_tests::fds_of(worker.id()).map_err(fail)?;
+        let echoes = (0..6u8).map(|i| {
+            let s = char::from(b'a' + i).to_string().repeat(LEN);
+            let calc = &calc;
+            async move {
+                let back = calc.echo(context::current(), s.clone()).await?;
+                Ok::<bool, RpcError>(back == s)
+            }
+        });
+        let bigs = (0..3).map(|_| calc.big(context::current(), LEN as u64));
+        let both = async {
+            tokio::try_join!(
+                futures::future::try_join_all(echoes),
+                futures::future::try_join_all(bigs)
+            )
+        };
+        let (echoed, bigs) = tokio::time::timeout(Duration::from_secs(30), both)
+            .await
+            .map_err(|_| "the transfers hung")?
+            .map_err(fail)?;
+        ensure!(
+            echoed.iter().all(|&same| same),
+            "echoes came back changed: {echoed:?}"
+        );
+        ensure!(
+            bigs.iter()
+                .all(|s| s.len() == LEN && s.bytes().all(|b| b == b'y')),
+            "big replies of {:?} bytes",
+            bigs.iter().map(String::len).collect::<Vec<_>>()
+        );
+        let after = integration_tests::fds_of(worker.id()).map_err(fail)?;
+        ensure!(
+            before == after,
+            "the worker's descriptors were {before:?}, then {after:?}"
+        );
+        Ok(())
+    })
+}
+
 fn oversized_request_is_an_error() -> Result<(), Failed> {
     block_on(async {
         let (calc, _worker) = start(Config::default().max_frame(1024)).await?;
@@ -930,6 +976,10 @@ fn main() {
         (
             "descriptors_reach_a_running_worker",
             descriptors_reach_a_running_worker,
+        ),
+        (
+            "large_messages_both_ways_at_once",
+            large_messages_both_ways_at_once,
         ),
         (
             "oversized_request_is_an_error",
