@@ -275,6 +275,11 @@ where
         .build()?;
     let _guard = rt.enter();
     socket.set_nonblocking(true)?;
+    // Registered for writability too, though the worker rarely waits to
+    // write: the parent reading replies then reports room here, which wakes
+    // an idle worker just before the parent's next requests arrive, so it
+    // is up when they do. A pool at load 2 does twice the jobs per second
+    // with it on these machines (see the book's RPC performance chapter).
     let mut stream = tokio::net::UnixStream::from_std(socket)?;
     let side = std::os::unix::net::UnixDatagram::from(side);
     side.set_nonblocking(true)?;
