@@ -6,6 +6,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use fork_rpc::context::{FOREVER, after};
 use futures::future::Either;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -236,9 +237,11 @@ fn pick_jitter(rng: &mut u64, jitter: u64, taken: impl Fn(u64) -> bool) -> u64 {
     if jitter == 0 {
         return 0;
     }
-    let start = splitmix(rng) % (jitter + 1);
+    // `0..=u64::MAX` is every value.
+    let within = |x: u64| jitter.checked_add(1).map_or(x, |n| x % n);
+    let start = within(splitmix(rng));
     (0..=jitter.min(4096))
-        .map(|i| (start + i) % (jitter + 1))
+        .map(|i| within(start.wrapping_add(i)))
         .find(|&e| !taken(e))
         .unwrap_or(start)
 }
@@ -817,7 +820,9 @@ where
             // would look before its `stop` is due.
             let may_grow = st.members.len() + st.starting < self.knobs.max;
             let timer_needed = turned_idle
-                && st.next_wake.is_none_or(|at| at > now() + self.config.stop)
+                && st
+                    .next_wake
+                    .is_none_or(|at| at > after(now(), self.config.stop))
                 && st.members.iter().filter(|m| m.load == 0).count() > self.knobs.idle;
             if leaving.is_some() || (!st.queue.is_empty() && may_grow) || timer_needed {
                 self.wake.notify_one();
@@ -1009,7 +1014,7 @@ where
     }
 
     async fn shutdown(self: &Arc<Self>) {
-        let deadline = tokio::time::Instant::now() + self.config.shutdown_timeout;
+        let deadline = tokio::time::Instant::now() + self.config.shutdown_timeout.min(FOREVER);
         {
             let mut st = self.lock();
             if st.finished {
@@ -1270,6 +1275,9 @@ mod tests {
         // More workers than values: repeats are unavoidable but stay in range.
         assert!(pick_jitter(&mut rng, 4, |e| taken.contains(&e)) <= 4);
         assert_eq!(pick_jitter(&mut rng, 0, |_| false), 0);
+        // Any value is within the widest jitter.
+        let e = pick_jitter(&mut rng, u64::MAX, |e| e == 0);
+        assert_ne!(e, 0);
     }
 
     #[test]

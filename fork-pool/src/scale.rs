@@ -3,6 +3,8 @@
 
 use std::time::{Duration, Instant};
 
+use fork_rpc::context::after;
+
 /// The knobs the policy reads (a subset of [`Config`](crate::Config)).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Knobs {
@@ -72,7 +74,7 @@ pub(crate) fn decide(k: &Knobs, s: &Snapshot, now: Instant) -> Decision {
         want = want.max(k.idle.saturating_sub(s.idle.len() + s.starting));
     }
     // Cover the backlog.
-    let uncovered = s.queued.saturating_sub(s.starting * load);
+    let uncovered = s.queued.saturating_sub(s.starting.saturating_mul(load));
     if uncovered > 0 {
         if k.start.is_zero() {
             want = want.max(uncovered.div_ceil(load));
@@ -80,8 +82,8 @@ pub(crate) fn decide(k: &Knobs, s: &Snapshot, now: Instant) -> Decision {
             // No worker at all: start the first one at once, as the original.
             want = want.max(1);
         } else if let Some(oldest) = s.oldest_queued {
-            let due_by_wait = oldest + k.start;
-            let due_by_rate = s.last_spawn.map_or(now, |t| t + k.start);
+            let due_by_wait = after(oldest, k.start);
+            let due_by_rate = s.last_spawn.map_or(now, |t| after(t, k.start));
             let due = due_by_wait.max(due_by_rate);
             if due <= now {
                 want = want.max(1);
@@ -104,7 +106,7 @@ pub(crate) fn decide(k: &Knobs, s: &Snapshot, now: Instant) -> Decision {
         idle.sort_by_key(|&(_, since)| since);
         let excess = idle.len() - k.idle;
         for &(id, since) in idle.iter().take(excess) {
-            let due = since + k.stop;
+            let due = after(since, k.stop);
             if due <= now {
                 d.stop.push(id);
             } else {
@@ -304,5 +306,46 @@ mod tests {
         tokio::time::advance(Duration::from_secs(1)).await;
         let t1 = tokio::time::Instant::now().into_std();
         assert_eq!(decide(&k, &s, t1).spawn, 1);
+    }
+
+    #[test]
+    fn knobs_at_their_limits_mean_never_and_do_not_overflow() {
+        let now = Instant::now();
+        let k = Knobs {
+            max: 4,
+            idle: 1,
+            load: usize::MAX,
+            start: Duration::MAX,
+            stop: Duration::MAX,
+        };
+        // Workers starting at an unbounded load cover any backlog.
+        let s = Snapshot {
+            queued: 10,
+            oldest_queued: Some(now),
+            starting: 2,
+            ..Snapshot::default()
+        };
+        assert_eq!(decide(&k, &s, now).spawn, 0);
+        // A backlog with a worker ready: the next one is due in "never".
+        let s = Snapshot {
+            queued: 10,
+            oldest_queued: Some(now),
+            busy: 1,
+            last_spawn: Some(now),
+            ..Snapshot::default()
+        };
+        let d = decide(&k, &s, now);
+        assert_eq!(d.spawn, 0);
+        assert!(
+            d.wake_at
+                .is_some_and(|at| at > now + Duration::from_secs(3600 * 24 * 365))
+        );
+        // Idle workers beyond `idle` are never stopped.
+        let s = Snapshot {
+            idle: vec![(1, now), (2, now)],
+            ..Snapshot::default()
+        };
+        let d = decide(&k, &s, now);
+        assert!(d.stop.is_empty());
     }
 }

@@ -47,8 +47,9 @@ pub struct Config {
     /// Deadline given to calls made with tarpc's implicit default context
     /// (`tarpc::context::current()`, which expires after 10 s). `None` keeps
     /// tarpc's 10 s. A context counts as implicit when its deadline lies
-    /// between 9.5 and 10 s ahead; see [`crate::context`]. The default is
-    /// `None`.
+    /// between 9.5 and 10 s ahead; see [`crate::context`]. `Duration::MAX`
+    /// means no limit (a century, [`FOREVER`](crate::context::FOREVER)). The
+    /// default is `None`.
     pub default_timeout: Option<Duration>,
     /// Kept for compatibility with tarpc's client configuration; fork-rpc's
     /// client writes each request at once and buffers none. The default is

@@ -29,8 +29,18 @@ pub const IMPLICIT_WINDOW: Duration = Duration::from_millis(500);
 /// A context whose deadline is `timeout` from now (a per-call override).
 pub fn with_timeout(timeout: Duration) -> Context {
     let mut ctx = tarpc::context::current();
-    ctx.deadline = Instant::now() + timeout;
+    ctx.deadline = after(Instant::now(), timeout);
     ctx
+}
+
+/// A century: the longest timeout kept as given. A longer one (up to
+/// `Duration::MAX`, "no limit") is taken as this, rather than overflow the
+/// clock.
+pub const FOREVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// `now + timeout`, with timeouts beyond [`FOREVER`] taken as that.
+pub fn after(now: Instant, timeout: Duration) -> Instant {
+    now + timeout.min(FOREVER)
 }
 
 /// Applies a client's default timeout to `ctx` if it carries tarpc's
@@ -40,7 +50,7 @@ pub fn with_timeout(timeout: Duration) -> Context {
 pub fn apply_default(mut ctx: Context, default_timeout: Option<Duration>) -> Context {
     if let Some(timeout) = default_timeout {
         if is_implicit(&ctx) {
-            ctx.deadline = Instant::now() + timeout;
+            ctx.deadline = after(Instant::now(), timeout);
         }
     }
     ctx

@@ -612,6 +612,47 @@ fn bounded_queue_waits_or_fails() -> Result<(), Failed> {
     })
 }
 
+/// Every knob at its limit ("no limit"): calls are served, a killed worker
+/// is replaced, and shutdown ends, with no overflow on the way.
+fn knobs_at_their_limits() -> Result<(), Failed> {
+    block_on(async {
+        let t = template().await?;
+        let pool = pool_on(&t)
+            .idle(2)
+            .max(3)
+            .load(usize::MAX)
+            .start(Duration::MAX)
+            .stop(Duration::MAX)
+            .max_requests(u64::MAX, Some(u64::MAX))
+            .job_timeout(Duration::MAX)
+            .kill_grace(Duration::MAX)
+            .shutdown_timeout(Duration::MAX)
+            .rpc(fork_rpc::Config::default().default_timeout(Duration::MAX))
+            .build();
+        let client = Client::from(pool.clone());
+        let run = async {
+            let victim = client.pid(context::current()).await.map_err(fail)?;
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(victim as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            )
+            .map_err(fail)?;
+            all_exit([victim]).await?;
+            let next = client
+                .pid(fork_rpc::context::with_timeout(Duration::MAX))
+                .await
+                .map_err(fail)?;
+            ensure!(next != victim, "a job ran on the killed worker");
+            let pids = pool.worker_pids();
+            pool.shutdown().await;
+            all_exit(pids).await
+        };
+        tokio::time::timeout(Duration::from_secs(20), run)
+            .await
+            .map_err(|_| "the pool hung")?
+    })
+}
+
 fn dropping_the_pool_shuts_it_down() -> Result<(), Failed> {
     block_on(async {
         let t = template().await?;
@@ -786,6 +827,7 @@ fn main() {
             shutdown_drains_and_leaves_nothing,
         ),
         ("bounded_queue_waits_or_fails", bounded_queue_waits_or_fails),
+        ("knobs_at_their_limits", knobs_at_their_limits),
         (
             "dropping_the_pool_shuts_it_down",
             dropping_the_pool_shuts_it_down,
