@@ -16,7 +16,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tarpc::client::RpcError;
 use tarpc::client::stub::Stub;
-use tarpc::{RequestName, Response};
+use tarpc::{RequestName, Response, ServerError};
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
@@ -101,9 +101,7 @@ where
         },
         codec,
     )
-    .map(move |frame| {
-        frame.and_then(|bytes| codec::decode::<WorkerMsg<Resp>>(format, limit, &bytes))
-    });
+    .map(move |frame| frame.and_then(|bytes| decode_reply(format, limit, &bytes)));
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let untaken = Arc::new(UntakenEvents::default());
     let demux = Demux {
@@ -243,6 +241,14 @@ impl<Req, Resp> Client<Req, Resp> {
     /// calls, and drop the clients once pending calls are answered.
     pub fn retire_requested(&self) -> bool {
         *self.lost.retire.borrow()
+    }
+
+    /// Whether the connection has ended: the worker closed it or went away,
+    /// or sent what cannot be read. Every call fails from then on; a worker
+    /// that sent bad bytes may still be running (end it with
+    /// [`RpcWorker::kill`]).
+    pub fn is_closed(&self) -> bool {
+        self.lost.end().is_some()
     }
 
     /// Resolves when the worker asks to be retired (never, if it does not).
@@ -511,6 +517,26 @@ where
             }
         }
     }
+}
+
+/// Decodes a frame from the worker. A reply whose value does not decode (a
+/// type that encodes but cannot come back, such as a NaN in JSON) becomes an
+/// error reply to its call: the frame was whole, so the connection goes on.
+fn decode_reply<Resp: DeserializeOwned>(
+    format: Format,
+    limit: u64,
+    bytes: &[u8],
+) -> io::Result<WorkerMsg<Resp>> {
+    codec::decode(format, limit, bytes).or_else(|e| match codec::reply_id(format, limit, bytes) {
+        Some(request_id) => Ok(WorkerMsg::Reply(Response {
+            request_id,
+            message: Err(ServerError::new(
+                io::ErrorKind::InvalidData,
+                format!("the worker's reply could not be decoded: {e}"),
+            )),
+        })),
+        None => Err(e),
+    })
 }
 
 /// The worker's socket, noting in [`Lost`] when the worker closed it (or

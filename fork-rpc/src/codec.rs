@@ -44,6 +44,31 @@ pub(crate) fn decode<T: DeserializeOwned>(
     }
 }
 
+/// The request id of a frame that starts as a reply (a
+/// [`WorkerMsg::Reply`](crate::message::WorkerMsg)), whatever follows it: a
+/// reply whose value does not decode then fails its own call, not the
+/// connection.
+pub(crate) fn reply_id(format: Format, limit: u64, bytes: &[u8]) -> Option<u64> {
+    /// The start of a `WorkerMsg::Reply`: its variant, then the first field
+    /// of tarpc's `Response`.
+    #[derive(serde::Deserialize)]
+    enum Head {
+        Reply(ReplyHead),
+    }
+    #[derive(serde::Deserialize)]
+    struct ReplyHead {
+        request_id: u64,
+    }
+    let head = match format {
+        Format::Bincode => bincode_options(limit)
+            .allow_trailing_bytes()
+            .deserialize(bytes)
+            .ok(),
+        Format::Json => serde_json::from_slice(bytes).ok(),
+    };
+    head.map(|Head::Reply(r)| r.request_id)
+}
+
 /// Appends one value to `out` as a frame: its length (`u32`, big-endian, as
 /// `LengthDelimitedCodec` writes it), then the value encoded in `format`.
 /// Encodes in one pass and stops as soon as the frame exceeds `limit` bytes.

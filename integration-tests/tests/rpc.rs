@@ -19,6 +19,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 #[tarpc::service]
 trait Calc {
     async fn add(a: i64, b: i64) -> i64;
+    async fn ratio(a: f64, b: f64) -> f64;
     async fn echo(s: String) -> String;
     /// A reply of `n` bytes.
     async fn big(n: u64) -> String;
@@ -52,6 +53,10 @@ struct CalcServer {
 impl Calc for CalcServer {
     async fn add(self, _: context::Context, a: i64, b: i64) -> i64 {
         a + b
+    }
+
+    async fn ratio(self, _: context::Context, a: f64, b: f64) -> f64 {
+        a / b
     }
 
     async fn echo(self, _: context::Context, s: String) -> String {
@@ -844,6 +849,28 @@ fn cancelled_call_stops_its_handler() -> Result<(), Failed> {
     })
 }
 
+/// A reply that encodes but does not decode (JSON writes a NaN as `null`)
+/// fails its own call; the connection and the worker go on.
+fn undecodable_reply_fails_its_call_only() -> Result<(), Failed> {
+    block_on(async {
+        let (calc, mut worker) = start(Config::default().format(Format::Json)).await?;
+        let e = calc.ratio(context::current(), 0.0, 0.0).await.unwrap_err();
+        ensure!(
+            matches!(&e, RpcError::Server(e) if e.detail.contains("could not be decoded")),
+            "a NaN reply gave {e:?}"
+        );
+        let half = calc
+            .ratio(context::current(), 1.0, 2.0)
+            .await
+            .map_err(fail)?;
+        ensure!(half == 0.5, "1 / 2 = {half}");
+        drop(calc);
+        let status = worker.wait().await.map_err(fail)?;
+        ensure!(status.success(), "the worker exited with {status}");
+        Ok(())
+    })
+}
+
 fn oversized_reply_is_an_error_reply() -> Result<(), Failed> {
     block_on(async {
         let (calc, _worker) = start(Config::default().max_frame(1024)).await?;
@@ -996,6 +1023,10 @@ fn main() {
         (
             "cancelled_call_stops_its_handler",
             cancelled_call_stops_its_handler,
+        ),
+        (
+            "undecodable_reply_fails_its_call_only",
+            undecodable_reply_fails_its_call_only,
         ),
         (
             "oversized_reply_is_an_error_reply",
