@@ -107,7 +107,8 @@ pub struct Stats {
     /// Workers that left because of `max_requests`, `max_rss`, `stop` or
     /// their own `retire()`.
     pub recycled: u64,
-    /// Workers that died unexpectedly (killed, panicked, exited).
+    /// Workers that died unexpectedly (killed, panicked, exited), or that
+    /// sent what cannot be read (the pool then kills them).
     pub crashed: u64,
     /// Jobs that exceeded `job_timeout` (their workers were killed).
     pub timed_out: u64,
@@ -745,6 +746,13 @@ where
             Err(e) => {
                 if let Some(lost) = fork_rpc::WorkerLost::find(e) {
                     self.lost(grant.slot.id, lost);
+                } else if grant.client.is_closed() {
+                    // It sent what cannot be read: it serves nothing more.
+                    let mut st = self.lock();
+                    st.stats.crashed += 1;
+                    if let Some(pid) = self.kill(st, grant.slot.id) {
+                        tracing::warn!(pid, error = %e, "worker's connection broke; killing it");
+                    }
                 }
             }
         }
@@ -905,15 +913,21 @@ where
     fn timed_out(self: &Arc<Self>, id: u64) {
         let mut st = self.lock();
         st.stats.timed_out += 1;
-        let Some(i) = st.members.iter().position(|m| m.id == id) else {
-            return;
-        };
+        if let Some(pid) = self.kill(st, id) {
+            tracing::warn!(pid, limit = ?self.config.job_timeout, "job timed out; killing its worker");
+        }
+    }
+
+    /// Takes worker `id` out, if it is still in, and ends it: `SIGTERM`,
+    /// then `SIGKILL` after the grace period. Its pid, if it was in.
+    fn kill(self: &Arc<Self>, mut st: MutexGuard<'_, State<Req, Resp>>, id: u64) -> Option<u32> {
+        let i = st.members.iter().position(|m| m.id == id)?;
         let m = st.members.remove(i);
         self.wake.notify_one();
         self.changed.notify_waiters();
         drop(st);
-        tracing::warn!(pid = m.pid, limit = ?self.config.job_timeout, "job timed out; killing its worker");
         terminate(m.process, self.config.kill_grace);
+        Some(m.pid)
     }
 
     fn snapshot(&self, st: &State<Req, Resp>) -> Snapshot {

@@ -109,6 +109,21 @@ static JOB: RpcEntry<JobRequest, JobResponse> = fork_rpc::entry!(job);
 
 type Client = JobClient<Pool<JobRequest, JobResponse>>;
 
+/// A worker that says it is ready, answers its first request with a frame
+/// that is no message at all, then waits for the parent to close.
+fn garbling_worker(ctx: fork_core::Context) -> i32 {
+    use std::io::{Read, Write};
+    let mut socket = ctx.socket();
+    let mut buf = [0u8; 1024];
+    let garbled = socket.write_all(&[0, 0, 0, 0, 0]).is_ok()
+        && matches!(socket.read(&mut buf), Ok(n) if n > 0)
+        && socket.write_all(&[0, 0, 0, 3, 0xff, 0xff, 0xff]).is_ok();
+    while garbled && matches!(socket.read(&mut buf), Ok(n) if n > 0) {}
+    0
+}
+static GARBLING: RpcEntry<JobRequest, JobResponse> =
+    RpcEntry::from_entry(fork_core::entry!(garbling_worker));
+
 fn pool_on(template: &Template) -> fork_pool::Builder<JobRequest, JobResponse, ()> {
     Pool::builder(template.clone(), &JOB)
 }
@@ -417,6 +432,32 @@ fn crashed_workers_are_replaced_and_queued_jobs_kept() -> Result<(), Failed> {
         }
         let stats = pool.stats();
         ensure!(stats.crashed == 1 && stats.spawned == 2, "{stats:?}");
+        pool.shutdown().await;
+        Ok(())
+    })
+}
+
+/// A worker whose connection breaks on bad bytes is killed and replaced,
+/// not kept to fail every later job.
+fn a_worker_that_breaks_its_connection_is_replaced() -> Result<(), Failed> {
+    block_on(async {
+        let t = template().await?;
+        let pool = Pool::builder(t.clone(), &GARBLING).idle(1).max(1).build();
+        pool.wait_until(|s| s.idle == 1).await;
+        let first = pool.worker_pids();
+        let client = Client::from(pool.clone());
+        let e = client.pid(context::current()).await.unwrap_err();
+        ensure!(
+            matches!(e, RpcError::Channel(_)),
+            "a garbled reply gave {e:?}"
+        );
+        all_exit(first.clone()).await?;
+        let stats = pool.wait_until(|s| s.spawned == 2 && s.idle == 1).await;
+        ensure!(stats.crashed == 1, "{stats:?}");
+        ensure!(
+            pool.worker_pids() != first,
+            "the broken worker is still in the pool"
+        );
         pool.shutdown().await;
         Ok(())
     })
@@ -809,6 +850,10 @@ fn main() {
         (
             "crashed_workers_are_replaced_and_queued_jobs_kept",
             crashed_workers_are_replaced_and_queued_jobs_kept,
+        ),
+        (
+            "a_worker_that_breaks_its_connection_is_replaced",
+            a_worker_that_breaks_its_connection_is_replaced,
         ),
         (
             "idempotent_jobs_are_retried_once",
