@@ -173,6 +173,15 @@ impl WorkerHandle {
         self.template.conn().signal(self.pid as i32, signal)
     }
 
+    /// Sends `SIGKILL` without waiting, as [`Worker::start_kill`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Worker::signal`].
+    pub fn start_kill(&self) -> Result<()> {
+        self.signal(libc::SIGKILL)
+    }
+
     /// Waits for the worker to exit, as [`Worker::wait`].
     ///
     /// # Errors

@@ -44,6 +44,8 @@ const STATUS_GRACE: Duration = Duration::from_secs(2);
 ///
 /// [`Error::Core`] if the fork fails, [`Error::Init`] with the message of a
 /// failing init hook, [`Error::Lost`] if the worker dies before it serves.
+/// A worker that does not serve is killed, also when the returned future is
+/// dropped while its init hook runs (as by a timeout).
 ///
 /// # Panics
 ///
@@ -65,6 +67,9 @@ where
         .arg_bytes(config_bytes)
         .run(entry.entry())
         .await?;
+    // Until it serves, a worker this call gives up on (an error, or the call
+    // dropped while the init hook runs) is killed, not left behind.
+    let mut unready = KillUnlessReady(Some(worker.handle()));
     drop(side_theirs);
     let mut stream = worker
         .take_stream()
@@ -136,7 +141,19 @@ where
         }),
         fds: tokio::net::UnixDatagram::from_std(side)?,
     };
+    unready.0 = None;
     Ok((client, worker))
+}
+
+/// Kills a worker, unless disarmed, when dropped.
+struct KillUnlessReady(Option<fork_core::WorkerHandle>);
+
+impl Drop for KillUnlessReady {
+    fn drop(&mut self) {
+        if let Some(worker) = self.0.take() {
+            let _ = worker.start_kill();
+        }
+    }
 }
 
 async fn handshake(stream: &mut tokio::net::UnixStream) -> Result<()> {

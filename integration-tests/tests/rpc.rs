@@ -136,6 +136,14 @@ impl Calc for CalcServer {
 fn calc(setup: &mut Setup<Event>) -> Result<ServeCalc<CalcServer>, String> {
     match setup.arg::<String>(0).ok().as_deref() {
         Some("fail") => return Err("the dictionary is missing".into()),
+        Some("hang") => {
+            // Tells its pid on the descriptor, then never returns.
+            let mut pipe = std::fs::File::from(setup.take_fds().pop().ok_or("no fd")?);
+            let _ = pipe.write_all(&std::process::id().to_le_bytes());
+            loop {
+                std::thread::park();
+            }
+        }
         Some("done-to-fd") => {
             let mut pipe = std::fs::File::from(setup.take_fds().pop().ok_or("no fd")?);
             setup.on_done(move || {
@@ -508,6 +516,36 @@ fn init_failure_is_the_spawn_error() -> Result<(), Failed> {
             matches!(&e, fork_rpc::Error::Init(m) if m == "the dictionary is missing"),
             "spawn gave {e:?}"
         );
+        Ok(())
+    })
+}
+
+/// A spawn given up on while the worker's init hook runs (dropped, as by a
+/// timeout) kills the worker.
+fn abandoned_spawn_kills_the_worker() -> Result<(), Failed> {
+    block_on(async {
+        let t = Template::shared().map_err(fail)?;
+        let (pid_r, pid_w) = std::io::pipe().map_err(fail)?;
+        let mut fork = t.fork();
+        fork.arg("hang").fd(&pid_w);
+        let config = Config::default();
+        let spawn = fork_rpc::spawn(&mut fork, &CALC, &config);
+        let read_pid = tokio::task::spawn_blocking(move || {
+            let mut pid = [0u8; 4];
+            std::io::Read::read_exact(&mut &pid_r, &mut pid).map(|()| u32::from_le_bytes(pid))
+        });
+        let pid = tokio::select! {
+            spawned = spawn => return Err(format!("spawn returned {:?}", spawned.map(drop)).into()),
+            pid = read_pid => pid.map_err(fail)?.map_err(fail)?,
+        };
+        drop(pid_w);
+        let gone = tokio::task::spawn_blocking(move || {
+            fork_core::testing::wait_exit(pid, Duration::from_secs(10))
+        })
+        .await
+        .map_err(fail)?
+        .map_err(fail)?;
+        ensure!(gone, "the worker {pid} outlived its abandoned spawn");
         Ok(())
     })
 }
@@ -978,6 +1016,10 @@ fn main() {
         (
             "init_failure_is_the_spawn_error",
             init_failure_is_the_spawn_error,
+        ),
+        (
+            "abandoned_spawn_kills_the_worker",
+            abandoned_spawn_kills_the_worker,
         ),
         (
             "graceful_close_finishes_everything",
