@@ -72,7 +72,9 @@ pub struct Config {
     /// worker, and at shutdown. The default is 1 s.
     pub kill_grace: Duration,
     /// How long [`Pool::shutdown`](crate::Pool::shutdown) waits for queued
-    /// and running jobs before it kills the workers. The default is 30 s.
+    /// and running jobs before it kills the workers, and for workers still
+    /// starting (an init hook that hangs) before it gives up on them and
+    /// kills them. The default is 30 s.
     pub shutdown_timeout: Duration,
     /// The RPC configuration of every worker (mode, format, frame limit,
     /// deadlines). The default is `fork_rpc::Config::default()`.

@@ -130,6 +130,9 @@ struct Shared<Req, Resp, Ev> {
     wake: Notify,
     /// Signals progress to `shutdown` (a job finished, a worker left).
     changed: Notify,
+    /// Set by `shutdown` past its deadline: workers still starting (an init
+    /// hook that hangs) are given up on, and killed.
+    abandon: tokio::sync::watch::Sender<bool>,
     /// Room in a bounded queue.
     queue_room: Option<Arc<Semaphore>>,
     events_tx: mpsc::UnboundedSender<(u32, fork_rpc::Result<Ev>)>,
@@ -390,6 +393,7 @@ where
             }),
             wake: Notify::new(),
             changed: Notify::new(),
+            abandon: tokio::sync::watch::Sender::new(false),
             events_tx,
             events_rx: Mutex::new(Some(events_rx)),
             events_taken: std::sync::atomic::AtomicBool::new(false),
@@ -951,8 +955,18 @@ where
 
     /// Starts one worker; on success it joins the pool and takes queued jobs.
     async fn spawn_worker(self: Arc<Self>) {
-        let result =
-            fork_rpc::spawn(&mut self.template.fork(), &self.entry, &self.config.rpc).await;
+        let mut abandon = self.abandon.subscribe();
+        let mut fork = self.template.fork();
+        let result = tokio::select! {
+            result = fork_rpc::spawn(&mut fork, &self.entry, &self.config.rpc) => result,
+            // Dropping the start kills the worker.
+            _ = abandon.wait_for(|given_up| *given_up) => {
+                self.lock().starting -= 1;
+                self.changed.notify_waiters();
+                tracing::warn!("gave up on a worker still starting at shutdown");
+                return;
+            }
+        };
         let mut st = self.lock();
         if st.closed && st.finished {
             if let Ok((client, worker)) = result {
@@ -1085,7 +1099,8 @@ where
             }
         }
         // Workers still starting are killed as they arrive (`finished`); wait
-        // for them so that none outlives the shutdown.
+        // for them so that none outlives the shutdown, and past the deadline
+        // give up on them (they are killed too).
         loop {
             let changed = self.changed.notified();
             tokio::pin!(changed);
@@ -1093,7 +1108,11 @@ where
             if self.lock().starting == 0 {
                 break;
             }
-            changed.await;
+            if *self.abandon.borrow() {
+                changed.await;
+            } else if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                self.abandon.send_replace(true);
+            }
         }
         tracing::debug!("pool shut down");
     }

@@ -99,6 +99,16 @@ fn job(setup: &mut Setup<()>) -> Result<ServeJob<JobServer>, String> {
     if arg == "fail" {
         return Err("cannot start: no database".into());
     }
+    if arg == "hang" {
+        // Says so on the descriptor given to the template, then never
+        // returns (a connection that never answers).
+        if let Some(fd) = setup.take_fds().pop() {
+            let _ = std::io::Write::write_all(&mut std::fs::File::from(fd), b"h");
+        }
+        loop {
+            std::thread::park();
+        }
+    }
     Ok(JobServer {
         events: setup.events(),
         arg,
@@ -522,6 +532,35 @@ fn failing_init_backs_off_and_reaches_callers() -> Result<(), Failed> {
     })
 }
 
+/// A worker whose init hook never returns holds shutdown up only until its
+/// timeout, and is killed.
+fn shutdown_gives_up_on_a_hung_start() -> Result<(), Failed> {
+    block_on(async {
+        let t = template().await?;
+        let (mut hung_r, hung_w) = std::io::pipe().map_err(fail)?;
+        t.arg("hang");
+        t.fd(&hung_w);
+        drop(hung_w);
+        let pool = pool_on(&t)
+            .idle(1)
+            .shutdown_timeout(Duration::from_millis(200))
+            .build();
+        tokio::task::spawn_blocking(move || std::io::Read::read_exact(&mut hung_r, &mut [0]))
+            .await
+            .map_err(fail)?
+            .map_err(fail)?;
+        let workers = children_of(t.id()).map_err(fail)?;
+        ensure!(workers.len() == 1, "workers {workers:?}");
+        tokio::time::timeout(Duration::from_secs(10), pool.shutdown())
+            .await
+            .map_err(|_| "shutdown hung")?;
+        all_exit(workers).await?;
+        let stats = pool.stats();
+        ensure!(stats.starting == 0 && stats.spawned == 0, "{stats:?}");
+        Ok(())
+    })
+}
+
 fn job_timeout_kills_the_stuck_worker() -> Result<(), Failed> {
     block_on(async {
         let t = template().await?;
@@ -678,7 +717,7 @@ fn knobs_at_their_limits() -> Result<(), Failed> {
                 nix::sys::signal::Signal::SIGKILL,
             )
             .map_err(fail)?;
-            all_exit([victim]).await?;
+            pool.wait_until(|s| s.crashed == 1).await;
             let next = client
                 .pid(fork_rpc::context::with_timeout(Duration::MAX))
                 .await
@@ -862,6 +901,10 @@ fn main() {
         (
             "failing_init_backs_off_and_reaches_callers",
             failing_init_backs_off_and_reaches_callers,
+        ),
+        (
+            "shutdown_gives_up_on_a_hung_start",
+            shutdown_gives_up_on_a_hung_start,
         ),
         (
             "job_timeout_kills_the_stuck_worker",
