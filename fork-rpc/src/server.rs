@@ -618,7 +618,19 @@ where
                 break;
             }
             let frame = &self.input[4..4 + len];
-            let message = codec::decode::<ClientMessage<S::Req>>(self.format, self.limit(), frame);
+            // Decoding can panic on what the parent sent: tarpc adds the
+            // deadline it reads to the clock, which overflows on an absurd
+            // one.
+            let (format, limit) = (self.format, self.limit());
+            let message = panic::catch_unwind(|| {
+                codec::decode::<ClientMessage<S::Req>>(format, limit, frame)
+            })
+            .unwrap_or_else(|panic| {
+                Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    fork_core::__private::panic_message(&*panic),
+                ))
+            });
             self.input.advance(4 + len);
             self.receive(message?);
         }

@@ -985,6 +985,50 @@ fn worker_protocol_by_hand() -> Result<(), Failed> {
     })
 }
 
+/// A request whose deadline is absurdly far (it overflows the worker's
+/// clock) ends the connection as bad input, after the requests before it are
+/// answered; the worker does not panic.
+fn absurd_deadline_from_the_parent_is_bad_input() -> Result<(), Failed> {
+    /// tarpc's `ClientMessage::Request`, with the deadline as it travels.
+    #[derive(Serialize)]
+    enum Message {
+        Request {
+            context: (Duration, tarpc::trace::Context),
+            id: u64,
+            message: CalcRequest,
+        },
+    }
+    block_on(async {
+        let (mut stream, mut worker) = raw_worker(&Config::default()).await?;
+        let mut out = Vec::new();
+        push_request(
+            &mut out,
+            1,
+            Duration::from_secs(60),
+            CalcRequest::Add { a: 1, b: 2 },
+        );
+        push_frame(
+            &mut out,
+            &Message::Request {
+                context: (Duration::MAX, Default::default()),
+                id: 2,
+                message: CalcRequest::Add { a: 2, b: 2 },
+            },
+        );
+        stream.write_all(&out).await.map_err(fail)?;
+        ensure!(
+            matches!(expect_reply(&mut stream, 1).await?, CalcResponse::Add(3)),
+            "reply 1"
+        );
+        if let Some(msg) = read_msg(&mut stream).await? {
+            return Err(format!("unexpected {msg:?}").into());
+        }
+        let status = worker.wait().await.map_err(fail)?;
+        ensure!(status.code() == Some(1), "worker exited with {status}");
+        Ok(())
+    })
+}
+
 fn main() {
     fork_core::init();
     integration_tests::run(&[
@@ -1075,5 +1119,9 @@ fn main() {
             oversized_reply_is_an_error_reply,
         ),
         ("worker_protocol_by_hand", worker_protocol_by_hand),
+        (
+            "absurd_deadline_from_the_parent_is_bad_input",
+            absurd_deadline_from_the_parent_is_bad_input,
+        ),
     ]);
 }
