@@ -41,7 +41,9 @@ pub struct Config {
     /// Shorter frees memory sooner; longer avoids re-forking for the next
     /// burst. The default is 10 s.
     pub stop: Duration,
-    /// Most jobs waiting in the pool's queue; `None` is unbounded. The
+    /// Most jobs waiting in the pool's queue; `None` is unbounded. At least
+    /// 1 (0 is taken as 1): the pool grows for jobs that wait, so with no
+    /// room at all a pool with no free worker would never start one. The
     /// default is `None`.
     pub queue_limit: Option<usize>,
     /// What a call does when the queue is full. The default is

@@ -371,8 +371,14 @@ where
             ^ u64::from(std::process::id());
         let shared = Arc::new(Shared {
             knobs: self.config.knobs(),
-            queue_room: self.config.queue_limit.map(|n| Arc::new(Semaphore::new(n))),
-            config: self.config,
+            queue_room: self
+                .config
+                .queue_limit
+                .map(|n| Arc::new(Semaphore::new(n.max(1)))),
+            config: Config {
+                queue_limit: self.config.queue_limit.map(|n| n.max(1)),
+                ..self.config
+            },
             template: self.template,
             entry: self.entry,
             idempotent: self.idempotent,

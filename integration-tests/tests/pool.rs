@@ -692,6 +692,30 @@ fn bounded_queue_waits_or_fails() -> Result<(), Failed> {
     })
 }
 
+/// A queue limit of 0 is taken as 1: the first call of a pool that has no
+/// worker yet waits for the one it starts, with either overflow.
+fn a_queue_of_zero_still_lets_the_pool_grow() -> Result<(), Failed> {
+    block_on(async {
+        for overflow in [Overflow::Error, Overflow::Wait] {
+            let t = template().await?;
+            let pool = pool_on(&t).max(1).queue_limit(0, overflow).build();
+            let client = Client::from(pool.clone());
+            let call = client.pid(context::current());
+            tokio::time::timeout(Duration::from_secs(10), call)
+                .await
+                .map_err(|_| format!("{overflow:?}: the first call hung"))?
+                .map_err(fail)?;
+            ensure!(
+                pool.stats().spawned == 1,
+                "{overflow:?}: {:?}",
+                pool.stats()
+            );
+            pool.shutdown().await;
+        }
+        Ok(())
+    })
+}
+
 /// Every knob at its limit ("no limit"): calls are served, a killed worker
 /// is replaced, and shutdown ends, with no overflow on the way.
 fn knobs_at_their_limits() -> Result<(), Failed> {
@@ -915,6 +939,10 @@ fn main() {
             shutdown_drains_and_leaves_nothing,
         ),
         ("bounded_queue_waits_or_fails", bounded_queue_waits_or_fails),
+        (
+            "a_queue_of_zero_still_lets_the_pool_grow",
+            a_queue_of_zero_still_lets_the_pool_grow,
+        ),
         ("knobs_at_their_limits", knobs_at_their_limits),
         (
             "dropping_the_pool_shuts_it_down",
