@@ -758,8 +758,11 @@ where
                     self.lost(grant.slot.id, lost);
                 } else if grant.client.is_closed() {
                     // It sent what cannot be read: it serves nothing more.
+                    // (Counted once, by the first of its jobs to see it.)
                     let mut st = self.lock();
-                    st.stats.crashed += 1;
+                    if st.members.iter().any(|m| m.id == grant.slot.id) {
+                        st.stats.crashed += 1;
+                    }
                     if let Some(pid) = self.kill(st, grant.slot.id) {
                         tracing::warn!(pid, error = %e, "worker's connection broke; killing it");
                     }
