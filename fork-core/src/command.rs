@@ -178,7 +178,9 @@ impl Command {
 
     /// Forks from the template and executes the command. Resolves once
     /// `exec` succeeded; the returned [`Worker`] has no stream, and
-    /// [`Worker::wait`] gives the command's exit status.
+    /// [`Worker::wait`] gives the command's exit status. Cancel-safe as
+    /// [`Fork::run`](crate::Fork::run): given up on before it returns, it
+    /// kills the process.
     ///
     /// # Errors
     ///

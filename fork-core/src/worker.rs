@@ -31,19 +31,28 @@ pub struct Worker {
 }
 
 impl Worker {
-    pub(crate) fn new(
-        spawned: Spawned,
-        stream: Option<UnixStream>,
-        template: Template,
-        kill_on_drop: bool,
-    ) -> Worker {
+    /// A process just forked, not yet handed to the caller: killed if
+    /// dropped (the call that forked it gave up) until [`started`](Self::started).
+    pub(crate) fn starting(spawned: Spawned, template: Template) -> Worker {
         Worker {
             pid: spawned.pid as u32,
-            stream,
+            stream: None,
             exit: spawned.exit,
             template,
-            kill_on_drop,
+            kill_on_drop: true,
         }
+    }
+
+    /// The worker as handed to the caller, with its socket and the caller's
+    /// choice of `kill_on_drop`.
+    pub(crate) fn started(mut self, stream: Option<UnixStream>, kill_on_drop: bool) -> Worker {
+        self.stream = stream;
+        self.kill_on_drop = kill_on_drop;
+        self
+    }
+
+    pub(crate) fn exit_watch(&self) -> ExitWatch {
+        self.exit.clone()
     }
 
     /// The worker's process id.

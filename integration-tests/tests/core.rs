@@ -97,6 +97,26 @@ fn write_to_fds(mut ctx: Context) -> std::io::Result<()> {
 }
 static WRITE_TO_FDS: Entry = fork_core::entry!(write_to_fds);
 
+/// Writes its pid to the descriptor it was given, then waits for a signal,
+/// whatever happens to its socket.
+fn write_pid_and_park(mut ctx: Context) -> std::io::Result<()> {
+    for fd in ctx.take_fds() {
+        std::fs::File::from(fd).write_all(&std::process::id().to_le_bytes())?;
+    }
+    loop {
+        nix::unistd::pause();
+    }
+}
+static WRITE_PID_AND_PARK: Entry = fork_core::entry!(write_pid_and_park);
+
+/// An init function that never returns.
+fn park_init(_: ()) -> Result<(), String> {
+    loop {
+        nix::unistd::pause();
+    }
+}
+static PARK_INIT: InitFn<()> = fork_core::init_fn!(park_init);
+
 // Two entries registered under the same name.
 static DUP_A: Entry = fork_core::entry!(exit_with, name = "integration::duplicate");
 static DUP_B: Entry = fork_core::entry!(panics, name = "integration::duplicate");
@@ -910,6 +930,88 @@ fn init_order_is_checked() -> Result<(), Failed> {
     Ok(())
 }
 
+/// A `run` dropped after the template forked, before it took the pid, kills
+/// the process: no handle to it was ever returned. Twice: dropped before the
+/// template's answer was read, and after it was read but not yet taken.
+fn run_given_up_before_the_pid_came_kills_the_process() -> Result<(), Failed> {
+    // One thread: what runs when is up to the test.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(fail)?;
+    rt.block_on(async {
+        let t = Template::new().map_err(fail)?;
+        t.ready().await.map_err(fail)?;
+        for answer_read in [false, true] {
+            let (pid_r, pid_w) = std::io::pipe().map_err(fail)?;
+            let mut fork = t.fork();
+            fork.fd(&pid_w);
+            drop(pid_w);
+            let mut run = Box::pin(fork.run(&WRITE_PID_AND_PARK));
+            // The request goes out on the first poll.
+            ensure!(
+                futures::poll!(run.as_mut()).is_pending(),
+                "run resolved at once"
+            );
+            if answer_read {
+                // The answer comes before the pong, and waits for `run`.
+                t.ready().await.map_err(fail)?;
+            }
+            // Blocks the runtime's thread until the process runs.
+            let mut pid = [0u8; 4];
+            (&pid_r).read_exact(&mut pid).map_err(fail)?;
+            let pid = u32::from_le_bytes(pid);
+            drop(run);
+            let gone = tokio::task::spawn_blocking(move || wait_exit(pid, Duration::from_secs(10)))
+                .await
+                .map_err(fail)?
+                .map_err(fail)?;
+            ensure!(
+                gone,
+                "process {pid} outlived the run given up on (answer read: {answer_read})"
+            );
+        }
+        t.shutdown().await.map_err(fail)?;
+        Ok(())
+    })
+}
+
+/// A `run` dropped while the new process runs its init functions (as by a
+/// timeout) kills the process.
+fn run_given_up_during_init_kills_the_process() -> Result<(), Failed> {
+    block_on(async {
+        let t = Template::new().map_err(fail)?;
+        t.ready().await.map_err(fail)?;
+        let mut fork = t.fork();
+        fork.init(&PARK_INIT, &());
+        let mut run = Box::pin(fork.run(&EXIT_WITH));
+        // The spawn request goes out first, so the template answers it (with
+        // the pid) before the ping of `ready`.
+        tokio::select! {
+            biased;
+            r = run.as_mut() => return Err(format!("run returned {:?}", r.map(|w| w.id())).into()),
+            r = t.ready() => r.map_err(fail)?,
+        }
+        // Takes the pid, then waits for the init functions' report.
+        ensure!(
+            futures::poll!(run.as_mut()).is_pending(),
+            "run resolved with its init function parked"
+        );
+        let children = children_of(t.id()).map_err(fail)?;
+        let [pid] = children[..] else {
+            return Err(format!("the template has children {children:?}").into());
+        };
+        drop(run);
+        let gone = tokio::task::spawn_blocking(move || wait_exit(pid, Duration::from_secs(10)))
+            .await
+            .map_err(fail)?
+            .map_err(fail)?;
+        ensure!(gone, "process {pid} outlived the run given up on");
+        t.shutdown().await.map_err(fail)?;
+        Ok(())
+    })
+}
+
 fn main() {
     fork_core::Init::new().early_template(true).init();
     integration_tests::run(&[
@@ -958,5 +1060,13 @@ fn main() {
             no_orphans_when_the_parent_is_killed,
         ),
         ("init_order_is_checked", init_order_is_checked),
+        (
+            "run_given_up_before_the_pid_came_kills_the_process",
+            run_given_up_before_the_pid_came_kills_the_process,
+        ),
+        (
+            "run_given_up_during_init_kills_the_process",
+            run_given_up_during_init_kills_the_process,
+        ),
     ]);
 }

@@ -184,7 +184,14 @@ impl Conn {
             lock(&self.state).spawns.remove(&id);
             return Err(e);
         }
-        rx.await.unwrap_or_else(|_| Err(self.error()))
+        let mut pending = PendingSpawn {
+            conn: self.clone(),
+            rx,
+            taken: false,
+        };
+        let result = (&mut pending.rx).await;
+        pending.taken = true;
+        result.unwrap_or_else(|_| Err(self.error()))
     }
 
     /// Resolves once the template applied everything sent before.
@@ -267,7 +274,7 @@ impl Conn {
         }
     }
 
-    fn dispatch(&self, msg: &[u8]) -> std::result::Result<(), proto::ProtoError> {
+    fn dispatch(self: &Arc<Self>, msg: &[u8]) -> std::result::Result<(), proto::ProtoError> {
         let mut reader = Reader::new(msg);
         while !reader.is_empty() {
             let reply = reader.reply()?;
@@ -276,8 +283,16 @@ impl Conn {
                 Reply::Spawned { id, pid } => {
                     let (tx, rx) = watch::channel(None);
                     st.children.insert(pid, tx);
-                    if let Some(waiter) = st.spawns.remove(&id) {
-                        let _ = waiter.send(Ok(Spawned { pid, exit: rx }));
+                    let delivered = st
+                        .spawns
+                        .remove(&id)
+                        .is_some_and(|waiter| waiter.send(Ok(Spawned { pid, exit: rx })).is_ok());
+                    drop(st);
+                    if !delivered {
+                        // The spawn was given up on (its future dropped)
+                        // before the pid came: no one holds this process, so
+                        // it does not outlive the call that made it.
+                        let _ = self.signal(pid, libc::SIGKILL);
                     }
                 }
                 Reply::SpawnFailed { id, failure } => {
@@ -321,6 +336,30 @@ impl Conn {
     /// Sends `signal` to a child of the template (ignored once it was reaped).
     pub(crate) fn signal(self: &Arc<Self>, pid: i32, signal: i32) -> Result<()> {
         self.send(&Request::Kill { pid, signal }, Vec::new())
+    }
+}
+
+/// A spawn request waiting for its pid. Dropped before the pid was taken
+/// (the spawn was given up on), it kills the process if there is one: no one
+/// holds it. If the pid comes later, the reader kills it (see `dispatch`).
+struct PendingSpawn {
+    conn: Arc<Conn>,
+    rx: oneshot::Receiver<Result<Spawned>>,
+    /// The answer was received: the caller has it.
+    taken: bool,
+}
+
+impl Drop for PendingSpawn {
+    fn drop(&mut self) {
+        if self.taken {
+            return;
+        }
+        // After `close`, the reader's send fails (and it kills the process
+        // itself), or it already sent, and the pid is here.
+        self.rx.close();
+        if let Ok(Ok(spawned)) = self.rx.try_recv() {
+            let _ = self.conn.signal(spawned.pid, libc::SIGKILL);
+        }
     }
 }
 

@@ -437,7 +437,8 @@ impl Fork {
 
     /// Kill the worker (`SIGKILL`) when its [`Worker`] handle is dropped. Off
     /// by default: a dropped handle leaves the worker running (until its
-    /// template goes away).
+    /// template goes away). A worker whose [`run`](Fork::run) was given up on
+    /// before it returned the handle is killed either way.
     pub fn kill_on_drop(&mut self, kill: bool) -> &mut Self {
         self.kill_on_drop = kill;
         self
@@ -459,6 +460,11 @@ impl Fork {
     ///
     /// Resolves once the template reported the new pid (and, if init
     /// functions were queued here, once they succeeded in the new process).
+    ///
+    /// Cancel-safe: if the future is dropped before it resolves (as by a
+    /// timeout around a slow init function), the process it forked is
+    /// killed, whatever [`kill_on_drop`](Fork::kill_on_drop) says, since no
+    /// one could reach it. The same holds for an error after the fork.
     ///
     /// # Errors
     ///
@@ -483,6 +489,9 @@ impl Fork {
                 fds,
             )
             .await?;
+        // Until this returns it, the worker is killed if the call is given
+        // up on (an error, or this future dropped while init functions run).
+        let worker = Worker::starting(spawned, self.template.clone());
         ours.set_nonblocking(true)?;
         let mut stream = tokio::net::UnixStream::from_std(ours)?;
         if ack {
@@ -494,15 +503,10 @@ impl Fork {
                 Some(Ack::ExecFailed(_)) => {
                     return Err(Error::Protocol("unexpected exec report".into()));
                 }
-                None => return Err(exited_early(spawned.exit).await),
+                None => return Err(exited_early(worker.exit_watch()).await),
             }
         }
-        Ok(Worker::new(
-            spawned,
-            Some(stream),
-            self.template.clone(),
-            self.kill_on_drop,
-        ))
+        Ok(worker.started(Some(stream), self.kill_on_drop))
     }
 
     /// Forks the process and makes it a new template, which inherits
@@ -538,16 +542,12 @@ impl Fork {
             .conn()
             .spawn(true, ops, Then::Exec(spec), theirs.into(), fds)
             .await?;
+        let worker = Worker::starting(spawned, self.template.clone());
         ours.set_nonblocking(true)?;
         let mut stream = tokio::net::UnixStream::from_std(ours)?;
         match read_ack(&mut stream).await? {
             // The socket is close-on-exec: EOF means exec succeeded.
-            None => Ok(Worker::new(
-                spawned,
-                None,
-                self.template.clone(),
-                self.kill_on_drop,
-            )),
+            None => Ok(worker.started(None, self.kill_on_drop)),
             Some(Ack::ExecFailed(errno)) => Err(Error::Exec {
                 program,
                 source: std::io::Error::from_raw_os_error(errno),
