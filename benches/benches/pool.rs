@@ -2,7 +2,7 @@
 //! single fork-rpc worker called directly in the same run, and how CPU-bound
 //! jobs scale from one worker to two.
 //!
-//! Run: `cargo bench -p benches --bench pool` (about 75 seconds), or
+//! Run: `cargo bench -p benches --bench pool` (about 95 seconds), or
 //! `cargo bench -p benches --bench pool -- --quick` (a few seconds; for CI).
 //! `--only TEXT` measures only the rows whose part and name (as in
 //! `overhead: pool, 1 worker, load 10, 10 in flight, current_thread`)
@@ -26,7 +26,8 @@
 //! 2. **Overhead**: trivial calls, a pool of 1 worker at `load` L with L
 //!    calls in flight, against the direct worker with L in flight: the same
 //!    number of requests on the wire, so the difference is what the pool
-//!    adds to a call.
+//!    adds to a call. A second direct worker is measured with them as a
+//!    control: its difference from the first is the method's own.
 //! 3. **CPU-bound**: ~2 ms of arithmetic per job, 16 in flight, 1 worker
 //!    against 2, at `load` 1 and at `load` 2.
 //!
@@ -127,6 +128,13 @@ type PoolClient = JobClient<JobPool>;
 enum Via {
     /// One fork-rpc worker, through its own client.
     Direct,
+    /// Another direct worker, measured as the pools are: a control of the
+    /// method (its ratio to the first shows how far two identical peers
+    /// measured side by side differ).
+    Control,
+    /// Another direct worker whose caller does [`PAD`] of arithmetic before
+    /// each call: what a little more work in the parent costs.
+    Padded,
     /// A pool of `workers` workers (`idle = max = workers`) at `load`.
     Pool { workers: usize, load: usize },
 }
@@ -135,6 +143,8 @@ impl Via {
     fn name(self) -> String {
         match self {
             Via::Direct => "direct worker".to_owned(),
+            Via::Control => "direct worker again (control)".to_owned(),
+            Via::Padded => "direct worker, 0.1 µs more in the parent per call".to_owned(),
             Via::Pool { workers: 1, load } => format!("pool, 1 worker, load {load}"),
             Via::Pool { workers, load } => format!("pool, {workers} workers, load {load}"),
         }
@@ -142,10 +152,12 @@ impl Via {
 }
 
 // ANCHOR: peers
-/// Forks a direct worker.
-async fn direct(template: &Template) -> BoxResult<Peer> {
+/// Forks a direct worker (whose caller does `pad` rounds of [`busy`]
+/// before each call).
+async fn direct(template: &Template, pad: u64) -> BoxResult<Peer> {
     let (client, worker) = fork_rpc::spawn(&mut template.fork(), &JOB, &Config::default()).await?;
-    Ok(Peer::Direct(Arc::new(JobClient::from(client)), worker))
+    let client = JobClient::from(client);
+    Ok(Peer::Direct(Arc::new(Direct { client, pad }), worker))
 }
 
 /// Builds a pool of `workers` workers that neither grows nor shrinks, and
@@ -164,14 +176,15 @@ async fn pool(template: &Template, workers: usize, load: usize) -> BoxResult<Pee
 /// A peer and the parent's end of its connections.
 #[derive(Debug)]
 enum Peer {
-    Direct(Arc<DirectClient>, RpcWorker),
+    Direct(Arc<Direct>, RpcWorker),
     Pool(Arc<PoolClient>, JobPool),
 }
 
 impl Peer {
-    async fn new(template: &Template, via: Via) -> BoxResult<Peer> {
+    async fn new(template: &Template, via: Via, pad: u64) -> BoxResult<Peer> {
         match via {
-            Via::Direct => direct(template).await,
+            Via::Direct | Via::Control => direct(template, 0).await,
+            Via::Padded => direct(template, pad).await,
             Via::Pool { workers, load } => pool(template, workers, load).await,
         }
     }
@@ -215,7 +228,7 @@ impl Peer {
                 pool.shutdown().await;
                 let workers = match via {
                     Via::Pool { workers, .. } => workers as u64,
-                    Via::Direct => 1,
+                    Via::Direct | Via::Control | Via::Padded => 1,
                 };
                 if stats.spawned != workers || stats.crashed != 0 || stats.recycled != 0 {
                     let name = via.name();
@@ -243,12 +256,23 @@ trait Caller: Send + Sync + 'static {
     fn call(&self, work: Work, x: u64) -> impl Future<Output = Result<u64, RpcError>> + Send + '_;
 }
 
-impl Caller for DirectClient {
+/// A direct worker's client, and work its caller adds to each call.
+#[derive(Debug)]
+struct Direct {
+    client: DirectClient,
+    /// Rounds of [`busy`] before each call (none if 0).
+    pad: u64,
+}
+
+impl Caller for Direct {
     fn call(&self, work: Work, x: u64) -> impl Future<Output = Result<u64, RpcError>> + Send + '_ {
+        if self.pad > 0 {
+            black_box(busy(self.pad, x));
+        }
         let ctx = tarpc::context::current();
         match work {
-            Work::Trivial => Either::Left(self.echo(ctx, x)),
-            Work::Cpu(rounds) => Either::Right(self.spin(ctx, rounds, x)),
+            Work::Trivial => Either::Left(self.client.echo(ctx, x)),
+            Work::Cpu(rounds) => Either::Right(self.client.spin(ctx, rounds, x)),
         }
     }
 }
@@ -327,6 +351,8 @@ struct Opts {
     cpu_round: Duration,
     /// Measure only the rows whose part and name contain this.
     only: Option<String>,
+    /// Rounds of [`busy`] that take [`PAD`] (calibrated in `main`).
+    pad: u64,
 }
 
 impl Opts {
@@ -346,6 +372,7 @@ impl Opts {
                 cpu_rounds: 1,
                 cpu_round: Duration::from_millis(100),
                 only,
+                pad: 0,
             }
         } else {
             Opts {
@@ -354,6 +381,7 @@ impl Opts {
                 cpu_rounds: 7,
                 cpu_round: Duration::from_millis(400),
                 only,
+                pad: 0,
             }
         }
     }
@@ -538,7 +566,7 @@ fn measure(
     };
     let mut peers = Vec::new();
     for &via in &vias {
-        let peer = rt.block_on(Peer::new(template, via))?;
+        let peer = rt.block_on(Peer::new(template, via, opts.pad))?;
         if opts.only.is_some() {
             let name = row_name(via, m.depth, m.flavour);
             eprintln!("{name}: pids {:?}", peer.pids());
@@ -691,6 +719,14 @@ impl Report {
             let vs = self.vs_direct(row).map_or_else(String::new, ratio);
             let target = match (self.target(row), row.part) {
                 (Some((t, ok)), _) => format!("{t}: {}", verdict(ok)),
+                (None, _) if matches!(row.via, Via::Control | Via::Padded) => {
+                    let cost = self.vs_direct(row).map_or(f64::NAN, |r| 1.0 / r);
+                    let what = match row.via {
+                        Via::Control => "control",
+                        _ => "what 0.1 µs costs",
+                    };
+                    format!("{what}: {:+.1}% per call vs direct", (cost - 1.0) * 100.0)
+                }
                 // How much CPU the machine gave: the baseline of the scaling.
                 (None, Part::Cpu) => format!("workers busy {:.2} CPUs", row.sample.worker_cpus()),
                 (None, _) => String::new(),
@@ -744,6 +780,8 @@ impl Report {
 /// Trivial calls in flight in the throughput part, and calls in flight in
 /// the CPU-bound part.
 const MANY: usize = 256;
+/// The work added to each call of [`Via::Padded`].
+const PAD: Duration = Duration::from_nanos(100);
 const CPU_DEPTH: usize = 16;
 
 // ANCHOR: parts
@@ -774,7 +812,7 @@ fn run_all(
 
     // 2. Overhead: 1 worker at load L, L calls in flight, against direct.
     for load in [1, 2, 10] {
-        let vias = [Via::Direct, one(load)];
+        let vias = [Via::Direct, Via::Control, Via::Padded, one(load)];
         measure(
             rt,
             opts,
@@ -806,9 +844,11 @@ fn main() -> BoxResult<()> {
     // First thing, before any thread: turns template processes started from
     // this binary into templates.
     fork_core::init();
-    let opts = Opts::from_args();
+    let mut opts = Opts::from_args();
     let spin = calibrate(Duration::from_millis(2));
     eprintln!("a CPU-bound job: {spin} rounds of arithmetic, about 2 ms here");
+    opts.pad = calibrate(PAD);
+    eprintln!("0.1 µs more per call: {} rounds of arithmetic", opts.pad);
     let mut report = Report::default();
     let load_before = load_average();
 
