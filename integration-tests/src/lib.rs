@@ -53,6 +53,20 @@ macro_rules! ensure {
     };
 }
 
+/// Waits (without sleeping: on a pidfd) until every pid has exited, up to
+/// 10 s each; fails naming the first that did not.
+pub async fn all_exit(pids: impl IntoIterator<Item = u32>) -> Result<(), Failed> {
+    for pid in pids {
+        let timeout = std::time::Duration::from_secs(10);
+        let gone = tokio::task::spawn_blocking(move || fork_core::testing::wait_exit(pid, timeout))
+            .await
+            .map_err(fail)?
+            .map_err(fail)?;
+        ensure!(gone, "process {pid} did not exit within {timeout:?}");
+    }
+    Ok(())
+}
+
 /// The descriptors a process holds: number → link target.
 pub fn fds_of(pid: u32) -> std::io::Result<BTreeMap<i32, String>> {
     let mut fds = BTreeMap::new();

@@ -12,7 +12,7 @@ use std::time::Duration;
 use fork_core::testing::wait_exit;
 use fork_core::{Context, Entry, Error, InitFn, Template};
 use integration_tests::{
-    Failed, block_on, children_of, ensure, fail, fds_of, parent_of, state_of, threads_of,
+    Failed, all_exit, block_on, children_of, ensure, fail, fds_of, parent_of, state_of, threads_of,
 };
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt;
@@ -962,14 +962,9 @@ fn run_given_up_before_the_pid_came_kills_the_process() -> Result<(), Failed> {
             (&pid_r).read_exact(&mut pid).map_err(fail)?;
             let pid = u32::from_le_bytes(pid);
             drop(run);
-            let gone = tokio::task::spawn_blocking(move || wait_exit(pid, Duration::from_secs(10)))
+            all_exit([pid])
                 .await
-                .map_err(fail)?
-                .map_err(fail)?;
-            ensure!(
-                gone,
-                "process {pid} outlived the run given up on (answer read: {answer_read})"
-            );
+                .map_err(|e| format!("answer read: {answer_read}: {e:?}"))?;
         }
         t.shutdown().await.map_err(fail)?;
         Ok(())
@@ -1002,11 +997,7 @@ fn run_given_up_during_init_kills_the_process() -> Result<(), Failed> {
             return Err(format!("the template has children {children:?}").into());
         };
         drop(run);
-        let gone = tokio::task::spawn_blocking(move || wait_exit(pid, Duration::from_secs(10)))
-            .await
-            .map_err(fail)?
-            .map_err(fail)?;
-        ensure!(gone, "process {pid} outlived the run given up on");
+        all_exit([pid]).await?;
         t.shutdown().await.map_err(fail)?;
         Ok(())
     })

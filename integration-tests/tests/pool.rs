@@ -7,11 +7,10 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use fork_core::testing::wait_exit;
 use fork_core::{InitFn, Template};
 use fork_pool::{Overflow, Pool};
 use fork_rpc::{EventSender, RpcEntry, Setup, WorkerLost};
-use integration_tests::{Failed, block_on, children_of, ensure, fail};
+use integration_tests::{Failed, all_exit, block_on, children_of, ensure, fail};
 use tarpc::client::RpcError;
 use tarpc::context;
 
@@ -145,18 +144,6 @@ async fn template() -> Result<Template, Failed> {
 
 fn lost(e: &RpcError) -> Option<&WorkerLost> {
     WorkerLost::find(e)
-}
-
-/// Waits (without sleeping) until every pid has exited.
-async fn all_exit(pids: impl IntoIterator<Item = u32>) -> Result<(), Failed> {
-    for pid in pids {
-        let gone = tokio::task::spawn_blocking(move || wait_exit(pid, Duration::from_secs(10)))
-            .await
-            .map_err(fail)?
-            .map_err(fail)?;
-        ensure!(gone, "process {pid} did not exit");
-    }
-    Ok(())
 }
 
 // ===== tests =====
