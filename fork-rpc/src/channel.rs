@@ -38,7 +38,7 @@ use std::os::fd::AsFd;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
-use std::task::{Context as TaskContext, Poll, Wake, Waker};
+use std::task::{Context as TaskContext, Poll, Wake, Waker, ready};
 use std::time::{Duration, Instant};
 
 use futures::Stream;
@@ -47,7 +47,7 @@ use tarpc::client::RpcError;
 use tarpc::context::Context;
 use tarpc::{ClientMessage, Request, Response, ServerError};
 use tokio::net::unix::OwnedWriteHalf;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, TryAcquireError};
 
 use crate::codec;
 use crate::config::Format;
@@ -301,21 +301,44 @@ impl<Req: Serialize + Send + 'static, Resp: Send + 'static> Channel<Req, Resp> {
         }
     }
 
-    /// Makes one call, with tarpc's error kinds: `Send` if the request
-    /// cannot be encoded, `Shutdown` if the connection is gone,
-    /// `DeadlineExceeded`, `Server` for an error reply.
-    pub(crate) async fn call(&self, ctx: Context, request: Req) -> Result<Resp, RpcError> {
-        let shared = &self.shared;
-        if ctx.deadline <= std::time::Instant::now() {
+    /// Starts a call: fails it if its deadline passed; takes a place in
+    /// flight, or hands the call back if none is free (it then waits for one
+    /// in [`start_waiting`](Self::start_waiting)); encodes, registers and
+    /// sends it. Errors have tarpc's kinds: `Send` if the request cannot be
+    /// encoded, `Shutdown` if the connection is gone, `DeadlineExceeded`.
+    pub(crate) fn start(&self, ctx: Context, request: Req) -> Result<Start<Req>, RpcError> {
+        if ctx.deadline <= Instant::now() {
             return Err(RpcError::DeadlineExceeded);
         }
-        let _permit = shared
+        match self.shared.in_flight.try_acquire() {
+            Ok(permit) => permit.forget(),
+            Err(TryAcquireError::NoPermits) => return Ok(Start::Full(ctx, request)),
+            Err(TryAcquireError::Closed) => return Err(RpcError::Shutdown),
+        }
+        self.send_call(ctx, request).map(Start::Sent)
+    }
+
+    /// [`start`](Self::start) for a call that found no place free: waits
+    /// for one.
+    pub(crate) async fn start_waiting(&self, ctx: Context, request: Req) -> Result<Sent, RpcError> {
+        self.shared
             .in_flight
             .acquire()
             .await
-            .map_err(|_| RpcError::Shutdown)?;
+            .map_err(|_| RpcError::Shutdown)?
+            .forget();
+        self.send_call(ctx, request)
+    }
+
+    /// Sends a call that holds a place in flight (given back if it fails).
+    fn send_call(&self, ctx: Context, request: Req) -> Result<Sent, RpcError> {
+        let shared = &self.shared;
+        let give_back = |e: RpcError| {
+            shared.in_flight.add_permits(1);
+            Err(e)
+        };
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-        let frame = codec::encode(
+        let frame = match codec::encode(
             shared.format,
             shared.limit,
             &ClientMessage::Request(Request {
@@ -323,12 +346,15 @@ impl<Req: Serialize + Send + 'static, Resp: Send + 'static> Channel<Req, Resp> {
                 id,
                 message: request,
             }),
-        )
-        .map_err(|e| RpcError::Send(Box::new(e)))?;
+        ) {
+            Ok(frame) => frame,
+            Err(e) => return give_back(RpcError::Send(Box::new(e))),
+        };
         let others_waiting = {
             let mut st = lock(&shared.state);
             if st.ended {
-                return Err(RpcError::Shutdown);
+                drop(st);
+                return give_back(RpcError::Shutdown);
             }
             st.calls.insert(
                 id,
@@ -351,33 +377,76 @@ impl<Req: Serialize + Send + 'static, Resp: Send + 'static> Channel<Req, Resp> {
             }
             st.calls.len() > 1
         };
-        // From here on, dropping this future cancels the call.
-        let mut guard = CancelOnDrop {
-            shared,
-            id,
-            trace: ctx.trace_context,
-            armed: true,
-        };
         // Alone, write at once (latency); with other calls in flight, let a
         // task write everything queued in this round at once (throughput).
         if shared.send(&frame, others_waiting).is_err() {
-            guard.armed = false;
             shared.forget(id);
-            return Err(RpcError::Shutdown);
+            return give_back(RpcError::Shutdown);
         }
-        match std::future::poll_fn(|cx| shared.poll_reply(id, cx)).await {
+        // From here on, ending the call before its outcome cancels it.
+        Ok(Sent {
+            id,
+            trace: ctx.trace_context,
+            armed: true,
+        })
+    }
+}
+
+impl<Req, Resp: Send + 'static> Channel<Req, Resp> {
+    /// The outcome of a sent call, once it has one: its reply, `Shutdown`
+    /// if the connection ended first, `DeadlineExceeded`, `Server` for an
+    /// error reply.
+    pub(crate) fn poll_sent(
+        &self,
+        sent: &mut Sent,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Result<Resp, RpcError>> {
+        Poll::Ready(match ready!(self.shared.poll_reply(sent.id, cx)) {
             Outcome::Reply(reply) => {
-                guard.armed = false;
+                sent.armed = false;
                 reply.map_err(RpcError::Server)
             }
             Outcome::Ended => {
-                guard.armed = false;
+                sent.armed = false;
                 Err(RpcError::Shutdown)
             }
-            // The guard cancels it in the worker.
+            // Still armed: ending it cancels it in the worker.
             Outcome::Expired => Err(RpcError::DeadlineExceeded),
-        }
+        })
     }
+
+    /// Ends a sent call, whether or not it has its outcome: one without its
+    /// reply is forgotten and cancelled in the worker (tarpc's `Cancel`);
+    /// its place in flight is given back.
+    pub(crate) fn end_call(&self, sent: Sent) {
+        let shared = &self.shared;
+        if sent.armed && shared.forget(sent.id) {
+            let cancel: ClientMessage<()> = ClientMessage::Cancel {
+                trace_context: sent.trace,
+                request_id: sent.id,
+            };
+            if let Ok(frame) = codec::encode(shared.format, shared.limit, &cancel) {
+                let _ = shared.send(&frame, true);
+            }
+        }
+        shared.in_flight.add_permits(1);
+    }
+}
+
+/// How [`Channel::start`] went.
+pub(crate) enum Start<Req> {
+    Sent(Sent),
+    /// Every place in flight is taken: the call, to wait for one.
+    Full(Context, Req),
+}
+
+/// A call sent and not yet ended: it holds a place in flight until
+/// [`Channel::end_call`] (which every owner must call, also when dropped).
+pub(crate) struct Sent {
+    id: u64,
+    trace: tarpc::trace::Context,
+    /// Not answered yet (or expired): ending it cancels it in the worker.
+    armed: bool,
 }
 
 impl<Resp: Send + 'static> Shared<Resp> {
@@ -714,29 +783,6 @@ async fn flush<Resp>(shared: Arc<Shared<Resp>>) {
         if shared.write_some(&mut out).is_err() || out.buf.is_empty() {
             out.flushing = false;
             return;
-        }
-    }
-}
-
-/// Sends tarpc's `Cancel` for a call dropped before its reply.
-struct CancelOnDrop<'a, Resp: Send + 'static> {
-    shared: &'a Arc<Shared<Resp>>,
-    id: u64,
-    trace: tarpc::trace::Context,
-    armed: bool,
-}
-
-impl<Resp: Send + 'static> Drop for CancelOnDrop<'_, Resp> {
-    fn drop(&mut self) {
-        if !self.armed || !self.shared.forget(self.id) {
-            return;
-        }
-        let cancel: ClientMessage<()> = ClientMessage::Cancel {
-            trace_context: self.trace,
-            request_id: self.id,
-        };
-        if let Ok(frame) = codec::encode(self.shared.format, self.shared.limit, &cancel) {
-            let _ = self.shared.send(&frame, true);
         }
     }
 }

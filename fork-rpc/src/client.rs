@@ -1,8 +1,10 @@
 //! The parent side: spawning a worker and calling it.
 
 use std::fmt;
+use std::future::Future;
 use std::io;
 use std::marker::PhantomData;
+use std::ops::Deref;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::pin::Pin;
 use std::process::ExitStatus;
@@ -21,7 +23,7 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
 
-use crate::channel::Channel;
+use crate::channel::{Channel, Sent, Start};
 use crate::codec;
 use crate::config::{Config, Format};
 use crate::entry::RpcEntry;
@@ -281,6 +283,34 @@ impl<Req, Resp> Client<Req, Resp> {
     }
 }
 
+impl<Req, Resp> Client<Req, Resp>
+where
+    Req: Serialize + RequestName + Send + 'static,
+    Resp: Send + 'static,
+{
+    /// Makes a call as [`Stub::call`] does, through a client kept in an
+    /// `Arc`: the future holds the `Arc`, so it borrows nothing (it can be
+    /// spawned, or kept beside the client it came from). For code built on
+    /// the stub, such as a pool that lends its workers' clients to jobs.
+    ///
+    /// ```no_run
+    /// # async fn doc(client: fork_rpc::Client<String, String>) {
+    /// use std::sync::Arc;
+    ///
+    /// let client = Arc::new(client);
+    /// let call = client.clone().call_owned(tarpc::context::current(), "ping".into());
+    /// let reply = tokio::spawn(call).await.unwrap();
+    /// # }
+    /// ```
+    pub fn call_owned(
+        self: Arc<Self>,
+        ctx: tarpc::context::Context,
+        request: Req,
+    ) -> impl Future<Output = Result<Resp, RpcError>> + Send + Unpin + 'static {
+        Call::new(self, ctx, request)
+    }
+}
+
 impl<Req, Resp> Stub for Client<Req, Resp>
 where
     Req: Serialize + RequestName + Send + 'static,
@@ -289,35 +319,187 @@ where
     type Req = Req;
     type Resp = Resp;
 
-    async fn call(&self, ctx: tarpc::context::Context, request: Req) -> Result<Resp, RpcError> {
-        let ctx = self.context(ctx);
-        match self.inner.call(ctx, request).await {
-            Err(e @ (RpcError::Shutdown | RpcError::Send(_) | RpcError::Channel(_))) => {
-                Err(match self.lost.end() {
-                    Some(End::Disconnected) => self.lost.lost().await.into_rpc_error(),
-                    // Later calls on a connection that died of bad input say so.
-                    Some(End::Protocol(message)) if matches!(e, RpcError::Shutdown) => {
-                        let e: Arc<dyn std::error::Error + Send + Sync> =
-                            Arc::new(io::Error::new(io::ErrorKind::InvalidData, message));
-                        RpcError::Channel(tarpc::ChannelError::Read(e))
-                    }
-                    // The connection failed without a word on how (a write
-                    // broke before the reader saw EOF): lost, if the worker
-                    // exits; its status comes through its template a moment
-                    // after the socket broke.
-                    None if !matches!(e, RpcError::Send(_)) => {
-                        let lost = self.lost.lost().await;
-                        if lost.status.is_some() {
-                            lost.into_rpc_error()
-                        } else {
-                            e
-                        }
-                    }
-                    _ => e,
-                })
-            }
-            other => other,
+    /// Sends the request when first polled; dropping the future before the
+    /// reply cancels the call in the worker.
+    fn call(
+        &self,
+        ctx: tarpc::context::Context,
+        request: Req,
+    ) -> impl Future<Output = Result<Resp, RpcError>> {
+        Call::new(self, ctx, request)
+    }
+}
+
+// ===== a call =====
+
+/// A call on a worker, through a client held by reference (the stub) or
+/// in an `Arc` ([`Client::call_owned`]).
+///
+/// Written out as a state machine rather than an `async fn`: a call's
+/// future is moved several times on its way (tarpc's generated method keeps
+/// two copies of it), so its size counts, and an `async fn` keeps its
+/// arguments beside every later state. The rare states are boxed.
+struct Call<'a, C, Req, Resp>
+where
+    C: Deref<Target = Client<Req, Resp>>,
+    Resp: Send + 'static,
+{
+    client: C,
+    state: CallState<'a, Req>,
+}
+
+enum CallState<'a, Req> {
+    /// Not polled yet.
+    Start(tarpc::context::Context, Req),
+    /// Waiting for a place among the calls in flight.
+    Full(Pin<Box<dyn Future<Output = Result<Sent, RpcError>> + Send + 'a>>),
+    /// Sent, waiting for its outcome.
+    Sent(Sent),
+    /// Failed with an error that may mean the worker was lost: finding out.
+    Explaining(Pin<Box<dyn Future<Output = RpcError> + Send + 'a>>),
+    Done,
+}
+
+// Nothing in a call is pinned in place: the states that are futures are
+// boxed.
+impl<C, Req, Resp> Unpin for Call<'_, C, Req, Resp>
+where
+    C: Deref<Target = Client<Req, Resp>>,
+    Resp: Send + 'static,
+{
+}
+
+impl<'a, C, Req, Resp> Call<'a, C, Req, Resp>
+where
+    C: Deref<Target = Client<Req, Resp>> + Clone + Send + Sync + 'a,
+    Req: Serialize + RequestName + Send + 'static,
+    Resp: Send + 'static,
+{
+    fn new(client: C, ctx: tarpc::context::Context, request: Req) -> Self {
+        // The deadline counts from when the call is made.
+        let ctx = client.context(ctx);
+        Call {
+            client,
+            state: CallState::Start(ctx, request),
         }
+    }
+
+    /// The outcome of a failed call: errors that may mean the connection
+    /// ended say why it did.
+    fn fail(&mut self, e: RpcError) -> Option<RpcError> {
+        if !matches!(
+            e,
+            RpcError::Shutdown | RpcError::Send(_) | RpcError::Channel(_)
+        ) {
+            return Some(e);
+        }
+        let lost = self.client.lost.clone();
+        self.state = CallState::Explaining(Box::pin(explain(lost, e)));
+        None
+    }
+}
+
+impl<'a, C, Req, Resp> Future for Call<'a, C, Req, Resp>
+where
+    C: Deref<Target = Client<Req, Resp>> + Clone + Send + Sync + 'a,
+    Req: Serialize + RequestName + Send + 'static,
+    Resp: Send + 'static,
+{
+    type Output = Result<Resp, RpcError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        loop {
+            let failed = match std::mem::replace(&mut this.state, CallState::Done) {
+                CallState::Start(ctx, request) => match this.client.inner.start(ctx, request) {
+                    Ok(Start::Sent(sent)) => {
+                        this.state = CallState::Sent(sent);
+                        continue;
+                    }
+                    Ok(Start::Full(ctx, request)) => {
+                        let client = this.client.clone();
+                        this.state = CallState::Full(Box::pin(async move {
+                            client.inner.start_waiting(ctx, request).await
+                        }));
+                        continue;
+                    }
+                    Err(e) => e,
+                },
+                CallState::Full(mut waiting) => match waiting.as_mut().poll(cx) {
+                    Poll::Pending => {
+                        this.state = CallState::Full(waiting);
+                        return Poll::Pending;
+                    }
+                    Poll::Ready(Ok(sent)) => {
+                        this.state = CallState::Sent(sent);
+                        continue;
+                    }
+                    Poll::Ready(Err(e)) => e,
+                },
+                CallState::Sent(mut sent) => {
+                    let outcome = this.client.inner.poll_sent(&mut sent, cx);
+                    let Poll::Ready(outcome) = outcome else {
+                        this.state = CallState::Sent(sent);
+                        return Poll::Pending;
+                    };
+                    this.client.inner.end_call(sent);
+                    match outcome {
+                        Ok(reply) => return Poll::Ready(Ok(reply)),
+                        Err(e) => e,
+                    }
+                }
+                CallState::Explaining(mut explaining) => match explaining.as_mut().poll(cx) {
+                    Poll::Pending => {
+                        this.state = CallState::Explaining(explaining);
+                        return Poll::Pending;
+                    }
+                    Poll::Ready(e) => return Poll::Ready(Err(e)),
+                },
+                CallState::Done => panic!("a fork-rpc call polled after it completed"),
+            };
+            if let Some(e) = this.fail(failed) {
+                return Poll::Ready(Err(e));
+            }
+        }
+    }
+}
+
+impl<C, Req, Resp> Drop for Call<'_, C, Req, Resp>
+where
+    C: Deref<Target = Client<Req, Resp>>,
+    Resp: Send + 'static,
+{
+    fn drop(&mut self) {
+        if let CallState::Sent(sent) = std::mem::replace(&mut self.state, CallState::Done) {
+            self.client.inner.end_call(sent);
+        }
+    }
+}
+
+/// What a call that failed with `e` (`Shutdown`, `Send` or `Channel`)
+/// reports: the worker lost, with its exit status, if it went away; the
+/// bad input, for later calls on a connection that died of it.
+async fn explain(lost: Arc<Lost>, e: RpcError) -> RpcError {
+    match lost.end() {
+        Some(End::Disconnected) => lost.lost().await.into_rpc_error(),
+        // Later calls on a connection that died of bad input say so.
+        Some(End::Protocol(message)) if matches!(e, RpcError::Shutdown) => {
+            let e: Arc<dyn std::error::Error + Send + Sync> =
+                Arc::new(io::Error::new(io::ErrorKind::InvalidData, message));
+            RpcError::Channel(tarpc::ChannelError::Read(e))
+        }
+        // The connection failed without a word on how (a write broke
+        // before the reader saw EOF): lost, if the worker exits; its status
+        // comes through its template a moment after the socket broke.
+        None if !matches!(e, RpcError::Send(_)) => {
+            let lost = lost.lost().await;
+            if lost.status.is_some() {
+                lost.into_rpc_error()
+            } else {
+                e
+            }
+        }
+        _ => e,
     }
 }
 

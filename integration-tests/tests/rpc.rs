@@ -338,6 +338,83 @@ fn async_mode_queues_beyond_its_limit() -> Result<(), Failed> {
     })
 }
 
+/// Calls beyond `max_in_flight_requests` wait in the parent for a place:
+/// the worker never has more at once; a call given up in flight or while
+/// it waits for a place (one handed to it meanwhile, or not) gives its
+/// place back; a worker's death fails the waiting calls too.
+fn calls_beyond_the_in_flight_limit_wait_for_a_place() -> Result<(), Failed> {
+    block_on(async {
+        let config = Config::default().concurrent(8).max_in_flight_requests(2);
+        let (calc, mut worker) = start(config).await?;
+        let calls = (0..6).map(|_| calc.slow(context::current(), 30));
+        let peaks =
+            tokio::time::timeout(Duration::from_secs(5), futures::future::try_join_all(calls))
+                .await
+                .map_err(|_| "calls beyond the limit never got a place")?
+                .map_err(fail)?;
+        let peak = peaks.into_iter().max().unwrap_or(0);
+        ensure!(
+            peak == 2,
+            "two places in flight, the worker ran {peak} at once"
+        );
+
+        let mut a1 = Box::pin(calc.slow(context::current(), 10_000));
+        let mut a2 = Box::pin(calc.slow(context::current(), 10_000));
+        ensure!(
+            futures::poll!(a1.as_mut()).is_pending() && futures::poll!(a2.as_mut()).is_pending(),
+            "slow(10 s) returned"
+        );
+        let mut b = Box::pin(calc.add(context::current(), 1, 1));
+        let mut c = Box::pin(calc.add(context::current(), 2, 2));
+        ensure!(
+            futures::poll!(b.as_mut()).is_pending() && futures::poll!(c.as_mut()).is_pending(),
+            "a call beyond the limit did not wait"
+        );
+        // a1's place goes to b, which is dropped before it uses it: the
+        // place goes on to c.
+        drop(a1);
+        drop(b);
+        drop(a2);
+        let sum = tokio::time::timeout(Duration::from_secs(3), c)
+            .await
+            .map_err(|_| "no place came to a waiting call")?
+            .map_err(fail)?;
+        ensure!(sum == 4, "add(2, 2) returned {sum}");
+        // Both places are back: with one held, another call gets through.
+        let held = calc.slow(context::current(), 60_000);
+        let mut held = std::pin::pin!(held);
+        ensure!(
+            futures::poll!(held.as_mut()).is_pending(),
+            "slow(60 s) returned"
+        );
+        let sum = tokio::time::timeout(Duration::from_secs(3), calc.add(context::current(), 1, 2))
+            .await
+            .map_err(|_| "a place given up on was not given back")?
+            .map_err(fail)?;
+        ensure!(sum == 3, "add(1, 2) returned {sum}");
+
+        let pid = worker.id();
+        let other = calc.slow(context::current(), 60_000);
+        let waiting = calc.add(context::current(), 5, 5);
+        let kill = async {
+            tokio::task::yield_now().await;
+            worker.kill().await
+        };
+        let (held, other, waiting, killed) = tokio::join!(held, other, waiting, kill);
+        killed.map_err(fail)?;
+        for (what, result) in [("held", held.map(|_| ())), ("other", other.map(|_| ()))]
+            .into_iter()
+            .chain([("waiting", waiting.map(|_| ()))])
+        {
+            let e = result
+                .err()
+                .ok_or(format!("{what}: a call on a killed worker succeeded"))?;
+            ensure!(lost(&e)?.pid() == pid, "{what}: {e:?}");
+        }
+        Ok(())
+    })
+}
+
 fn events_arrive_in_order_with_replies() -> Result<(), Failed> {
     block_on(async {
         let (calc, mut worker) = start(Config::default()).await?;
@@ -1037,6 +1114,10 @@ fn main() {
         (
             "async_mode_queues_beyond_its_limit",
             async_mode_queues_beyond_its_limit,
+        ),
+        (
+            "calls_beyond_the_in_flight_limit_wait_for_a_place",
+            calls_beyond_the_in_flight_limit_wait_for_a_place,
         ),
         (
             "events_arrive_in_order_with_replies",
