@@ -3,7 +3,9 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context as TaskContext, Poll, ready};
 use std::time::{Duration, Instant};
 
 use fork_rpc::context::{FOREVER, after};
@@ -189,6 +191,13 @@ struct Waiter<Req, Resp> {
     tx: oneshot::Sender<Result<Grant<Req, Resp>, Error>>,
     since: Instant,
     _room: Option<OwnedSemaphorePermit>,
+}
+
+/// A job counted on a worker: the worker and its client.
+struct Taken<Req, Resp> {
+    id: u64,
+    client: Arc<fork_rpc::Client<Req, Resp>>,
+    pid: u32,
 }
 
 /// A job's place on a worker: the worker's client, and the slot that gives
@@ -513,22 +522,94 @@ where
     type Req = Req;
     type Resp = Resp;
 
-    // Plain functions returning futures rather than `async fn`s, here and in
-    // `run` and `acquire`: the future of a call is moved several times on its
-    // way (into the caller's future, a `FuturesUnordered`, a task), and each
-    // async fn layer would keep its own copy of the context and the request.
-    // The slow paths (queueing, a time limit, retries) are boxed for the
-    // same reason.
+    // A plain function returning a hand-written future rather than an
+    // `async fn`: the future of a call is moved several times on its way
+    // (tarpc's generated method keeps two copies of it, the caller moves it
+    // into its own future, a `FuturesUnordered`, a task), so every byte
+    // counts; an `async fn` would keep the context and the request beside
+    // every later state. The slow paths (queueing, a time limit, retries)
+    // are boxed for the same reason.
     fn call(&self, ctx: Context, request: Req) -> impl Future<Output = Result<Resp, RpcError>> {
         let shared = &self.handle.shared;
         // When the call is made (tarpc's generated methods make it at once):
         // the time spent waiting in the queue counts against the deadline.
         let ctx = fork_rpc::context::apply_default(ctx, shared.config.rpc.default_timeout);
         if shared.retries > 0 && shared.idempotent.as_ref().is_some_and(|is| is(&request)) {
-            Either::Right(Box::pin(shared.run_retrying(ctx, request)))
+            Job::Other(Box::pin(shared.run_retrying(ctx, request)))
         } else {
-            Either::Left(shared.run(ctx, request))
+            shared.run(ctx, request)
         }
+    }
+}
+
+// ===== a job =====
+
+/// A job's future: on a worker at once (the usual case), or the rest
+/// (queued, under a time limit, or retried) boxed.
+enum Job<'a, Req, Resp, Ev, F>
+where
+    Req: Serialize + DeserializeOwned + RequestName + Send + Sync + 'static,
+    Resp: DeserializeOwned + Send + Sync + 'static,
+    Ev: DeserializeOwned + Send + Sync + 'static,
+{
+    /// The worker's call, and the place it holds (given back after the
+    /// call is dropped: fields drop in order).
+    Running(F, Place<'a, Req, Resp, Ev>),
+    Other(Pin<Box<dyn Future<Output = Result<Resp, RpcError>> + Send + 'a>>),
+    Failed(Option<Error>),
+    Done,
+}
+
+impl<Req, Resp, Ev, F> Future for Job<'_, Req, Resp, Ev, F>
+where
+    Req: Serialize + DeserializeOwned + RequestName + Send + Sync + 'static,
+    Resp: DeserializeOwned + Send + Sync + 'static,
+    Ev: DeserializeOwned + Send + Sync + 'static,
+    F: Future<Output = Result<Resp, RpcError>> + Unpin,
+{
+    type Output = Result<Resp, RpcError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        match this {
+            Job::Running(call, place) => {
+                let result = ready!(Pin::new(call).poll(cx));
+                place.answered = place.pool.finish(place.id, &result);
+                // Gives the place back.
+                *this = Job::Done;
+                Poll::Ready(result)
+            }
+            Job::Other(job) => job.as_mut().poll(cx),
+            Job::Failed(e) => Poll::Ready(Err(e
+                .take()
+                .expect("a pool's call polled after it completed")
+                .into_rpc())),
+            Job::Done => panic!("a pool's call polled after it completed"),
+        }
+    }
+}
+
+/// A job's place on a worker, given back when dropped.
+struct Place<'a, Req, Resp, Ev>
+where
+    Req: Serialize + DeserializeOwned + RequestName + Send + Sync + 'static,
+    Resp: DeserializeOwned + Send + Sync + 'static,
+    Ev: DeserializeOwned + Send + Sync + 'static,
+{
+    pool: &'a Arc<Shared<Req, Resp, Ev>>,
+    id: u64,
+    /// The job was answered (counted in `Stats::completed`).
+    answered: bool,
+}
+
+impl<Req, Resp, Ev> Drop for Place<'_, Req, Resp, Ev>
+where
+    Req: Serialize + DeserializeOwned + RequestName + Send + Sync + 'static,
+    Resp: DeserializeOwned + Send + Sync + 'static,
+    Ev: DeserializeOwned + Send + Sync + 'static,
+{
+    fn drop(&mut self) {
+        self.pool.release_job(self.id, self.answered);
     }
 }
 
@@ -573,17 +654,27 @@ where
         best.map(|(i, _)| i)
     }
 
-    fn grant(self: &Arc<Self>, st: &mut State<Req, Resp>, i: usize) -> Grant<Req, Resp> {
+    /// Counts a job on worker `i`.
+    fn take_place(&self, st: &mut State<Req, Resp>, i: usize) -> Taken<Req, Resp> {
         let m = &mut st.members[i];
         m.load += 1;
         let went_to_work = m.load == 1;
-        let id = m.id;
-        let client = m.client.clone();
-        let pid = m.pid;
+        let taken = Taken {
+            id: m.id,
+            client: m.client.clone(),
+            pid: m.pid,
+        };
         if went_to_work && self.spares_short(st) {
             // A spare went to work: the supervisor starts another.
             self.wake.notify_one();
         }
+        taken
+    }
+
+    /// A place taken with [`take_place`](Self::take_place), as one that
+    /// gives itself back when dropped, also from another task (for the
+    /// queue).
+    fn grant(self: &Arc<Self>, Taken { id, client, pid }: Taken<Req, Resp>) -> Grant<Req, Resp> {
         let pool: Arc<dyn Release> = self.clone();
         Grant {
             slot: Slot {
@@ -616,7 +707,7 @@ where
         while !st.queue.is_empty() {
             let Some(i) = self.pick(st) else { break };
             let waiter = st.queue.pop_front().expect("not empty");
-            let grant = self.grant(st, i);
+            let grant = self.grant(self.take_place(st, i));
             if let Err(Ok(grant)) = waiter.tx.send(Ok(grant)) {
                 // The caller gave up meanwhile: take the place back.
                 grant.slot.disarm();
@@ -625,19 +716,24 @@ where
         }
     }
 
-    /// A place on a worker if one is free and no job queues before this
-    /// one; `None` if the job must queue.
-    fn try_acquire(self: &Arc<Self>) -> Result<Option<Grant<Req, Resp>>, Error> {
+    /// A place on a worker (as [`take_place`](Self::take_place)) if one is
+    /// free and no job queues before this one; `None` if the job must queue.
+    fn try_place(&self) -> Result<Option<Taken<Req, Resp>>, Error> {
         let mut st = self.lock();
         if st.closed {
             return Err(Error::Closed);
         }
         if st.queue.is_empty() {
             if let Some(i) = self.pick(&st) {
-                return Ok(Some(self.grant(&mut st, i)));
+                return Ok(Some(self.take_place(&mut st, i)));
             }
         }
         Ok(None)
+    }
+
+    /// [`try_place`](Self::try_place), as a [`Grant`].
+    fn try_acquire(self: &Arc<Self>) -> Result<Option<Grant<Req, Resp>>, Error> {
+        Ok(self.try_place()?.map(|place| self.grant(place)))
     }
 
     /// Gets a place on a worker, waiting in the queue if none is free. Takes
@@ -676,7 +772,7 @@ where
             }
             if st.queue.is_empty() {
                 if let Some(i) = self.pick(&st) {
-                    return Ok(self.grant(&mut st, i));
+                    return Ok(self.grant(self.take_place(&mut st, i)));
                 }
             }
             let (tx, rx) = oneshot::channel();
@@ -715,22 +811,42 @@ where
         result
     }
 
-    /// Runs one job on one worker.
-    #[expect(
-        clippy::manual_async_fn,
-        reason = "an async fn keeps a second copy of the context (752 bytes against 704)"
-    )]
+    /// Runs one job on one worker: at once if a place is free and the job
+    /// has no time limit, with nothing boxed; else queued or timed, boxed.
     fn run(
         self: &Arc<Self>,
         ctx: Context,
         request: Req,
-    ) -> impl Future<Output = Result<Resp, RpcError>> + '_ {
-        async move {
-            let grant = self.acquire().await.map_err(Error::into_rpc)?;
-            let result = self.call_on(&grant, ctx, request).await;
-            self.finish(grant, &result);
-            result
+    ) -> Job<
+        '_,
+        Req,
+        Resp,
+        Ev,
+        impl Future<Output = Result<Resp, RpcError>> + Send + Unpin + use<Req, Resp, Ev>,
+    > {
+        if self.config.job_timeout.is_none() {
+            match self.try_place() {
+                Ok(Some(Taken { id, client, .. })) => {
+                    let place = Place {
+                        pool: self,
+                        id,
+                        answered: false,
+                    };
+                    return Job::Running(client.call_owned(ctx, request), place);
+                }
+                Ok(None) => {}
+                Err(e) => return Job::Failed(Some(e)),
+            }
         }
+        Job::Other(Box::pin(self.run_slowly(ctx, request)))
+    }
+
+    /// [`run`](Self::run) for a job that queues or has a time limit.
+    async fn run_slowly(self: &Arc<Self>, ctx: Context, request: Req) -> Result<Resp, RpcError> {
+        let mut grant = self.acquire().await.map_err(Error::into_rpc)?;
+        let result = self.call_on(&grant, ctx, request).await;
+        grant.slot.answered = self.finish(grant.slot.id, &result);
+        result
     }
 
     /// The call of a job on the worker it was granted, within the time
@@ -748,27 +864,28 @@ where
         }
     }
 
-    /// A job ended: counts it, takes its worker out if the worker was lost,
-    /// and gives the place back.
-    fn finish(self: &Arc<Self>, mut grant: Grant<Req, Resp>, result: &Result<Resp, RpcError>) {
-        match result {
-            Ok(_) => grant.slot.answered = true,
-            Err(e) => {
-                if let Some(lost) = fork_rpc::WorkerLost::find(e) {
-                    self.lost(grant.slot.id, lost);
-                } else if grant.client.is_closed() {
-                    // It sent what cannot be read: it serves nothing more.
-                    // (Counted once, by the first of its jobs to see it.)
-                    let mut st = self.lock();
-                    if st.members.iter().any(|m| m.id == grant.slot.id) {
-                        st.stats.crashed += 1;
-                    }
-                    if let Some(pid) = self.kill(st, grant.slot.id) {
-                        tracing::warn!(pid, error = %e, "worker's connection broke; killing it");
-                    }
+    /// A job on worker `id` ended: takes the worker out if it was lost or
+    /// its connection broke. Whether the job was answered.
+    fn finish(self: &Arc<Self>, id: u64, result: &Result<Resp, RpcError>) -> bool {
+        let Err(e) = result else { return true };
+        if let Some(lost) = fork_rpc::WorkerLost::find(e) {
+            self.lost(id, lost);
+        } else {
+            let mut st = self.lock();
+            if st
+                .members
+                .iter()
+                .any(|m| m.id == id && m.client.is_closed())
+            {
+                // It sent what cannot be read: it serves nothing more.
+                // (Counted once, by the first of its jobs to see it.)
+                st.stats.crashed += 1;
+                if let Some(pid) = self.kill(st, id) {
+                    tracing::warn!(pid, error = %e, "worker's connection broke; killing it");
                 }
             }
         }
+        false
     }
 
     /// Runs a job with a time limit; past it, the worker is killed.

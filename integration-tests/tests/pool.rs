@@ -239,6 +239,64 @@ fn light_load_concentrates_on_one_worker() -> Result<(), Failed> {
     })
 }
 
+/// A call given up on (dropped, as by a timeout around it) while it runs
+/// on a worker, or while it waits in the queue, gives its place back: the
+/// jobs behind it get the place, and the counts return to zero with none of
+/// them counted as answered.
+fn calls_given_up_give_their_places_back() -> Result<(), Failed> {
+    block_on(async {
+        let t = template().await?;
+        // Workers that serve their two jobs at once.
+        let pool = pool_on(&t)
+            .max(1)
+            .idle(1)
+            .load(2)
+            .rpc(fork_rpc::Config::default().concurrent(2))
+            .build();
+        pool.wait_until(|s| s.idle == 1).await;
+        let client = Client::from(pool.clone());
+        let mut running = Box::pin(client.sleep(context::current(), 60_000));
+        let mut other = Box::pin(client.sleep(context::current(), 60_000));
+        let mut queued = Box::pin(client.sleep(context::current(), 60_000));
+        let mut last = Box::pin(client.pid(context::current()));
+        for call in [&mut running, &mut other, &mut queued] {
+            ensure!(
+                futures::poll!(call.as_mut()).is_pending(),
+                "sleep(60 s) returned"
+            );
+        }
+        ensure!(
+            futures::poll!(last.as_mut()).is_pending(),
+            "a call beyond load 2 did not queue"
+        );
+        let stats = pool.stats();
+        ensure!(
+            stats.busy == 1 && stats.queued == 2,
+            "two jobs running and two queued: {stats:?}"
+        );
+        // The running call's place goes to the first in the queue, which is
+        // given up on before it takes it: the place goes on to the last.
+        drop(running);
+        drop(queued);
+        let pid = tokio::time::timeout(Duration::from_secs(5), last)
+            .await
+            .map_err(|_| "a place given up on did not reach the queue")?
+            .map_err(fail)?;
+        ensure!(
+            pool.worker_pids() == [pid],
+            "answered by {pid}, not the worker"
+        );
+        drop(other);
+        let stats = pool.wait_until(|s| s.idle == 1 && s.busy == 0).await;
+        ensure!(
+            stats.queued == 0 && stats.completed == 1 && stats.spawned == 1,
+            "after giving up: {stats:?}"
+        );
+        pool.shutdown().await;
+        Ok(())
+    })
+}
+
 fn idle_workers_stop_after_stop_down_to_idle() -> Result<(), Failed> {
     block_on(async {
         for keep in [0usize, 1] {
@@ -890,6 +948,10 @@ fn main() {
         (
             "light_load_concentrates_on_one_worker",
             light_load_concentrates_on_one_worker,
+        ),
+        (
+            "calls_given_up_give_their_places_back",
+            calls_given_up_give_their_places_back,
         ),
         (
             "idle_workers_stop_after_stop_down_to_idle",
