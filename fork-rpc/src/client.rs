@@ -10,7 +10,7 @@ use std::pin::Pin;
 use std::process::ExitStatus;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context as TaskContext, Poll};
+use std::task::{Context as TaskContext, Poll, ready};
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
@@ -409,6 +409,12 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
+        if matches!(this.state, CallState::Start(..)) {
+            // Starting a call uses the task's budget, as tokio's own
+            // resources do: a task that starts call after call yields now
+            // and then, so that the runtime writes and reads for them.
+            ready!(tokio::task::coop::poll_proceed(cx)).made_progress();
+        }
         loop {
             let failed = match std::mem::replace(&mut this.state, CallState::Done) {
                 CallState::Start(ctx, request) => match this.client.inner.start(ctx, request) {
