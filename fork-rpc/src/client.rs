@@ -320,7 +320,9 @@ where
     type Resp = Resp;
 
     /// Sends the request when first polled; dropping the future before the
-    /// reply cancels the call in the worker.
+    /// reply cancels the call in the worker. The client's
+    /// [`default_timeout`](Config::default_timeout) counts from when the
+    /// call is made (when tarpc's generated method is called).
     fn call(
         &self,
         ctx: tarpc::context::Context,
