@@ -870,7 +870,9 @@ where
         let Err(e) = result else { return true };
         if let Some(lost) = fork_rpc::WorkerLost::find(e) {
             self.lost(id, lost);
-        } else {
+        } else if !matches!(e, RpcError::DeadlineExceeded | RpcError::Server(_)) {
+            // (A call past its deadline or answered with an error says
+            // nothing of the connection: the next job will, if it broke.)
             let mut st = self.lock();
             if st
                 .members
