@@ -402,10 +402,12 @@ fn calls_beyond_the_in_flight_limit_wait_for_a_place() -> Result<(), Failed> {
         };
         let (held, other, waiting, killed) = tokio::join!(held, other, waiting, kill);
         killed.map_err(fail)?;
-        for (what, result) in [("held", held.map(|_| ())), ("other", other.map(|_| ()))]
-            .into_iter()
-            .chain([("waiting", waiting.map(|_| ()))])
-        {
+        let results = [
+            ("held", held.map(|_| ())),
+            ("other", other.map(|_| ())),
+            ("waiting", waiting.map(|_| ())),
+        ];
+        for (what, result) in results {
             let e = result
                 .err()
                 .ok_or(format!("{what}: a call on a killed worker succeeded"))?;
