@@ -35,7 +35,7 @@ pub enum Error {
     NoEarlyTemplate,
 
     /// The template process could not be started.
-    #[error("failed to start a template process")]
+    #[error("failed to start a template process: {0}{hint}", hint = hint(.0))]
     TemplateStart(#[source] io::Error),
 
     /// The template process is gone (it exited, was killed, or its connection
@@ -43,6 +43,17 @@ pub enum Error {
     /// workers is unknown (they were killed with it).
     #[error("the template process is gone{}", describe_status(.status))]
     TemplateGone {
+        /// The template's exit status, when the parent could observe it.
+        status: Option<ExitStatus>,
+    },
+
+    /// The template process ended before it started serving: started with
+    /// [`Template::new`](crate::Template::new), it is this program run
+    /// again, and it did not reach [`init`](crate::init) (its `main`
+    /// returned or exited first, typically on a command line it did not
+    /// like: a template gets only `argv[0]`), or it was killed first.
+    #[error("{}", not_started(.status))]
+    TemplateNotStarted {
         /// The template's exit status, when the parent could observe it.
         status: Option<ExitStatus>,
     },
@@ -66,11 +77,11 @@ pub enum Error {
     DuplicateEntry(String),
 
     /// `fork()` failed in the template (for example `EAGAIN` at `RLIMIT_NPROC`).
-    #[error("fork failed in the template")]
+    #[error("fork failed in the template: {0}{hint}", hint = fork_hint(.0))]
     Fork(#[source] io::Error),
 
     /// A command could not be executed in the forked process.
-    #[error("failed to execute `{program}`")]
+    #[error("failed to execute `{program}`: {source}")]
     Exec {
         /// The program that was to run.
         program: String,
@@ -104,9 +115,64 @@ pub enum Error {
     #[error("this Fork was already started; build a new one with Template::fork()")]
     AlreadyStarted,
 
+    /// A system call failed in the parent: `op` says what it was doing.
+    #[error("{op}: {source}{hint}", hint = hint(.source))]
+    Os {
+        /// What failed, for example "creating the worker's socket pair".
+        op: &'static str,
+        /// The error of the system call.
+        #[source]
+        source: io::Error,
+    },
+
     /// An I/O error in the parent.
-    #[error("I/O error")]
+    #[error("I/O error: {0}{hint}", hint = hint(.0))]
     Io(#[from] io::Error),
+}
+
+impl Error {
+    /// An [`Error::Os`] for `op`.
+    pub(crate) fn os(op: &'static str) -> impl FnOnce(io::Error) -> Error {
+        move |source| Error::Os { op, source }
+    }
+}
+
+/// What an errno usually means here, for the limits users hit.
+fn hint(e: &io::Error) -> &'static str {
+    match e.raw_os_error() {
+        Some(libc::EMFILE) => {
+            " (this process's limit on open descriptors, RLIMIT_NOFILE, is reached: `ulimit -n`)"
+        }
+        Some(libc::ENFILE) => " (the system-wide limit on open files is reached)",
+        Some(libc::ENOMEM) => " (out of memory)",
+        _ => "",
+    }
+}
+
+/// [`hint`] for a failed `fork()`.
+fn fork_hint(e: &io::Error) -> &'static str {
+    match e.raw_os_error() {
+        Some(libc::EAGAIN) => {
+            " (a limit on processes is reached: the user's RLIMIT_NPROC (`ulimit -u`), \
+             the cgroup's pids.max, or the system's pid or thread limit)"
+        }
+        _ => hint(e),
+    }
+}
+
+fn not_started(status: &Option<ExitStatus>) -> String {
+    let mut s = format!(
+        "the template process ended before it started serving{}",
+        describe_status(status)
+    );
+    if status.is_some_and(|s| s.code().is_some()) {
+        s.push_str(
+            ": its main returned or exited before calling fork_core::init(); a template is \
+             this program run again with only argv[0], so init() must come first in main, \
+             before the command line is parsed",
+        );
+    }
+    s
 }
 
 fn describe_status(status: &Option<ExitStatus>) -> String {
@@ -117,9 +183,13 @@ fn describe_status(status: &Option<ExitStatus>) -> String {
 }
 
 impl Error {
-    /// The template process (and with it every worker it forked) is gone.
+    /// The template process (and with it every worker it forked) is gone,
+    /// or never started serving.
     pub fn is_template_gone(&self) -> bool {
-        matches!(self, Error::TemplateGone { .. })
+        matches!(
+            self,
+            Error::TemplateGone { .. } | Error::TemplateNotStarted { .. }
+        )
     }
 
     /// An init function failed.
@@ -142,7 +212,12 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Failure {
     Gone(Option<ExitStatus>),
-    InitFailed { name: String, message: String },
+    /// Gone before it said it serves.
+    NotStarted(Option<ExitStatus>),
+    InitFailed {
+        name: String,
+        message: String,
+    },
     Protocol(String),
     Io(io::ErrorKind, String),
 }
@@ -151,6 +226,7 @@ impl Failure {
     pub(crate) fn to_error(&self) -> Error {
         match self {
             Failure::Gone(status) => Error::TemplateGone { status: *status },
+            Failure::NotStarted(status) => Error::TemplateNotStarted { status: *status },
             Failure::InitFailed { name, message } => Error::InitFailed {
                 name: name.clone(),
                 message: message.clone(),

@@ -12,6 +12,12 @@ pub(crate) fn initialized() -> bool {
     INITIALIZED.load(Ordering::Acquire)
 }
 
+/// Records that this process is past `init`: a template (about to serve)
+/// reached it, so the workers it forks may start templates too.
+pub(crate) fn mark_initialized() {
+    INITIALIZED.store(true, Ordering::Release);
+}
+
 /// Turns this process into a template when it was started as one, and
 /// otherwise returns. **Call it first thing in `main`**, before any thread or
 /// tokio runtime exists.
@@ -103,8 +109,12 @@ impl Init {
         }
         let forker = Forker::new().map_err(|e| Error::InitOrder(e.to_string()))?;
         if self.early_template {
-            let (ours, theirs) = sys::seqpacket_pair()?;
-            match forker.fork()? {
+            let (ours, theirs) = sys::seqpacket_pair().map_err(Error::os(
+                "creating the early template's control socket pair",
+            ))?;
+            // Text buffered so far is written once, not again by the template.
+            sys::flush_stdio();
+            match forker.fork().map_err(Error::Fork)? {
                 Forked::Child => {
                     drop(ours);
                     serve::early_main(theirs)

@@ -61,13 +61,27 @@
 //!   parent exited, was killed, or dropped every handle); workers die with
 //!   the template (`PR_SET_PDEATHSIG`).
 //! - **No leaked descriptors**: a worker holds stdin (`/dev/null`), stdout,
-//!   stderr, its socket and the descriptors sent to it (plus any that your
-//!   own init functions opened in the template), all close-on-exec.
+//!   stderr, its socket and the descriptors sent to it, all close-on-exec,
+//!   plus those your program opened itself in the template: in init
+//!   functions, or before [`init`] (a static, a logger). A template closes
+//!   the descriptors it inherited through an `exec` (those without
+//!   close-on-exec, which no code of this program opened) and leaves the
+//!   others to their owners.
+//! - **Output written once**: a template flushes Rust's stdout and C's stdio
+//!   buffers before each fork, so text an init function printed without a
+//!   newline is not copied into every worker.
+//! - **Signals**: templates and their workers run in a process group of
+//!   their own, so Ctrl-C in a terminal or `kill -TERM -<pgid>` reaches only
+//!   the parent, which decides what its workers do. A template ignores
+//!   `SIGINT`, `SIGTERM`, `SIGHUP` and `SIGQUIT` and lives until its parent
+//!   goes; workers start with the default signal dispositions and mask.
+//! - **Reaping**: a template reaps only the processes it forked; a child
+//!   that an init function started is left to the code that owns it.
 //!
 //! # Platform
 //!
-//! Linux only (`SOCK_SEQPACKET`, `PR_SET_PDEATHSIG`, `signalfd`,
-//! `close_range`, `/proc`).
+//! Linux only (`SOCK_SEQPACKET`, `PR_SET_PDEATHSIG`, `signalfd`, `waitid`,
+//! `/proc`).
 
 #![deny(missing_docs, unsafe_op_in_unsafe_fn)]
 #![warn(unreachable_pub)]

@@ -13,7 +13,7 @@
 //! ```text
 //! 0      1        2      3      4               8
 //! +------+--------+------+------+---------------+--------------
-//! | 'f'  | ver=1  | flags| nfds |  len (u32 LE) | payload (len bytes)
+//! | 'f'  | ver=2  | flags| nfds |  len (u32 LE) | payload (len bytes)
 //! +------+--------+------+------+---------------+--------------
 //! ```
 //!
@@ -36,8 +36,9 @@ use std::fmt;
 
 /// First byte of every frame.
 pub(crate) const MAGIC: u8 = b'f';
-/// Protocol version carried in every frame.
-pub(crate) const VERSION: u8 = 1;
+/// Protocol version carried in every frame. 2: a template's first reply is
+/// [`Reply::Ready`].
+pub(crate) const VERSION: u8 = 2;
 /// Size of a frame header.
 pub(crate) const HEADER_LEN: usize = 8;
 /// Largest payload of a single frame; bigger messages are split.
@@ -315,6 +316,8 @@ pub(crate) enum Reply {
     ProtocolError {
         message: String,
     },
+    /// The first reply of every template: it reached `init` and serves.
+    Ready,
 }
 
 mod tag {
@@ -337,6 +340,7 @@ mod tag {
     pub(super) const INIT_FAILED: u8 = 0x84;
     pub(super) const PONG: u8 = 0x85;
     pub(super) const PROTOCOL_ERROR: u8 = 0x86;
+    pub(super) const READY: u8 = 0x87;
 
     pub(super) const FAIL_FORK: u8 = 1;
     pub(super) const FAIL_UNKNOWN: u8 = 2;
@@ -516,6 +520,7 @@ impl Writer {
                 self.u8(tag::PROTOCOL_ERROR);
                 self.bytes(message.as_bytes());
             }
+            Reply::Ready => self.u8(tag::READY),
         }
     }
 }
@@ -691,6 +696,7 @@ impl<'a> Reader<'a> {
             tag::PROTOCOL_ERROR => Reply::ProtocolError {
                 message: self.string()?,
             },
+            tag::READY => Reply::Ready,
             t => return err(format!("unknown reply tag {t:#04x}")),
         })
     }
@@ -802,7 +808,7 @@ mod tests {
             nfds: 3,
             len: 0x0102,
         };
-        assert_eq!(encode_header(h), [b'f', 1, 1, 3, 0x02, 0x01, 0, 0]);
+        assert_eq!(encode_header(h), [b'f', 2, 1, 3, 0x02, 0x01, 0, 0]);
         let mut frame = encode_header(h).to_vec();
         frame.extend(std::iter::repeat_n(7u8, 0x102));
         assert_eq!(decode_frame(&frame).unwrap().0, h);
@@ -810,9 +816,9 @@ mod tests {
 
     #[test]
     fn frame_errors() {
-        assert!(decode_frame(&[b'f', 1, 0]).unwrap_err().0.contains("short"));
+        assert!(decode_frame(&[b'f', 2, 0]).unwrap_err().0.contains("short"));
         assert!(
-            decode_frame(&[b'x', 1, 0, 0, 0, 0, 0, 0])
+            decode_frame(&[b'x', 2, 0, 0, 0, 0, 0, 0])
                 .unwrap_err()
                 .0
                 .contains("magic")
@@ -824,19 +830,19 @@ mod tests {
                 .contains("version")
         );
         assert!(
-            decode_frame(&[b'f', 1, 4, 0, 0, 0, 0, 0])
+            decode_frame(&[b'f', 2, 4, 0, 0, 0, 0, 0])
                 .unwrap_err()
                 .0
                 .contains("flags")
         );
         assert!(
-            decode_frame(&[b'f', 1, 0, 0, 5, 0, 0, 0])
+            decode_frame(&[b'f', 2, 0, 0, 5, 0, 0, 0])
                 .unwrap_err()
                 .0
                 .contains("carries")
         );
         assert!(
-            decode_frame(&[b'f', 1, 0, 0, 0, 0, 0, 1])
+            decode_frame(&[b'f', 2, 0, 0, 0, 0, 0, 1])
                 .unwrap_err()
                 .0
                 .contains("exceeds")
@@ -919,6 +925,11 @@ mod tests {
         roundtrip_reply(Reply::ProtocolError {
             message: "bad".into(),
         });
+        roundtrip_reply(Reply::Ready);
+        // The ready reply is its tag alone.
+        let mut w = Writer::default();
+        w.reply(&Reply::Ready);
+        assert_eq!(w.buf, [0x87]);
     }
 
     #[test]

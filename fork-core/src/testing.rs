@@ -65,6 +65,17 @@ pub fn set_nproc_limit(n: u64) -> io::Result<()> {
     crate::sys::set_nproc_limit(n)
 }
 
+/// Registers `handler` to run when the process calls `exit()` (C's
+/// `atexit`, which `std::process::exit` runs too, and `_exit` does not):
+/// for tests that check which exit path a process took.
+///
+/// # Errors
+///
+/// If the C library has no room for another handler.
+pub fn on_exit(handler: extern "C" fn()) -> io::Result<()> {
+    crate::sys::atexit(handler)
+}
+
 /// The environment variable that marks a process started as a template, for
 /// tests that start one by hand to feed it bad input.
 pub const TEMPLATE_MARKER: &str = crate::template::serve::MARKER;

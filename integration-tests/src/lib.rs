@@ -26,6 +26,13 @@ pub type TestFn = fn() -> Result<(), Failed>;
 /// nextest filters work). Call after `fork_core::init`.
 pub fn run(tests: &[(&'static str, TestFn)]) -> ! {
     let args = Arguments::from_args();
+    if !args.list {
+        eprintln!(
+            "note: these tests make workers panic, send bad bytes and get killed on purpose: \
+             the panic messages, backtraces and protocol errors printed below are expected; \
+             the result of each test is on its own `test ... ok` line"
+        );
+    }
     let trials = tests
         .iter()
         .map(|&(name, f)| Trial::test(name, f))
@@ -52,6 +59,19 @@ macro_rules! ensure {
         }
     };
 }
+
+fn forbid_forks(_: ()) -> Result<(), String> {
+    if nix::unistd::geteuid().is_root() {
+        let nobody = nix::unistd::Uid::from_raw(65534);
+        nix::unistd::setgid(nix::unistd::Gid::from_raw(65534)).map_err(|e| e.to_string())?;
+        nix::unistd::setuid(nobody).map_err(|e| e.to_string())?;
+    }
+    fork_core::testing::set_nproc_limit(0).map_err(|e| e.to_string())
+}
+/// An init function that makes further forks in the process it runs in fail
+/// with `EAGAIN` (for a template of a test's own): it drops root (which
+/// ignores `RLIMIT_NPROC`) and allows no process.
+pub static FORBID_FORKS: fork_core::InitFn<()> = fork_core::init_fn!(forbid_forks);
 
 /// Waits (without sleeping: on a pidfd) until every pid has exited, up to
 /// 10 s each; fails naming the first that did not.

@@ -12,7 +12,8 @@ use std::time::Duration;
 use fork_core::testing::wait_exit;
 use fork_core::{Context, Entry, Error, InitFn, Template};
 use integration_tests::{
-    Failed, all_exit, block_on, children_of, ensure, fail, fds_of, parent_of, state_of, threads_of,
+    FORBID_FORKS, Failed, all_exit, block_on, children_of, ensure, fail, fds_of, parent_of,
+    state_of, threads_of,
 };
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt;
@@ -145,17 +146,105 @@ fn init_starting_a_thread(_: ()) -> Result<(), String> {
 }
 static INIT_STARTING_A_THREAD: InitFn<()> = fork_core::init_fn!(init_starting_a_thread);
 
-/// Makes further forks in this process fail with EAGAIN: drop root (which
-/// ignores RLIMIT_NPROC) and allow no process.
-fn forbid_forks(_: ()) -> Result<(), String> {
-    if nix::unistd::geteuid().is_root() {
-        let nobody = nix::unistd::Uid::from_raw(65534);
-        nix::unistd::setgid(nix::unistd::Gid::from_raw(65534)).map_err(|e| e.to_string())?;
-        nix::unistd::setuid(nobody).map_err(|e| e.to_string())?;
-    }
-    fork_core::testing::set_nproc_limit(0).map_err(|e| e.to_string())
+/// A child an init function started in the template (as a library might),
+/// and waits for itself.
+static INIT_CHILD: std::sync::Mutex<Option<std::process::Child>> = std::sync::Mutex::new(None);
+
+/// Starts a child that exits at once, and waits until it has exited without
+/// reaping it: it is then a zombie that only its owner may reap.
+fn start_child(_: ()) -> Result<(), String> {
+    let child = std::process::Command::new("true")
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::wait::waitid(
+        nix::sys::wait::Id::Pid(pid),
+        nix::sys::wait::WaitPidFlag::WEXITED | nix::sys::wait::WaitPidFlag::WNOWAIT,
+    )
+    .map_err(|e| e.to_string())?;
+    *INIT_CHILD.lock().map_err(|e| e.to_string())? = Some(child);
+    Ok(())
 }
-static FORBID_FORKS: InitFn<()> = fork_core::init_fn!(forbid_forks);
+static START_CHILD: InitFn<()> = fork_core::init_fn!(start_child);
+
+/// Its owner waits for the child: fails if someone else reaped it.
+fn wait_child(_: ()) -> Result<(), String> {
+    let mut child = INIT_CHILD
+        .lock()
+        .map_err(|e| e.to_string())?
+        .take()
+        .ok_or("no child")?;
+    match child.wait() {
+        Ok(status) if status.success() => Ok(()),
+        Ok(status) => Err(format!("the child exited with {status}")),
+        Err(e) => Err(format!("its owner could not wait for the child: {e}")),
+    }
+}
+static WAIT_CHILD: InitFn<()> = fork_core::init_fn!(wait_child);
+
+/// Starts a template of its own, forks a worker exiting with the code it
+/// was given, and exits with that worker's code.
+fn nested_template(ctx: Context) -> i32 {
+    let code: i32 = ctx.arg(0).expect("a code");
+    let run = || -> Result<i32, Box<dyn std::error::Error>> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async {
+            let template = Template::new()?;
+            let mut worker = template.fork().arg(&code).run(&EXIT_WITH).await?;
+            Ok(worker.wait().await?.code().unwrap_or(-1))
+        })
+    };
+    run().unwrap_or_else(|e| {
+        eprintln!("nested template: {e}");
+        1
+    })
+}
+static NESTED_TEMPLATE: Entry = fork_core::entry!(nested_template);
+
+/// The signal masks of `pid` from `/proc/<pid>/status`: (blocked, ignored).
+fn signal_masks(pid: u32) -> Result<(u64, u64), Failed> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(fail)?;
+    let mask = |name: &str| -> Result<u64, Failed> {
+        let line = status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .ok_or_else(|| format!("no {name} in /proc/{pid}/status"))?;
+        u64::from_str_radix(line.trim(), 16).map_err(fail)
+    };
+    Ok((mask("SigBlk:")?, mask("SigIgn:")?))
+}
+
+/// Writes its own signal masks (blocked, ignored), then waits for EOF.
+fn report_signal_masks(ctx: Context) -> std::io::Result<()> {
+    let (blocked, ignored) =
+        signal_masks(std::process::id()).map_err(|e| std::io::Error::other(format!("{e:?}")))?;
+    let mut socket = ctx.socket();
+    socket.write_all(&blocked.to_le_bytes())?;
+    socket.write_all(&ignored.to_le_bytes())?;
+    let mut buf = [0u8; 64];
+    while matches!(socket.read(&mut buf), Ok(n) if n > 0) {}
+    Ok(())
+}
+static REPORT_SIGNAL_MASKS: Entry = fork_core::entry!(report_signal_masks);
+
+/// Runs a helper binary and returns its stdout, failing unless it exits 0.
+fn run_helper(path: &str, args: &[&str]) -> Result<String, Failed> {
+    let out = std::process::Command::new(path)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(fail)?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    ensure!(
+        out.status.success(),
+        "{path} {args:?} exited with {}: {stdout}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(stdout)
+}
 
 // ===== helpers =====
 
@@ -591,6 +680,13 @@ fn fork_failure_is_an_error() -> Result<(), Failed> {
             Error::Fork(io) => ensure!(io.raw_os_error() == Some(libc::EAGAIN), "{io:?}"),
             other => return Err(format!("expected a fork error, got {other:?}").into()),
         }
+        // What failed, the errno and the limit behind it.
+        let shown = e.to_string();
+        ensure!(
+            shown.starts_with("fork failed in the template: Resource temporarily unavailable")
+                && shown.contains("RLIMIT_NPROC"),
+            "message: {shown}"
+        );
         // The template survives and says so.
         limited.ready().await.map_err(fail)?;
         Ok(())
@@ -788,10 +884,10 @@ fn recv_reply(sock: &OwnedFd) -> Result<Vec<u8>, Failed> {
 fn template_rejects_malformed_frames() -> Result<(), Failed> {
     let cases: [(&str, Vec<u8>); 4] = [
         ("bad magic", vec![b'x', 1, 0, 0, 0, 0, 0, 0]),
-        ("unknown request", vec![b'f', 1, 0, 0, 1, 0, 0, 0, 0x7f]),
+        ("unknown request", vec![b'f', 2, 0, 0, 1, 0, 0, 0, 0x7f]),
         ("oversized", {
             // Claims 16 MiB in one frame: over the per-frame maximum.
-            vec![b'f', 1, 0, 0, 0, 0, 0, 1]
+            vec![b'f', 2, 0, 0, 0, 0, 0, 1]
         }),
         ("missing descriptor", {
             // A Spawn request (tag 2) needs a socket descriptor; none sent.
@@ -800,7 +896,7 @@ fn template_rejects_malformed_frames() -> Result<(), Failed> {
             body.push(0);
             body.extend(0u32.to_le_bytes());
             body.push(0x02);
-            let mut f = vec![b'f', 1, 0, 0];
+            let mut f = vec![b'f', 2, 0, 0];
             f.extend((body.len() as u32).to_le_bytes());
             f.extend(body);
             f
@@ -808,6 +904,13 @@ fn template_rejects_malformed_frames() -> Result<(), Failed> {
     ];
     for (what, frame) in cases {
         let (mut child, sock) = raw_template()?;
+        // First, unasked, the template says it serves: a Ready reply (tag
+        // 0x87) alone in a frame.
+        let hello = recv_reply(&sock)?;
+        ensure!(
+            hello == [b'f', 2, 0, 0, 1, 0, 0, 0, 0x87],
+            "{what}: first message {hello:?}"
+        );
         nix::sys::socket::send(
             sock.as_raw_fd(),
             &frame,
@@ -1003,6 +1106,164 @@ fn run_given_up_during_init_kills_the_process() -> Result<(), Failed> {
     })
 }
 
+/// A child that an init function started in the template is its own: the
+/// template does not reap it behind its back.
+fn template_leaves_children_of_init_functions_to_their_owners() -> Result<(), Failed> {
+    block_on(async {
+        let t = Template::new().map_err(fail)?;
+        t.init(&START_CHILD, &());
+        t.ready().await.map_err(fail)?;
+        // A worker exits: the template reaps it, and only it.
+        let mut w = t.fork().arg(&0).run(&EXIT_WITH).await.map_err(fail)?;
+        ensure!(w.wait().await.map_err(fail)?.success(), "worker");
+        t.init(&WAIT_CHILD, &());
+        t.ready().await.map_err(fail)?;
+        Ok(())
+    })
+}
+
+/// A worker can start templates of its own (it runs the program past
+/// `init`).
+fn workers_may_start_templates() -> Result<(), Failed> {
+    block_on(async {
+        for template in [
+            Template::new().map_err(fail)?,
+            Template::early().map_err(fail)?,
+        ] {
+            let mut w = template
+                .fork()
+                .arg(&42)
+                .run(&NESTED_TEMPLATE)
+                .await
+                .map_err(fail)?;
+            let status = w.wait().await.map_err(fail)?;
+            ensure!(status.code() == Some(42), "nested: {status}");
+        }
+        Ok(())
+    })
+}
+
+/// Templates (and their workers) have a process group of their own, and
+/// ignore the signals meant for a whole group, which their parent decides
+/// about; workers start with no signal blocked or ignored by the template.
+fn templates_leave_signals_to_their_parent() -> Result<(), Failed> {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::{Pid, getpgid};
+    block_on(async {
+        let ours = getpgid(None).map_err(fail)?;
+        for template in [
+            Template::new().map_err(fail)?,
+            Template::early().map_err(fail)?,
+        ] {
+            template.ready().await.map_err(fail)?;
+            let pid = Pid::from_raw(template.id() as i32);
+            ensure!(
+                getpgid(Some(pid)).map_err(fail)? == pid && pid != ours,
+                "template {pid} is not the leader of a group of its own"
+            );
+            for signal in [
+                Signal::SIGINT,
+                Signal::SIGTERM,
+                Signal::SIGHUP,
+                Signal::SIGQUIT,
+            ] {
+                kill(pid, signal).map_err(fail)?;
+            }
+            // Still serving, after those signals were handled.
+            template.ready().await.map_err(fail)?;
+            let mut w = template
+                .fork()
+                .run(&REPORT_SIGNAL_MASKS)
+                .await
+                .map_err(fail)?;
+            ensure!(template.is_alive(), "template {pid} died of a signal");
+            ensure!(
+                getpgid(Some(Pid::from_raw(w.id() as i32))).map_err(fail)? == pid,
+                "worker not in its template's group"
+            );
+            let mut masks = [0u8; 16];
+            let stream = w.stream().ok_or("no stream")?;
+            stream.read_exact(&mut masks).await.map_err(fail)?;
+            let blocked = u64::from_le_bytes(masks[..8].try_into().map_err(fail)?);
+            let ignored = u64::from_le_bytes(masks[8..].try_into().map_err(fail)?);
+            let bit = |s: Signal| 1u64 << (s as i32 - 1);
+            let ours = signal_masks(std::process::id())?;
+            ensure!(blocked == ours.0, "worker blocks {blocked:#x}");
+            ensure!(
+                ignored & (bit(Signal::SIGINT) | bit(Signal::SIGTERM) | bit(Signal::SIGHUP)) == 0,
+                "worker ignores {ignored:#x}"
+            );
+            // A worker gets SIGTERM's default action.
+            w.signal(libc::SIGTERM).map_err(fail)?;
+            let status = w.wait().await.map_err(fail)?;
+            ensure!(status.signal() == Some(libc::SIGTERM), "worker: {status}");
+        }
+        Ok(())
+    })
+}
+
+/// Text an init function printed without a newline is written once, not
+/// once per worker.
+fn output_buffered_in_a_template_is_written_once() -> Result<(), Failed> {
+    let out = run_helper(env!("CARGO_BIN_EXE_template-host"), &["buffered-output"])?;
+    ensure!(out == "[text printed once]", "stdout: {out:?}");
+    Ok(())
+}
+
+/// The early template keeps the descriptors the program opened before
+/// `init` (their owners still use them), and closes those inherited
+/// through `exec`; so does an exec'd template.
+fn templates_close_only_inherited_descriptors() -> Result<(), Failed> {
+    let log = std::env::temp_dir().join(format!("fork-core-early-fds-{}.log", std::process::id()));
+    let log_arg = log.to_string_lossy().into_owned();
+    let out = run_helper(
+        env!("CARGO_BIN_EXE_template-host"),
+        &["early-fds", &log_arg],
+    );
+    let written = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::remove_file(&log);
+    let out = out?;
+    ensure!(
+        out == "early template keeps the log: true\n\
+                early template keeps the inherited pipe: false\n\
+                worker wrote to the log: true\n\
+                exec'd template keeps the inherited pipe: false\n",
+        "helper said: {out}"
+    );
+    ensure!(written == "from a worker\n", "log: {written:?}");
+    Ok(())
+}
+
+/// At the descriptor limit, the error says what failed and why.
+fn errors_name_what_failed_and_why() -> Result<(), Failed> {
+    let out = run_helper(env!("CARGO_BIN_EXE_template-host"), &["fd-limit"])?;
+    ensure!(
+        out.starts_with("creating the worker's socket pair: Too many open files (os error 24)")
+            && out.contains("RLIMIT_NOFILE"),
+        "error: {out}"
+    );
+    Ok(())
+}
+
+/// A program that parses its command line before `init` sends its
+/// templates down another path: the first fork says so.
+fn a_template_that_never_reaches_init_is_explained() -> Result<(), Failed> {
+    let out = run_helper(env!("CARGO_BIN_EXE_args-first"), &["run"])?;
+    // First the template's own words, from the path it took instead of init.
+    let (template_said, out) = out.split_once('\n').ok_or("one line")?;
+    ensure!(
+        template_said == "usage: args-first run",
+        "template: {template_said}"
+    );
+    ensure!(
+        out.starts_with("the template process ended before it started serving (exit status: 0)")
+            && out.contains("before calling fork_core::init()")
+            && out.contains("only argv[0]"),
+        "error: {out}"
+    );
+    Ok(())
+}
+
 fn main() {
     fork_core::Init::new().early_template(true).init();
     integration_tests::run(&[
@@ -1058,6 +1319,31 @@ fn main() {
         (
             "run_given_up_during_init_kills_the_process",
             run_given_up_during_init_kills_the_process,
+        ),
+        (
+            "template_leaves_children_of_init_functions_to_their_owners",
+            template_leaves_children_of_init_functions_to_their_owners,
+        ),
+        ("workers_may_start_templates", workers_may_start_templates),
+        (
+            "templates_leave_signals_to_their_parent",
+            templates_leave_signals_to_their_parent,
+        ),
+        (
+            "output_buffered_in_a_template_is_written_once",
+            output_buffered_in_a_template_is_written_once,
+        ),
+        (
+            "templates_close_only_inherited_descriptors",
+            templates_close_only_inherited_descriptors,
+        ),
+        (
+            "errors_name_what_failed_and_why",
+            errors_name_what_failed_and_why,
+        ),
+        (
+            "a_template_that_never_reaches_init_is_explained",
+            a_template_that_never_reaches_init_is_explained,
         ),
     ]);
 }

@@ -127,40 +127,106 @@ pub(crate) fn null_stdin() -> io::Result<()> {
     nix::unistd::dup2_stdin(&null).map_err(io::Error::from)
 }
 
-/// Closes every descriptor from 3 up except `keep`: used once, when a template
-/// starts, to drop whatever it inherited.
+/// Closes the descriptors from 3 up that a template inherited through an
+/// `exec` (or from the program's own parent), keeping `keep` and every
+/// close-on-exec descriptor.
+///
+/// A descriptor without close-on-exec was inherited across an `exec`: Rust's
+/// standard library, tokio and nix create every descriptor close-on-exec, so
+/// nothing in this program opened it, and nothing here owns it. A
+/// close-on-exec one was opened by this program's own code before `init` (a
+/// static, a logger): its owner may still use it, so it stays open (and is
+/// inherited by the workers, as descriptors opened by init functions are).
 pub(crate) fn close_inherited(keep: BorrowedFd<'_>) -> io::Result<()> {
-    let keep = keep.as_raw_fd() as libc::c_uint;
-    let ranges = [
-        (3, keep.checked_sub(1)),
-        (keep + 1, Some(libc::c_uint::MAX)),
-    ];
-    for (first, last) in ranges {
-        let Some(last) = last else { continue };
-        if first > last {
+    let keep = keep.as_raw_fd();
+    let listed = {
+        let dir = std::fs::read_dir("/proc/self/fd")?;
+        let mut fds = Vec::new();
+        for entry in dir {
+            if let Ok(fd) = entry?.file_name().to_string_lossy().parse::<RawFd>() {
+                fds.push(fd);
+            }
+        }
+        fds
+        // The directory's own descriptor (close-on-exec) is closed here.
+    };
+    for fd in listed {
+        if fd <= 2 || fd == keep {
             continue;
         }
-        // SAFETY: at template start nothing in this process owns descriptors
-        // other than 0-2 and `keep`: they were inherited from the parent, and
-        // closing them is the point.
-        cvt(unsafe { libc::close_range(first, last, 0) })?;
+        // SAFETY: F_GETFD only reads the descriptor's flags; a number that
+        // is not open (the directory's, closed above) gives EBADF.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+        if flags == -1 || flags & libc::FD_CLOEXEC != 0 {
+            continue;
+        }
+        // SAFETY: an open descriptor without close-on-exec was inherited
+        // through exec; no object of this program owns it (see above), so
+        // closing it cannot pull a descriptor from under an owner.
+        unsafe { libc::close(fd) };
     }
     Ok(())
 }
 
-/// Waits for any child without blocking: `Ok(None)` when none has exited.
-/// Returns `(pid, raw wait status)`.
-pub(crate) fn reap_any() -> io::Result<Option<(i32, i32)>> {
+/// Puts the calling process in a new process group of its own
+/// (`setpgid(0, 0)`), so that signals sent to its parent's group (Ctrl-C
+/// in a terminal, `kill -TERM -<pgid>`) do not reach it.
+pub(crate) fn new_process_group() -> io::Result<()> {
+    nix::unistd::setpgid(nix::unistd::Pid::from_raw(0), nix::unistd::Pid::from_raw(0))?;
+    Ok(())
+}
+
+/// Flushes Rust's standard output and every C stdio output stream, so that
+/// text buffered in a template is written once, not copied into every
+/// process it forks.
+pub(crate) fn flush_stdio() {
+    let _ = std::io::Write::flush(&mut std::io::stdout());
+    // SAFETY: fflush(NULL) flushes every open C output stream; it takes no
+    // pointer of ours.
+    unsafe { libc::fflush(std::ptr::null_mut()) };
+}
+
+/// The pid of a child that has exited and waits to be reaped, without
+/// reaping it (`waitid(P_ALL, WEXITED | WNOHANG | WNOWAIT)`): `None` when no
+/// child has exited.
+pub(crate) fn peek_exited() -> io::Result<Option<i32>> {
+    // SAFETY: a zeroed siginfo_t is a valid value to be written into.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: `info` is a valid, writable siginfo_t; P_ALL ignores the id.
+        let ret = unsafe {
+            libc::waitid(
+                libc::P_ALL,
+                0,
+                &mut info,
+                libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+            )
+        };
+        match cvt(ret) {
+            Ok(_) => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.raw_os_error() == Some(libc::ECHILD) => return Ok(None),
+            Err(e) => return Err(e),
+        }
+    }
+    // SAFETY: waitid filled `info` for a child (si_pid is 0 when none
+    // exited, with WNOHANG).
+    let pid = unsafe { info.si_pid() };
+    Ok((pid != 0).then_some(pid))
+}
+
+/// Reaps the child `pid` if it has exited, without blocking: its raw wait
+/// status, or `None` while it runs.
+pub(crate) fn try_reap(pid: i32) -> io::Result<Option<i32>> {
     let mut status = 0;
-    // SAFETY: `status` is a valid, writable c_int.
-    let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
-    match pid {
-        0 => Ok(None),
-        -1 => match io::Error::last_os_error() {
-            e if e.raw_os_error() == Some(libc::ECHILD) => Ok(None),
-            e => Err(e),
-        },
-        pid => Ok(Some((pid, status))),
+    loop {
+        // SAFETY: `status` is a valid, writable c_int.
+        match cvt(unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) }) {
+            Ok(0) => return Ok(None),
+            Ok(_) => return Ok(Some(status)),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
     }
 }
 
@@ -330,6 +396,17 @@ pub(crate) fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
     }
     // SAFETY: the syscall returned a new descriptor that nobody else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+#[cfg(feature = "test-support")]
+/// Registers `handler` to run at `exit()` (C's `atexit`).
+pub(crate) fn atexit(handler: extern "C" fn()) -> io::Result<()> {
+    // SAFETY: `handler` is a plain function with no arguments, valid for
+    // the life of the program, as atexit requires.
+    match unsafe { libc::atexit(handler) } {
+        0 => Ok(()),
+        _ => Err(io::Error::other("atexit: no room for another handler")),
+    }
 }
 
 #[cfg(feature = "test-support")]

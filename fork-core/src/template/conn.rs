@@ -66,6 +66,8 @@ struct State {
     pings: HashMap<u64, oneshot::Sender<Result<()>>>,
     children: HashMap<i32, ExitSender>,
     failure: Option<Failure>,
+    /// The template said it serves ([`Reply::Ready`]).
+    ready: bool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -78,9 +80,13 @@ impl Conn {
     /// `reap` is the template's pid when it is our own child.
     pub(crate) fn start(fd: OwnedFd, reap: Option<i32>) -> Result<Arc<Conn>> {
         let rt = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
-        sys::set_nonblocking(fd.as_fd(), true)?;
+        sys::set_nonblocking(fd.as_fd(), true).map_err(Error::os(
+            "making the template's control socket non-blocking",
+        ))?;
         let conn = Arc::new(Conn {
-            fd: sys::async_fd(fd)?,
+            fd: sys::async_fd(fd).map_err(Error::os(
+                "registering the template's control socket with tokio",
+            ))?,
             rt,
             out: Mutex::new(Outbox::default()),
             state: Mutex::new(State::default()),
@@ -157,6 +163,20 @@ impl Conn {
         }
     }
 
+    /// The error for a request that could not be sent: if the template is
+    /// gone (the socket broke before the reader saw it end), why, once the
+    /// reader knows (an init function failed, it exited with this status,
+    /// it never served).
+    async fn explain(&self, e: Error) -> Error {
+        match e {
+            Error::TemplateGone { status: None } => {
+                self.ended().await;
+                self.error()
+            }
+            e => e,
+        }
+    }
+
     /// Asks the template to fork; resolves once it reported the new pid.
     pub(crate) async fn spawn(
         self: &Arc<Self>,
@@ -182,7 +202,7 @@ impl Conn {
         all.extend(fds);
         if let Err(e) = self.send(&Request::Spawn { id, ack, ops, then }, all) {
             lock(&self.state).spawns.remove(&id);
-            return Err(e);
+            return Err(self.explain(e).await);
         }
         let mut pending = PendingSpawn {
             conn: self.clone(),
@@ -209,7 +229,7 @@ impl Conn {
         };
         if let Err(e) = self.send(&Request::Ping { id }, Vec::new()) {
             lock(&self.state).pings.remove(&id);
-            return Err(e);
+            return Err(self.explain(e).await);
         }
         rx.await.unwrap_or_else(|_| Err(self.error()))
     }
@@ -328,6 +348,7 @@ impl Conn {
                         "the template rejected a request: {message}"
                     )));
                 }
+                Reply::Ready => st.ready = true,
             }
         }
         Ok(())
@@ -416,6 +437,12 @@ async fn read_loop(conn: Arc<Conn>, reap: Option<i32>) {
             Failure::Gone(status)
         }
         (end, _) => end,
+    };
+    let end = match end {
+        // It never said it serves: it did not reach `init` (or was killed
+        // first), which says more than "gone".
+        Failure::Gone(status) if !lock(&conn.state).ready => Failure::NotStarted(status),
+        end => end,
     };
     conn.finish(end);
 }

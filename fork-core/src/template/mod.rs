@@ -105,15 +105,28 @@ impl Template {
     /// The process is spawned with `posix_spawn` (safe and cheap from a big,
     /// threaded parent): its control socket is its standard input, a marker in
     /// its environment makes [`init`](crate::init) turn it into a template
-    /// (the marker is then removed), and it closes every other descriptor it
-    /// inherited. Its stdout and stderr are the parent's.
+    /// (the marker is then removed), and it closes the other descriptors it
+    /// inherited through the `exec`. Its stdout and stderr are the parent's.
+    /// It gets `argv[0]` only: `init` must come before the command line is
+    /// parsed.
+    ///
+    /// It runs in a process group of its own, with its workers: signals for
+    /// the parent's group (Ctrl-C in a terminal, `kill -TERM -<pgid>`) do not
+    /// reach them, so the parent decides what happens to its workers. It
+    /// ignores `SIGINT`, `SIGTERM`, `SIGHUP` and `SIGQUIT` sent to it
+    /// directly (or to its cgroup, as systemd does at stop), and lives until
+    /// its parent goes.
+    ///
+    /// A worker may start templates of its own.
     ///
     /// # Errors
     ///
     /// [`Error::NotInitialized`] if [`init`](crate::init) was not called (the
     /// new process would run `main` again), [`Error::NoRuntime`] outside a
     /// tokio runtime, [`Error::TemplateStart`] if the process cannot be
-    /// spawned.
+    /// spawned. A template that ends before it serves (its `main` did not
+    /// reach `init`) fails the first fork with
+    /// [`Error::TemplateNotStarted`].
     pub fn new() -> Result<Template> {
         if !crate::init::initialized() {
             return Err(Error::NotInitialized);
@@ -125,6 +138,10 @@ impl Template {
             .unwrap_or_else(|| OsString::from("fork-core-template"));
         let child = std::process::Command::new("/proc/self/exe")
             .arg0(arg0)
+            // Its own process group: a signal for the parent's group (Ctrl-C
+            // in a terminal, `kill -TERM -<pgid>`) does not reach it or its
+            // workers; the parent decides what happens to them.
+            .process_group(0)
             .env(
                 serve::MARKER,
                 format!("{}:{}", proto::VERSION, std::process::id()),
@@ -163,10 +180,10 @@ impl Template {
     /// As [`Template::new`].
     pub fn shared() -> Result<Template> {
         let mut shared = SHARED.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(t) = &*shared {
-            if t.is_alive() {
-                return Ok(t.clone());
-            }
+        if let Some(t) = &*shared
+            && t.is_alive()
+        {
+            return Ok(t.clone());
         }
         let t = match Template::early() {
             Ok(t) if t.is_alive() => t,
@@ -231,15 +248,15 @@ impl Template {
         let conn = self.inner.conn.clone();
         conn.close();
         let ended = conn.ended().await;
-        if let Failure::Gone(Some(status)) = ended {
+        if let Failure::Gone(Some(status)) | Failure::NotStarted(Some(status)) = ended {
             return Ok(status);
         }
         if let Some((_, exit)) = &self.inner.parent {
             let mut exit = exit.clone();
-            if let Ok(v) = exit.wait_for(Option::is_some).await {
-                if let Some(Ok(status)) = v.clone() {
-                    return Ok(status);
-                }
+            if let Ok(v) = exit.wait_for(Option::is_some).await
+                && let Some(Ok(status)) = v.clone()
+            {
+                return Ok(status);
             }
         }
         Err(Error::TemplateGone { status: None })
@@ -320,7 +337,7 @@ impl Template {
         match sys::dup_cloexec(fd.as_fd()) {
             Ok(fd) => self.prepare(vec![Op::Fd], vec![fd]),
             Err(e) => {
-                self.poison(&Error::Io(e));
+                self.poison(&Error::os("duplicating a descriptor to send")(e));
                 self
             }
         }
@@ -410,7 +427,7 @@ impl Fork {
                 self.fds.push(fd);
                 self
             }
-            Err(e) => self.record(Error::Io(e)),
+            Err(e) => self.record(Error::os("duplicating a descriptor to send")(e)),
         }
     }
 
@@ -477,7 +494,8 @@ impl Fork {
         entry.check()?;
         let (ops, fds) = self.take()?;
         let ack = ops.iter().any(|op| matches!(op, Op::Init { .. }));
-        let (ours, theirs) = UnixStream::pair()?;
+        let (ours, theirs) =
+            UnixStream::pair().map_err(Error::os("creating the worker's socket pair"))?;
         let spawned = self
             .template
             .conn()
@@ -492,8 +510,7 @@ impl Fork {
         // Until this returns it, the worker is killed if the call is given
         // up on (an error, or this future dropped while init functions run).
         let worker = Worker::starting(spawned, self.template.clone());
-        ours.set_nonblocking(true)?;
-        let mut stream = tokio::net::UnixStream::from_std(ours)?;
+        let mut stream = tokio_stream(ours)?;
         if ack {
             match read_ack(&mut stream).await? {
                 Some(Ack::Ready) => {}
@@ -519,7 +536,8 @@ impl Fork {
     /// template (see [`Template::ready`]).
     pub async fn template(&mut self) -> Result<Template> {
         let (ops, fds) = self.take()?;
-        let (ours, theirs) = sys::seqpacket_pair()?;
+        let (ours, theirs) = sys::seqpacket_pair()
+            .map_err(Error::os("creating the new template's control socket pair"))?;
         let spawned = self
             .template
             .conn()
@@ -536,15 +554,15 @@ impl Fork {
     pub(crate) async fn exec(&mut self, spec: ExecSpec) -> Result<Worker> {
         let program = String::from_utf8_lossy(&spec.program).into_owned();
         let (ops, fds) = self.take()?;
-        let (ours, theirs) = UnixStream::pair()?;
+        let (ours, theirs) =
+            UnixStream::pair().map_err(Error::os("creating the worker's socket pair"))?;
         let spawned = self
             .template
             .conn()
             .spawn(true, ops, Then::Exec(spec), theirs.into(), fds)
             .await?;
         let worker = Worker::starting(spawned, self.template.clone());
-        ours.set_nonblocking(true)?;
-        let mut stream = tokio::net::UnixStream::from_std(ours)?;
+        let mut stream = tokio_stream(ours)?;
         match read_ack(&mut stream).await? {
             // The socket is close-on-exec: EOF means exec succeeded.
             None => Ok(worker.started(None, self.kill_on_drop)),
@@ -560,6 +578,14 @@ impl Fork {
     pub(crate) fn fd_count(&self) -> usize {
         self.fds.len()
     }
+}
+
+/// The parent's end of a worker's socket, non-blocking, for tokio.
+fn tokio_stream(ours: UnixStream) -> Result<tokio::net::UnixStream> {
+    ours.set_nonblocking(true)
+        .map_err(Error::os("making the worker's socket non-blocking"))?;
+    tokio::net::UnixStream::from_std(ours)
+        .map_err(Error::os("registering the worker's socket with tokio"))
 }
 
 /// Reads the report a forked process writes before it starts; `None` on EOF.

@@ -1,10 +1,16 @@
 //! The template side: a blocking, single-threaded, tokio-free loop.
 //!
-//! The loop waits on its control socket and a `signalfd` for `SIGCHLD`. It
-//! drains every request that is ready (up to a batch), forks as asked, reaps
+//! The loop waits on its control socket and a `signalfd`. It drains every
+//! request that is ready (up to a batch), forks as asked, reaps its own
 //! children and sends all replies of one round in one message. It exits when
 //! the control socket reaches EOF (the parent closed it or died); its
 //! children die with it through `PR_SET_PDEATHSIG`.
+//!
+//! Signals: `SIGCHLD` is read from the signalfd. `SIGINT`, `SIGTERM`,
+//! `SIGHUP` and `SIGQUIT` are read from it too and ignored: a template lives
+//! until its parent goes (the parent decides what its workers do), even when
+//! a signal meant for a whole process group or cgroup reaches it. Forked
+//! processes get the signal mask the template started with.
 
 use std::collections::{HashSet, VecDeque};
 use std::io::{self, IoSlice, Write};
@@ -39,6 +45,14 @@ const EXIT_CHILD_INIT_FAILED: i32 = 1;
 /// Exit code of a forked process whose `exec` failed (as in shells).
 const EXIT_EXEC_FAILED: i32 = 127;
 
+/// Signals a template reads and ignores (see the module docs).
+const IGNORED: [Signal; 4] = [
+    Signal::SIGINT,
+    Signal::SIGTERM,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+];
+
 /// Name under which template start-up failures are reported.
 const STARTUP: &str = "fork_core::template";
 
@@ -66,7 +80,12 @@ pub(crate) fn exec_main() -> ! {
 
 /// Runs a template forked from the parent at start-up (the early template).
 pub(crate) fn early_main(ctrl: OwnedFd) -> ! {
-    if let Err(e) = sys::null_stdin().and_then(|()| sys::close_inherited(ctrl.as_fd())) {
+    let setup = || {
+        sys::new_process_group()?;
+        sys::null_stdin()?;
+        sys::close_inherited(ctrl.as_fd())
+    };
+    if let Err(e) = setup() {
         startup_failed(ctrl, e)
     }
     run(ctrl, Vec::new(), Vec::new(), Vec::new(), VecDeque::new())
@@ -94,14 +113,20 @@ fn run(
     // Initialise std's stdout here, once, rather than in every worker that
     // flushes it on its way out.
     drop(io::stdout().lock());
+    // This process is the program after `init`: a worker forked from it may
+    // start templates of its own.
+    crate::init::mark_initialized();
     let mut server = match Server::new(ctrl, args, fds) {
         Ok(s) => s,
         Err((ctrl, e)) => startup_failed(ctrl, e),
     };
+    // Says it serves (before any reply to what was queued for it): a parent
+    // that never hears this knows the program did not reach `init`.
+    server.out.reply(&Reply::Ready);
     if !ops.is_empty() {
         server.prepare(ops, &mut op_fds);
-        server.flush();
     }
+    server.flush();
     server.serve()
 }
 
@@ -148,11 +173,13 @@ impl Server {
             // children and lose their exit statuses.
             sys::reset_signal(libc::SIGCHLD)?;
             let mask = SigSet::thread_get_mask()?;
-            let mut chld = SigSet::empty();
-            chld.add(Signal::SIGCHLD);
-            chld.thread_block()?;
+            let mut read = SigSet::empty();
+            for signal in [Signal::SIGCHLD].into_iter().chain(IGNORED) {
+                read.add(signal);
+            }
+            read.thread_block()?;
             let sigfd =
-                SignalFd::with_flags(&chld, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
+                SignalFd::with_flags(&read, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
             Ok((forker, mask, sigfd))
         };
         match setup() {
@@ -226,12 +253,40 @@ impl Server {
         (ready(&fds[0]), ready(&fds[1]))
     }
 
+    /// Reaps the template's own children that exited, and reports them.
+    /// Children that init functions started are left to their owners: one
+    /// that exited is not reaped here (its owner's `wait` would fail, and a
+    /// later `kill` could hit a reused pid).
     fn reap(&mut self) {
-        while let Ok(Some((pid, status))) = sys::reap_any() {
-            if self.children.remove(&pid) {
-                self.out.reply(&Reply::Exited { pid, status });
+        loop {
+            match sys::peek_exited() {
+                Ok(Some(pid)) if self.children.contains(&pid) => match sys::try_reap(pid) {
+                    Ok(Some(status)) => self.exited(pid, status),
+                    _ => return,
+                },
+                // A child that is not ours exited first, and stays until its
+                // owner reaps it: look at ours one by one.
+                Ok(Some(_)) => return self.reap_each(),
+                Ok(None) | Err(_) => return,
             }
         }
+    }
+
+    /// Reaps each of the template's children that exited.
+    fn reap_each(&mut self) {
+        let exited: Vec<(i32, i32)> = self
+            .children
+            .iter()
+            .filter_map(|&pid| Some((pid, sys::try_reap(pid).ok()??)))
+            .collect();
+        for (pid, status) in exited {
+            self.exited(pid, status);
+        }
+    }
+
+    fn exited(&mut self, pid: i32, status: i32) {
+        self.children.remove(&pid);
+        self.out.reply(&Reply::Exited { pid, status });
     }
 
     fn flush(&mut self) {
@@ -340,16 +395,19 @@ impl Server {
         let socket = fds.pop_front().expect("descriptors were counted");
         let nfds = ops.iter().filter(|o| matches!(o, Op::Fd)).count();
         let own: VecDeque<OwnedFd> = fds.drain(..nfds).collect();
-        if let Then::Run(name) = &then {
-            if let Err(e) = find_entry(name) {
-                let failure = match e {
-                    crate::Error::DuplicateEntry(n) => SpawnFailure::DuplicateEntry(n),
-                    _ => SpawnFailure::UnknownEntry(name.clone()),
-                };
-                self.out.reply(&Reply::SpawnFailed { id, failure });
-                return;
-            }
+        if let Then::Run(name) = &then
+            && let Err(e) = find_entry(name)
+        {
+            let failure = match e {
+                crate::Error::DuplicateEntry(n) => SpawnFailure::DuplicateEntry(n),
+                _ => SpawnFailure::UnknownEntry(name.clone()),
+            };
+            self.out.reply(&Reply::SpawnFailed { id, failure });
+            return;
         }
+        // Text buffered in the template (an init function's `print!`) is
+        // written now, once, not copied into the child to be written again.
+        sys::flush_stdio();
         match self.forker.fork() {
             Ok(Forked::Parent { child }) => {
                 self.children.insert(child);
