@@ -264,7 +264,7 @@ fn pick_jitter(rng: &mut u64, jitter: u64, taken: impl Fn(u64) -> bool) -> u64 {
 impl<Req, Resp, Ev> Builder<Req, Resp, Ev>
 where
     Req: Serialize + DeserializeOwned + RequestName + Send + Sync + 'static,
-    Resp: DeserializeOwned + Send + Sync + 'static,
+    Resp: Serialize + DeserializeOwned + Send + Sync + 'static,
     Ev: DeserializeOwned + Send + Sync + 'static,
 {
     /// Replaces the whole configuration.
@@ -439,7 +439,7 @@ where
 impl<Req, Resp, Ev> Pool<Req, Resp, Ev>
 where
     Req: Serialize + DeserializeOwned + RequestName + Send + Sync + 'static,
-    Resp: DeserializeOwned + Send + Sync + 'static,
+    Resp: Serialize + DeserializeOwned + Send + Sync + 'static,
     Ev: DeserializeOwned + Send + Sync + 'static,
 {
     /// Starts building a pool of workers forked from `template` (prepared as
@@ -516,7 +516,7 @@ where
 impl<Req, Resp, Ev> Stub for Pool<Req, Resp, Ev>
 where
     Req: Serialize + DeserializeOwned + RequestName + Send + Sync + 'static,
-    Resp: DeserializeOwned + Send + Sync + 'static,
+    Resp: Serialize + DeserializeOwned + Send + Sync + 'static,
     Ev: DeserializeOwned + Send + Sync + 'static,
 {
     type Req = Req;
@@ -549,7 +549,7 @@ where
 enum Job<'a, Req, Resp, Ev, F>
 where
     Req: Serialize + DeserializeOwned + RequestName + Send + Sync + 'static,
-    Resp: DeserializeOwned + Send + Sync + 'static,
+    Resp: Serialize + DeserializeOwned + Send + Sync + 'static,
     Ev: DeserializeOwned + Send + Sync + 'static,
 {
     /// The worker's call, and the place it holds (given back after the
@@ -563,7 +563,7 @@ where
 impl<Req, Resp, Ev, F> Future for Job<'_, Req, Resp, Ev, F>
 where
     Req: Serialize + DeserializeOwned + RequestName + Send + Sync + 'static,
-    Resp: DeserializeOwned + Send + Sync + 'static,
+    Resp: Serialize + DeserializeOwned + Send + Sync + 'static,
     Ev: DeserializeOwned + Send + Sync + 'static,
     F: Future<Output = Result<Resp, RpcError>> + Unpin,
 {
@@ -593,7 +593,7 @@ where
 struct Place<'a, Req, Resp, Ev>
 where
     Req: Serialize + DeserializeOwned + RequestName + Send + Sync + 'static,
-    Resp: DeserializeOwned + Send + Sync + 'static,
+    Resp: Serialize + DeserializeOwned + Send + Sync + 'static,
     Ev: DeserializeOwned + Send + Sync + 'static,
 {
     pool: &'a Arc<Shared<Req, Resp, Ev>>,
@@ -605,7 +605,7 @@ where
 impl<Req, Resp, Ev> Drop for Place<'_, Req, Resp, Ev>
 where
     Req: Serialize + DeserializeOwned + RequestName + Send + Sync + 'static,
-    Resp: DeserializeOwned + Send + Sync + 'static,
+    Resp: Serialize + DeserializeOwned + Send + Sync + 'static,
     Ev: DeserializeOwned + Send + Sync + 'static,
 {
     fn drop(&mut self) {
@@ -618,7 +618,7 @@ where
 impl<Req, Resp, Ev> Shared<Req, Resp, Ev>
 where
     Req: Serialize + DeserializeOwned + RequestName + Send + Sync + 'static,
-    Resp: DeserializeOwned + Send + Sync + 'static,
+    Resp: Serialize + DeserializeOwned + Send + Sync + 'static,
     Ev: DeserializeOwned + Send + Sync + 'static,
 {
     fn lock(&self) -> MutexGuard<'_, State<Req, Resp>> {
@@ -1263,7 +1263,7 @@ where
 impl<Req, Resp, Ev> Release for Shared<Req, Resp, Ev>
 where
     Req: Serialize + DeserializeOwned + RequestName + Send + Sync + 'static,
-    Resp: DeserializeOwned + Send + Sync + 'static,
+    Resp: Serialize + DeserializeOwned + Send + Sync + 'static,
     Ev: DeserializeOwned + Send + Sync + 'static,
 {
     fn release(self: Arc<Self>, id: u64, answered: bool) {
@@ -1306,7 +1306,7 @@ async fn monitor<Req, Resp, Ev>(
     mut worker: fork_rpc::RpcWorker<Ev>,
 ) where
     Req: Serialize + DeserializeOwned + RequestName + Send + Sync + 'static,
-    Resp: DeserializeOwned + Send + Sync + 'static,
+    Resp: Serialize + DeserializeOwned + Send + Sync + 'static,
     Ev: DeserializeOwned + Send + Sync + 'static,
 {
     let pid = worker.id();
@@ -1366,7 +1366,7 @@ async fn monitor<Req, Resp, Ev>(
 async fn supervise<Req, Resp, Ev>(shared: Arc<Shared<Req, Resp, Ev>>)
 where
     Req: Serialize + DeserializeOwned + RequestName + Send + Sync + 'static,
-    Resp: DeserializeOwned + Send + Sync + 'static,
+    Resp: Serialize + DeserializeOwned + Send + Sync + 'static,
     Ev: DeserializeOwned + Send + Sync + 'static,
 {
     loop {

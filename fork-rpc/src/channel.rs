@@ -51,6 +51,7 @@ use tokio::sync::{Semaphore, TryAcquireError};
 
 use crate::codec;
 use crate::config::Format;
+use crate::variant;
 
 type Reply<Resp> = Result<Resp, ServerError>;
 
@@ -102,6 +103,9 @@ enum Slot<Resp> {
     Waiting {
         waker: Option<Waker>,
         deadline: Instant,
+        /// The variant of the request (tarpc names it after the method),
+        /// which the reply must match.
+        method: Option<&'static str>,
     },
     Done(Reply<Resp>),
     /// Past its deadline, not yet told.
@@ -176,13 +180,12 @@ impl<Resp> State<Resp> {
     /// The waker of the designated reader; the background task's when the
     /// designated call stopped waiting.
     fn reader_waker(&self) -> Option<&Waker> {
-        if let Reader::Call(id) = self.reader {
-            if let Some(Slot::Waiting {
+        if let Reader::Call(id) = self.reader
+            && let Some(Slot::Waiting {
                 waker: Some(waker), ..
             }) = self.calls.get(&id)
-            {
-                return Some(waker);
-            }
+        {
+            return Some(waker);
         }
         self.background.as_ref()
     }
@@ -258,7 +261,7 @@ impl<Resp> Drop for Closer<Resp> {
     }
 }
 
-impl<Req: Serialize + Send + 'static, Resp: Send + 'static> Channel<Req, Resp> {
+impl<Req: Serialize + Send + 'static, Resp: Serialize + Send + 'static> Channel<Req, Resp> {
     /// Starts the background reader over `replies` and returns the channel.
     pub(crate) fn new(
         write: OwnedWriteHalf,
@@ -338,6 +341,7 @@ impl<Req: Serialize + Send + 'static, Resp: Send + 'static> Channel<Req, Resp> {
             Err(e)
         };
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let method = variant::name_of(&request);
         let frame = match codec::encode(
             shared.format,
             shared.limit,
@@ -361,6 +365,7 @@ impl<Req: Serialize + Send + 'static, Resp: Send + 'static> Channel<Req, Resp> {
                 Slot::Waiting {
                     waker: None,
                     deadline: ctx.deadline,
+                    method,
                 },
             );
             // Only a deadline earlier than the timer's moves it; the
@@ -392,7 +397,7 @@ impl<Req: Serialize + Send + 'static, Resp: Send + 'static> Channel<Req, Resp> {
     }
 }
 
-impl<Req, Resp: Send + 'static> Channel<Req, Resp> {
+impl<Req, Resp: Serialize + Send + 'static> Channel<Req, Resp> {
     /// The outcome of a sent call, once it has one: its reply, `Shutdown`
     /// if the connection ended first, `DeadlineExceeded`, `Server` for an
     /// error reply.
@@ -433,6 +438,25 @@ impl<Req, Resp: Send + 'static> Channel<Req, Resp> {
     }
 }
 
+/// A reply of another method than its request's (see [`crate::variant`])
+/// becomes an error reply: tarpc's generated client would panic on it.
+fn check_method<Resp: Serialize>(method: Option<&'static str>, reply: Reply<Resp>) -> Reply<Resp> {
+    match (&reply, method) {
+        (Ok(resp), Some(asked)) => match variant::name_of(resp) {
+            Some(answered) if answered != asked => Err(ServerError::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "the worker answered a `{asked}` request with a `{answered}` reply: \
+                     it serves another service than this client's (an entry typed \
+                     wrongly, or another version of the service)"
+                ),
+            )),
+            _ => reply,
+        },
+        _ => reply,
+    }
+}
+
 /// How [`Channel::start`] went.
 pub(crate) enum Start<Req> {
     Sent(Sent),
@@ -449,7 +473,7 @@ pub(crate) struct Sent {
     armed: bool,
 }
 
-impl<Resp: Send + 'static> Shared<Resp> {
+impl<Resp: Serialize + Send + 'static> Shared<Resp> {
     /// How call `id` ended, or `Pending`. The call polled last is the
     /// reader (its task is surely still polling it); it reads if the socket
     /// woke a reader that did not read. An expired call keeps its slot until
@@ -539,9 +563,9 @@ impl<Resp: Send + 'static> Shared<Resp> {
             // Cancelled meanwhile.
             return;
         };
-        if let Slot::Waiting { waker, .. } = slot {
+        if let Slot::Waiting { waker, method, .. } = slot {
             let waker = waker.take();
-            *slot = Slot::Done(reply.message);
+            *slot = Slot::Done(check_method(*method, reply.message));
             drop(st);
             if let Some(waker) = waker.filter(|_| me != Some(reply.request_id)) {
                 waker.wake();
@@ -596,7 +620,10 @@ impl<Resp: Send + 'static> Shared<Resp> {
         let mut next: Option<Instant> = None;
         let mut st = lock(&self.state);
         for slot in st.calls.values_mut() {
-            if let Slot::Waiting { waker, deadline } = slot {
+            if let Slot::Waiting {
+                waker, deadline, ..
+            } = slot
+            {
                 if *deadline <= now {
                     wakers.extend(waker.take());
                     *slot = Slot::Expired;
@@ -621,12 +648,11 @@ impl<Resp: Send + 'static> Shared<Resp> {
         let started = self.next_id.load(Ordering::Relaxed);
         let (unread, watching) = {
             let mut st = lock(&self.state);
-            if st.unread {
-                if let Reader::Call(id) = st.reader {
-                    if let Some(Slot::Waiting { waker, .. }) = st.calls.get_mut(&id) {
-                        *waker = None;
-                    }
-                }
+            if st.unread
+                && let Reader::Call(id) = st.reader
+                && let Some(Slot::Waiting { waker, .. }) = st.calls.get_mut(&id)
+            {
+                *waker = None;
             }
             let idle = started == st.started_at_check
                 && !st.calls.values().any(|s| matches!(s, Slot::Waiting { .. }));
@@ -645,7 +671,7 @@ impl<Resp: Send + 'static> Shared<Resp> {
 /// still get noticed; while calls are in flight, checks every [`WATCH`]
 /// that the reader reads; fails calls past their deadline. Ends when the
 /// connection does.
-async fn read_in_background<Resp: Send + 'static>(shared: Arc<Shared<Resp>>) {
+async fn read_in_background<Resp: Serialize + Send + 'static>(shared: Arc<Shared<Resp>>) {
     let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
     // What the timer is set for.
     let mut timer_for: Option<Instant> = None;
@@ -687,10 +713,10 @@ async fn read_in_background<Resp: Send + 'static>(shared: Arc<Shared<Resp>>) {
                 }
                 timer_for = Some(at);
             }
-            if let Some(timer) = &mut timer {
-                if timer.as_mut().poll(cx).is_pending() {
-                    break;
-                }
+            if let Some(timer) = &mut timer
+                && timer.as_mut().poll(cx).is_pending()
+            {
+                break;
             }
             let now = Instant::now();
             if now < at {

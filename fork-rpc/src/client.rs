@@ -45,9 +45,12 @@ const STATUS_GRACE: Duration = Duration::from_secs(2);
 /// # Errors
 ///
 /// [`Error::Core`] if the fork fails, [`Error::Init`] with the message of a
-/// failing init hook, [`Error::Lost`] if the worker dies before it serves.
-/// A worker that does not serve is killed, also when the returned future is
-/// dropped while its init hook runs (as by a timeout).
+/// failing init hook, [`Error::Lost`] if the worker dies before it serves,
+/// [`Error::StartTimeout`] if it does not serve within
+/// [`Config::start_timeout`]. A worker that does not serve is killed, also
+/// when the returned future is dropped while its init hook runs (as by a
+/// timeout of your own); after a start timeout, `spawn` returns once it is
+/// gone (or after 2 s).
 ///
 /// # Panics
 ///
@@ -60,7 +63,81 @@ pub async fn spawn<Req, Resp, Ev>(
 ) -> Result<(Client<Req, Resp>, RpcWorker<Ev>)>
 where
     Req: Serialize + RequestName + Send + 'static,
-    Resp: DeserializeOwned + Send + 'static,
+    Resp: Serialize + DeserializeOwned + Send + 'static,
+{
+    spawn_until(fork, entry, config, std::future::pending()).await
+}
+
+/// [`spawn`], giving up when `give_up` resolves first (a shutdown, a
+/// Ctrl-C): the worker, if it was forked, is killed, and `spawn_until`
+/// returns [`Error::StartAbandoned`] once it is gone (or after 2 s), so
+/// that nothing of it is left. Dropping a `spawn` future kills the worker
+/// too, but cannot wait for it.
+///
+/// # Errors
+///
+/// As [`spawn`], and [`Error::StartAbandoned`].
+///
+/// # Panics
+///
+/// As [`spawn`].
+pub async fn spawn_until<Req, Resp, Ev>(
+    fork: &mut fork_core::Fork,
+    entry: &RpcEntry<Req, Resp, Ev>,
+    config: &Config,
+    give_up: impl Future<Output = ()>,
+) -> Result<(Client<Req, Resp>, RpcWorker<Ev>)>
+where
+    Req: Serialize + RequestName + Send + 'static,
+    Resp: Serialize + DeserializeOwned + Send + 'static,
+{
+    let forked = Mutex::new(None);
+    let limit = config.start_timeout;
+    let deadline = crate::context::after(std::time::Instant::now(), limit);
+    let outcome = {
+        let start = crate::context::within(deadline, start(fork, entry, config, &forked));
+        tokio::select! {
+            started = start => started,
+            () = give_up => {
+                let pid = forked.lock().ok().and_then(|f| f.as_ref().map(fork_core::WorkerHandle::id));
+                Some(Err(Error::StartAbandoned { pid }))
+            }
+        }
+        // The start is dropped here, which kills a worker that does not
+        // serve yet.
+    };
+    let error = match outcome {
+        Some(Ok(started)) => return Ok(started),
+        Some(Err(e @ Error::StartAbandoned { .. })) => e,
+        Some(Err(e)) => return Err(e),
+        None => Error::StartTimeout {
+            limit,
+            pid: forked
+                .lock()
+                .ok()
+                .and_then(|f| f.as_ref().map(fork_core::WorkerHandle::id)),
+        },
+    };
+    // Wait until the killed worker is gone, so that the error means it.
+    let handle = forked.lock().ok().and_then(|mut f| f.take());
+    if let Some(mut worker) = handle {
+        let _ = worker.start_kill();
+        let _ = tokio::time::timeout(STATUS_GRACE, worker.wait()).await;
+    }
+    Err(error)
+}
+
+/// [`spawn`] without its time limit; puts the worker's handle in `forked`
+/// as soon as it is forked.
+async fn start<Req, Resp, Ev>(
+    fork: &mut fork_core::Fork,
+    entry: &RpcEntry<Req, Resp, Ev>,
+    config: &Config,
+    forked: &Mutex<Option<fork_core::WorkerHandle>>,
+) -> Result<(Client<Req, Resp>, RpcWorker<Ev>)>
+where
+    Req: Serialize + RequestName + Send + 'static,
+    Resp: Serialize + DeserializeOwned + Send + 'static,
 {
     let (side_ours, side_theirs) = fork_core::fdpass::seqpacket_pair()?;
     let config_bytes = bincode::serialize(config).map_err(|e| Error::Protocol(e.to_string()))?;
@@ -69,6 +146,9 @@ where
         .arg_bytes(config_bytes)
         .run(entry.entry())
         .await?;
+    if let Ok(mut f) = forked.lock() {
+        *f = Some(worker.handle());
+    }
     // Until it serves, a worker this call gives up on (an error, or the call
     // dropped while the init hook runs) is killed, not left behind.
     let mut unready = KillUnlessReady(Some(worker.handle()));
@@ -286,7 +366,7 @@ impl<Req, Resp> Client<Req, Resp> {
 impl<Req, Resp> Client<Req, Resp>
 where
     Req: Serialize + RequestName + Send + 'static,
-    Resp: Send + 'static,
+    Resp: Serialize + Send + 'static,
 {
     /// Makes a call as [`Stub::call`] does, through a client kept in an
     /// `Arc`: the future holds the `Arc`, so it borrows nothing (it can be
@@ -314,7 +394,7 @@ where
 impl<Req, Resp> Stub for Client<Req, Resp>
 where
     Req: Serialize + RequestName + Send + 'static,
-    Resp: Send + 'static,
+    Resp: Serialize + Send + 'static,
 {
     type Req = Req;
     type Resp = Resp;
@@ -344,7 +424,7 @@ where
 struct Call<'a, C, Req, Resp>
 where
     C: Deref<Target = Client<Req, Resp>>,
-    Resp: Send + 'static,
+    Resp: Serialize + Send + 'static,
 {
     client: C,
     state: CallState<'a, Req>,
@@ -367,7 +447,7 @@ enum CallState<'a, Req> {
 impl<C, Req, Resp> Unpin for Call<'_, C, Req, Resp>
 where
     C: Deref<Target = Client<Req, Resp>>,
-    Resp: Send + 'static,
+    Resp: Serialize + Send + 'static,
 {
 }
 
@@ -375,7 +455,7 @@ impl<'a, C, Req, Resp> Call<'a, C, Req, Resp>
 where
     C: Deref<Target = Client<Req, Resp>> + Clone + Send + Sync + 'a,
     Req: Serialize + RequestName + Send + 'static,
-    Resp: Send + 'static,
+    Resp: Serialize + Send + 'static,
 {
     fn new(client: C, ctx: tarpc::context::Context, request: Req) -> Self {
         // The deadline counts from when the call is made.
@@ -405,7 +485,7 @@ impl<'a, C, Req, Resp> Future for Call<'a, C, Req, Resp>
 where
     C: Deref<Target = Client<Req, Resp>> + Clone + Send + Sync + 'a,
     Req: Serialize + RequestName + Send + 'static,
-    Resp: Send + 'static,
+    Resp: Serialize + Send + 'static,
 {
     type Output = Result<Resp, RpcError>;
 
@@ -475,7 +555,7 @@ where
 impl<C, Req, Resp> Drop for Call<'_, C, Req, Resp>
 where
     C: Deref<Target = Client<Req, Resp>>,
-    Resp: Send + 'static,
+    Resp: Serialize + Send + 'static,
 {
     fn drop(&mut self) {
         if let CallState::Sent(sent) = std::mem::replace(&mut self.state, CallState::Done) {
@@ -729,7 +809,7 @@ where
 /// Decodes a frame from the worker. A reply whose value does not decode (a
 /// type that encodes but cannot come back, such as a NaN in JSON) becomes an
 /// error reply to its call: the frame was whole, so the connection goes on.
-fn decode_reply<Resp: DeserializeOwned>(
+pub(crate) fn decode_reply<Resp: DeserializeOwned>(
     format: Format,
     limit: u64,
     bytes: &[u8],

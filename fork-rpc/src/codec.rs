@@ -1,9 +1,10 @@
 //! Serialisation of frames, in the format the [`Config`](crate::Config) names.
 
 use std::io;
+use std::panic;
 
 use bincode::Options;
-use bytes::{BufMut, BytesMut};
+use bytes::{Buf, BufMut, BytesMut};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -17,17 +18,31 @@ fn invalid(e: impl std::fmt::Display) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e.to_string())
 }
 
+/// The error for a frame over the limit, naming the knob that sets it.
+fn too_big(size: Option<u64>, limit: u64) -> io::Error {
+    let size = size.map_or_else(|| "more than that".to_owned(), |n| format!("{n} bytes"));
+    invalid(format!(
+        "the frame exceeds max_frame, the frame limit of {limit} bytes \
+         (fork_rpc::Config::max_frame): it needs {size}"
+    ))
+}
+
 /// Encodes one value in `format`; fails if the result exceeds `limit` bytes.
 pub(crate) fn encode<T: Serialize>(format: Format, limit: u64, item: &T) -> io::Result<Vec<u8>> {
     let bytes = match format {
-        Format::Bincode => bincode_options(limit).serialize(item).map_err(invalid)?,
+        Format::Bincode => bincode_options(limit)
+            .serialize(item)
+            .map_err(|e| match *e {
+                bincode::ErrorKind::SizeLimit => too_big(
+                    bincode::DefaultOptions::new().serialized_size(item).ok(),
+                    limit,
+                ),
+                e => invalid(e),
+            })?,
         Format::Json => serde_json::to_vec(item).map_err(invalid)?,
     };
     if bytes.len() as u64 > limit {
-        return Err(invalid(format!(
-            "{} bytes exceed the frame limit of {limit}",
-            bytes.len()
-        )));
+        return Err(too_big(Some(bytes.len() as u64), limit));
     }
     Ok(bytes)
 }
@@ -42,6 +57,46 @@ pub(crate) fn decode<T: DeserializeOwned>(
         Format::Bincode => bincode_options(limit).deserialize(bytes).map_err(invalid),
         Format::Json => serde_json::from_slice(bytes).map_err(invalid),
     }
+}
+
+/// Splits the next whole frame off `input` and decodes it, as the worker
+/// reads what the parent sends: a length (`u32`, big-endian), then a value
+/// encoded in `format`.
+///
+/// The length is checked against `max_frame` as soon as it is read, before
+/// the frame's bytes are awaited: for a frame not whole yet, `input` gets
+/// room for the rest of it (at most `max_frame` bytes) and `Ok(None)` is
+/// returned. A decoded frame is removed from `input`.
+///
+/// # Errors
+///
+/// A frame longer than `max_frame`, or one that does not decode as `T`
+/// (a panic while decoding included, with its message): nothing after it
+/// can be read.
+pub(crate) fn decode_frame<T: DeserializeOwned>(
+    input: &mut BytesMut,
+    max_frame: usize,
+    format: Format,
+) -> io::Result<Option<T>> {
+    let Some(prefix) = input.first_chunk::<4>() else {
+        return Ok(None);
+    };
+    let len = u32::from_be_bytes(*prefix) as usize;
+    if len > max_frame {
+        return Err(too_big(Some(len as u64), max_frame as u64));
+    }
+    if input.len() < 4 + len {
+        input.reserve(4 + len - input.len());
+        return Ok(None);
+    }
+    let frame = &input[4..4 + len];
+    // Decoding can panic on what the parent sent: tarpc adds the deadline
+    // it reads to the clock, which overflows on an absurd one.
+    let limit = max_frame as u64;
+    let message = panic::catch_unwind(|| decode::<T>(format, limit, frame))
+        .unwrap_or_else(|panic| Err(invalid(fork_core::__private::panic_message(&*panic))));
+    input.advance(4 + len);
+    message.map(Some)
 }
 
 /// The request id of a frame that starts as a reply (a
@@ -120,10 +175,7 @@ struct Limited<'a> {
 impl io::Write for Limited<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         if buf.len() as u64 > self.left {
-            return Err(invalid(format!(
-                "the frame exceeds the limit of {} bytes",
-                self.limit
-            )));
+            return Err(too_big(None, self.limit));
         }
         self.left -= buf.len() as u64;
         self.out.extend_from_slice(buf);

@@ -58,6 +58,13 @@ pub struct Config {
     /// Requests in flight on one connection before further calls wait for a
     /// reply (tarpc's `max_in_flight_requests`). The default is 1000.
     pub max_in_flight_requests: usize,
+    /// How long [`spawn`](crate::spawn) waits for a worker to start serving
+    /// (the fork, init functions, the init hook, the handshake) before it
+    /// kills it and fails with
+    /// [`Error::StartTimeout`](crate::Error::StartTimeout). Longer lets slow
+    /// init hooks (loading a model) finish; shorter notices a hung one
+    /// sooner. `Duration::MAX` means no limit. The default is 60 s.
+    pub start_timeout: Duration,
 }
 
 impl Default for Config {
@@ -69,6 +76,7 @@ impl Default for Config {
             default_timeout: None,
             pending_request_buffer: 100,
             max_in_flight_requests: 1000,
+            start_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -121,6 +129,12 @@ impl Config {
     /// Sets [`max_in_flight_requests`](Config::max_in_flight_requests).
     pub fn max_in_flight_requests(mut self, requests: usize) -> Self {
         self.max_in_flight_requests = requests;
+        self
+    }
+
+    /// Sets [`start_timeout`](Config::start_timeout).
+    pub fn start_timeout(mut self, limit: Duration) -> Self {
+        self.start_timeout = limit;
         self
     }
 }

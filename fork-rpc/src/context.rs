@@ -16,6 +16,7 @@
 //! [`IMPLICIT_WINDOW`]) ahead, which is what `context::current()` makes; an
 //! explicit deadline of between 9.5 and 10 s ahead is treated as implicit.
 
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 pub use tarpc::context::Context;
@@ -48,12 +49,33 @@ pub fn after(now: Instant, timeout: Duration) -> Instant {
 /// they are. For code that queues calls before they reach a
 /// [`Client`](crate::Client), such as a pool, so the wait counts.
 pub fn apply_default(mut ctx: Context, default_timeout: Option<Duration>) -> Context {
-    if let Some(timeout) = default_timeout {
-        if is_implicit(&ctx) {
-            ctx.deadline = after(Instant::now(), timeout);
-        }
+    if let Some(timeout) = default_timeout
+        && is_implicit(&ctx)
+    {
+        ctx.deadline = after(Instant::now(), timeout);
     }
     ctx
+}
+
+/// Runs `fut` until `deadline`, on the real clock (`std::time::Instant`, the
+/// clock of tarpc's deadlines): `None` if the deadline passed first. For
+/// code that waits on a call's behalf before it reaches a
+/// [`Client`](crate::Client), such as a pool's queue.
+///
+/// The wait is on the runtime's timer, which need not follow the real
+/// clock: on tokio's paused clock (tests), the timer fires as soon as the
+/// runtime is idle; the time left is then measured again and waited again,
+/// so the deadline still counts in real time.
+pub async fn within<F: Future>(deadline: Instant, fut: F) -> Option<F::Output> {
+    let mut fut = std::pin::pin!(fut);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left.min(FOREVER), fut.as_mut()).await {
+            Ok(output) => return Some(output),
+            Err(_) if left.is_zero() => return None,
+            Err(_) => {}
+        }
+    }
 }
 
 /// Whether `ctx` carries tarpc's implicit deadline.

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::process::ExitStatus;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tarpc::client::RpcError;
 
@@ -25,12 +26,46 @@ pub enum Error {
     #[error(transparent)]
     Lost(#[from] WorkerLost),
 
+    /// The worker did not start serving within
+    /// [`Config::start_timeout`](crate::Config::start_timeout) (an init hook
+    /// or init function that does not return, a template that does not
+    /// fork); it was killed.
+    #[error(
+        "the worker{} did not start serving within {limit:?} \
+         (fork_rpc::Config::start_timeout); it was killed",
+        .pid.map(|p| format!(" {p}")).unwrap_or_default()
+    )]
+    StartTimeout {
+        /// The limit.
+        limit: Duration,
+        /// The worker's pid, if it was forked.
+        pid: Option<u32>,
+    },
+
+    /// [`spawn_until`](crate::spawn_until) gave up on the start; the worker
+    /// (if it was forked) was killed.
+    #[error(
+        "the start of the worker{} was given up on; it was killed",
+        .pid.map(|p| format!(" {p}")).unwrap_or_default()
+    )]
+    StartAbandoned {
+        /// The worker's pid, if it was forked.
+        pid: Option<u32>,
+    },
+
+    /// A request handler panicked with this message, in the worker: the
+    /// result of [`serve`](crate::serve) there (the worker then exits with
+    /// [`PANIC_EXIT_CODE`](fork_core::PANIC_EXIT_CODE)). The parent sees
+    /// [`WorkerLost`] with the same message.
+    #[error("a request handler panicked: {0}")]
+    Panicked(String),
+
     /// The peer broke the protocol (bad handshake, undecodable frame).
     #[error("protocol error: {0}")]
     Protocol(String),
 
     /// An I/O error.
-    #[error("I/O error")]
+    #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
 }
 
@@ -38,6 +73,11 @@ impl Error {
     /// The worker is gone.
     pub fn is_worker_lost(&self) -> bool {
         matches!(self, Error::Lost(_))
+    }
+
+    /// The worker did not start in time.
+    pub fn is_start_timeout(&self) -> bool {
+        matches!(self, Error::StartTimeout { .. })
     }
 }
 

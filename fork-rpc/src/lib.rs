@@ -18,6 +18,14 @@
 //!   is the error of [`spawn`]), [`Setup::on_done`] runs after the last reply;
 //! - **graceful close**: dropping every client lets the worker finish what it
 //!   received, flush, run the done hook and exit 0 ([`RpcWorker::wait`]);
+//!   so does `SIGTERM` sent to the worker (it also asks to be
+//!   [retired](Client::retire_requested), reads nothing more, and answers
+//!   what it had read);
+//! - **a time limit on starting** ([`Config::start_timeout`]): a worker whose
+//!   init hook hangs is killed and [`spawn`] fails;
+//! - **the parent never panics on a worker's bytes**: a reply that does not
+//!   decode, or that answers another method than its request (a worker
+//!   serving another service), fails its call with an error;
 //! - **worker death is never a hang**: calls fail at once with a
 //!   [`WorkerLost`] carrying the exit status, and the message of a handler
 //!   panic;
@@ -79,8 +87,9 @@ mod entry;
 mod error;
 mod message;
 mod server;
+mod variant;
 
-pub use crate::client::{Client, Events, RpcWorker, UNTAKEN_EVENTS, spawn};
+pub use crate::client::{Client, Events, RpcWorker, UNTAKEN_EVENTS, spawn, spawn_until};
 pub use crate::config::{Config, Format, Mode};
 pub use crate::entry::RpcEntry;
 pub use crate::error::{Error, Result, WorkerLost};
@@ -90,11 +99,14 @@ pub use crate::server::{EventSender, FdReceiver, Setup, serve};
 pub mod __private {
     pub use fork_core;
 
-    /// The worker's exit code for what `serve` returned: 0, or 1 after
-    /// printing the error (an init failure was already sent to the parent).
+    /// The worker's exit code for what `serve` returned: 0; 101 after a
+    /// handler's panic (the panic hook printed it, the parent got its
+    /// message); or 1 after printing the error (an init failure was already
+    /// sent to the parent).
     pub fn exit_code(result: crate::Result<()>) -> i32 {
         match result {
             Ok(()) => 0,
+            Err(crate::Error::Panicked(_)) => fork_core::PANIC_EXIT_CODE,
             Err(crate::Error::Init(_)) => 1,
             Err(e) => {
                 eprintln!("fork-rpc worker {}: {e}", std::process::id());

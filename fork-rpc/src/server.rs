@@ -40,6 +40,7 @@ use serde::de::DeserializeOwned;
 use tarpc::server::Serve;
 use tarpc::{ClientMessage, Request, RequestName, Response, ServerError};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::{mpsc, oneshot};
 use tracing::level_filters::LevelFilter;
 use tracing::{Level, Span};
@@ -311,14 +312,17 @@ where
     drop(setup);
     let result = rt.block_on(run(config, stream, service, out_rx));
     if let Some(done) = done {
-        done();
+        // Not after a handler's panic: the worker is failing.
+        if !matches!(result, Err(Error::Panicked(_))) {
+            done();
+        }
     }
     result
 }
 
-/// Says the worker is ready, serves until the parent closes the connection,
-/// then shuts the connection down. A handler's panic is reported to the
-/// parent, and ends the process.
+/// Says the worker is ready, serves until the parent closes the connection
+/// (or `SIGTERM` comes), then shuts the connection down. A handler's panic is
+/// reported to the parent, and ends serving with [`Error::Panicked`].
 async fn run<S>(
     config: Config,
     mut stream: tokio::net::UnixStream,
@@ -330,10 +334,15 @@ where
     S::Req: DeserializeOwned + RequestName + 'static,
     S::Resp: Serialize + 'static,
 {
+    // Installed before the parent hears the worker is ready. Without a
+    // handler (it cannot be installed), SIGTERM keeps its default action
+    // and ends the worker at once.
+    let terminate = signal(SignalKind::terminate()).ok();
     stream
         .write_all(&message::handshake(message::READY, ""))
         .await?;
     let mut server = Server::new(&config, stream, service, S::serve, events);
+    server.terminate = terminate;
     match std::future::poll_fn(|cx| server.poll_serve(cx)).await? {
         End::Closed => {
             server.shutdown_write();
@@ -344,11 +353,13 @@ where
             // message (unless it exceeds the frame limit), as long as it
             // reads.
             server.drain_events();
-            let _ = server.push(&WorkerMsg::<()>::Panic(message));
+            let _ = server.push(&WorkerMsg::<()>::Panic(message.clone()));
             let _ = std::future::poll_fn(|cx| server.poll_write(cx)).await;
             server.shutdown_write();
-            // The default hook printed the panic; the parent got its message.
-            std::process::exit(fork_core::PANIC_EXIT_CODE);
+            // The worker then ends as every worker does (fork-core's entry
+            // path: stdout flushed, `_exit`, no exit handlers of the
+            // template), with code 101.
+            Err(Error::Panicked(message))
         }
     }
 }
@@ -464,6 +475,10 @@ struct Server<S: Serve, F> {
     written: u64,
     /// Flush requests, each with the value of `written` that answers it.
     flushes: VecDeque<(u64, oneshot::Sender<()>)>,
+    /// `SIGTERM`, until it came.
+    terminate: Option<Signal>,
+    /// `SIGTERM` came: reading stops once what was sent is read.
+    terminating: bool,
 }
 
 // ===== impl Server =====
@@ -503,6 +518,8 @@ where
             output: BytesMut::new(),
             written: 0,
             flushes: VecDeque::new(),
+            terminate: None,
+            terminating: false,
         }
     }
 
@@ -516,6 +533,7 @@ where
     /// panicked.
     fn poll_serve(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<End>> {
         let read = self.read(cx);
+        self.poll_terminate(cx, &read)?;
         if let Some(message) = self.run_handlers(cx)? {
             return Poll::Ready(Ok(End::Panicked(message)));
         }
@@ -540,6 +558,27 @@ where
             cx.waker().wake_by_ref();
         }
         Poll::Pending
+    }
+
+    /// Honours `SIGTERM`: asks the parent to retire this worker (a pool
+    /// sends it nothing more), reads what the parent already sent, then
+    /// reads no more, so that the worker answers what it has and exits 0.
+    ///
+    /// # Errors
+    ///
+    /// If the retire request cannot be encoded.
+    fn poll_terminate(&mut self, cx: &mut TaskContext<'_>, read: &ReadState) -> Result<()> {
+        if let Some(term) = &mut self.terminate
+            && term.poll_recv(cx).is_ready()
+        {
+            self.terminate = None;
+            self.terminating = true;
+            self.push(&WorkerMsg::<()>::Retire)?;
+        }
+        if self.terminating && !self.eof && matches!(read, ReadState::Dry) {
+            self.stop_reading(None);
+        }
+        Ok(())
     }
 
     /// Reads and decodes what the parent sent, until the socket runs dry,
@@ -600,39 +639,15 @@ where
     /// or one that does not decode: nothing after it can be read.
     fn decode(&mut self) -> io::Result<()> {
         while self.queue.len() < MAX_QUEUED {
-            let Some(prefix) = self.input.first_chunk::<4>() else {
+            let frame = codec::decode_frame::<ClientMessage<S::Req>>(
+                &mut self.input,
+                self.max_frame,
+                self.format,
+            )?;
+            let Some(message) = frame else {
                 break;
             };
-            let len = u32::from_be_bytes(*prefix) as usize;
-            if len > self.max_frame {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!(
-                        "a frame of {len} bytes exceeds the limit of {}",
-                        self.max_frame
-                    ),
-                ));
-            }
-            if self.input.len() < 4 + len {
-                self.input.reserve(4 + len - self.input.len());
-                break;
-            }
-            let frame = &self.input[4..4 + len];
-            // Decoding can panic on what the parent sent: tarpc adds the
-            // deadline it reads to the clock, which overflows on an absurd
-            // one.
-            let (format, limit) = (self.format, self.limit());
-            let message = panic::catch_unwind(|| {
-                codec::decode::<ClientMessage<S::Req>>(format, limit, frame)
-            })
-            .unwrap_or_else(|panic| {
-                Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    fork_core::__private::panic_message(&*panic),
-                ))
-            });
-            self.input.advance(4 + len);
-            self.receive(message?);
+            self.receive(message);
         }
         Ok(())
     }

@@ -180,6 +180,71 @@ fn fake_worker(ctx: Context) -> i32 {
 static FAKE: RpcEntry<CalcRequest, CalcResponse, Event> =
     RpcEntry::from_entry(fork_core::entry!(fake_worker));
 
+/// A worker's reply frame, as fork-rpc encodes it (variant 0 of its
+/// private `WorkerMsg`), for workers written by hand.
+#[derive(Serialize)]
+enum WorkerReply {
+    Reply(tarpc::Response<CalcResponse>),
+}
+
+/// A worker that answers its first request with the reply of another
+/// method (as one serving another service would), then waits for EOF.
+fn wrong_method_worker(ctx: Context) -> i32 {
+    use bincode::Options;
+    let mut socket = ctx.socket();
+    socket.write_all(&[0, 0, 0, 0, 0]).expect("handshake");
+    let mut len = [0u8; 4];
+    socket.read_exact(&mut len).expect("a request");
+    let mut frame = vec![0; u32::from_be_bytes(len) as usize];
+    socket.read_exact(&mut frame).expect("a request");
+    let Ok(ClientMessage::Request(request)) =
+        bincode::DefaultOptions::new().deserialize::<ClientMessage<CalcRequest>>(&frame)
+    else {
+        return 2;
+    };
+    let mut out = Vec::new();
+    push_frame(
+        &mut out,
+        &WorkerReply::Reply(tarpc::Response {
+            request_id: request.id,
+            message: Ok(CalcResponse::Echo("not a sum".into())),
+        }),
+    );
+    socket.write_all(&out).expect("reply");
+    let mut buf = [0u8; 1024];
+    while matches!(socket.read(&mut buf), Ok(n) if n > 0) {}
+    0
+}
+static WRONG_METHOD: RpcEntry<CalcRequest, CalcResponse, Event> =
+    RpcEntry::from_entry(fork_core::entry!(wrong_method_worker));
+
+/// Where the exit handler of [`REGISTER_EXIT_HANDLER`] leaves its marks.
+static EXIT_MARKS: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
+/// A C exit handler: marks that the process ran its exit handlers.
+extern "C" fn mark_exit() {
+    if let Some(dir) = EXIT_MARKS.get() {
+        let _ = std::fs::write(
+            dir.join(std::process::id().to_string()),
+            b"exit handlers ran",
+        );
+    }
+}
+
+/// Registers [`mark_exit`] in the template (as a C library it loads would).
+fn register_exit_handler(dir: std::path::PathBuf) -> Result<(), String> {
+    EXIT_MARKS.set(dir).map_err(|_| "registered twice")?;
+    fork_core::testing::on_exit(mark_exit).map_err(|e| e.to_string())
+}
+static REGISTER_EXIT_HANDLER: fork_core::InitFn<std::path::PathBuf> =
+    fork_core::init_fn!(register_exit_handler);
+
+/// Leaves through `std::process::exit`, which runs exit handlers.
+fn exit_through_std(_: Context) -> i32 {
+    std::process::exit(0)
+}
+static EXIT_THROUGH_STD: fork_core::Entry = fork_core::entry!(exit_through_std);
+
 async fn start(
     config: Config,
 ) -> Result<
@@ -717,6 +782,213 @@ fn panicking_handler_reports_its_message() -> Result<(), Failed> {
     })
 }
 
+/// A handler's panic ends the worker as every worker ends (`_exit` after
+/// flushing stdout): the exit handlers it inherited from the template do
+/// not run in it.
+fn a_panicking_handler_runs_no_exit_handlers() -> Result<(), Failed> {
+    block_on(async {
+        let dir = std::env::temp_dir().join(format!(
+            "fork-rpc-exit-marks-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_err(fail)?
+                .as_nanos()
+        ));
+        std::fs::create_dir(&dir).map_err(fail)?;
+        let result = async {
+            let t = Template::new().map_err(fail)?;
+            t.init(&REGISTER_EXIT_HANDLER, &dir);
+            t.ready().await.map_err(fail)?;
+            // The handler is inherited and runs on `exit()`: the control.
+            let mut control = t.fork().run(&EXIT_THROUGH_STD).await.map_err(fail)?;
+            control.wait().await.map_err(fail)?;
+            ensure!(
+                dir.join(control.id().to_string()).exists(),
+                "the control process ran no exit handler: the check cannot fail"
+            );
+            let (client, mut worker) = fork_rpc::spawn(&mut t.fork(), &CALC, &Config::default())
+                .await
+                .map_err(fail)?;
+            let e = CalcClient::from(client)
+                .panic(context::current(), "on purpose".into())
+                .await
+                .unwrap_err();
+            ensure!(lost(&e)?.panic_message() == Some("on purpose"), "{e:?}");
+            let status = worker.wait().await.map_err(fail)?;
+            ensure!(status.code() == Some(101), "worker exited with {status}");
+            let marked = dir.join(worker.id().to_string());
+            ensure!(
+                !marked.exists(),
+                "the panicking worker ran the template's exit handlers"
+            );
+            Ok(())
+        }
+        .await;
+        let _ = std::fs::remove_dir_all(&dir);
+        result
+    })
+}
+
+/// A worker answering a call with the reply of another method (it serves
+/// another service) fails that call with an error: tarpc's generated client
+/// would reach `unreachable!()` on it.
+fn a_reply_of_another_method_fails_its_call() -> Result<(), Failed> {
+    block_on(async {
+        let t = Template::shared().map_err(fail)?;
+        let (client, mut worker) =
+            fork_rpc::spawn(&mut t.fork(), &WRONG_METHOD, &Config::default())
+                .await
+                .map_err(fail)?;
+        let calc = CalcClient::from(client);
+        let call = tokio::spawn(async move {
+            let result = calc.add(context::current(), 1, 2).await;
+            (result, calc)
+        });
+        let (result, calc) = match call.await {
+            Ok(outcome) => outcome,
+            Err(e) if e.is_panic() => {
+                return Err("the caller panicked on a reply of another method".into());
+            }
+            Err(e) => return Err(fail(e)),
+        };
+        match result {
+            Err(RpcError::Server(e)) => ensure!(
+                e.kind == std::io::ErrorKind::InvalidData
+                    && e.detail
+                        .contains("answered a `Add` request with a `Echo` reply"),
+                "error {e:?}"
+            ),
+            other => return Err(format!("add gave {other:?}").into()),
+        }
+        drop(calc);
+        ensure!(worker.wait().await.map_err(fail)?.success(), "worker");
+        Ok(())
+    })
+}
+
+/// A worker whose init hook never returns is killed after `start_timeout`,
+/// and `spawn` says so.
+fn a_worker_that_does_not_start_in_time_is_killed() -> Result<(), Failed> {
+    block_on(async {
+        let t = Template::shared().map_err(fail)?;
+        let (mut pid_r, pid_w) = std::io::pipe().map_err(fail)?;
+        let mut fork = t.fork();
+        fork.arg("hang").fd(&pid_w);
+        drop(pid_w);
+        // ANCHOR: start_timeout
+        let limit = Duration::from_millis(300);
+        let config = Config::default().start_timeout(limit);
+        let e = tokio::time::timeout(
+            Duration::from_secs(30),
+            fork_rpc::spawn(&mut fork, &CALC, &config),
+        )
+        .await
+        .map_err(|_| "spawn hung")?
+        .map(drop)
+        .unwrap_err();
+        // ANCHOR_END: start_timeout
+        let mut pid = [0u8; 4];
+        pid_r.read_exact(&mut pid).map_err(fail)?;
+        let pid = u32::from_le_bytes(pid);
+        match &e {
+            fork_rpc::Error::StartTimeout { limit: l, pid: p } => {
+                ensure!(*l == limit && *p == Some(pid), "error {e:?}, pid {pid}")
+            }
+            other => return Err(format!("expected a start timeout, got {other:?}").into()),
+        }
+        ensure!(e.is_start_timeout(), "predicate");
+        ensure!(
+            e.to_string()
+                == format!(
+                    "the worker {pid} did not start serving within 300ms \
+                     (fork_rpc::Config::start_timeout); it was killed"
+                ),
+            "message: {e}"
+        );
+        // Gone when spawn returned: not even a zombie.
+        ensure!(
+            integration_tests::state_of(pid).is_none(),
+            "worker {pid} is still there"
+        );
+        Ok(())
+    })
+}
+
+/// `SIGTERM` to a worker: it asks to be retired, answers every request it
+/// had read (running and queued), reads nothing more, and exits 0.
+fn sigterm_lets_a_worker_finish_what_it_has() -> Result<(), Failed> {
+    block_on(async {
+        let (mut stream, mut worker) = raw_worker(&Config::default()).await?;
+        let long = Duration::from_secs(60);
+        let mut out = Vec::new();
+        push_request(&mut out, 1, long, CalcRequest::Slow { ms: 200 });
+        push_request(&mut out, 2, long, CalcRequest::Add { a: 1, b: 1 });
+        push_request(&mut out, 3, long, CalcRequest::Add { a: 2, b: 2 });
+        stream.write_all(&out).await.map_err(fail)?;
+        // The requests are in the worker's socket before the signal is sent.
+        worker.signal(libc::SIGTERM).map_err(fail)?;
+        let run = async {
+            let mut replies = Vec::new();
+            let mut retired = 0;
+            while let Some(msg) = read_msg(&mut stream).await? {
+                match msg {
+                    WorkerMsg::Reply(r) => replies.push((r.request_id, r.message.map_err(fail)?)),
+                    WorkerMsg::Retire => retired += 1,
+                    other => return Err(format!("unexpected {other:?}").into()),
+                }
+            }
+            ensure!(retired == 1, "{retired} retire requests");
+            ensure!(
+                matches!(
+                    replies.as_slice(),
+                    [
+                        (1, CalcResponse::Slow(_)),
+                        (2, CalcResponse::Add(2)),
+                        (3, CalcResponse::Add(4))
+                    ]
+                ),
+                "replies {replies:?}"
+            );
+            let status = worker.wait().await.map_err(fail)?;
+            ensure!(status.code() == Some(0), "worker exited with {status}");
+            Ok(())
+        };
+        tokio::time::timeout(Duration::from_secs(30), run)
+            .await
+            .map_err(|_| "the worker hung")?
+    })
+}
+
+/// After `SIGTERM`, the client sees the retire request, then a worker that
+/// left on its own (exit 0): later calls fail with `WorkerLost`.
+fn sigterm_is_a_graceful_end_for_the_client() -> Result<(), Failed> {
+    block_on(async {
+        let t = Template::shared().map_err(fail)?;
+        let (client, mut worker) = fork_rpc::spawn(&mut t.fork(), &CALC, &Config::default())
+            .await
+            .map_err(fail)?;
+        let calc = CalcClient::from(client.clone());
+        ensure!(
+            calc.add(context::current(), 1, 2).await.map_err(fail)? == 3,
+            "add"
+        );
+        // ANCHOR: sigterm
+        worker.process().signal(libc::SIGTERM).map_err(fail)?;
+        // The worker asks to be retired, answers what it has, and exits 0.
+        tokio::time::timeout(Duration::from_secs(10), client.retire_request())
+            .await
+            .map_err(|_| "no retire request")?;
+        let status = worker.wait().await.map_err(fail)?;
+        ensure!(status.code() == Some(0), "worker exited with {status}");
+        let e = calc.add(context::current(), 1, 2).await.unwrap_err();
+        let l = lost(&e)?;
+        ensure!(l.status() == Some(status), "lost {l:?}");
+        // ANCHOR_END: sigterm
+        Ok(())
+    })
+}
+
 fn exit_in_handler_is_a_lost_worker() -> Result<(), Failed> {
     block_on(async {
         let (calc, _worker) = start(Config::default()).await?;
@@ -874,6 +1146,14 @@ fn oversized_request_is_an_error() -> Result<(), Failed> {
         ensure!(
             !WorkerLost::is_lost(&e),
             "oversized request blamed on the worker: {e:?}"
+        );
+        // The cause names the knob and its value.
+        let cause = std::error::Error::source(&e).map(ToString::to_string);
+        ensure!(
+            cause.as_deref().is_some_and(|c| c.contains("max_frame")
+                && c.contains("1024 bytes")
+                && c.contains("fork_rpc::Config::max_frame")),
+            "cause {cause:?}"
         );
         Ok(())
     })
@@ -1160,6 +1440,26 @@ fn main() {
         (
             "exit_in_handler_is_a_lost_worker",
             exit_in_handler_is_a_lost_worker,
+        ),
+        (
+            "a_panicking_handler_runs_no_exit_handlers",
+            a_panicking_handler_runs_no_exit_handlers,
+        ),
+        (
+            "a_reply_of_another_method_fails_its_call",
+            a_reply_of_another_method_fails_its_call,
+        ),
+        (
+            "a_worker_that_does_not_start_in_time_is_killed",
+            a_worker_that_does_not_start_in_time_is_killed,
+        ),
+        (
+            "sigterm_lets_a_worker_finish_what_it_has",
+            sigterm_lets_a_worker_finish_what_it_has,
+        ),
+        (
+            "sigterm_is_a_graceful_end_for_the_client",
+            sigterm_is_a_graceful_end_for_the_client,
         ),
         ("calls_end_on_a_paused_clock", calls_end_on_a_paused_clock),
         (
