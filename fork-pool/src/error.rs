@@ -1,5 +1,6 @@
 //! Errors of fork-pool, and how they travel inside tarpc's `RpcError`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tarpc::client::RpcError;
@@ -27,10 +28,11 @@ pub enum Error {
         /// The killed worker.
         pid: u32,
     },
-    /// No worker could be started (and none is running): the message of the
-    /// last failure (for example a failing init hook).
+    /// No worker could be started (and none is running): the last failure
+    /// (for example a failing init hook, `fork` at the process limit, a
+    /// start timeout), also as the [`source`](std::error::Error::source).
     #[error("no worker could be started: {0}")]
-    Spawn(String),
+    Spawn(#[source] Arc<fork_rpc::Error>),
 }
 
 impl Error {

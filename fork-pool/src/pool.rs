@@ -1,6 +1,6 @@
 //! The pool: dispatch, the queue, workers' lifecycle, shutdown.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -147,6 +147,12 @@ struct State<Req, Resp> {
     members: Vec<Member<Req, Resp>>,
     next_id: u64,
     queue: VecDeque<Waiter<Req, Resp>>,
+    /// The id of the next job to queue.
+    next_waiter: u64,
+    /// Every worker process the pool started that has not been reaped yet:
+    /// members, and those that left (recycled, stopped, killed, lost) and
+    /// are still exiting. Each leaves when its monitor sees it reaped.
+    alive: HashMap<u64, fork_core::WorkerHandle>,
     starting: usize,
     closed: bool,
     finished: bool,
@@ -188,6 +194,7 @@ enum Leave {
 }
 
 struct Waiter<Req, Resp> {
+    id: u64,
     tx: oneshot::Sender<Result<Grant<Req, Resp>, Error>>,
     since: Instant,
     _room: Option<OwnedSemaphorePermit>,
@@ -396,6 +403,8 @@ where
                 members: Vec::new(),
                 next_id: 0,
                 queue: VecDeque::new(),
+                next_waiter: 0,
+                alive: HashMap::new(),
                 starting: 0,
                 closed: false,
                 finished: false,
@@ -589,6 +598,38 @@ where
     }
 }
 
+/// A job waiting in the queue: dropped before it left the queue (its caller
+/// gave up), it takes the job out.
+struct Queued<'a, Req, Resp, Ev>
+where
+    Req: Serialize + DeserializeOwned + RequestName + Send + Sync + 'static,
+    Resp: Serialize + DeserializeOwned + Send + Sync + 'static,
+    Ev: DeserializeOwned + Send + Sync + 'static,
+{
+    pool: &'a Arc<Shared<Req, Resp, Ev>>,
+    /// The job's id in the queue, until it left it.
+    id: Option<u64>,
+}
+
+impl<Req, Resp, Ev> Drop for Queued<'_, Req, Resp, Ev>
+where
+    Req: Serialize + DeserializeOwned + RequestName + Send + Sync + 'static,
+    Resp: Serialize + DeserializeOwned + Send + Sync + 'static,
+    Ev: DeserializeOwned + Send + Sync + 'static,
+{
+    fn drop(&mut self) {
+        let Some(id) = self.id else { return };
+        let mut st = self.pool.lock();
+        // Not found if it was handed a place meanwhile: that place is given
+        // back when the unreceived grant is dropped.
+        if let Some(i) = st.queue.iter().position(|w| w.id == id) {
+            st.queue.remove(i);
+            drop(st);
+            self.pool.changed.notify_waiters();
+        }
+    }
+}
+
 /// A job's place on a worker, given back when dropped.
 struct Place<'a, Req, Resp, Ev>
 where
@@ -723,10 +764,10 @@ where
         if st.closed {
             return Err(Error::Closed);
         }
-        if st.queue.is_empty() {
-            if let Some(i) = self.pick(&st) {
-                return Ok(Some(self.take_place(&mut st, i)));
-            }
+        if st.queue.is_empty()
+            && let Some(i) = self.pick(&st)
+        {
+            return Ok(Some(self.take_place(&mut st, i)));
         }
         Ok(None)
     }
@@ -765,18 +806,21 @@ where
                 ),
             },
         };
-        let rx = {
+        let (rx, id) = {
             let mut st = self.lock();
             if st.closed {
                 return Err(Error::Closed);
             }
-            if st.queue.is_empty() {
-                if let Some(i) = self.pick(&st) {
-                    return Ok(self.grant(self.take_place(&mut st, i)));
-                }
+            if st.queue.is_empty()
+                && let Some(i) = self.pick(&st)
+            {
+                return Ok(self.grant(self.take_place(&mut st, i)));
             }
             let (tx, rx) = oneshot::channel();
+            let id = st.next_waiter;
+            st.next_waiter += 1;
             st.queue.push_back(Waiter {
+                id,
                 tx,
                 since: Instant::now(),
                 _room: room,
@@ -785,9 +829,18 @@ where
             if st.members.len() + st.starting < self.knobs.max {
                 self.wake.notify_one();
             }
-            rx
+            (rx, id)
         };
-        rx.await.unwrap_or(Err(Error::Closed))
+        self.changed.notify_waiters();
+        // A caller that gives up (its future dropped, as by a timeout or a
+        // deadline) takes its job out of the queue, and the room with it.
+        let mut queued = Queued {
+            pool: self,
+            id: Some(id),
+        };
+        let result = rx.await;
+        queued.id = None;
+        result.unwrap_or(Err(Error::Closed))
     }
 
     /// Runs an idempotent job, and again on another worker (up to
@@ -841,9 +894,13 @@ where
         Job::Other(Box::pin(self.run_slowly(ctx, request)))
     }
 
-    /// [`run`](Self::run) for a job that queues or has a time limit.
+    /// [`run`](Self::run) for a job that queues or has a time limit. The
+    /// call's deadline counts while it waits for a place.
     async fn run_slowly(self: &Arc<Self>, ctx: Context, request: Req) -> Result<Resp, RpcError> {
-        let mut grant = self.acquire().await.map_err(Error::into_rpc)?;
+        let mut grant = match fork_rpc::context::within(ctx.deadline, self.acquire()).await {
+            Some(grant) => grant.map_err(Error::into_rpc)?,
+            None => return Err(RpcError::DeadlineExceeded),
+        };
         let result = self.call_on(&grant, ctx, request).await;
         grant.slot.answered = self.finish(grant.slot.id, &result);
         result
@@ -1085,33 +1142,35 @@ where
     async fn spawn_worker(self: Arc<Self>) {
         let mut abandon = self.abandon.subscribe();
         let mut fork = self.template.fork();
-        let result = tokio::select! {
-            result = fork_rpc::spawn(&mut fork, &self.entry, &self.config.rpc) => result,
-            // Dropping the start kills the worker.
-            _ = abandon.wait_for(|given_up| *given_up) => {
-                self.lock().starting -= 1;
-                self.changed.notify_waiters();
-                tracing::warn!("gave up on a worker still starting at shutdown");
-                return;
-            }
+        let give_up = async move {
+            let _ = abandon.wait_for(|given_up| *given_up).await;
         };
+        let result = fork_rpc::spawn_until(&mut fork, &self.entry, &self.config.rpc, give_up).await;
+        if let Err(fork_rpc::Error::StartAbandoned { pid }) = result {
+            // Killed, and gone.
+            self.lock().starting -= 1;
+            self.changed.notify_waiters();
+            tracing::warn!(?pid, "gave up on a worker still starting at shutdown");
+            return;
+        }
         let mut st = self.lock();
-        if st.closed && st.finished {
-            if let Ok((client, worker)) = result {
-                // Shut down meanwhile: end this worker, and count it as
-                // starting until it is gone, so that `shutdown` waits for it.
-                drop(st);
-                drop(client);
-                let shared = self.clone();
-                tokio::spawn(async move {
-                    let mut handle = worker.handle();
-                    let _ = handle.signal(libc_sigkill());
-                    let _ = handle.wait().await;
-                    shared.lock().starting -= 1;
-                    shared.changed.notify_waiters();
-                });
-                return;
-            }
+        if st.closed
+            && st.finished
+            && let Ok((client, worker)) = result
+        {
+            // Shut down meanwhile: end this worker, and count it as
+            // starting until it is gone, so that `shutdown` waits for it.
+            drop(st);
+            drop(client);
+            let shared = self.clone();
+            tokio::spawn(async move {
+                let mut handle = worker.handle();
+                let _ = handle.signal(libc_sigkill());
+                let _ = handle.wait().await;
+                shared.lock().starting -= 1;
+                shared.changed.notify_waiters();
+            });
+            return;
         }
         st.starting -= 1;
         match result {
@@ -1130,6 +1189,7 @@ where
                 });
                 let now = Instant::now();
                 let pid = worker.id();
+                st.alive.insert(id, worker.handle());
                 st.members.push(Member {
                     id,
                     pid,
@@ -1158,9 +1218,9 @@ where
                 tracing::warn!(error = %e, ?backoff, "could not start a worker");
                 if st.members.is_empty() && st.starting == 0 {
                     // Nothing will serve the queue soon: tell the callers.
-                    let message = e.to_string();
+                    let e = Arc::new(e);
                     for waiter in st.queue.drain(..) {
-                        let _ = waiter.tx.send(Err(Error::Spawn(message.clone())));
+                        let _ = waiter.tx.send(Err(Error::Spawn(e.clone())));
                     }
                 }
             }
@@ -1211,34 +1271,34 @@ where
         for waiter in waiters {
             let _ = waiter.tx.send(Err(Error::Closed));
         }
-        let mut handles = Vec::new();
-        for m in members {
-            handles.push(m.process.clone());
-            drop(m);
-        }
+        // Dropping the members closes their connections: they finish and
+        // exit 0.
+        drop(members);
         self.wake.notify_one();
-        for mut handle in handles {
-            if tokio::time::timeout_at(deadline, handle.wait())
-                .await
-                .is_err()
-            {
-                let _ = handle.signal(libc_sigkill());
-                let _ = handle.wait().await;
-            }
-        }
-        // Workers still starting are killed as they arrive (`finished`); wait
-        // for them so that none outlives the shutdown, and past the deadline
-        // give up on them (they are killed too).
+        // Wait until every worker process the pool started was reaped: those
+        // just closed, those that left before (recycled, stopped, killed,
+        // lost) and are still exiting, and those still starting (killed as
+        // they arrive, see `finished`). Past the deadline, kill what is left
+        // and give up on starts (they are killed too).
+        let mut killed = false;
         loop {
             let changed = self.changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            if self.lock().starting == 0 {
-                break;
-            }
-            if *self.abandon.borrow() {
+            let alive: Vec<fork_core::WorkerHandle> = {
+                let st = self.lock();
+                if st.alive.is_empty() && st.starting == 0 {
+                    break;
+                }
+                st.alive.values().cloned().collect()
+            };
+            if killed {
                 changed.await;
             } else if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                killed = true;
+                for process in alive {
+                    let _ = process.signal(libc_sigkill());
+                }
                 self.abandon.send_replace(true);
             }
         }
@@ -1357,6 +1417,8 @@ async fn monitor<Req, Resp, Ev>(
         tracing::warn!(pid, ?status, "worker died");
         shared.wake.notify_one();
     }
+    // Reaped (or its template is gone): nothing of it is left.
+    st.alive.remove(&id);
     drop(st);
     shared.changed.notify_waiters();
 }

@@ -569,8 +569,20 @@ fn failing_init_backs_off_and_reaches_callers() -> Result<(), Failed> {
         for _ in 0..3 {
             let e = client.pid(context::current()).await.unwrap_err();
             match fork_pool::Error::find(&e) {
-                Some(fork_pool::Error::Spawn(m)) => {
-                    ensure!(m.contains("cannot start: no database"), "message {m}")
+                Some(fork_pool::Error::Spawn(cause)) => {
+                    // The cause itself, typed, and in the message.
+                    ensure!(
+                        matches!(&**cause, fork_rpc::Error::Init(m) if m == "cannot start: no database"),
+                        "cause {cause:?}"
+                    );
+                    let shown = fork_pool::Error::find(&e).map(ToString::to_string);
+                    ensure!(
+                        shown.as_deref()
+                            == Some(
+                                "no worker could be started: the worker's init hook failed: cannot start: no database"
+                            ),
+                        "message {shown:?}"
+                    );
                 }
                 other => return Err(format!("got {e:?} / {other:?}").into()),
             }
@@ -637,10 +649,12 @@ fn job_timeout_kills_the_stuck_worker() -> Result<(), Failed> {
         );
         // Both jobs exceed their limit (the one behind waits on the stuck
         // worker); whichever the pool sees first times out and gets the
-        // worker killed with SIGTERM, which the other may lose it to first.
+        // worker ended: SIGTERM asks a fork-rpc worker to finish what it
+        // has, which a stuck one cannot, so SIGKILL follows after the grace
+        // period, and the other job may see the worker lost to it first.
         let timed_out = |e: &RpcError| matches!(fork_pool::Error::find(e), Some(fork_pool::Error::Timeout { pid, .. }) if *pid == stuck);
         let terminated = |e: &RpcError| {
-            lost(e).and_then(|l| l.status()).and_then(|s| s.signal()) == Some(libc::SIGTERM)
+            lost(e).and_then(|l| l.status()).and_then(|s| s.signal()) == Some(libc::SIGKILL)
         };
         let e = a.unwrap_err();
         ensure!(timed_out(&e) || terminated(&e), "stuck job gave {e:?}");
@@ -873,11 +887,11 @@ fn chaos() -> Result<(), Failed> {
                 kills
             })
         };
-        let total = 10_000;
+        let total = 4_000;
         let mut ok_idempotent = 0;
         let mut lost_plain = 0;
         let mut ok_plain = 0;
-        let results = futures::future::join_all((0..total).map(|i| {
+        let calls = futures::future::join_all((0..total).map(|i| {
             let c = client.clone();
             async move {
                 // Queued jobs wait long under this load: no tarpc deadline.
@@ -888,8 +902,11 @@ fn chaos() -> Result<(), Failed> {
                     (false, c.pid(ctx).await.map(drop))
                 }
             }
-        }))
-        .await;
+        }));
+        // No call hangs: every one returns, and soon.
+        let results = tokio::time::timeout(Duration::from_secs(120), calls)
+            .await
+            .map_err(|_| "calls hung under chaos")?;
         stop.store(true, Ordering::Relaxed);
         let kills = killer.await.map_err(fail)?;
         for (idempotent, r) in results {
@@ -897,6 +914,8 @@ fn chaos() -> Result<(), Failed> {
                 (true, Ok(())) => ok_idempotent += 1,
                 (true, Err(e)) => return Err(format!("an idempotent job failed: {e:?}").into()),
                 (false, Ok(())) => ok_plain += 1,
+                // Only a job running on a killed worker may fail, and says
+                // so; a queued one is never lost.
                 (false, Err(e)) => {
                     ensure!(lost(&e).is_some(), "job failed with {e:?}");
                     lost_plain += 1;
@@ -926,6 +945,275 @@ fn chaos() -> Result<(), Failed> {
             children_of(t.id()).map_err(fail)?.is_empty(),
             "processes left"
         );
+        Ok(())
+    })
+}
+
+/// A pool of one worker (`load` 1) running a job that lasts a minute, once
+/// it runs: the pool, a client, and the job's task (abort it when done).
+async fn busy_with_a_long_job(
+    builder: fork_pool::Builder<JobRequest, JobResponse, ()>,
+) -> Result<
+    (
+        Pool<JobRequest, JobResponse>,
+        Client,
+        tokio::task::JoinHandle<Result<u32, RpcError>>,
+    ),
+    Failed,
+> {
+    let pool = builder.max(1).load(1).build();
+    let client = Client::from(pool.clone());
+    let mut events = pool.events().ok_or("no events")?;
+    let long = tokio::spawn({
+        let client = client.clone();
+        async move { client.announced_sleep(context::current(), 60_000).await }
+    });
+    let _event = events.recv().await.ok_or("no event")?;
+    Ok((pool, client, long))
+}
+
+/// A queued call fails at its deadline, whatever the workers do: behind a
+/// long job, and when no worker ever becomes ready.
+fn a_queued_call_fails_at_its_deadline() -> Result<(), Failed> {
+    block_on(async {
+        let t = template().await?;
+        let (pool, client, long) = busy_with_a_long_job(pool_on(&t)).await?;
+        // ANCHOR: queue_deadline
+        // It fails at its deadline, not when the job before it ends.
+        let e = tokio::time::timeout(
+            Duration::from_secs(10),
+            client.pid(fork_rpc::context::with_timeout(Duration::from_millis(300))),
+        )
+        .await
+        .map_err(|_| "the queued call outlived its deadline")?
+        .unwrap_err();
+        ensure!(
+            matches!(e, RpcError::DeadlineExceeded),
+            "queued call gave {e:?}"
+        );
+        ensure!(pool.stats().queued == 0, "{:?}", pool.stats());
+        // ANCHOR_END: queue_deadline
+        long.abort();
+        pool.shutdown().await;
+
+        // A worker that never becomes ready (its init hook hangs).
+        let t = template().await?;
+        let (_hung_r, hung_w) = std::io::pipe().map_err(fail)?;
+        t.arg("hang").fd(&hung_w);
+        let pool = pool_on(&t).max(1).shutdown_timeout(Duration::ZERO).build();
+        let client = Client::from(pool.clone());
+        let e = tokio::time::timeout(
+            Duration::from_secs(10),
+            client.pid(fork_rpc::context::with_timeout(Duration::from_millis(300))),
+        )
+        .await
+        .map_err(|_| "the call outlived its deadline")?
+        .unwrap_err();
+        ensure!(matches!(e, RpcError::DeadlineExceeded), "call gave {e:?}");
+        pool.shutdown().await;
+        ensure!(
+            children_of(t.id()).map_err(fail)?.is_empty(),
+            "workers left"
+        );
+        Ok(())
+    })
+}
+
+/// A queued call whose caller gives up leaves the queue at once, with its
+/// room in a bounded queue.
+fn a_dropped_queued_call_leaves_the_queue() -> Result<(), Failed> {
+    block_on(async {
+        let t = template().await?;
+        let builder = pool_on(&t).queue_limit(2, Overflow::Error);
+        let (pool, client, long) = busy_with_a_long_job(builder).await?;
+        for _ in 0..2 {
+            let gave_up =
+                tokio::time::timeout(Duration::from_millis(20), client.pid(context::current()))
+                    .await;
+            ensure!(gave_up.is_err(), "a queued call returned {gave_up:?}");
+        }
+        ensure!(
+            pool.stats().queued == 0,
+            "after giving up: {:?}",
+            pool.stats()
+        );
+        // Their room is back: two calls queue, the third finds it full.
+        let queued: Vec<_> = (0..2)
+            .map(|_| {
+                let client = client.clone();
+                tokio::spawn(async move { client.pid(context::current()).await })
+            })
+            .collect();
+        pool.wait_until(|s| s.queued == 2).await;
+        let e = client.pid(context::current()).await.unwrap_err();
+        ensure!(
+            matches!(
+                fork_pool::Error::find(&e),
+                Some(fork_pool::Error::QueueFull(2))
+            ),
+            "third call gave {e:?}"
+        );
+        for call in queued {
+            call.abort();
+        }
+        long.abort();
+        pool.shutdown().await;
+        Ok(())
+    })
+}
+
+/// When `shutdown` returns, every worker the pool started is gone and
+/// reaped, including one it killed before (a timed-out job's).
+fn shutdown_returns_once_every_worker_is_reaped() -> Result<(), Failed> {
+    block_on(async {
+        let t = template().await?;
+        let pool = pool_on(&t)
+            .max(1)
+            .job_timeout(Duration::from_millis(100))
+            .kill_grace(Duration::from_millis(500))
+            .build();
+        let client = Client::from(pool.clone());
+        // Blocks its worker's thread: SIGTERM cannot end it, SIGKILL will.
+        let e = client.block(context::current(), 60_000).await.unwrap_err();
+        let Some(fork_pool::Error::Timeout { pid, .. }) = fork_pool::Error::find(&e) else {
+            return Err(format!("the blocked job gave {e:?}").into());
+        };
+        let pid = *pid;
+        pool.shutdown().await;
+        ensure!(
+            integration_tests::state_of(pid).is_none(),
+            "worker {pid} is still there ({:?}) after shutdown",
+            integration_tests::state_of(pid)
+        );
+        ensure!(
+            children_of(t.id()).map_err(fail)?.is_empty(),
+            "workers left"
+        );
+        Ok(())
+    })
+}
+
+/// A worker that does not start within the RPC start timeout is killed, and
+/// the callers learn why; the pool does not keep it "starting" for ever.
+fn a_start_that_hangs_fails_the_callers() -> Result<(), Failed> {
+    block_on(async {
+        let t = template().await?;
+        let (_hung_r, hung_w) = std::io::pipe().map_err(fail)?;
+        t.arg("hang").fd(&hung_w);
+        let limit = Duration::from_millis(200);
+        let pool = pool_on(&t)
+            .max(1)
+            .rpc(fork_rpc::Config::default().start_timeout(limit))
+            .build();
+        let client = Client::from(pool.clone());
+        let e = tokio::time::timeout(Duration::from_secs(10), client.pid(context::current()))
+            .await
+            .map_err(|_| "the call hung on a start that hangs")?
+            .unwrap_err();
+        match fork_pool::Error::find(&e) {
+            Some(fork_pool::Error::Spawn(cause)) => ensure!(
+                matches!(&**cause, fork_rpc::Error::StartTimeout { limit: l, pid: Some(_) } if *l == limit),
+                "cause {cause:?}"
+            ),
+            other => return Err(format!("got {e:?} / {other:?}").into()),
+        }
+        let stats = pool.wait_until(|s| s.starting == 0).await;
+        ensure!(stats.spawn_failures >= 1, "{stats:?}");
+        pool.shutdown().await;
+        ensure!(
+            children_of(t.id()).map_err(fail)?.is_empty(),
+            "workers left"
+        );
+        Ok(())
+    })
+}
+
+/// A spawn failure reaches the callers with its cause, typed: here `fork`
+/// at the process limit, with its errno.
+fn spawn_errors_keep_their_cause() -> Result<(), Failed> {
+    block_on(async {
+        let t = template().await?;
+        let limited = t
+            .fork()
+            .init(&integration_tests::FORBID_FORKS, &())
+            .template()
+            .await
+            .map_err(fail)?;
+        let pool = pool_on(&limited).max(1).build();
+        let client = Client::from(pool.clone());
+        let e = client.pid(context::current()).await.unwrap_err();
+        let Some(pool_error @ fork_pool::Error::Spawn(cause)) = fork_pool::Error::find(&e) else {
+            return Err(format!("expected a spawn error, got {e:?}").into());
+        };
+        match &**cause {
+            fork_rpc::Error::Core(fork_core::Error::Fork(io)) => {
+                ensure!(io.raw_os_error() == Some(libc::EAGAIN), "errno {io:?}")
+            }
+            other => return Err(format!("cause {other:?}").into()),
+        }
+        ensure!(
+            std::error::Error::source(pool_error).is_some(),
+            "no source for {pool_error:?}"
+        );
+        let shown = pool_error.to_string();
+        ensure!(
+            shown.starts_with(
+                "no worker could be started: fork failed in the template: \
+                 Resource temporarily unavailable"
+            ) && shown.contains("RLIMIT_NPROC"),
+            "message: {shown}"
+        );
+        pool.shutdown().await;
+        Ok(())
+    })
+}
+
+/// Ctrl-C in a terminal, or `kill -<signal> -<pgid>`, reaches the whole
+/// process group of a program: its pool's template and workers are not in
+/// it, so the program, which handles the signal, shuts the pool down
+/// gracefully and no job is killed by the signal.
+fn group_signals_leave_the_parent_in_charge() -> Result<(), Failed> {
+    use std::io::{BufRead, BufReader, Read};
+    use std::os::unix::process::CommandExt;
+    block_on(async {
+        for signal in [
+            nix::sys::signal::Signal::SIGINT,
+            nix::sys::signal::Signal::SIGTERM,
+        ] {
+            let mut host = std::process::Command::new(env!("CARGO_BIN_EXE_template-host"))
+                .arg("group-signal")
+                .process_group(0)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .map_err(fail)?;
+            let mut out = BufReader::new(host.stdout.take().ok_or("no stdout")?);
+            let mut ready = String::new();
+            out.read_line(&mut ready).map_err(fail)?;
+            // "ready <template pid> [<worker pid>, <worker pid>]"
+            let pids: Vec<u32> = ready
+                .split(|c: char| !c.is_ascii_digit())
+                .filter_map(|n| n.parse().ok())
+                .collect();
+            ensure!(
+                ready.starts_with("ready ") && pids.len() == 3,
+                "{signal}: helper said {ready:?}"
+            );
+            nix::sys::signal::killpg(nix::unistd::Pid::from_raw(host.id() as i32), signal)
+                .map_err(fail)?;
+            let mut rest = String::new();
+            out.read_to_string(&mut rest).map_err(fail)?;
+            let status = host.wait().map_err(fail)?;
+            ensure!(
+                status.success(),
+                "{signal}: helper exited with {status}: {rest}"
+            );
+            ensure!(
+                rest == format!("{}\njobs ok: 4, crashed: 0\n", signal.as_str()),
+                "{signal}: helper said {rest:?}"
+            );
+            all_exit(pids).await?;
+        }
         Ok(())
     })
 }
@@ -1009,5 +1297,29 @@ fn main() {
             dropping_the_pool_shuts_it_down,
         ),
         ("chaos", chaos),
+        (
+            "a_queued_call_fails_at_its_deadline",
+            a_queued_call_fails_at_its_deadline,
+        ),
+        (
+            "a_dropped_queued_call_leaves_the_queue",
+            a_dropped_queued_call_leaves_the_queue,
+        ),
+        (
+            "shutdown_returns_once_every_worker_is_reaped",
+            shutdown_returns_once_every_worker_is_reaped,
+        ),
+        (
+            "spawn_errors_keep_their_cause",
+            spawn_errors_keep_their_cause,
+        ),
+        (
+            "a_start_that_hangs_fails_the_callers",
+            a_start_that_hangs_fails_the_callers,
+        ),
+        (
+            "group_signals_leave_the_parent_in_charge",
+            group_signals_leave_the_parent_in_charge,
+        ),
     ]);
 }
