@@ -93,6 +93,9 @@ mod context;
 mod entry;
 mod error;
 pub mod fdpass;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod init;
 mod proto;
 mod sys;

@@ -85,6 +85,9 @@ mod config;
 pub mod context;
 mod entry;
 mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod message;
 mod server;
 mod variant;
