@@ -10,10 +10,19 @@ use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe::Receiver;
 
 use crate::error::Result;
+use crate::fork::Fork;
 use crate::proto::ExecSpec;
 use crate::sys;
-use crate::template::Fork;
+use crate::template::Template;
 use crate::worker::Worker;
+
+impl Template {
+    /// Starts building a command to execute in a process forked from this
+    /// template: `fork` + `exec` without forking the (possibly big) parent.
+    pub fn command(&self, program: impl Into<OsString>) -> Command {
+        Command::new(self.fork(), program.into())
+    }
+}
 
 /// A command to execute in a process forked from a template, like
 /// [`std::process::Command`], made with [`Template::command`](crate::Template::command).

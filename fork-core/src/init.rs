@@ -1,22 +1,9 @@
 //! The call at the top of `main`.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-
 use crate::error::{Error, Result};
+use crate::process;
 use crate::sys::{self, Forked, Forker};
 use crate::template::{self, serve};
-
-static INITIALIZED: AtomicBool = AtomicBool::new(false);
-
-pub(crate) fn initialized() -> bool {
-    INITIALIZED.load(Ordering::Acquire)
-}
-
-/// Records that this process is past `init`: a template (about to serve)
-/// reached it, so the workers it forks may start templates too.
-pub(crate) fn mark_initialized() {
-    INITIALIZED.store(true, Ordering::Release);
-}
 
 /// Turns this process into a template when it was started as one, and
 /// otherwise returns. **Call it first thing in `main`**, before any thread or
@@ -99,7 +86,7 @@ impl Init {
         if std::env::var_os(serve::MARKER).is_some() && stdin_is_control_socket() {
             serve::exec_main();
         }
-        if initialized() {
+        if process::initialized() {
             return Ok(());
         }
         if tokio::runtime::Handle::try_current().is_ok() {
@@ -122,7 +109,7 @@ impl Init {
                 Forked::Parent { child } => template::set_early(ours, child),
             }
         }
-        INITIALIZED.store(true, Ordering::Release);
+        process::mark_initialized();
         Ok(())
     }
 }

@@ -84,6 +84,8 @@
 //! `/proc`).
 
 #![deny(missing_docs, unsafe_op_in_unsafe_fn)]
+// Every `unsafe` block lives in `sys`, behind safe signatures.
+#![deny(unsafe_code)]
 #![warn(unreachable_pub)]
 // The examples show `fn main` on purpose: the init-first rule is about `main`.
 #![allow(clippy::needless_doctest_main)]
@@ -93,11 +95,14 @@ mod context;
 mod entry;
 mod error;
 pub mod fdpass;
+mod fork;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 mod init;
+mod process;
 mod proto;
+#[allow(unsafe_code)]
 mod sys;
 mod template;
 #[cfg(feature = "test-support")]
@@ -108,9 +113,13 @@ pub use crate::command::Command;
 pub use crate::context::Context;
 pub use crate::entry::{Entry, EntryResult, InitFn, PANIC_EXIT_CODE};
 pub use crate::error::{Error, Result};
+pub use crate::fork::Fork;
 pub use crate::init::{Init, init};
-pub use crate::template::{Fork, Template};
+pub use crate::template::Template;
 pub use crate::worker::{Worker, WorkerHandle};
+
+/// A signal to send to a worker ([`Worker::signal`]): nix's, re-exported.
+pub use nix::sys::signal::Signal;
 
 /// Runs an `async fn main` on a multi-threaded tokio runtime, after calling
 /// [`init`] first.

@@ -4,6 +4,7 @@ use std::process::ExitStatus;
 
 use tokio::net::UnixStream;
 
+use crate::Signal;
 use crate::error::{Error, Result};
 use crate::template::Template;
 use crate::template::conn::{ExitWatch, Spawned};
@@ -109,14 +110,23 @@ impl Worker {
     /// Sends `signal` to the worker (through its template, so a reused pid is
     /// never hit). Does nothing once the worker has exited.
     ///
+    /// ```no_run
+    /// # async fn doc(worker: fork_core::Worker) -> fork_core::Result<()> {
+    /// use fork_core::Signal;
+    ///
+    /// worker.signal(Signal::SIGTERM)?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
     /// # Errors
     ///
     /// [`Error::TemplateGone`] if the template is gone.
-    pub fn signal(&self, signal: i32) -> Result<()> {
+    pub fn signal(&self, signal: Signal) -> Result<()> {
         if self.exit.borrow().is_some() {
             return Ok(());
         }
-        self.template.conn().signal(self.pid as i32, signal)
+        self.template.conn().signal(self.pid as i32, signal as i32)
     }
 
     /// Sends `SIGKILL` without waiting (like `tokio::process::Child::start_kill`).
@@ -125,7 +135,7 @@ impl Worker {
     ///
     /// As [`signal`](Worker::signal).
     pub fn start_kill(&mut self) -> Result<()> {
-        self.signal(libc::SIGKILL)
+        self.signal(Signal::SIGKILL)
     }
 
     /// Kills the worker and waits for it to be reaped.
@@ -175,11 +185,11 @@ impl WorkerHandle {
     /// # Errors
     ///
     /// As [`Worker::signal`].
-    pub fn signal(&self, signal: i32) -> Result<()> {
+    pub fn signal(&self, signal: Signal) -> Result<()> {
         if self.exit.borrow().is_some() {
             return Ok(());
         }
-        self.template.conn().signal(self.pid as i32, signal)
+        self.template.conn().signal(self.pid as i32, signal as i32)
     }
 
     /// Sends `SIGKILL` without waiting, as [`Worker::start_kill`].
@@ -188,7 +198,7 @@ impl WorkerHandle {
     ///
     /// As [`Worker::signal`].
     pub fn start_kill(&self) -> Result<()> {
-        self.signal(libc::SIGKILL)
+        self.signal(Signal::SIGKILL)
     }
 
     /// Waits for the worker to exit, as [`Worker::wait`].

@@ -115,7 +115,7 @@ fn run(
     drop(io::stdout().lock());
     // This process is the program after `init`: a worker forked from it may
     // start templates of its own.
-    crate::init::mark_initialized();
+    crate::process::mark_initialized();
     let mut server = match Server::new(ctrl, args, fds) {
         Ok(s) => s,
         Err((ctrl, e)) => startup_failed(ctrl, e),

@@ -1,0 +1,291 @@
+//! The `Template` handle: a connection to a template process, its
+//! preparation (init functions, arguments, descriptors) and its end.
+//!
+//! How to get one that is shared or forked early is in
+//! [`registry`](super::registry); forking from it is in
+//! [`fork`](crate::fork).
+
+use std::ffi::OsString;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::process::Stdio;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use super::conn::{Conn, ExitWatch};
+use super::serve;
+use crate::entry::InitFn;
+use crate::error::{Error, Failure, Result};
+use crate::proto::{self, Op, Request};
+use crate::sys;
+
+/// A handle to a template process: a small, single-threaded process that
+/// forks workers when asked (AnyEvent::Fork's process object before `run`).
+///
+/// Get one with [`Template::new`] (a fresh process, exec'd from this
+/// program's binary), [`Template::shared`] (the program-wide default, created
+/// on first use) or [`Template::early`] (forked by [`init`](crate::init) at
+/// start-up). Prepare it with [`init`](Template::init), [`arg`](Template::arg)
+/// and [`fd`](Template::fd): everything it receives is inherited by every
+/// process forked from it afterwards, and shared copy-on-write. Then
+/// [`fork`](Template::fork) workers from it.
+///
+/// Preparation calls are queued and sent in the background, in order; they
+/// return `&Self` so they chain. If one fails (an argument that does not
+/// serialise, an init function that returns an error in the template), the
+/// template is failed: [`ready`](Template::ready) and every later fork return
+/// that error.
+///
+/// `Template` is a cheap handle (`Clone`). The process lives as long as any
+/// handle to it or to one of its workers; when the last is dropped it gets
+/// EOF and exits, and so do the workers it forked. If the parent dies, the
+/// template and all its workers die too.
+///
+/// # Examples
+///
+/// ```no_run
+/// use fork_core::{Context, Entry, Template};
+///
+/// fn hello(ctx: Context) -> i32 {
+///     let n: u32 = ctx.arg(0).unwrap();
+///     n as i32
+/// }
+/// static HELLO: Entry = fork_core::entry!(hello);
+///
+/// fn main() -> Result<(), fork_core::Error> {
+///     fork_core::init();
+///     let rt = tokio::runtime::Runtime::new()?;
+///     rt.block_on(async {
+///         let template = Template::shared()?;
+///         let mut worker = template.fork().arg(&7u32).run(&HELLO).await?;
+///         assert_eq!(worker.wait().await?.code(), Some(7));
+///         Ok(())
+///     })
+/// }
+/// ```
+#[derive(Clone, Debug)]
+pub struct Template {
+    inner: Arc<Handle>,
+}
+
+#[derive(Debug)]
+struct Handle {
+    conn: Arc<Conn>,
+    pid: u32,
+    /// A template forked from another keeps its parent alive and gets its
+    /// exit status from it.
+    parent: Option<(Template, ExitWatch)>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.conn.close();
+    }
+}
+
+impl Template {
+    /// Starts a new template process by executing this program's own binary
+    /// (`/proc/self/exe`, so a binary replaced on disk still works).
+    ///
+    /// The process is spawned with `posix_spawn` (safe and cheap from a big,
+    /// threaded parent): its control socket is its standard input, a marker in
+    /// its environment makes [`init`](crate::init) turn it into a template
+    /// (the marker is then removed), and it closes the other descriptors it
+    /// inherited through the `exec`. Its stdout and stderr are the parent's.
+    /// It gets `argv[0]` only: `init` must come before the command line is
+    /// parsed.
+    ///
+    /// It runs in a process group of its own, with its workers: signals for
+    /// the parent's group (Ctrl-C in a terminal, `kill -TERM -<pgid>`) do not
+    /// reach them, so the parent decides what happens to its workers. It
+    /// ignores `SIGINT`, `SIGTERM`, `SIGHUP` and `SIGQUIT` sent to it
+    /// directly (or to its cgroup, as systemd does at stop), and lives until
+    /// its parent goes.
+    ///
+    /// A worker may start templates of its own.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotInitialized`] if [`init`](crate::init) was not called (the
+    /// new process would run `main` again), [`Error::NoRuntime`] outside a
+    /// tokio runtime, [`Error::TemplateStart`] if the process cannot be
+    /// spawned. A template that ends before it serves (its `main` did not
+    /// reach `init`) fails the first fork with
+    /// [`Error::TemplateNotStarted`].
+    pub fn new() -> Result<Template> {
+        if !crate::process::initialized() {
+            return Err(Error::NotInitialized);
+        }
+        tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
+        let (ours, theirs) = sys::seqpacket_pair().map_err(Error::TemplateStart)?;
+        let arg0 = std::env::args_os()
+            .next()
+            .unwrap_or_else(|| OsString::from("fork-core-template"));
+        let child = std::process::Command::new("/proc/self/exe")
+            .arg0(arg0)
+            // Its own process group: a signal for the parent's group (Ctrl-C
+            // in a terminal, `kill -TERM -<pgid>`) does not reach it or its
+            // workers; the parent decides what happens to them.
+            .process_group(0)
+            .env(
+                serve::MARKER,
+                format!("{}:{}", proto::VERSION, std::process::id()),
+            )
+            .stdin(Stdio::from(theirs))
+            .spawn()
+            .map_err(Error::TemplateStart)?;
+        let pid = child.id();
+        // Not waited for through `child`: the connection reaps it at EOF.
+        drop(child);
+        Template::from_conn(ours, pid, None)
+    }
+
+    pub(crate) fn from_conn(
+        fd: OwnedFd,
+        pid: u32,
+        parent: Option<(Template, ExitWatch)>,
+    ) -> Result<Template> {
+        let reap = if parent.is_none() {
+            Some(pid as i32)
+        } else {
+            None
+        };
+        let conn = Conn::start(fd, reap)?;
+        Ok(Template {
+            inner: Arc::new(Handle { conn, pid, parent }),
+        })
+    }
+
+    /// The template's process id.
+    pub fn id(&self) -> u32 {
+        self.inner.pid
+    }
+
+    /// `false` once the template is known to be gone or failed.
+    pub fn is_alive(&self) -> bool {
+        self.inner.conn.failure().is_none()
+    }
+
+    /// Closes the template now and waits for it to exit: it kills and reaps
+    /// every worker it forked (their [`Worker::wait`] then fails with
+    /// [`Error::TemplateGone`]), and the parent reaps it. Other handles to it
+    /// see it as gone.
+    ///
+    /// Dropping the last handle closes a template too, but in the background;
+    /// `shutdown` is for a clean stop, such as the end of a program or test.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::TemplateGone`] if its exit status cannot be observed (for a
+    /// template forked from another one that is gone too).
+    pub async fn shutdown(self) -> Result<std::process::ExitStatus> {
+        let conn = self.inner.conn.clone();
+        conn.close();
+        let ended = conn.ended().await;
+        if let Failure::Gone(Some(status)) | Failure::NotStarted(Some(status)) = ended {
+            return Ok(status);
+        }
+        if let Some((_, exit)) = &self.inner.parent {
+            let mut exit = exit.clone();
+            if let Ok(v) = exit.wait_for(Option::is_some).await
+                && let Some(Ok(status)) = v.clone()
+            {
+                return Ok(status);
+            }
+        }
+        Err(Error::TemplateGone { status: None })
+    }
+
+    pub(crate) fn conn(&self) -> &Arc<Conn> {
+        &self.inner.conn
+    }
+
+    fn prepare(&self, ops: Vec<Op>, fds: Vec<OwnedFd>) -> &Self {
+        if let Err(e) = self.inner.conn.send(&Request::Prepare(ops), fds) {
+            self.poison(&e);
+        }
+        self
+    }
+
+    fn poison(&self, e: &Error) {
+        self.inner.conn.fail(Failure::Protocol(format!(
+            "a preparation step could not be sent: {e}"
+        )));
+    }
+
+    /// Runs an init function inside the template, with `arg` (AnyEvent::Fork's
+    /// `eval`/`require`): load data or libraries once, and every process forked
+    /// afterwards has them, shared copy-on-write.
+    ///
+    /// If it fails or panics, the template reports the error and exits:
+    /// [`ready`](Template::ready) and later forks return
+    /// [`Error::InitFailed`].
+    pub fn init<T: Serialize>(&self, init: &InitFn<T>, arg: &T) -> &Self {
+        if let Err(e) = init.check() {
+            self.poison(&e);
+            return self;
+        }
+        match bincode::serialize(arg) {
+            Ok(arg) => self.prepare(
+                vec![Op::Init {
+                    name: init.name().to_owned(),
+                    arg,
+                }],
+                Vec::new(),
+            ),
+            Err(e) => {
+                self.poison(&Error::Arg {
+                    index: 0,
+                    message: e.to_string(),
+                });
+                self
+            }
+        }
+    }
+
+    /// Appends a typed argument (bincode-encoded) to the template's argument
+    /// list; every worker forked afterwards receives it (see
+    /// [`Context::arg`](crate::Context::arg)).
+    pub fn arg<T: Serialize + ?Sized>(&self, arg: &T) -> &Self {
+        match bincode::serialize(arg) {
+            Ok(bytes) => self.arg_bytes(bytes),
+            Err(e) => {
+                self.poison(&Error::Arg {
+                    index: 0,
+                    message: e.to_string(),
+                });
+                self
+            }
+        }
+    }
+
+    /// Appends raw bytes to the template's argument list.
+    pub fn arg_bytes(&self, arg: impl Into<Vec<u8>>) -> &Self {
+        self.prepare(vec![Op::Arg(arg.into())], Vec::new())
+    }
+
+    /// Sends a duplicate of `fd` to the template; every worker forked
+    /// afterwards holds it (see [`Context::fds`](crate::Context::fds)). The
+    /// caller keeps its own descriptor.
+    pub fn fd(&self, fd: impl AsFd) -> &Self {
+        match sys::dup_cloexec(fd.as_fd()) {
+            Ok(fd) => self.prepare(vec![Op::Fd], vec![fd]),
+            Err(e) => {
+                self.poison(&Error::os("duplicating a descriptor to send")(e));
+                self
+            }
+        }
+    }
+
+    /// Waits until the template has applied every preparation step sent so
+    /// far.
+    ///
+    /// # Errors
+    ///
+    /// The error of a failed step ([`Error::InitFailed`] for an init
+    /// function), or [`Error::TemplateGone`].
+    pub async fn ready(&self) -> Result<()> {
+        self.inner.conn.ping().await
+    }
+}
