@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context as TaskContext, Poll, ready};
 use std::time::{Duration, Instant};
 
+use fork_core::Signal;
 use fork_rpc::context::{FOREVER, after};
 use futures::future::Either;
 use serde::Serialize;
@@ -1165,7 +1166,7 @@ where
             let shared = self.clone();
             tokio::spawn(async move {
                 let mut handle = worker.handle();
-                let _ = handle.signal(libc_sigkill());
+                let _ = handle.signal(Signal::SIGKILL);
                 let _ = handle.wait().await;
                 shared.lock().starting -= 1;
                 shared.changed.notify_waiters();
@@ -1297,7 +1298,7 @@ where
             } else if tokio::time::timeout_at(deadline, changed).await.is_err() {
                 killed = true;
                 for process in alive {
-                    let _ = process.signal(libc_sigkill());
+                    let _ = process.signal(Signal::SIGKILL);
                 }
                 self.abandon.send_replace(true);
             }
@@ -1331,21 +1332,13 @@ where
     }
 }
 
-const fn libc_sigkill() -> i32 {
-    9
-}
-
-const fn libc_sigterm() -> i32 {
-    15
-}
-
 /// `SIGTERM` now, `SIGKILL` after `grace` if the worker is still there.
 fn terminate(process: fork_core::WorkerHandle, grace: Duration) {
-    let _ = process.signal(libc_sigterm());
+    let _ = process.signal(Signal::SIGTERM);
     tokio::spawn(async move {
         let mut waiting = process.clone();
         if tokio::time::timeout(grace, waiting.wait()).await.is_err() {
-            let _ = process.signal(libc_sigkill());
+            let _ = process.signal(Signal::SIGKILL);
         }
     });
 }

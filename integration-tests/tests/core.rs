@@ -293,7 +293,7 @@ fn exit_codes_and_signals() -> Result<(), Failed> {
         w.kill().await.map_err(fail)?;
         // A catchable signal.
         let w = t.fork().run(&WAIT_FOR_EOF).await.map_err(fail)?;
-        w.signal(libc::SIGTERM).map_err(fail)?;
+        w.signal(fork_core::Signal::SIGTERM).map_err(fail)?;
         let mut w = w;
         let status = w.wait().await.map_err(fail)?;
         ensure!(
@@ -1194,7 +1194,7 @@ fn templates_leave_signals_to_their_parent() -> Result<(), Failed> {
                 "worker ignores {ignored:#x}"
             );
             // A worker gets SIGTERM's default action.
-            w.signal(libc::SIGTERM).map_err(fail)?;
+            w.signal(fork_core::Signal::SIGTERM).map_err(fail)?;
             let status = w.wait().await.map_err(fail)?;
             ensure!(status.signal() == Some(libc::SIGTERM), "worker: {status}");
         }

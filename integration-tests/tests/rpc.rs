@@ -927,7 +927,7 @@ fn sigterm_lets_a_worker_finish_what_it_has() -> Result<(), Failed> {
         push_request(&mut out, 3, long, CalcRequest::Add { a: 2, b: 2 });
         stream.write_all(&out).await.map_err(fail)?;
         // The requests are in the worker's socket before the signal is sent.
-        worker.signal(libc::SIGTERM).map_err(fail)?;
+        worker.signal(fork_core::Signal::SIGTERM).map_err(fail)?;
         let run = async {
             let mut replies = Vec::new();
             let mut retired = 0;
@@ -974,7 +974,10 @@ fn sigterm_is_a_graceful_end_for_the_client() -> Result<(), Failed> {
             "add"
         );
         // ANCHOR: sigterm
-        worker.process().signal(libc::SIGTERM).map_err(fail)?;
+        worker
+            .process()
+            .signal(fork_core::Signal::SIGTERM)
+            .map_err(fail)?;
         // The worker asks to be retired, answers what it has, and exits 0.
         tokio::time::timeout(Duration::from_secs(10), client.retire_request())
             .await
