@@ -22,11 +22,42 @@ pub struct Context {
     socket: UnixStream,
     args: Vec<Vec<u8>>,
     fds: Vec<OwnedFd>,
+    slot: Option<Slot>,
+}
+
+/// What a layer built on fork-core (fork-rpc, say) sent along with a fork
+/// for its own code around the entry, apart from the arguments and
+/// descriptors that the entry's user sends: see
+/// [`Fork::slot`](crate::Fork::slot) and [`Context::take_slot`].
+#[derive(Debug, Default)]
+#[non_exhaustive]
+pub struct Slot {
+    /// The data, as given to `Fork::slot`.
+    pub data: Vec<u8>,
+    /// The descriptors, in order; close-on-exec.
+    pub fds: Vec<OwnedFd>,
 }
 
 impl Context {
-    pub(crate) fn new(socket: UnixStream, args: Vec<Vec<u8>>, fds: Vec<OwnedFd>) -> Context {
-        Context { socket, args, fds }
+    pub(crate) fn new(
+        socket: UnixStream,
+        args: Vec<Vec<u8>>,
+        fds: Vec<OwnedFd>,
+        slot: Slot,
+    ) -> Context {
+        Context {
+            socket,
+            args,
+            fds,
+            slot: Some(slot),
+        }
+    }
+
+    /// Takes the [`Slot`] sent with [`Fork::slot`](crate::Fork::slot): for
+    /// the layer that runs the entry, before it hands the context on. Empty
+    /// if nothing was sent; `None` once taken.
+    pub fn take_slot(&mut self) -> Option<Slot> {
+        self.slot.take()
     }
 
     /// The socket connected to the parent. `&UnixStream` implements `Read`
@@ -67,7 +98,8 @@ impl Context {
         std::mem::take(&mut self.fds)
     }
 
-    /// Splits the context into socket, arguments and descriptors.
+    /// Splits the context into socket, arguments and descriptors (the slot,
+    /// if not taken, is dropped).
     pub fn into_parts(self) -> (UnixStream, Vec<Vec<u8>>, Vec<OwnedFd>) {
         (self.socket, self.args, self.fds)
     }

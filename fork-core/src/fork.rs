@@ -1,7 +1,7 @@
 //! Forking from a template: the [`Fork`] builder, and what a forked process
 //! reports before its entry starts.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 
 use serde::Serialize;
@@ -85,6 +85,28 @@ impl Fork {
             }
             Err(e) => self.record(Error::os("duplicating a descriptor to send")(e)),
         }
+    }
+
+    /// Sends data and descriptors to the code that runs the entry in the new
+    /// process, apart from its arguments and descriptors: for a layer built
+    /// on fork-core that wraps entries (fork-rpc sends its configuration and
+    /// a descriptor channel this way), so that the entry's user keeps
+    /// [`arg`](Fork::arg) and [`fd`](Fork::fd) to themselves. The worker
+    /// takes it with [`Context::take_slot`](crate::Context::take_slot).
+    /// Calling it again adds to the slot. The descriptors are duplicated
+    /// (the caller keeps its own), as with [`fd`](Fork::fd).
+    pub fn slot(&mut self, data: impl Into<Vec<u8>>, fds: &[BorrowedFd<'_>]) -> &mut Self {
+        self.ops.push(Op::SlotData(data.into()));
+        for fd in fds {
+            match sys::dup_cloexec(*fd) {
+                Ok(fd) => {
+                    self.ops.push(Op::SlotFd);
+                    self.fds.push(fd);
+                }
+                Err(e) => return self.record(Error::os("duplicating a descriptor to send")(e)),
+            }
+        }
+        self
     }
 
     /// Runs an init function in the new process before its entry starts. A
@@ -231,8 +253,10 @@ impl Fork {
         }
     }
 
+    /// How many descriptors the process will have from here (the slot's
+    /// not counted): the index of the next one sent with [`fd`](Fork::fd).
     pub(crate) fn fd_count(&self) -> usize {
-        self.fds.len()
+        self.ops.iter().filter(|op| matches!(op, Op::Fd)).count()
     }
 }
 

@@ -110,7 +110,7 @@ pub mod testing;
 mod worker;
 
 pub use crate::command::Command;
-pub use crate::context::Context;
+pub use crate::context::{Context, Slot};
 pub use crate::entry::{Entry, EntryResult, InitFn, PANIC_EXIT_CODE};
 pub use crate::error::{Error, Result};
 pub use crate::fork::Fork;

@@ -38,8 +38,9 @@ const STATUS_GRACE: Duration = Duration::from_secs(2);
 /// client stub and the worker's handle.
 ///
 /// `fork` may carry arguments, descriptors and init functions of its own
-/// (see [`fork_core::Fork`]); fork-rpc appends its configuration and a
-/// descriptor channel after them. The stub is tarpc's: wrap it in the
+/// (see [`fork_core::Fork`]), which the init hook gets as they are:
+/// fork-rpc sends its configuration and a descriptor channel in the fork's
+/// [slot](fork_core::Fork::slot), apart from them. The stub is tarpc's: wrap it in the
 /// generated client, `CalcClient::from(client)`.
 ///
 /// # Errors
@@ -142,8 +143,7 @@ where
     let (side_ours, side_theirs) = fork_core::fdpass::seqpacket_pair()?;
     let config_bytes = bincode::serialize(config).map_err(|e| Error::Protocol(e.to_string()))?;
     let mut worker = fork
-        .fd(&side_theirs)
-        .arg_bytes(config_bytes)
+        .slot(config_bytes, &[side_theirs.as_fd()])
         .run(entry.entry())
         .await?;
     if let Ok(mut f) = forked.lock() {

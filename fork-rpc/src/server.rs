@@ -76,8 +76,7 @@ impl<Ev: Serialize> Setup<Ev> {
         self.events.clone()
     }
 
-    /// The arguments sent with the fork (see [`fork_core::Context::args`]),
-    /// without fork-rpc's own.
+    /// The arguments sent with the fork (see [`fork_core::Context::args`]).
     pub fn args(&self) -> &[Vec<u8>] {
         &self.args
     }
@@ -97,7 +96,7 @@ impl<Ev: Serialize> Setup<Ev> {
     }
 
     /// Takes the descriptors sent with the fork (and inherited from the
-    /// template), without fork-rpc's own.
+    /// template).
     pub fn take_fds(&mut self) -> Vec<OwnedFd> {
         std::mem::take(&mut self.fds)
     }
@@ -244,7 +243,8 @@ impl FdReceiver {
 /// This is what [`entry!`](crate::entry) calls; use it directly to serve from
 /// your own [`fork_core::Entry`].
 ///
-/// In order: decode the configuration the parent sent, build a
+/// In order: decode the configuration the parent sent (in the fork's
+/// [slot](fork_core::Context::take_slot)), build a
 /// `current_thread` runtime, run `init` (the init hook: a failure is sent to
 /// the parent as the error of its spawn call), serve until the parent closes
 /// the connection, flush every reply, run the done hook, return.
@@ -253,7 +253,7 @@ impl FdReceiver {
 ///
 /// Setup failures, the init hook's failure, or a broken connection.
 pub fn serve<S, Ev, E>(
-    ctx: fork_core::Context,
+    mut ctx: fork_core::Context,
     init: fn(&mut Setup<Ev>) -> std::result::Result<S, E>,
 ) -> Result<()>
 where
@@ -263,14 +263,18 @@ where
     Ev: Serialize + 'static,
     E: fmt::Display,
 {
-    let (socket, mut args, mut fds) = ctx.into_parts();
-    let config: Config = args
-        .pop()
-        .and_then(|b| bincode::deserialize(&b).ok())
-        .ok_or_else(|| Error::Protocol("no fork-rpc configuration among the arguments".into()))?;
-    let side = fds
-        .pop()
-        .ok_or_else(|| Error::Protocol("no descriptor channel among the descriptors".into()))?;
+    // fork-rpc's own configuration and descriptor channel come in the
+    // fork's slot, apart from the user's arguments and descriptors.
+    let slot = ctx.take_slot().unwrap_or_default();
+    let config: Config = bincode::deserialize(&slot.data).map_err(|e| {
+        Error::Protocol(format!("no fork-rpc configuration in the fork's slot: {e}"))
+    })?;
+    let side = slot
+        .fds
+        .into_iter()
+        .next()
+        .ok_or_else(|| Error::Protocol("no descriptor channel in the fork's slot".into()))?;
+    let (socket, args, fds) = ctx.into_parts();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

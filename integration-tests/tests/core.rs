@@ -229,6 +229,38 @@ fn report_signal_masks(ctx: Context) -> std::io::Result<()> {
 }
 static REPORT_SIGNAL_MASKS: Entry = fork_core::entry!(report_signal_masks);
 
+/// Writes what its slot holds (data, and what its descriptors read), then
+/// what the entry's own arguments and descriptors are.
+fn report_slot(mut ctx: Context) -> std::io::Result<()> {
+    let slot = ctx.take_slot().unwrap_or_default();
+    let mut slot_fds = Vec::new();
+    for fd in slot.fds {
+        slot_fds.push(std::io::read_to_string(std::fs::File::from(fd))?);
+    }
+    let args: Vec<String> = (0..ctx.args().len())
+        .map(|i| ctx.arg(i).unwrap_or_default())
+        .collect();
+    let fds: Vec<String> = ctx
+        .take_fds()
+        .into_iter()
+        .map(|fd| std::io::read_to_string(std::fs::File::from(fd)).unwrap_or_default())
+        .collect();
+    let again = ctx.take_slot().is_some();
+    let report = format!(
+        "slot {:?} {slot_fds:?}; args {args:?}; fds {fds:?}; again {again}",
+        String::from_utf8_lossy(&slot.data)
+    );
+    ctx.socket().write_all(report.as_bytes())
+}
+static REPORT_SLOT: Entry = fork_core::entry!(report_slot);
+
+/// A pipe holding `text`, closed for writing: its read end.
+fn pipe_with(text: &str) -> Result<std::io::PipeReader, Failed> {
+    let (r, mut w) = std::io::pipe().map_err(fail)?;
+    w.write_all(text.as_bytes()).map_err(fail)?;
+    Ok(r)
+}
+
 /// Runs a helper binary and returns its stdout, failing unless it exits 0.
 fn run_helper(path: &str, args: &[&str]) -> Result<String, Failed> {
     let out = std::process::Command::new(path)
@@ -1264,6 +1296,30 @@ fn a_template_that_never_reaches_init_is_explained() -> Result<(), Failed> {
     Ok(())
 }
 
+/// A layer's slot travels apart from the entry's arguments and descriptors.
+fn a_fork_slot_is_apart_from_arguments_and_descriptors() -> Result<(), Failed> {
+    block_on(async {
+        let t = Template::shared().map_err(fail)?;
+        let user = pipe_with("the user's")?;
+        let layer = pipe_with("the layer's")?;
+        let mut fork = t.fork();
+        fork.arg("user arg")
+            .slot(b"layer data".to_vec(), &[std::os::fd::AsFd::as_fd(&layer)])
+            .fd(&user)
+            .slot(b", more".to_vec(), &[]);
+        drop((user, layer));
+        let (out, status) = collect(&mut fork, &REPORT_SLOT).await?;
+        ensure!(status == 0, "raw status {status}");
+        let out = String::from_utf8_lossy(&out);
+        ensure!(
+            out == "slot \"layer data, more\" [\"the layer's\"]; args [\"user arg\"]; \
+                    fds [\"the user's\"]; again false",
+            "worker saw: {out}"
+        );
+        Ok(())
+    })
+}
+
 fn main() {
     fork_core::Init::new().early_template(true).init();
     integration_tests::run(&[
@@ -1344,6 +1400,10 @@ fn main() {
         (
             "a_template_that_never_reaches_init_is_explained",
             a_template_that_never_reaches_init_is_explained,
+        ),
+        (
+            "a_fork_slot_is_apart_from_arguments_and_descriptors",
+            a_fork_slot_is_apart_from_arguments_and_descriptors,
         ),
     ]);
 }

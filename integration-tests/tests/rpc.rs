@@ -285,8 +285,10 @@ async fn raw_worker(
     let (_side, side_theirs) = fork_core::fdpass::seqpacket_pair().map_err(fail)?;
     let mut worker = t
         .fork()
-        .fd(&side_theirs)
-        .arg_bytes(bincode::serialize(config).map_err(fail)?)
+        .slot(
+            bincode::serialize(config).map_err(fail)?,
+            &[std::os::fd::AsFd::as_fd(&side_theirs)],
+        )
         .run(CALC.entry())
         .await
         .map_err(fail)?;

@@ -79,6 +79,8 @@ impl<'a> Reader<'a> {
             ops.push(match self.u8()? {
                 tag::OP_ARG => Op::Arg(self.bytes()?),
                 tag::OP_FD => Op::Fd,
+                tag::OP_SLOT_DATA => Op::SlotData(self.bytes()?),
+                tag::OP_SLOT_FD => Op::SlotFd,
                 tag::OP_INIT => Op::Init {
                     name: self.string()?,
                     arg: self.bytes()?,

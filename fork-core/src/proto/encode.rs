@@ -55,6 +55,11 @@ impl Writer {
                     self.bytes(a);
                 }
                 Op::Fd => self.u8(tag::OP_FD),
+                Op::SlotData(d) => {
+                    self.u8(tag::OP_SLOT_DATA);
+                    self.bytes(d);
+                }
+                Op::SlotFd => self.u8(tag::OP_SLOT_FD),
                 Op::Init { name, arg } => {
                     self.u8(tag::OP_INIT);
                     self.bytes(name.as_bytes());

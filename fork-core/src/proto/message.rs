@@ -10,6 +10,19 @@ pub(crate) enum Op {
     Fd,
     /// Run a registered init function with its encoded argument.
     Init { name: String, arg: Vec<u8> },
+    /// Append to the data of the slot of the layer that runs the entry
+    /// (`Fork::slot`); ignored by a template.
+    SlotData(Vec<u8>),
+    /// Append the next descriptor of the message to that slot's descriptors
+    /// (closed by a template).
+    SlotFd,
+}
+
+impl Op {
+    /// Whether the step takes the next descriptor of its message.
+    pub(crate) fn takes_fd(&self) -> bool {
+        matches!(self, Op::Fd | Op::SlotFd)
+    }
 }
 
 /// What a forked process does once its preparation steps ran.
@@ -111,6 +124,8 @@ pub(super) mod tag {
     pub(in crate::proto) const OP_ARG: u8 = 0x01;
     pub(in crate::proto) const OP_FD: u8 = 0x02;
     pub(in crate::proto) const OP_INIT: u8 = 0x03;
+    pub(in crate::proto) const OP_SLOT_DATA: u8 = 0x04;
+    pub(in crate::proto) const OP_SLOT_FD: u8 = 0x05;
 
     pub(in crate::proto) const THEN_RUN: u8 = 0x01;
     pub(in crate::proto) const THEN_TEMPLATE: u8 = 0x02;
@@ -132,7 +147,7 @@ pub(super) mod tag {
 
 /// Counts the descriptors a request consumes from its message.
 pub(crate) fn fds_needed(req: &Request) -> usize {
-    let ops = |ops: &[Op]| ops.iter().filter(|o| matches!(o, Op::Fd)).count();
+    let ops = |ops: &[Op]| ops.iter().filter(|o| o.takes_fd()).count();
     match req {
         Request::Prepare(o) => ops(o),
         Request::Spawn { ops: o, .. } => 1 + ops(o),
@@ -149,10 +164,10 @@ mod tests {
         let req = Request::Spawn {
             id: 0,
             ack: false,
-            ops: vec![Op::Fd, Op::Arg(vec![]), Op::Fd],
+            ops: vec![Op::Fd, Op::Arg(vec![]), Op::SlotFd, Op::Fd],
             then: Then::Template,
         };
-        assert_eq!(fds_needed(&req), 3);
+        assert_eq!(fds_needed(&req), 4);
         assert_eq!(fds_needed(&Request::Ping { id: 0 }), 0);
     }
 }

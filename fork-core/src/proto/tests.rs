@@ -52,7 +52,12 @@ fn requests_roundtrip() {
     roundtrip_request(Request::Spawn {
         id: u64::MAX,
         ack: true,
-        ops: vec![Op::Fd, Op::Arg(vec![])],
+        ops: vec![
+            Op::Fd,
+            Op::Arg(vec![]),
+            Op::SlotData(b"layer".to_vec()),
+            Op::SlotFd,
+        ],
         then: Then::Template,
     });
     roundtrip_request(Request::Spawn {

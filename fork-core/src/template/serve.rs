@@ -21,7 +21,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
-use crate::context::Context;
+use crate::context::{Context, Slot};
 use crate::entry::{find_entry, find_init};
 use crate::proto::{
     self, Ack, Assembler, ExecSpec, HEADER_LEN, MAX_FRAME_PAYLOAD, Op, ProtoError, Reader, Reply,
@@ -371,6 +371,9 @@ impl Server {
                 Op::Fd => self
                     .fds
                     .push(fds.pop_front().expect("descriptors were counted")),
+                // A slot belongs to one forked process: a template keeps none.
+                Op::SlotData(_) => {}
+                Op::SlotFd => drop(fds.pop_front()),
                 Op::Init { name, arg } => {
                     let result = run_init(&name, &arg).and_then(|()| {
                         // User code ran: make sure it left us single-threaded.
@@ -393,7 +396,7 @@ impl Server {
 
     fn spawn(&mut self, id: u64, ack: bool, ops: Vec<Op>, then: Then, fds: &mut VecDeque<OwnedFd>) {
         let socket = fds.pop_front().expect("descriptors were counted");
-        let nfds = ops.iter().filter(|o| matches!(o, Op::Fd)).count();
+        let nfds = ops.iter().filter(|o| o.takes_fd()).count();
         let own: VecDeque<OwnedFd> = fds.drain(..nfds).collect();
         if let Then::Run(name) = &then
             && let Err(e) = find_entry(name)
@@ -447,9 +450,14 @@ impl Server {
         }
         let socket = UnixStream::from(socket);
         let mut exec_fds = Vec::new();
+        let mut slot = Slot::default();
         for op in ops {
             match op {
                 Op::Arg(a) => args.push(a),
+                Op::SlotData(d) => slot.data.extend(d),
+                Op::SlotFd => slot
+                    .fds
+                    .push(own.pop_front().expect("descriptors were counted")),
                 Op::Fd => {
                     let fd = own.pop_front().expect("descriptors were counted");
                     if matches!(then, Then::Exec(_)) {
@@ -475,7 +483,7 @@ impl Server {
                     sys::exit_now(EXIT_CHILD_INIT_FAILED);
                 }
                 let def = find_entry(&name).expect("checked before forking");
-                let code = (def.run)(Context::new(socket, args, fds));
+                let code = (def.run)(Context::new(socket, args, fds, slot));
                 // Rust's stdout is flushed; C `atexit` handlers and static
                 // destructors copied from the template do not run, as after
                 // any fork (they belong to the template).
