@@ -1,13 +1,39 @@
 //! Passing file descriptors over unix sockets, safely.
 //!
-//! The same machinery the template protocol uses, for crates built on
-//! fork-core (fork-rpc sends descriptors to running workers with it): all
-//! descriptors of a message travel in one `SCM_RIGHTS` control message,
-//! received ones are close-on-exec and owned at once, and a truncated
-//! control message is an error.
+//! The machinery the template protocol uses, for your own sockets (fork-rpc
+//! sends descriptors to running workers with it): all descriptors of a
+//! message travel in one `SCM_RIGHTS` control message; received ones are
+//! close-on-exec and owned ([`OwnedFd`]) before anything is checked, so no
+//! error path leaks one; a truncated message or control message is an
+//! error, not a silent loss. (The `sendfd` crate's receive, for one, does
+//! not set close-on-exec.)
 //!
 //! Use a datagram or seqpacket socket so each message keeps its
-//! descriptors; the functions honour the socket's blocking mode.
+//! descriptors; the functions honour the socket's blocking mode (with a
+//! non-blocking socket inside tokio, call them from
+//! `UnixDatagram::async_io`).
+//!
+//! ```
+//! use std::io::{Read, Write};
+//! use std::os::fd::AsFd;
+//! use fork_core::fdpass;
+//!
+//! # fn main() -> std::io::Result<()> {
+//! let (a, b) = fdpass::seqpacket_pair()?;
+//! let (reader, mut writer) = std::io::pipe()?;
+//! writer.write_all(b"through the pipe")?;
+//! drop(writer);
+//! fdpass::send_fds(a.as_fd(), b"a pipe", &[reader.as_fd()])?;
+//!
+//! let mut buf = [0u8; 16];
+//! let (len, fds) = fdpass::recv_fds(b.as_fd(), &mut buf)?.expect("a message");
+//! assert_eq!(&buf[..len], b"a pipe");
+//! let mut text = String::new();
+//! std::fs::File::from(fds.into_iter().next().unwrap()).read_to_string(&mut text)?;
+//! assert_eq!(text, "through the pipe");
+//! # Ok(())
+//! # }
+//! ```
 
 use std::io::{self, IoSlice};
 use std::os::fd::{BorrowedFd, OwnedFd};
