@@ -168,7 +168,7 @@ impl Template {
     }
 
     /// Closes the template now and waits for it to exit: it kills and reaps
-    /// every worker it forked (their [`Worker::wait`] then fails with
+    /// every worker it forked (their [`Worker::wait`](crate::Worker::wait) then fails with
     /// [`Error::TemplateGone`]), and the parent reaps it. Other handles to it
     /// see it as gone.
     ///
