@@ -476,7 +476,7 @@ mod corpus {
             Format::Bincode,
         )
         .unwrap_err();
-        assert!(e.to_string().contains("exceeds the limit"), "{e}");
+        assert!(e.to_string().contains("exceeds max_frame"), "{e}");
         // One within it makes room for itself, and waits.
         let mut input = BytesMut::from(&((MAX_FRAME as u32).to_be_bytes())[..]);
         let frame = codec::decode_frame::<ClientMessage<FuzzRequest>>(
