@@ -51,10 +51,6 @@ pub struct Config {
     /// means no limit (a century, [`FOREVER`](crate::context::FOREVER)). The
     /// default is `None`.
     pub default_timeout: Option<Duration>,
-    /// Kept for compatibility with tarpc's client configuration; fork-rpc's
-    /// client writes each request at once and buffers none. The default is
-    /// 100.
-    pub pending_request_buffer: usize,
     /// Requests in flight on one connection before further calls wait for a
     /// reply (tarpc's `max_in_flight_requests`). The default is 1000.
     pub max_in_flight_requests: usize,
@@ -74,7 +70,6 @@ impl Default for Config {
             format: Format::Bincode,
             max_frame: 16 * 1024 * 1024,
             default_timeout: None,
-            pending_request_buffer: 100,
             max_in_flight_requests: 1000,
             start_timeout: Duration::from_secs(60),
         }
@@ -120,11 +115,6 @@ impl Config {
         self
     }
 
-    /// Sets [`pending_request_buffer`](Config::pending_request_buffer).
-    pub fn pending_request_buffer(mut self, requests: usize) -> Self {
-        self.pending_request_buffer = requests;
-        self
-    }
 
     /// Sets [`max_in_flight_requests`](Config::max_in_flight_requests).
     pub fn max_in_flight_requests(mut self, requests: usize) -> Self {
