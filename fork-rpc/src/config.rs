@@ -115,7 +115,6 @@ impl Config {
         self
     }
 
-
     /// Sets [`max_in_flight_requests`](Config::max_in_flight_requests).
     pub fn max_in_flight_requests(mut self, requests: usize) -> Self {
         self.max_in_flight_requests = requests;
