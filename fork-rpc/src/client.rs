@@ -260,7 +260,7 @@ async fn handshake(stream: &mut tokio::net::UnixStream) -> Result<()> {
 #[derive(Debug)]
 struct Lost {
     pid: u32,
-    panic: Mutex<Option<String>>,
+    panic: Mutex<Option<crate::error::HandlerPanic>>,
     /// Set when the worker asked to be retired.
     retire: tokio::sync::watch::Sender<bool>,
     /// How the connection ended, once it did.
@@ -796,9 +796,9 @@ where
                 Poll::Ready(Some(Ok(WorkerMsg::Retire))) => {
                     self.lost.retire.send_replace(true);
                 }
-                Poll::Ready(Some(Ok(WorkerMsg::Panic(message)))) => {
+                Poll::Ready(Some(Ok(WorkerMsg::Panic(panic)))) => {
                     if let Ok(mut p) = self.lost.panic.lock() {
-                        *p = Some(message);
+                        *p = Some(panic);
                     }
                 }
             }

@@ -5,6 +5,8 @@ use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
 use tarpc::client::RpcError;
 
 /// Errors of fork-rpc's own calls (spawning, sending descriptors, serving).
@@ -58,7 +60,7 @@ pub enum Error {
     /// [`PANIC_EXIT_CODE`](fork_core::PANIC_EXIT_CODE)). The parent sees
     /// [`WorkerLost`] with the same message.
     #[error("a request handler panicked: {0}")]
-    Panicked(String),
+    Panicked(HandlerPanic),
 
     /// The peer broke the protocol (bad handshake, undecodable frame).
     #[error("protocol error: {0}")]
@@ -94,7 +96,39 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub struct WorkerLost {
     pub(crate) pid: u32,
     pub(crate) status: Option<ExitStatus>,
-    pub(crate) panic: Option<String>,
+    pub(crate) panic: Option<HandlerPanic>,
+}
+
+/// A request handler's panic, as the worker caught it: its message, and
+/// where in the source it happened.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandlerPanic {
+    pub(crate) message: String,
+    pub(crate) location: Option<String>,
+}
+
+impl HandlerPanic {
+    /// The panic's message (a non-string payload says so).
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// Where it panicked (`file:line:column`), when the worker could tell:
+    /// fork-rpc's panic hook records it and then calls the hook that was
+    /// installed before (by default, the one that prints the panic).
+    pub fn location(&self) -> Option<&str> {
+        self.location.as_deref()
+    }
+}
+
+impl fmt::Display for HandlerPanic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)?;
+        if let Some(location) = &self.location {
+            write!(f, " (at {location})")?;
+        }
+        Ok(())
+    }
 }
 
 impl WorkerLost {
@@ -108,10 +142,16 @@ impl WorkerLost {
         self.status
     }
 
+    /// The handler panic that ended the worker, if that is what happened:
+    /// its message and location.
+    pub fn panic(&self) -> Option<&HandlerPanic> {
+        self.panic.as_ref()
+    }
+
     /// The message of the handler panic that ended the worker, if that is
-    /// what happened.
+    /// what happened (a shortcut for `panic().map(HandlerPanic::message)`).
     pub fn panic_message(&self) -> Option<&str> {
-        self.panic.as_deref()
+        self.panic.as_ref().map(HandlerPanic::message)
     }
 
     /// Finds the `WorkerLost` inside an RPC error, if the call failed because

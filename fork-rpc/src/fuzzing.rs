@@ -397,7 +397,10 @@ mod corpus {
                             )),
                         }),
                         WorkerMsg::Retire,
-                        WorkerMsg::Panic("handler panicked".into()),
+                        WorkerMsg::Panic(crate::error::HandlerPanic {
+                            message: "handler panicked".into(),
+                            location: Some("src/lib.rs:1:1".into()),
+                        }),
                     ],
                 ),
             ));

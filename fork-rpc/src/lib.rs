@@ -95,7 +95,7 @@ mod variant;
 pub use crate::client::{Client, Events, RpcWorker, UNTAKEN_EVENTS, spawn, spawn_until};
 pub use crate::config::{Config, Format, Mode};
 pub use crate::entry::RpcEntry;
-pub use crate::error::{Error, Result, WorkerLost};
+pub use crate::error::{Error, HandlerPanic, Result, WorkerLost};
 pub use crate::server::{EventSender, FdReceiver, Setup, serve};
 
 #[doc(hidden)]

@@ -8,6 +8,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::error::HandlerPanic;
+
 /// A frame from the worker: replies and events share one ordered stream.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum WorkerMsg<Resp> {
@@ -15,8 +17,8 @@ pub(crate) enum WorkerMsg<Resp> {
     Reply(tarpc::Response<Resp>),
     /// An event, already serialised in the configured format.
     Event(Vec<u8>),
-    /// A handler panicked with this message; the worker exits next.
-    Panic(String),
+    /// A handler panicked; the worker exits next.
+    Panic(HandlerPanic),
     /// The worker asks to be retired: send it nothing more, and close the
     /// connection once its calls are answered.
     Retire,

@@ -47,7 +47,7 @@ use tracing::{Level, Span};
 
 use crate::codec;
 use crate::config::{Config, Format, Mode};
-use crate::error::{Error, Result};
+use crate::error::{Error, HandlerPanic, Result};
 use crate::message::{self, WorkerMsg};
 
 /// What a worker's init hook gets: its arguments and descriptors, a sender
@@ -314,6 +314,8 @@ where
     };
     let done = setup.done.take();
     drop(setup);
+    // After the init hook: a hook it installed runs after ours.
+    record_panic_locations();
     let result = rt.block_on(run(config, stream, service, out_rx));
     if let Some(done) = done {
         // Not after a handler's panic: the worker is failing.
@@ -352,19 +354,47 @@ where
             server.shutdown_write();
             Ok(())
         }
-        End::Panicked(message) => {
+        End::Panicked(panic) => {
             // The parent gets everything queued before the panic, then its
             // message (unless it exceeds the frame limit), as long as it
             // reads.
             server.drain_events();
-            let _ = server.push(&WorkerMsg::<()>::Panic(message.clone()));
+            let _ = server.push(&WorkerMsg::<()>::Panic(panic.clone()));
             let _ = std::future::poll_fn(|cx| server.poll_write(cx)).await;
             server.shutdown_write();
             // The worker then ends as every worker does (fork-core's entry
             // path: stdout flushed, `_exit`, no exit handlers of the
             // template), with code 101.
-            Err(Error::Panicked(message))
+            Err(Error::Panicked(panic))
         }
+    }
+}
+
+// ===== panics =====
+
+thread_local! {
+    /// Where the last panic on this thread happened, as the panic hook saw
+    /// it (a `catch_unwind` payload does not say).
+    static PANIC_LOCATION: std::cell::Cell<Option<String>> = const { std::cell::Cell::new(None) };
+}
+
+/// Installs a panic hook that records where a panic happens, then runs the
+/// hook that was installed before (by default, the one that prints it).
+/// Only in a worker, which is a process of fork-rpc's own.
+fn record_panic_locations() {
+    let previous = panic::take_hook();
+    panic::set_hook(Box::new(move |info| {
+        let location = info.location().map(ToString::to_string);
+        PANIC_LOCATION.with(|l| l.set(location));
+        previous(info);
+    }));
+}
+
+/// A panic caught on this thread, with the location its hook recorded.
+fn caught(payload: &(dyn std::any::Any + Send)) -> HandlerPanic {
+    HandlerPanic {
+        message: fork_core::__private::panic_message(payload),
+        location: PANIC_LOCATION.with(std::cell::Cell::take),
     }
 }
 
@@ -400,8 +430,8 @@ struct RoundClock {
 enum End {
     /// The parent closed its side and got every reply, or went away.
     Closed,
-    /// A handler panicked with this message.
-    Panicked(String),
+    /// A handler panicked.
+    Panicked(HandlerPanic),
 }
 
 /// Where reading stood at the end of a round's read step.
@@ -423,8 +453,8 @@ enum Outcome<Resp> {
     Expired(u64),
     /// Its request was cancelled: no reply.
     Cancelled,
-    /// It panicked with this message.
-    Panicked(String),
+    /// It panicked.
+    Panicked(HandlerPanic),
 }
 
 /// Hashes request ids (counters, in practice) with one multiplication,
@@ -538,8 +568,8 @@ where
     fn poll_serve(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<End>> {
         let read = self.read(cx);
         self.poll_terminate(cx, &read)?;
-        if let Some(message) = self.run_handlers(cx)? {
-            return Poll::Ready(Ok(End::Panicked(message)));
+        if let Some(panic) = self.run_handlers(cx)? {
+            return Poll::Ready(Ok(End::Panicked(panic)));
         }
         self.poll_events(cx);
         let written = match self.poll_write(cx) {
@@ -688,14 +718,14 @@ where
     }
 
     /// Starts queued requests while there is room, and polls the handlers
-    /// until they all wait, appending the replies to the output. Returns the
-    /// message of a panic.
+    /// until they all wait, appending the replies to the output. Returns a
+    /// handler's panic.
     ///
     /// # Errors
     ///
     /// If not even the error reply saying a reply could not be encoded can
     /// be encoded.
-    fn run_handlers(&mut self, cx: &mut TaskContext<'_>) -> Result<Option<String>> {
+    fn run_handlers(&mut self, cx: &mut TaskContext<'_>) -> Result<Option<HandlerPanic>> {
         let mut clock = RoundClock::default();
         loop {
             if let Err(message) = self.start_handlers(cx, &mut clock) {
@@ -716,7 +746,7 @@ where
                     self.in_flight.remove(&id);
                 }
                 Outcome::Cancelled => {}
-                Outcome::Panicked(message) => return Ok(Some(message)),
+                Outcome::Panicked(panic) => return Ok(Some(panic)),
             }
         }
     }
@@ -726,12 +756,12 @@ where
     ///
     /// # Errors
     ///
-    /// The message of a panic while starting a handler.
+    /// A panic while starting a handler.
     fn start_handlers(
         &mut self,
         cx: &mut TaskContext<'_>,
         clock: &mut RoundClock,
-    ) -> std::result::Result<(), String> {
+    ) -> std::result::Result<(), HandlerPanic> {
         while self.running.len() < self.concurrency {
             let Some(request) = self.queue.pop_front() else {
                 break;
@@ -750,7 +780,7 @@ where
                 clock.since = Some(now);
             }
             let handler = panic::catch_unwind(AssertUnwindSafe(|| self.start(request)))
-                .map_err(|panic| fork_core::__private::panic_message(&*panic))?;
+                .map_err(|payload| caught(&*payload))?;
             self.running.push(handler);
         }
         Ok(())
@@ -957,8 +987,7 @@ where
             Ok(Poll::Ready(reply)) => return Poll::Ready(Outcome::Done(*this.id, reply)),
             Ok(Poll::Pending) => {}
             Err(panic) => {
-                let message = fork_core::__private::panic_message(&*panic);
-                return Poll::Ready(Outcome::Panicked(message));
+                return Poll::Ready(Outcome::Panicked(caught(&*panic)));
             }
         }
         let deadline = tokio::time::Instant::from_std(*this.deadline);

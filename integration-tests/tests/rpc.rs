@@ -272,7 +272,7 @@ fn lost(e: &RpcError) -> Result<&WorkerLost, Failed> {
 enum WorkerMsg {
     Reply(tarpc::Response<CalcResponse>),
     Event(Vec<u8>),
-    Panic(String),
+    Panic(fork_rpc::HandlerPanic),
     Retire,
 }
 
@@ -777,7 +777,16 @@ fn panicking_handler_reports_its_message() -> Result<(), Failed> {
             "status {:?}",
             l.status()
         );
-        ensure!(format!("{l}").contains("boom at 42"), "display {l}");
+        // Where it panicked, as the worker's panic hook saw it.
+        let location = l.panic().and_then(|p| p.location()).unwrap_or_default();
+        ensure!(
+            location.starts_with("integration-tests/tests/rpc.rs:"),
+            "panic location {location:?}"
+        );
+        ensure!(
+            format!("{l}").contains(&format!("boom at 42 (at {location})")),
+            "display {l}"
+        );
         let status = worker.wait().await.map_err(fail)?;
         ensure!(status.code() == Some(101), "worker exited with {status}");
         Ok(())
