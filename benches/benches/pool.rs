@@ -37,25 +37,31 @@
 //! part take turns, so a change in load hits them alike. Ratios are the
 //! median of the per-round ratios (each round against its neighbour of the
 //! other peer).
+//!
+//! The harness (options, rounds taking turns, samples, CPU accounting,
+//! calls in flight, tables) is the `benches` library's, shared with the
+//! spawn and rpc benches.
 
-use benches::{proc_cpu, proc_switches, ratio, rusage_self, verdict};
-use std::error::Error;
+#![forbid(unsafe_code)]
+
+use std::fmt::Display;
 use std::future::Future;
 use std::hint::black_box;
-use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use benches::Align::{Left, Right};
+use benches::measure::side_by_side;
+use benches::proc::load_average;
+use benches::{
+    Args, BoxResult, Caller, Rounds, Sample, Table, calls, ratio, spread, sum, terms, verdict,
+};
 use fork_core::Template;
 use fork_pool::Pool;
 use fork_rpc::{Config, RpcEntry, RpcWorker, Setup};
-use futures::StreamExt;
 use futures::future::Either;
-use futures::stream::FuturesUnordered;
 use tarpc::client::RpcError;
 use tokio::runtime::Runtime;
-
-type BoxResult<T> = Result<T, Box<dyn Error + Send + Sync>>;
 
 // ===== the service =====
 
@@ -240,7 +246,9 @@ impl Peer {
     }
 }
 
-// ===== calls in flight =====
+// ===== calls =====
+
+// The calls are made by `benches::calls`, through either client.
 
 /// What each call does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -251,11 +259,6 @@ enum Work {
     Cpu(u64),
 }
 
-/// A job client of either kind.
-trait Caller: Send + Sync + 'static {
-    fn call(&self, work: Work, x: u64) -> impl Future<Output = Result<u64, RpcError>> + Send + '_;
-}
-
 /// A direct worker's client, and work its caller adds to each call.
 #[derive(Debug)]
 struct Direct {
@@ -264,7 +267,11 @@ struct Direct {
     pad: u64,
 }
 
+// ANCHOR: callers
 impl Caller for Direct {
+    type Work = Work;
+    type Error = RpcError;
+
     fn call(&self, work: Work, x: u64) -> impl Future<Output = Result<u64, RpcError>> + Send + '_ {
         if self.pad > 0 {
             black_box(busy(self.pad, x));
@@ -278,6 +285,9 @@ impl Caller for Direct {
 }
 
 impl Caller for PoolClient {
+    type Work = Work;
+    type Error = RpcError;
+
     fn call(&self, work: Work, x: u64) -> impl Future<Output = Result<u64, RpcError>> + Send + '_ {
         let ctx = tarpc::context::current();
         match work {
@@ -287,199 +297,46 @@ impl Caller for PoolClient {
     }
 }
 
-// ANCHOR: calls
-/// Keeps `depth` calls in flight from one task, starting a new one as soon
-/// as one returns, until `len` has passed; then waits for the last ones.
-/// With `depth` 1, one call after the other.
-async fn calls<C: Caller>(
-    client: Arc<C>,
-    work: Work,
-    depth: usize,
-    len: Duration,
-) -> BoxResult<(u64, Duration)> {
-    let start = Instant::now();
-    let deadline = start + len;
-    let call = |x: u64| {
-        let client = &client;
-        async move {
-            let y = client.call(work, x).await?;
-            if y != x {
-                return Err(format!("job({x}) returned {y}").into());
-            }
-            BoxResult::Ok(())
-        }
-    };
-    // Serial calls are a plain loop, as a caller would write them. (A
-    // `FuturesUnordered` holding one future wakes its task again every
-    // time that future is pending, which costs an extra scheduling per call.)
-    if depth == 1 {
-        let mut done = 0;
-        while done == 0 || Instant::now() < deadline {
-            call(done).await?;
-            done += 1;
-        }
-        return Ok((done, start.elapsed()));
-    }
-    let mut running = FuturesUnordered::new();
-    let mut next = 0u64;
-    for _ in 0..depth {
-        running.push(call(next));
-        next += 1;
-    }
-    let mut done = 0;
-    while let Some(result) = running.next().await {
-        result?;
-        done += 1;
-        if Instant::now() < deadline {
-            running.push(call(next));
-            next += 1;
-        }
-    }
-    Ok((done, start.elapsed()))
-}
-// ANCHOR_END: calls
+// ANCHOR_END: callers
 
 // ===== options =====
 
 #[derive(Debug, Clone)]
 struct Opts {
-    /// Rounds per measurement of trivial calls, and their length.
-    rounds: u32,
-    round: Duration,
+    /// `--quick` and `--only TEXT`.
+    args: Args,
+    /// Rounds per measurement of trivial calls, per peer.
+    trivial: Rounds,
     /// The same for CPU-bound jobs.
-    cpu_rounds: u32,
-    cpu_round: Duration,
-    /// Measure only the rows whose part and name contain this.
-    only: Option<String>,
+    cpu: Rounds,
     /// Rounds of [`busy`] that take [`PAD`] (calibrated in `main`).
     pad: u64,
 }
 
 impl Opts {
-    /// Parses `std::env::args` by hand: `--quick` and `--only TEXT`; other
-    /// arguments (`--bench` from cargo) are ignored.
     fn from_args() -> Opts {
-        let args: Vec<String> = std::env::args().skip(1).collect();
-        let quick = args.iter().any(|a| a == "--quick");
-        let only = args
-            .iter()
-            .position(|a| a == "--only")
-            .and_then(|i| args.get(i + 1).cloned());
-        if quick {
-            Opts {
-                rounds: 1,
-                round: Duration::from_millis(100),
-                cpu_rounds: 1,
-                cpu_round: Duration::from_millis(100),
-                only,
-                pad: 0,
-            }
+        let args = Args::from_env();
+        let (trivial, cpu) = if args.quick {
+            (
+                Rounds::new(1, Duration::from_millis(100)),
+                Rounds::new(1, Duration::from_millis(100)),
+            )
         } else {
-            Opts {
-                rounds: 15,
-                round: Duration::from_millis(150),
-                cpu_rounds: 7,
-                cpu_round: Duration::from_millis(400),
-                only,
-                pad: 0,
-            }
+            (
+                Rounds::new(15, Duration::from_millis(150)),
+                Rounds::new(7, Duration::from_millis(400)),
+            )
+        };
+        Opts {
+            args,
+            trivial,
+            cpu,
+            pad: 0,
         }
-    }
-
-    fn wants(&self, what: &str) -> bool {
-        self.only.as_deref().is_none_or(|only| what.contains(only))
     }
 }
 
 // ===== measuring =====
-
-/// The rates of the rounds of one measurement, in calls per second, and
-/// what the calls cost.
-#[derive(Debug, Clone, Default)]
-struct Sample {
-    rates: Vec<f64>,
-    calls: u64,
-    /// Seconds over the rounds.
-    elapsed: f64,
-    /// CPU seconds over the rounds: (parent, workers).
-    cpu: [f64; 2],
-    /// Context switches over the rounds: (parent, workers).
-    switches: [f64; 2],
-}
-
-impl Sample {
-    fn median(&self) -> f64 {
-        median(self.rates.clone())
-    }
-
-    fn min(&self) -> f64 {
-        self.rates.iter().copied().fold(f64::INFINITY, f64::min)
-    }
-
-    fn max(&self) -> f64 {
-        self.rates.iter().copied().fold(0.0, f64::max)
-    }
-
-    /// CPU µs per call: (parent, workers).
-    fn cpu_per_call(&self) -> [f64; 2] {
-        self.cpu.map(|c| c * 1e6 / self.calls as f64)
-    }
-
-    /// Context switches per call: (parent, workers).
-    fn switches_per_call(&self) -> [f64; 2] {
-        self.switches.map(|s| s / self.calls as f64)
-    }
-
-    /// How many CPUs the workers kept busy, on average over the rounds.
-    fn worker_cpus(&self) -> f64 {
-        self.cpu[1] / self.elapsed
-    }
-
-    /// This sample's rate over `base`'s: the median of the ratios of their
-    /// rounds, which took turns.
-    fn ratio_to(&self, base: &Sample) -> f64 {
-        median(
-            self.rates
-                .iter()
-                .zip(&base.rates)
-                .map(|(a, b)| a / b)
-                .collect(),
-        )
-    }
-
-    /// Runs one timed round on `peer` and adds it.
-    fn round(
-        &mut self,
-        rt: &Runtime,
-        peer: &Peer,
-        work: Work,
-        depth: usize,
-        len: Duration,
-    ) -> BoxResult<()> {
-        let pids = peer.pids();
-        let before = Costs::now(&pids)?;
-        let (calls, took) = peer.round(rt, work, depth, len)?;
-        let after = Costs::now(&pids)?;
-        self.calls += calls;
-        self.elapsed += took.as_secs_f64();
-        self.rates.push(calls as f64 / took.as_secs_f64());
-        for i in 0..2 {
-            self.cpu[i] += after.cpu[i] - before.cpu[i];
-            self.switches[i] += after.switches[i] - before.switches[i];
-        }
-        Ok(())
-    }
-}
-
-fn median(mut r: Vec<f64>) -> f64 {
-    r.sort_by(f64::total_cmp);
-    let n = r.len();
-    match n {
-        0 => f64::NAN,
-        _ if n % 2 == 1 => r[n / 2],
-        _ => (r[n / 2 - 1] + r[n / 2]) / 2.0,
-    }
-}
 
 /// A row of the report: what was measured, and how it went.
 #[derive(Debug)]
@@ -489,7 +346,7 @@ struct Row {
     via: Via,
     work: Work,
     depth: usize,
-    sample: Sample,
+    sample: Sample<2>,
 }
 
 impl Row {
@@ -554,49 +411,35 @@ fn measure(
         .copied()
         .filter(|&via| {
             let part = format!("{:?}", m.part).to_lowercase();
-            opts.wants(&format!("{part}: {}", row_name(via, m.depth, m.flavour)))
+            opts.args
+                .wants(&format!("{part}: {}", row_name(via, m.depth, m.flavour)))
         })
         .collect();
     if vias.is_empty() {
         return Ok(());
     }
-    let (rounds, len) = match m.work {
-        Work::Trivial => (opts.rounds, opts.round),
-        Work::Cpu(_) => (opts.cpu_rounds, opts.cpu_round),
+    let rounds = match m.work {
+        Work::Trivial => opts.trivial,
+        Work::Cpu(_) => opts.cpu,
     };
     let mut peers = Vec::new();
     for &via in &vias {
         let peer = rt.block_on(Peer::new(template, via, opts.pad))?;
-        if opts.only.is_some() {
+        if opts.args.only.is_some() {
             let name = row_name(via, m.depth, m.flavour);
             eprintln!("{name}: pids {:?}", peer.pids());
         }
-        peers.push(peer);
+        peers.push((via.name(), peer));
     }
-    eprint!(
-        "measuring {:?}, {} in flight, {} ...",
-        m.part, m.depth, m.flavour
-    );
-    let mut warm_up = Vec::new();
-    for peer in &peers {
-        warm_up.push(peer.round(rt, m.work, m.depth, len / 4)?.0);
-    }
-    let mut samples = vec![Sample::default(); peers.len()];
-    for _ in 0..rounds {
-        for (peer, sample) in peers.iter().zip(&mut samples) {
-            sample.round(rt, peer, m.work, m.depth, len)?;
-        }
-    }
-    for ((via, sample), warm_up) in vias.iter().zip(&samples).zip(warm_up) {
-        eprint!(" {} {:.0}/s", via.name(), sample.median());
-        if opts.only.is_some() {
-            // For profilers counting events over the whole run.
-            eprint!(" ({} calls with the warm-up)", sample.calls + warm_up);
-        }
-        eprint!(";");
-    }
-    eprintln!();
-    for (peer, &via) in peers.into_iter().zip(&vias) {
+    let samples = side_by_side(
+        &format!("{:?}, {} in flight, {}", m.part, m.depth, m.flavour),
+        &peers,
+        rounds,
+        opts.args.only.is_some(),
+        Peer::pids,
+        |peer, len| peer.round(rt, m.work, m.depth, len),
+    )?;
+    for ((_, peer), &via) in peers.into_iter().zip(&vias) {
         rt.block_on(peer.close(via))?;
     }
     for (via, sample) in vias.into_iter().zip(samples) {
@@ -610,41 +453,6 @@ fn measure(
         });
     }
     Ok(())
-}
-
-// ===== CPU time and context switches =====
-
-/// Cumulative costs of this process (all threads) and of workers.
-#[derive(Debug, Clone, Copy)]
-struct Costs {
-    /// CPU seconds, user + system: (parent, workers).
-    cpu: [f64; 2],
-    /// Context switches, voluntary + involuntary: (parent, workers).
-    switches: [f64; 2],
-}
-
-impl Costs {
-    fn now(workers: &[u32]) -> io::Result<Costs> {
-        let (me_cpu, me_switches) = rusage_self()?;
-        let (mut cpu, mut switches) = (0.0, 0.0);
-        for &pid in workers {
-            cpu += proc_cpu(pid)?;
-            switches += proc_switches(pid)?;
-        }
-        Ok(Costs {
-            cpu: [me_cpu, cpu],
-            switches: [me_switches, switches],
-        })
-    }
-}
-
-/// The 1-minute load average, from `/proc/loadavg`: how busy the machine
-/// was besides this run.
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
-        .unwrap_or_else(|| "?".to_owned())
 }
 
 // ===== report =====
@@ -699,7 +507,7 @@ impl Report {
                 Some((
                     format!(
                         "≥ {SCALING_TARGET}× 1 worker: {scaling:.2}× (workers busy {:.2} CPUs)",
-                        row.sample.worker_cpus()
+                        row.sample.busy(1)
                     ),
                     scaling >= SCALING_TARGET,
                 ))
@@ -709,11 +517,20 @@ impl Report {
     }
 
     fn print(&self) {
+        let table = Table::new(&[
+            ("part", Left),
+            ("measurement", Left),
+            ("jobs/s (median)", Right),
+            ("µs/job", Right),
+            ("× direct", Right),
+            ("spread (min–max jobs/s)", Right),
+            ("jobs", Right),
+            ("CPU µs/job: parent + workers", Right),
+            ("switches/job: parent + workers", Right),
+            ("target", Left),
+        ]);
         println!();
-        println!(
-            "| part | measurement | jobs/s (median) | µs/job | × direct | spread (min–max jobs/s) | jobs | CPU µs/job: parent + workers | switches/job: parent + workers | target |"
-        );
-        println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---|");
+        println!("{}", table.head());
         for row in &self.rows {
             let rate = row.sample.median();
             let vs = self.vs_direct(row).map_or_else(String::new, ratio);
@@ -728,33 +545,28 @@ impl Report {
                     format!("{what}: {:+.1}% per call vs direct", (cost - 1.0) * 100.0)
                 }
                 // How much CPU the machine gave: the baseline of the scaling.
-                (None, Part::Cpu) => format!("workers busy {:.2} CPUs", row.sample.worker_cpus()),
+                (None, Part::Cpu) => format!("workers busy {:.2} CPUs", row.sample.busy(1)),
                 (None, _) => String::new(),
             };
-            let [cp, cw] = row.sample.cpu_per_call();
-            let [sp, sw] = row.sample.switches_per_call();
             let part = match (row.part, row.work) {
                 (Part::Throughput, _) => "throughput".to_owned(),
                 (Part::Overhead, _) => "overhead".to_owned(),
                 (Part::Cpu, Work::Cpu(rounds)) => format!("CPU-bound ({rounds} rounds)"),
                 (Part::Cpu, Work::Trivial) => "CPU-bound".to_owned(),
             };
-            println!(
-                "| {part} | {} | {:.0} | {:.2} | {} | {:.0}–{:.0} | {} | {:.2} + {:.2} = {:.2} | {:.2} + {:.2} | {} |",
-                row.what(),
-                rate,
-                1e6 / rate,
-                vs,
-                row.sample.min(),
-                row.sample.max(),
-                row.sample.calls,
-                cp,
-                cw,
-                cp + cw,
-                sp,
-                sw,
-                target,
-            );
+            let cells: [&dyn Display; 10] = [
+                &part,
+                &row.what(),
+                &format!("{rate:.0}"),
+                &format!("{:.2}", 1e6 / rate),
+                &vs,
+                &spread(&row.sample),
+                &row.sample.ops,
+                &sum(&row.sample.cpu_per_op(), 2),
+                &terms(&row.sample.switches_per_op(), 2),
+                &target,
+            ];
+            println!("{}", table.row(&cells));
         }
         println!();
         println!("Targets:");

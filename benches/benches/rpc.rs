@@ -28,18 +28,28 @@
 //! the median round, the spread, ratios to raw and to plain tarpc at the
 //! same depth on the same runtime, and per call the CPU time and the context
 //! switches of the parent (all its threads) and of the worker.
+//!
+//! The harness (options, rounds taking turns, samples, CPU accounting,
+//! calls in flight, tables) is the `benches` library's, shared with the
+//! spawn and pool benches.
 
-use benches::{Mem, mem_of, proc_cpu, proc_switches, ratio, rusage_self, verdict};
-use std::error::Error;
+#![forbid(unsafe_code)]
+
+use std::fmt;
 use std::future::Future;
 use std::io::{self, Read, Write};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use benches::Align::{Left, Right};
+use benches::measure::side_by_side;
+use benches::proc::Mem;
+use benches::{
+    Args, BoxResult, Caller, Rounds, Sample, Table, calls, ratio, spread, sum, terms, verdict,
+};
 use fork_core::{Context, Entry, Template, Worker};
 use fork_rpc::{Config, RpcEntry, RpcWorker, Setup};
 use futures::StreamExt;
-use futures::stream::FuturesUnordered;
 use tarpc::client::RpcError;
 use tarpc::server::{BaseChannel, Channel};
 use tarpc::tokio_serde::formats::Bincode;
@@ -47,8 +57,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::runtime::Runtime;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
-
-type BoxResult<T> = Result<T, Box<dyn Error + Send + Sync>>;
 
 // ===== the service =====
 
@@ -196,15 +204,15 @@ fn tarpc_client(stream: UnixStream) -> EchoClient {
 }
 // ANCHOR_END: tarpc_worker
 
-// ===== calls in flight =====
+// ===== calls =====
 
-/// An echo client of either kind.
-trait Caller: Send + Sync + 'static {
-    fn call(&self, x: u64) -> impl Future<Output = Result<u64, RpcError>> + Send + '_;
-}
+// The calls are made by `benches::calls`, through either client.
 
 impl Caller for EchoClient {
-    fn call(&self, x: u64) -> impl Future<Output = Result<u64, RpcError>> + Send + '_ {
+    type Work = ();
+    type Error = RpcError;
+
+    fn call(&self, (): (), x: u64) -> impl Future<Output = Result<u64, RpcError>> + Send + '_ {
         self.echo(tarpc::context::current(), x)
     }
 }
@@ -212,61 +220,13 @@ impl Caller for EchoClient {
 type ForkRpcClient = EchoClient<fork_rpc::Client<EchoRequest, EchoResponse>>;
 
 impl Caller for ForkRpcClient {
-    fn call(&self, x: u64) -> impl Future<Output = Result<u64, RpcError>> + Send + '_ {
+    type Work = ();
+    type Error = RpcError;
+
+    fn call(&self, (): (), x: u64) -> impl Future<Output = Result<u64, RpcError>> + Send + '_ {
         self.echo(tarpc::context::current(), x)
     }
 }
-
-// ANCHOR: calls
-/// Keeps `depth` calls in flight from one task, starting a new one as soon
-/// as one returns, until `len` has passed; then waits for the last ones.
-/// With `depth` 1, one call after the other.
-async fn calls<C: Caller>(
-    client: Arc<C>,
-    depth: usize,
-    len: Duration,
-) -> BoxResult<(u64, Duration)> {
-    let start = Instant::now();
-    let deadline = start + len;
-    let call = |x: u64| {
-        let client = &client;
-        async move {
-            let y = client.call(x).await?;
-            if y != x {
-                return Err(format!("echo({x}) returned {y}").into());
-            }
-            BoxResult::Ok(())
-        }
-    };
-    // Serial calls are a plain loop, as a caller would write them. (A
-    // `FuturesUnordered` holding one future wakes its task again every
-    // time that future is pending, which costs an extra scheduling per call.)
-    if depth == 1 {
-        let mut done = 0;
-        while done == 0 || Instant::now() < deadline {
-            call(done).await?;
-            done += 1;
-        }
-        return Ok((done, start.elapsed()));
-    }
-    let mut running = FuturesUnordered::new();
-    let mut next = 0u64;
-    for _ in 0..depth {
-        running.push(call(next));
-        next += 1;
-    }
-    let mut done = 0;
-    while let Some(result) = running.next().await {
-        result?;
-        done += 1;
-        if Instant::now() < deadline {
-            running.push(call(next));
-            next += 1;
-        }
-    }
-    Ok((done, start.elapsed()))
-}
-// ANCHOR_END: calls
 
 // ===== the peers =====
 
@@ -290,8 +250,8 @@ impl Peer {
     fn round(&self, rt: &Runtime, depth: usize, len: Duration) -> BoxResult<(u64, Duration)> {
         let task = match self {
             Peer::Raw(conn, _) => rt.spawn(raw_round(conn.clone(), depth, len)),
-            Peer::Tarpc(client, _) => rt.spawn(calls(client.clone(), depth, len)),
-            Peer::ForkRpc(client, _) => rt.spawn(calls(client.clone(), depth, len)),
+            Peer::Tarpc(client, _) => rt.spawn(calls(client.clone(), (), depth, len)),
+            Peer::ForkRpc(client, _) => rt.spawn(calls(client.clone(), (), depth, len)),
         };
         rt.block_on(task)?
     }
@@ -348,155 +308,21 @@ async fn fork_rpc_peer(template: &Template, config: &Config) -> BoxResult<Peer> 
 
 #[derive(Debug, Clone)]
 struct Opts {
-    /// Rounds per measurement.
-    rounds: u32,
-    /// Length of one round.
-    round: Duration,
-    /// Measure only the rows whose name contains this.
-    only: Option<String>,
+    /// `--quick` and `--only TEXT`.
+    args: Args,
+    /// Rounds per measurement, per peer.
+    rounds: Rounds,
 }
 
 impl Opts {
-    /// Parses `std::env::args` by hand: `--quick` and `--only TEXT`; other
-    /// arguments (`--bench` from cargo) are ignored.
     fn from_args() -> Opts {
-        let args: Vec<String> = std::env::args().skip(1).collect();
-        let quick = args.iter().any(|a| a == "--quick");
-        let only = args
-            .iter()
-            .position(|a| a == "--only")
-            .and_then(|i| args.get(i + 1).cloned());
-        if quick {
-            Opts {
-                rounds: 1,
-                round: Duration::from_millis(100),
-                only,
-            }
+        let args = Args::from_env();
+        let rounds = if args.quick {
+            Rounds::new(1, Duration::from_millis(100))
         } else {
-            Opts {
-                rounds: 15,
-                round: Duration::from_millis(150),
-                only,
-            }
-        }
-    }
-
-    fn wants(&self, what: &str) -> bool {
-        self.only.as_deref().is_none_or(|only| what.contains(only))
-    }
-}
-
-// ===== measuring =====
-
-/// The rates of the rounds of one measurement, in calls per second, and
-/// what the calls cost.
-#[derive(Debug, Clone, Default)]
-struct Sample {
-    rates: Vec<f64>,
-    calls: u64,
-    /// CPU seconds over the rounds: (parent, worker).
-    cpu: [f64; 2],
-    /// Context switches over the rounds: (parent, worker).
-    switches: [f64; 2],
-}
-
-impl Sample {
-    fn median(&self) -> f64 {
-        let mut r = self.rates.clone();
-        r.sort_by(f64::total_cmp);
-        let n = r.len();
-        if n % 2 == 1 {
-            r[n / 2]
-        } else {
-            (r[n / 2 - 1] + r[n / 2]) / 2.0
-        }
-    }
-
-    fn min(&self) -> f64 {
-        self.rates.iter().copied().fold(f64::INFINITY, f64::min)
-    }
-
-    fn max(&self) -> f64 {
-        self.rates.iter().copied().fold(0.0, f64::max)
-    }
-
-    /// CPU µs per call: (parent, worker).
-    fn cpu_per_call(&self) -> [f64; 2] {
-        self.cpu.map(|c| c * 1e6 / self.calls as f64)
-    }
-
-    /// Context switches per call: (parent, worker).
-    fn switches_per_call(&self) -> [f64; 2] {
-        self.switches.map(|s| s / self.calls as f64)
-    }
-
-    /// Runs one timed round on `peer` and adds it.
-    fn round(&mut self, rt: &Runtime, peer: &Peer, depth: usize, len: Duration) -> BoxResult<()> {
-        let pid = peer.pid();
-        let before = Costs::now(pid)?;
-        let (calls, took) = peer.round(rt, depth, len)?;
-        let after = Costs::now(pid)?;
-        self.calls += calls;
-        self.rates.push(calls as f64 / took.as_secs_f64());
-        for i in 0..2 {
-            self.cpu[i] += after.cpu[i] - before.cpu[i];
-            self.switches[i] += after.switches[i] - before.switches[i];
-        }
-        Ok(())
-    }
-}
-
-/// Measures `depth` calls in flight on each of `peers`, their rounds taking
-/// turns (so a change in the machine's load hits them all alike), after a
-/// quarter round each, untimed, as a warm-up.
-fn measure(
-    rt: &Runtime,
-    opts: &Opts,
-    flavour: &str,
-    depth: usize,
-    peers: &[(Kind, &Peer)],
-) -> BoxResult<Vec<Sample>> {
-    eprint!("measuring {}, {flavour} ...", depth_name(depth));
-    let mut warm_up = Vec::new();
-    for (_, peer) in peers {
-        warm_up.push(peer.round(rt, depth, opts.round / 4)?.0);
-    }
-    let mut samples = vec![Sample::default(); peers.len()];
-    for _ in 0..opts.rounds {
-        for ((_, peer), sample) in peers.iter().zip(&mut samples) {
-            sample.round(rt, peer, depth, opts.round)?;
-        }
-    }
-    for (((kind, _), sample), warm_up) in peers.iter().zip(&samples).zip(warm_up) {
-        eprint!(" {} {:.0}/s", kind.name(), sample.median());
-        if opts.only.is_some() {
-            // For profilers counting events over the whole run.
-            eprint!(" ({} calls with the warm-up)", sample.calls + warm_up);
-        }
-        eprint!(";");
-    }
-    eprintln!();
-    Ok(samples)
-}
-
-// ===== CPU time and context switches =====
-
-/// Cumulative costs of this process (all threads) and of a worker.
-#[derive(Debug, Clone, Copy)]
-struct Costs {
-    /// CPU seconds, user + system.
-    cpu: [f64; 2],
-    /// Context switches, voluntary + involuntary.
-    switches: [f64; 2],
-}
-
-impl Costs {
-    fn now(worker: u32) -> io::Result<Costs> {
-        let (me_cpu, me_switches) = rusage_self()?;
-        Ok(Costs {
-            cpu: [me_cpu, proc_cpu(worker)?],
-            switches: [me_switches, proc_switches(worker)?],
-        })
+            Rounds::new(15, Duration::from_millis(150))
+        };
+        Opts { args, rounds }
     }
 }
 
@@ -509,13 +335,13 @@ async fn idle_mem(peer: Peer) -> BoxResult<Mem> {
     match &peer {
         Peer::Raw(conn, _) => conn.lock().await.batch(1).await?,
         Peer::Tarpc(client, _) => {
-            client.call(1).await?;
+            client.call((), 1).await?;
         }
         Peer::ForkRpc(client, _) => {
-            client.call(1).await?;
+            client.call((), 1).await?;
         }
     }
-    let mem = mem_of(peer.pid())?;
+    let mem = Mem::of(peer.pid())?;
     peer.close().await?;
     Ok(mem)
 }
@@ -549,12 +375,18 @@ impl Kind {
     }
 }
 
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 #[derive(Debug)]
 struct Row {
     kind: Kind,
     flavour: &'static str,
     depth: usize,
-    sample: Sample,
+    sample: Sample<2>,
 }
 
 impl Row {
@@ -615,11 +447,20 @@ impl Report {
     }
 
     fn print(&self) {
+        let table = Table::new(&[
+            ("measurement", Left),
+            ("calls/s (median)", Right),
+            ("µs/call", Right),
+            ("× raw", Right),
+            ("× tarpc", Right),
+            ("spread (min–max calls/s)", Right),
+            ("calls", Right),
+            ("CPU µs/call: parent + worker", Right),
+            ("switches/call: parent + worker", Right),
+            ("target", Left),
+        ]);
         println!();
-        println!(
-            "| measurement | calls/s (median) | µs/call | × raw | × tarpc | spread (min–max calls/s) | calls | CPU µs/call: parent + worker | switches/call: parent + worker | target |"
-        );
-        println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+        println!("{}", table.head());
         for row in &self.rows {
             let rate = row.sample.median();
             let vs = |kind| {
@@ -630,25 +471,19 @@ impl Report {
             let target = self
                 .target(row)
                 .map_or_else(String::new, |(t, ok)| format!("{t}: {}", verdict(ok)));
-            let [cp, cw] = row.sample.cpu_per_call();
-            let [sp, sw] = row.sample.switches_per_call();
-            println!(
-                "| {} | {:.0} | {:.2} | {} | {} | {:.0}–{:.0} | {} | {:.2} + {:.2} = {:.2} | {:.2} + {:.2} | {} |",
-                row.what(),
-                rate,
-                1e6 / rate,
-                vs(Kind::Raw),
-                vs(Kind::Tarpc),
-                row.sample.min(),
-                row.sample.max(),
-                row.sample.calls,
-                cp,
-                cw,
-                cp + cw,
-                sp,
-                sw,
-                target,
-            );
+            let cells: [&dyn fmt::Display; 10] = [
+                &row.what(),
+                &format!("{rate:.0}"),
+                &format!("{:.2}", 1e6 / rate),
+                &vs(Kind::Raw),
+                &vs(Kind::Tarpc),
+                &spread(&row.sample),
+                &row.sample.ops,
+                &sum(&row.sample.cpu_per_op(), 2),
+                &terms(&row.sample.switches_per_op(), 2),
+                &target,
+            ];
+            println!("{}", table.row(&cells));
         }
     }
 }
@@ -669,7 +504,7 @@ fn run_all(
         .filter(|&kind| {
             depths
                 .iter()
-                .any(|&d| opts.wants(&row_name(kind, flavour, d)))
+                .any(|&d| opts.args.wants(&row_name(kind, flavour, d)))
         })
         .collect();
     if kinds.is_empty() {
@@ -696,13 +531,20 @@ fn run_all(
     for &depth in depths {
         let wanted: Vec<(Kind, &Peer)> = peers
             .iter()
-            .filter(|(kind, _)| opts.wants(&row_name(*kind, flavour, depth)))
+            .filter(|(kind, _)| opts.args.wants(&row_name(*kind, flavour, depth)))
             .map(|(kind, peer)| (*kind, peer))
             .collect();
         if wanted.is_empty() {
             continue;
         }
-        let samples = measure(rt, opts, flavour, depth, &wanted)?;
+        let samples = side_by_side(
+            &format!("{}, {flavour}", depth_name(depth)),
+            &wanted,
+            opts.rounds,
+            opts.args.only.is_some(),
+            |peer| vec![peer.pid()],
+            |peer, len| peer.round(rt, depth, len),
+        )?;
         for ((kind, _), sample) in wanted.into_iter().zip(samples) {
             report.rows.push(Row {
                 kind,
@@ -765,8 +607,8 @@ fn main() -> BoxResult<()> {
     // The report.
     report.print();
     println!();
-    println!("| worker, after its first call | USS KiB | PSS KiB | RSS KiB | target |");
-    println!("|---|---:|---:|---:|---|");
+    let table = Table::memory("worker, after its first call");
+    println!("{}", table.head());
     for (name, mem) in &mems {
         let target = if name.starts_with("fork-rpc") {
             format!("USS ≤ {MEM_TARGET} KiB: {}", verdict(mem.uss <= MEM_TARGET))
@@ -774,8 +616,8 @@ fn main() -> BoxResult<()> {
             String::new()
         };
         println!(
-            "| {name} | {} | {} | {} | {target} |",
-            mem.uss, mem.pss, mem.rss
+            "{}",
+            table.row(&[name, &mem.uss, &mem.pss, &mem.rss, &target])
         );
     }
     println!();

@@ -10,20 +10,25 @@
 //! split into rounds, the table shows the median round and the spread, and
 //! rates are also given as ratios to the raw limit measured minutes earlier in
 //! the same process.
+//!
+//! The harness (options, rounds, samples, CPU accounting, tables) is the
+//! `benches` library's, shared with the rpc and pool benches.
 
-use benches::{Mem, mem_of, ratio, verdict};
-use std::error::Error;
-use std::future::Future;
+#![deny(unsafe_code)]
+
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use benches::Align::{Left, Right};
+use benches::measure::alone;
+use benches::proc::{Mem, Stat, Usage};
+use benches::{
+    Args, BoxResult, Costs, Rounds, Sample, Table, in_flight, ratio, repeat, spread, sum, verdict,
+};
 use fork_core::{Context, Entry, Template};
 use tokio::io::AsyncReadExt;
 use tokio::runtime::Runtime;
-use tokio::task::JoinSet;
-
-type BoxResult<T> = Result<T, Box<dyn Error + Send + Sync>>;
 
 // ===== worker entries =====
 
@@ -46,13 +51,10 @@ static IDLE: Entry = fork_core::entry!(idle, name = "benches::spawn::idle");
 
 #[derive(Debug, Clone, Copy)]
 struct Opts {
-    /// Rounds per measurement.
-    rounds: u32,
-    /// Length of one round.
-    round: Duration,
-    /// Rounds and round length for raw `fork()` from the big parent.
-    big_rounds: u32,
-    big_round: Duration,
+    /// Rounds of each measurement.
+    rounds: Rounds,
+    /// Rounds of raw `fork()` from the big parent.
+    big: Rounds,
     /// Most raw forks from the big parent per round.
     big_max: u64,
     /// Size of the parent's touched heap in the "big parent" part.
@@ -60,101 +62,25 @@ struct Opts {
 }
 
 impl Opts {
-    /// Parses `std::env::args` by hand: `--quick` is the only option; other
-    /// arguments (`--bench` from cargo) are ignored.
+    /// `--quick` is the only option; other arguments (`--bench` from cargo)
+    /// are ignored.
     fn from_args() -> Opts {
-        let quick = std::env::args().skip(1).any(|a| a == "--quick");
-        if quick {
+        if Args::from_env().quick {
             Opts {
-                rounds: 1,
-                round: Duration::from_millis(200),
-                big_rounds: 1,
-                big_round: Duration::from_millis(200),
+                rounds: Rounds::new(1, Duration::from_millis(200)),
+                big: Rounds::new(1, Duration::from_millis(200)),
                 big_max: 50,
                 ballast: 64 << 20,
             }
         } else {
             Opts {
-                rounds: 5,
-                round: Duration::from_millis(300),
-                big_rounds: 3,
-                big_round: Duration::from_millis(700),
+                rounds: Rounds::new(5, Duration::from_millis(300)),
+                big: Rounds::new(3, Duration::from_millis(700)),
                 big_max: 200,
                 ballast: 1 << 30,
             }
         }
     }
-}
-
-// ===== measuring =====
-
-/// The rates of the rounds of one measurement, in operations per second.
-#[derive(Debug, Clone)]
-struct Sample {
-    rates: Vec<f64>,
-    ops: u64,
-    /// CPU time per operation in µs, split as (this process, template,
-    /// workers), over the timed rounds.
-    cpu: [Option<f64>; 3],
-}
-
-impl Sample {
-    fn median(&self) -> f64 {
-        let mut r = self.rates.clone();
-        r.sort_by(f64::total_cmp);
-        let n = r.len();
-        if n % 2 == 1 {
-            r[n / 2]
-        } else {
-            (r[n / 2 - 1] + r[n / 2]) / 2.0
-        }
-    }
-
-    fn min(&self) -> f64 {
-        self.rates.iter().copied().fold(f64::INFINITY, f64::min)
-    }
-
-    fn max(&self) -> f64 {
-        self.rates.iter().copied().fold(0.0, f64::max)
-    }
-}
-
-/// Runs `round` once untimed as a warm-up (a quarter round), then `rounds`
-/// times; each call runs operations for about the given time and returns
-/// `(operations done, time taken)`. CPU time is charged as `who` says.
-fn measure(
-    what: &str,
-    who: Who,
-    rounds: u32,
-    round_len: Duration,
-    mut round: impl FnMut(Duration) -> BoxResult<(u64, Duration)>,
-) -> BoxResult<Sample> {
-    eprint!("measuring {what} ...");
-    round(round_len / 4)?;
-    let mut sample = Sample {
-        rates: Vec::new(),
-        ops: 0,
-        cpu: [None; 3],
-    };
-    let before = CpuTimes::now(who)?;
-    for _ in 0..rounds {
-        let (ops, took) = round(round_len)?;
-        sample.ops += ops;
-        sample.rates.push(ops as f64 / took.as_secs_f64());
-    }
-    let used = CpuTimes::now(who)?.since(&before);
-    let per_op = |d: Duration| Some(d.as_secs_f64() * 1e6 / sample.ops as f64);
-    sample.cpu = match who {
-        Who::Raw => [per_op(used.me), None, per_op(used.children)],
-        Who::Template(_) => [
-            per_op(used.me),
-            per_op(used.template),
-            per_op(used.template_children),
-        ],
-        Who::Creation => [per_op(used.me), per_op(used.children), None],
-    };
-    eprintln!(" {:.0}/s", sample.median());
-    Ok(sample)
 }
 
 // ===== CPU accounting =====
@@ -171,116 +97,34 @@ enum Who {
     Creation,
 }
 
-/// Cumulative CPU times (user + system).
-#[derive(Debug, Default, Clone, Copy)]
-struct CpuTimes {
-    me: Duration,
-    children: Duration,
-    template: Duration,
-    template_children: Duration,
-}
-
-impl CpuTimes {
-    fn now(who: Who) -> io::Result<CpuTimes> {
-        let mut times = CpuTimes {
-            me: rusage(libc::RUSAGE_SELF)?,
-            children: rusage(libc::RUSAGE_CHILDREN)?,
-            ..CpuTimes::default()
-        };
-        if let Who::Template(pid) = who {
-            (times.template, times.template_children) = proc_cpu(pid)?;
+/// Cumulative CPU times of (this process, the template, the workers), as
+/// `who` says.
+fn costs(who: Who) -> io::Result<Costs<3>> {
+    let me = Some(Usage::of_self()?.cpu.as_secs_f64());
+    let children = Some(Usage::of_children()?.cpu.as_secs_f64());
+    let cpu = match who {
+        Who::Raw => [me, None, children],
+        Who::Template(pid) => {
+            let template = Stat::of(pid)?;
+            let secs = |d: Duration| Some(d.as_secs_f64());
+            [me, secs(template.cpu), secs(template.children_cpu)]
         }
-        Ok(times)
-    }
-
-    fn since(&self, before: &CpuTimes) -> CpuTimes {
-        CpuTimes {
-            me: self.me.saturating_sub(before.me),
-            children: self.children.saturating_sub(before.children),
-            template: self.template.saturating_sub(before.template),
-            template_children: self
-                .template_children
-                .saturating_sub(before.template_children),
-        }
-    }
+        Who::Creation => [me, children, None],
+    };
+    Ok(Costs {
+        cpu,
+        ..Costs::default()
+    })
 }
 
-/// User + system time from `getrusage(who)`.
-fn rusage(who: libc::c_int) -> io::Result<Duration> {
-    // SAFETY: `rusage` is plain data; all-zero is a valid value.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: `usage` is a valid, writable rusage.
-    if unsafe { libc::getrusage(who, &mut usage) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    Ok(tv(usage.ru_utime) + tv(usage.ru_stime))
-}
-
-/// A process's own and its reaped children's CPU time, from
-/// `/proc/<pid>/stat` (in clock ticks, usually 10 ms).
-fn proc_cpu(pid: u32) -> io::Result<(Duration, Duration)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name, which may hold spaces: field 3 (state)
-    // is index 0, so utime (14), stime, cutime, cstime are 11 to 14.
-    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<u64> = after
-        .split_whitespace()
-        .skip(11)
-        .take(4)
-        .map(|f| f.parse().unwrap_or(0))
-        .collect();
-    if fields.len() != 4 {
-        return Err(io::Error::other(format!("cannot parse /proc/{pid}/stat")));
-    }
-    // SAFETY: sysconf takes an integer constant.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    let ticks = |t: u64| Duration::from_nanos(t * 1_000_000_000 / hz);
-    Ok((ticks(fields[0] + fields[1]), ticks(fields[2] + fields[3])))
-}
-
-/// Runs `op` over and over in `depth` tokio tasks (so `depth` operations are
-/// in flight) until `len` has passed, and waits for the last ones.
-async fn in_flight<F, Fut>(len: Duration, depth: usize, op: F) -> BoxResult<(u64, Duration)>
-where
-    F: Fn() -> Fut + Clone + Send + 'static,
-    Fut: Future<Output = BoxResult<()>> + Send + 'static,
-{
-    let start = Instant::now();
-    let deadline = start + len;
-    let mut tasks = JoinSet::new();
-    for _ in 0..depth {
-        let op = op.clone();
-        tasks.spawn(async move {
-            let mut done = 0u64;
-            while Instant::now() < deadline {
-                op().await?;
-                done += 1;
-            }
-            BoxResult::Ok(done)
-        });
-    }
-    let mut done = 0;
-    while let Some(result) = tasks.join_next().await {
-        done += result??;
-    }
-    Ok((done, start.elapsed()))
-}
-
-/// Runs the synchronous `op` until `len` has passed or `max` operations are
-/// done.
-fn repeat(
-    len: Duration,
-    max: u64,
-    mut op: impl FnMut() -> io::Result<()>,
-) -> BoxResult<(u64, Duration)> {
-    let start = Instant::now();
-    let mut done = 0;
-    while done < max && start.elapsed() < len {
-        op()?;
-        done += 1;
-    }
-    Ok((done, start.elapsed()))
+/// Measures `round` on its own, its CPU time charged as `who` says.
+fn measure(
+    what: &str,
+    who: Who,
+    rounds: Rounds,
+    round: impl FnMut(Duration) -> BoxResult<(u64, Duration)>,
+) -> BoxResult<Sample<3>> {
+    alone(what, rounds, || costs(who), round)
 }
 
 // ===== the operations =====
@@ -288,6 +132,11 @@ fn repeat(
 // ANCHOR: raw
 /// The raw limit: `socketpair` + `fork` + child `_exit` + EOF on the
 /// parent's end + `waitpid`.
+///
+/// The only `unsafe` code of the benches, allowed here alone: the limit is
+/// a bare `fork()`, `_exit` and `waitpid` made here, not through fork-core
+/// (whose wrappers are what is measured against it).
+#[allow(unsafe_code)]
 fn raw_spawn() -> io::Result<()> {
     let (ours, theirs) = UnixStream::pair()?;
     // SAFETY: the child calls only `_exit`, which is async-signal-safe, so it
@@ -336,24 +185,18 @@ fn spawns(
     what: &str,
     template: &Template,
     depth: usize,
-) -> BoxResult<Sample> {
-    measure(
-        what,
-        Who::Template(template.id()),
-        opts.rounds,
-        opts.round,
-        |len| {
-            let template = template.clone();
-            rt.block_on(in_flight(len, depth, move || {
-                template_spawn(template.clone())
-            }))
-        },
-    )
+) -> BoxResult<Sample<3>> {
+    measure(what, Who::Template(template.id()), opts.rounds, |len| {
+        let template = template.clone();
+        rt.block_on(in_flight(len, depth, move || {
+            template_spawn(template.clone())
+        }))
+    })
 }
 
 /// Measures template creation: exec, wait until it serves, drop it.
-fn creations(rt: &Runtime, opts: &Opts, what: &str) -> BoxResult<Sample> {
-    measure(what, Who::Creation, opts.rounds, opts.round, |len| {
+fn creations(rt: &Runtime, opts: &Opts, what: &str) -> BoxResult<Sample<3>> {
+    measure(what, Who::Creation, opts.rounds, |len| {
         rt.block_on(in_flight(len, 1, || async {
             let template = Template::new()?;
             template.ready().await?;
@@ -374,7 +217,7 @@ async fn idle_worker_mem(template: &Template) -> BoxResult<Mem> {
         .expect("a worker socket")
         .read_exact(&mut up)
         .await?;
-    let mem = mem_of(worker.id())?;
+    let mem = Mem::of(worker.id())?;
     worker.kill().await?;
     Ok(mem)
 }
@@ -385,7 +228,7 @@ async fn idle_worker_mem(template: &Template) -> BoxResult<Mem> {
 #[derive(Debug)]
 struct Row {
     what: String,
-    sample: Sample,
+    sample: Sample<3>,
     /// Rate of the same measurement without the big heap, for the big-parent rows.
     baseline: Option<f64>,
     target: &'static str,
@@ -400,8 +243,8 @@ impl Report {
     fn add(
         &mut self,
         what: &str,
-        sample: &Sample,
-        baseline: Option<&Sample>,
+        sample: &Sample<3>,
+        baseline: Option<&Sample<3>>,
         target: &'static str,
     ) {
         self.rows.push(Row {
@@ -413,35 +256,34 @@ impl Report {
     }
 
     fn print(&self, raw: f64) {
+        let table = Table::new(&[
+            ("measurement", Left),
+            ("ops/s (median)", Right),
+            ("µs/op", Right),
+            ("× raw", Right),
+            ("× small parent", Right),
+            ("spread (min–max ops/s)", Right),
+            ("ops", Right),
+            ("CPU µs/op: parent + template + workers", Right),
+            ("target", Left),
+        ]);
         println!();
-        println!(
-            "| measurement | ops/s (median) | µs/op | × raw | × small parent | spread (min–max ops/s) | ops | CPU µs/op: parent + template + workers | target |"
-        );
-        println!("|---|---:|---:|---:|---:|---:|---:|---:|---|");
+        println!("{}", table.head());
         for row in &self.rows {
             let rate = row.sample.median();
             let vs_small = row.baseline.map_or_else(String::new, |b| ratio(rate / b));
-            let cpu: Vec<String> = row
-                .sample
-                .cpu
-                .iter()
-                .map(|c| c.map_or_else(|| "–".to_owned(), |c| format!("{c:.0}")))
-                .collect();
-            let total: f64 = row.sample.cpu.iter().flatten().sum();
-            println!(
-                "| {} | {:.0} | {:.0} | {} | {} | {:.0}–{:.0} | {} | {} = {:.0} | {} |",
-                row.what,
-                rate,
-                1e6 / rate,
-                ratio(rate / raw),
-                vs_small,
-                row.sample.min(),
-                row.sample.max(),
-                row.sample.ops,
-                cpu.join(" + "),
-                total,
-                row.target,
-            );
+            let cells: [&dyn std::fmt::Display; 9] = [
+                &row.what,
+                &format!("{rate:.0}"),
+                &format!("{:.0}", 1e6 / rate),
+                &ratio(rate / raw),
+                &vs_small,
+                &spread(&row.sample),
+                &row.sample.ops,
+                &sum(&row.sample.cpu_per_op(), 0),
+                &row.target,
+            ];
+            println!("{}", table.row(&cells));
         }
     }
 }
@@ -464,7 +306,7 @@ fn main() -> BoxResult<()> {
     let opts = Opts::from_args();
 
     // 1. The raw limit, from this small, still single-threaded process.
-    let raw = measure("raw fork", Who::Raw, opts.rounds, opts.round, |len| {
+    let raw = measure("raw fork", Who::Raw, opts.rounds, |len| {
         repeat(len, u64::MAX, raw_spawn)
     })?;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -524,8 +366,7 @@ fn main() -> BoxResult<()> {
     let raw_big = measure(
         &format!("raw fork, {big} parent"),
         Who::Raw,
-        opts.big_rounds,
-        opts.big_round,
+        opts.big,
         |len| repeat(len, opts.big_max, raw_spawn),
     )?;
     report.add(&format!("raw fork, {big} parent"), &raw_big, Some(&raw), "");
@@ -555,13 +396,9 @@ fn main() -> BoxResult<()> {
     // Cross-check of the limit at the end of the run (the machine's load
     // drifts): raw forks again, from this now multi-threaded (but idle)
     // process; the child still calls only `_exit`.
-    let raw_end = measure(
-        "raw fork, end of run",
-        Who::Raw,
-        opts.rounds,
-        opts.round,
-        |len| repeat(len, u64::MAX, raw_spawn),
-    )?;
+    let raw_end = measure("raw fork, end of run", Who::Raw, opts.rounds, |len| {
+        repeat(len, u64::MAX, raw_spawn)
+    })?;
     report.add(
         "raw fork, end of run, runtime threads alive (cross-check)",
         &raw_end,
@@ -573,7 +410,7 @@ fn main() -> BoxResult<()> {
     let mut mems = Vec::new();
     for (name, template) in [("exec'd", &exec), ("early", &early)] {
         let worker = rt.block_on(idle_worker_mem(template))?;
-        let itself = mem_of(template.id())?;
+        let itself = Mem::of(template.id())?;
         mems.push((name, worker, itself));
     }
 
@@ -581,19 +418,29 @@ fn main() -> BoxResult<()> {
     let raw_rate = raw.median();
     report.print(raw_rate);
     println!();
-    println!("| process | USS KiB | PSS KiB | RSS KiB | target |");
-    println!("|---|---:|---:|---:|---|");
+    let table = Table::memory("process");
+    println!("{}", table.head());
     for (name, worker, itself) in &mems {
+        let target = format!("USS ≤ 512 KiB: {}", verdict(worker.uss <= 512));
         println!(
-            "| idle worker, {name} template | {} | {} | {} | USS ≤ 512 KiB: {} |",
-            worker.uss,
-            worker.pss,
-            worker.rss,
-            verdict(worker.uss <= 512)
+            "{}",
+            table.row(&[
+                &format!("idle worker, {name} template"),
+                &worker.uss,
+                &worker.pss,
+                &worker.rss,
+                &target,
+            ])
         );
+        // A template has no target: the cell is left out.
         println!(
-            "| the {name} template itself | {} | {} | {} | |",
-            itself.uss, itself.pss, itself.rss
+            "{}",
+            table.row(&[
+                &format!("the {name} template itself"),
+                &itself.uss,
+                &itself.pss,
+                &itself.rss,
+            ])
         );
     }
     println!();
