@@ -8,6 +8,7 @@ use bytes::{Buf, BufMut, BytesMut};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::bounded;
 use crate::config::Format;
 
 fn bincode_options(limit: u64) -> impl Options {
@@ -47,14 +48,21 @@ pub(crate) fn encode<T: Serialize>(format: Format, limit: u64, item: &T) -> io::
     Ok(bytes)
 }
 
-/// Decodes one value in `format`; never allocates more than `limit` bytes.
+/// Decodes one value in `format`, whose frame is at most `limit` bytes.
+///
+/// No length in `bytes` is trusted beyond the bytes that follow it, so
+/// what a frame makes the decoder allocate is bounded by what its bytes
+/// can encode: bincode hands a sequence's claimed length to serde, which
+/// preallocates from it, so bincode decodes through [`bounded`], which
+/// caps it at the bytes left; serde_json claims no length (see the
+/// [`bounded`] module docs).
 pub(crate) fn decode<T: DeserializeOwned>(
     format: Format,
     limit: u64,
     bytes: &[u8],
 ) -> io::Result<T> {
     match format {
-        Format::Bincode => bincode_options(limit).deserialize(bytes).map_err(invalid),
+        Format::Bincode => bounded::deserialize(bincode_options(limit), bytes).map_err(invalid),
         Format::Json => serde_json::from_slice(bytes).map_err(invalid),
     }
 }
@@ -114,6 +122,8 @@ pub(crate) fn reply_id(format: Format, limit: u64, bytes: &[u8]) -> Option<u64> 
     struct ReplyHead {
         request_id: u64,
     }
+    // `Head` holds no sequence or map, and bincode reads nothing after
+    // it: nothing here preallocates, so plain bincode will do.
     let head = match format {
         Format::Bincode => bincode_options(limit)
             .allow_trailing_bytes()

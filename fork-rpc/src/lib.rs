@@ -78,6 +78,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod bounded;
 mod channel;
 mod client;
 mod codec;
