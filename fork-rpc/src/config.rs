@@ -40,9 +40,10 @@ pub struct Config {
     /// Serialisation format. The default is [`Format::Bincode`].
     pub format: Format,
     /// Largest frame (one request, reply or event, serialised) in bytes,
-    /// in both directions. A bigger one fails that connection with an error;
-    /// nothing allocates more than this for one message. The default is
-    /// 16 MiB.
+    /// in both directions. A bigger one fails that connection with an error,
+    /// before its bytes are read. Decoding trusts no length a frame claims
+    /// beyond the bytes it has left, so the memory a message takes is
+    /// bounded by what its bytes can encode. The default is 16 MiB.
     pub max_frame: usize,
     /// Deadline given to calls made with tarpc's implicit default context
     /// (`tarpc::context::current()`, which expires after 10 s). `None` keeps
