@@ -13,7 +13,7 @@
 //! Every worker serves the same `Job` service, forked from one template per
 //! runtime:
 //!
-//! - **direct**: one worker from [`fork_rpc::spawn`], called through its own
+//! - **direct**: one worker from [`RpcWorker::builder`], called through its own
 //!   client: the baseline.
 //! - **pool**: a [`Pool`] with `idle(n).max(n)`, so that all its workers are
 //!   there before the measurement and none comes or goes during it.
@@ -58,7 +58,7 @@ use benches::{
 };
 use fork_core::Template;
 use fork_pool::Pool;
-use fork_rpc::{Config, RpcEntry, RpcWorker, Setup};
+use fork_rpc::{RpcEntry, RpcWorker, Setup};
 use futures::future::Either;
 use tarpc::client::RpcError;
 use tokio::runtime::Runtime;
@@ -161,7 +161,9 @@ impl Via {
 /// Forks a direct worker (whose caller does `pad` rounds of [`busy`]
 /// before each call).
 async fn direct(template: &Template, pad: u64) -> BoxResult<Peer> {
-    let (client, worker) = fork_rpc::spawn(&mut template.fork(), &JOB, &Config::default()).await?;
+    let (client, worker) = RpcWorker::builder(&mut template.fork(), &JOB)
+        .spawn()
+        .await?;
     let client = JobClient::from(client);
     Ok(Peer::Direct(Arc::new(Direct { client, pad }), worker))
 }

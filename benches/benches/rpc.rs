@@ -18,7 +18,7 @@
 //! - **tarpc**: plain tarpc (`serde_transport`, bincode,
 //!   `LengthDelimitedCodec`), the worker running tarpc's own serving recipe
 //!   on a `current_thread` runtime.
-//! - **fork-rpc**: the same service through [`fork_rpc::spawn`], sync mode
+//! - **fork-rpc**: the same service through [`RpcWorker::builder`], sync mode
 //!   and async mode (`Config::default().concurrent(256)`).
 //!
 //! RPC calls are made by one task keeping N calls in flight (a new call as
@@ -299,7 +299,10 @@ async fn tarpc_peer(template: &Template) -> BoxResult<Peer> {
 }
 
 async fn fork_rpc_peer(template: &Template, config: &Config) -> BoxResult<Peer> {
-    let (client, worker) = fork_rpc::spawn(&mut template.fork(), &FORK_RPC_ECHO, config).await?;
+    let (client, worker) = RpcWorker::builder(&mut template.fork(), &FORK_RPC_ECHO)
+        .config(config.clone())
+        .spawn()
+        .await?;
     Ok(Peer::ForkRpc(Arc::new(EchoClient::from(client)), worker))
 }
 // ANCHOR_END: spawn

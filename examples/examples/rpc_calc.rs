@@ -1,11 +1,11 @@
 //! Typed calls to a tarpc service served by forked workers.
 //!
 //! Shows: a `#[tarpc::service]` trait, its implementation in the worker, the
-//! init hook and `fork_rpc::entry!`, `fork_rpc::spawn` from a template; a
+//! init hook and `fork_rpc::entry!`, `RpcWorker::builder` from a template; a
 //! sync worker (one call at a time, the rest wait their turn) and a
 //! `Config::concurrent(3)` worker (three at once, the rest queued, never
-//! rejected); deadlines: a per-client default that replaces tarpc's implicit
-//! 10 s, and per-call ones with `fork_rpc::context::with_timeout`; graceful
+//! rejected); deadlines: a per-client default (`Client::context`) instead of
+//! tarpc's 10 s, and per-call ones with `fork_rpc::context::with_timeout`; graceful
 //! close: drop every client, and the worker finishes the calls it received
 //! and exits 0.
 //!
@@ -16,7 +16,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use fork_core::Template;
-use fork_rpc::{Config, RpcEntry, Setup};
+use fork_rpc::{Config, RpcEntry, RpcWorker, Setup};
 use futures::future::try_join_all;
 use serde::{Deserialize, Serialize};
 use tarpc::client::RpcError;
@@ -82,7 +82,7 @@ impl Calc for CalcServer {
 
 // ANCHOR: entry
 /// The init hook: runs in the worker right after the fork and builds the
-/// service it serves. An `Err` here is the error of `fork_rpc::spawn`.
+/// service it serves. An `Err` here is the error of `Builder::spawn`.
 fn calc(_setup: &mut Setup<()>) -> Result<ServeCalc<CalcServer>, String> {
     Ok(CalcServer::default().serve())
 }
@@ -102,11 +102,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let template = Template::shared()?;
 
     // ANCHOR: spawn
-    // A sync worker (the default mode). Calls made with context::current()
-    // get a 1 s deadline instead of tarpc's implicit 10 s.
+    // A sync worker (the default mode). Its client makes contexts with a 1 s
+    // deadline (client.context()); tarpc's context::current() keeps its 10 s.
     let config = Config::default().default_timeout(Duration::from_secs(1));
-    let (client, mut worker) = fork_rpc::spawn(&mut template.fork(), &CALC, &config).await?;
-    let calc = CalcClient::from(client); // the client tarpc generated
+    let (client, mut worker) = RpcWorker::builder(&mut template.fork(), &CALC)
+        .config(config)
+        .spawn()
+        .await?;
+    let calc = CalcClient::from(client.clone()); // the client tarpc generated
     let sum = calc.add(context::current(), 40, 2).await?;
     let quotient = calc.div(context::current(), 7, 0).await?;
     // ANCHOR_END: spawn
@@ -134,9 +137,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     // ANCHOR: deadlines
-    // The client's default deadline ends a call made with context::current().
+    // The client's default deadline ends a call made with its context.
     let start = Instant::now();
-    let err = calc.sleep(context::current(), 10_000).await.unwrap_err();
+    let err = calc.sleep(client.context(), 10_000).await.unwrap_err();
     assert!(matches!(err, RpcError::DeadlineExceeded), "{err:?}");
     println!(
         "  default deadline: a 10 s call ended after {}",
@@ -153,7 +156,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         ms(start.elapsed())
     );
 
-    // ... or longer than the client's default, which leaves it alone.
+    // ... or longer than the client's default.
     let start = Instant::now();
     let long = fork_rpc::context::with_timeout(Duration::from_secs(5));
     calc.sleep(long, 1_200).await?;
@@ -165,9 +168,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // ANCHOR: close_sync
     // The calls that missed their deadline were cancelled in the worker too:
-    // this one is served at once. Then drop the client: the worker exits 0.
+    // this one is served at once. Then drop the clients: the worker exits 0.
     assert_eq!(calc.add(context::current(), 1, 1).await?, 2);
-    drop(calc);
+    drop((calc, client));
     let status = worker.wait().await?;
     assert_eq!(status.code(), Some(0));
     // ANCHOR_END: close_sync
@@ -176,7 +179,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // ANCHOR: concurrent
     // Up to three calls at once; more are queued, never rejected.
     let config = Config::default().concurrent(3);
-    let (client, mut worker) = fork_rpc::spawn(&mut template.fork(), &CALC, &config).await?;
+    let (client, mut worker) = RpcWorker::builder(&mut template.fork(), &CALC)
+        .config(config)
+        .spawn()
+        .await?;
     let calc = CalcClient::from(client);
     let start = Instant::now();
     let calls = (0..6).map(|_| calc.sleep(context::current(), 100));

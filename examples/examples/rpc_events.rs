@@ -4,7 +4,7 @@
 //! Shows: a template prepared with an init function (a table of primes,
 //! built once and shared copy-on-write by every worker) and an argument; an
 //! RPC worker's init hook reading its arguments and descriptors, failing
-//! when one is missing (the error of `fork_rpc::spawn`), and registering a
+//! when one is missing (the error of `Builder::spawn`), and registering a
 //! done hook; events sent with `Setup::events` in the worker and printed by
 //! the parent as they arrive through `RpcWorker::events`, in order with the
 //! replies; the done hook writing a summary to a pipe once the parent has
@@ -20,7 +20,7 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 use fork_core::{InitFn, Template};
-use fork_rpc::{Config, EventSender, RpcEntry, Setup};
+use fork_rpc::{EventSender, RpcEntry, RpcWorker, Setup};
 use serde::{Deserialize, Serialize};
 use tarpc::context;
 use tokio::io::AsyncReadExt;
@@ -152,7 +152,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // ANCHOR: init_failed
     // Without its step argument, the init hook fails: that is spawn's error.
-    let err = fork_rpc::spawn(&mut template.fork(), &PRIMES_WORKER, &Config::default())
+    let err = RpcWorker::builder(&mut template.fork(), &PRIMES_WORKER)
+        .spawn()
         .await
         .unwrap_err();
     assert!(matches!(&err, fork_rpc::Error::Init(m) if m.starts_with("no step")));
@@ -166,8 +167,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let summary_w = summary_w.into_blocking_fd()?;
     let mut fork = template.fork();
     fork.arg(&25_000u64).fd(&summary_w);
-    let (client, mut worker) =
-        fork_rpc::spawn(&mut fork, &PRIMES_WORKER, &Config::default()).await?;
+    let (client, mut worker) = RpcWorker::builder(&mut fork, &PRIMES_WORKER)
+        .spawn()
+        .await?;
     drop(summary_w); // the worker holds its own copy
     let primes = PrimesClient::from(client);
     let mut events = worker.events().expect("taken once");

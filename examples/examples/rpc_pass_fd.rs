@@ -13,7 +13,7 @@ use std::os::fd::OwnedFd;
 use std::rc::Rc;
 
 use fork_core::Template;
-use fork_rpc::{Config, FdReceiver, RpcEntry, Setup};
+use fork_rpc::{FdReceiver, RpcEntry, RpcWorker, Setup};
 use serde::{Deserialize, Serialize};
 use tarpc::context;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -102,8 +102,9 @@ async fn client(addr: std::net::SocketAddr, n: u32) -> std::io::Result<(u32, Str
 #[fork_core::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let template = Template::shared()?;
-    let (client_stub, mut worker) =
-        fork_rpc::spawn(&mut template.fork(), &ECHO, &Config::default()).await?;
+    let (client_stub, mut worker) = RpcWorker::builder(&mut template.fork(), &ECHO)
+        .spawn()
+        .await?;
     let echo = EchoClient::from(client_stub);
 
     let listener = TcpListener::bind("127.0.0.1:0").await?;

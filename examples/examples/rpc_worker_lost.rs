@@ -18,7 +18,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::time::{Duration, Instant};
 
 use fork_core::Template;
-use fork_rpc::{Config, EventSender, RpcEntry, Setup, WorkerLost};
+use fork_rpc::{Config, EventSender, RpcEntry, RpcWorker, Setup, WorkerLost};
 use tarpc::client::RpcError;
 use tarpc::context;
 
@@ -76,8 +76,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let template = Template::shared()?;
 
         // ANCHOR: killed
-        let (client, mut worker) =
-            fork_rpc::spawn(&mut template.fork(), &JOB, &Config::default()).await?;
+        let (client, mut worker) = RpcWorker::builder(&mut template.fork(), &JOB)
+            .spawn()
+            .await?;
         let job = JobClient::from(client);
         let mut events = worker.events().expect("the events");
         let started = Instant::now();
@@ -108,8 +109,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("  a later call: {}", WorkerLost::find(&err).expect("lost"));
 
         // ANCHOR: panicked
-        let (client, mut worker) =
-            fork_rpc::spawn(&mut template.fork(), &JOB, &Config::default()).await?;
+        let (client, mut worker) = RpcWorker::builder(&mut template.fork(), &JOB)
+            .spawn()
+            .await?;
         let job = JobClient::from(client);
         let err = job
             .fail(context::current(), "out of coffee".into())
@@ -126,8 +128,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("a handler panicked: {lost}");
 
         // ANCHOR: exited
-        let (client, _worker) =
-            fork_rpc::spawn(&mut template.fork(), &JOB, &Config::default()).await?;
+        let (client, _worker) = RpcWorker::builder(&mut template.fork(), &JOB)
+            .spawn()
+            .await?;
         let job = JobClient::from(client);
         let err = job.exit(context::current(), 3).await.unwrap_err();
         let lost = WorkerLost::find(&err).expect("the worker is gone");
@@ -139,7 +142,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Not every failed call is a lost worker: a request bigger than
         // `max_frame` is refused before it is sent, and the worker serves on.
         let config = Config::default().max_frame(64 * 1024);
-        let (client, mut worker) = fork_rpc::spawn(&mut template.fork(), &JOB, &config).await?;
+        let (client, mut worker) = RpcWorker::builder(&mut template.fork(), &JOB)
+            .config(config)
+            .spawn()
+            .await?;
         let job = JobClient::from(client);
         let err = job
             .len(context::current(), vec![0; 100_000])

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use fork_core::{Context, Entry, InitFn, Template};
 use fork_pool::{Pool, PoolEvents, Stats};
-use fork_rpc::{EventSender, Mode, RpcEntry, Setup, WorkerLost};
+use fork_rpc::{EventSender, Mode, RpcEntry, RpcWorker, Setup, WorkerLost};
 use futures::future::try_join_all;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -614,7 +614,10 @@ async fn tour() -> Result<(), BoxError> {
     );
     // ANCHOR: rpc_spawn
     let config = fork_rpc::Config::default().mode(Mode::Sync); // (the default)
-    let (client, mut worker) = fork_rpc::spawn(&mut template.fork(), &PRIMES, &config).await?;
+    let (client, mut worker) = RpcWorker::builder(&mut template.fork(), &PRIMES)
+        .config(config)
+        .spawn()
+        .await?;
     let primes = PrimesClient::from(client); // the client tarpc generated
     let mut events = worker.events().expect("taken once");
     let factors = primes.factor(context::current(), 4_194_303, 0).await?;

@@ -15,7 +15,7 @@ pub enum Overflow {
 /// A pool's configuration. Every field says its default, unit and trade-off;
 /// the names and meanings are AnyEvent::Fork::Pool's. A duration of
 /// `Duration::MAX` means "never" (it is taken as
-/// [`FOREVER`](fork_rpc::context::FOREVER), a century).
+/// a century).
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct Config {

@@ -89,6 +89,7 @@
 #![deny(missing_docs)]
 
 mod config;
+mod deadline;
 mod error;
 mod pool;
 mod scale;

@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context as TaskContext, Poll, ready};
 use std::time::{Duration, Instant};
 
+use crate::deadline::{FOREVER, after};
 use fork_core::Signal;
-use fork_rpc::context::{FOREVER, after};
 use futures::future::Either;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -468,6 +468,20 @@ where
         }
     }
 
+    /// A context for a call on the pool: tarpc's current one, expiring
+    /// after the workers' [`default_timeout`](fork_rpc::Config::default_timeout)
+    /// from now (tarpc's 10 s if it has none), as
+    /// [`fork_rpc::Client::context`] makes. The time a call waits in the
+    /// queue counts against its deadline. Contexts made otherwise keep
+    /// their deadlines.
+    pub fn context(&self) -> Context {
+        let mut ctx = tarpc::context::current();
+        if let Some(timeout) = self.handle.shared.config.rpc.default_timeout {
+            ctx.deadline = crate::deadline::after(std::time::Instant::now(), timeout);
+        }
+        ctx
+    }
+
     /// A snapshot of the pool's state and counters.
     pub fn stats(&self) -> Stats {
         self.handle.shared.stats()
@@ -541,9 +555,6 @@ where
     // are boxed for the same reason.
     fn call(&self, ctx: Context, request: Req) -> impl Future<Output = Result<Resp, RpcError>> {
         let shared = &self.handle.shared;
-        // When the call is made (tarpc's generated methods make it at once):
-        // the time spent waiting in the queue counts against the deadline.
-        let ctx = fork_rpc::context::apply_default(ctx, shared.config.rpc.default_timeout);
         if shared.retries > 0 && shared.idempotent.as_ref().is_some_and(|is| is(&request)) {
             Job::Other(Box::pin(shared.run_retrying(ctx, request)))
         } else {
@@ -898,7 +909,7 @@ where
     /// [`run`](Self::run) for a job that queues or has a time limit. The
     /// call's deadline counts while it waits for a place.
     async fn run_slowly(self: &Arc<Self>, ctx: Context, request: Req) -> Result<Resp, RpcError> {
-        let mut grant = match fork_rpc::context::within(ctx.deadline, self.acquire()).await {
+        let mut grant = match crate::deadline::within(ctx.deadline, self.acquire()).await {
             Some(grant) => grant.map_err(Error::into_rpc)?,
             None => return Err(RpcError::DeadlineExceeded),
         };
@@ -1146,7 +1157,10 @@ where
         let give_up = async move {
             let _ = abandon.wait_for(|given_up| *given_up).await;
         };
-        let result = fork_rpc::spawn_until(&mut fork, &self.entry, &self.config.rpc, give_up).await;
+        let result = fork_rpc::RpcWorker::builder(&mut fork, &self.entry)
+            .config(self.config.rpc.clone())
+            .spawn_until(give_up)
+            .await;
         if let Err(fork_rpc::Error::StartAbandoned { pid }) = result {
             // Killed, and gone.
             self.lock().starting -= 1;

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use fork_rpc::context::after;
+use crate::deadline::after;
 
 /// The knobs the policy reads (a subset of [`Config`](crate::Config)).
 #[derive(Debug, Clone, Copy)]

@@ -34,55 +34,9 @@ use crate::message::{self, WorkerMsg};
 /// connection ended, before reporting it lost without one.
 const STATUS_GRACE: Duration = Duration::from_secs(2);
 
-/// Forks a worker from `fork` that serves `entry`, and returns the typed
-/// client stub and the worker's handle.
-///
-/// `fork` may carry arguments, descriptors and init functions of its own
-/// (see [`fork_core::Fork`]), which the init hook gets as they are:
-/// fork-rpc sends its configuration and a descriptor channel in the fork's
-/// [slot](fork_core::Fork::slot), apart from them. The stub is tarpc's: wrap it in the
-/// generated client, `CalcClient::from(client)`.
-///
-/// # Errors
-///
-/// [`Error::Core`] if the fork fails, [`Error::Init`] with the message of a
-/// failing init hook, [`Error::Lost`] if the worker dies before it serves,
-/// [`Error::StartTimeout`] if it does not serve within
-/// [`Config::start_timeout`]. A worker that does not serve is killed, also
-/// when the returned future is dropped while its init hook runs (as by a
-/// timeout of your own); after a start timeout, `spawn` returns once it is
-/// gone (or after 2 s).
-///
-/// # Panics
-///
-/// Outside a tokio runtime (the client's background reader task is spawned
-/// on it).
-pub async fn spawn<Req, Resp, Ev>(
-    fork: &mut fork_core::Fork,
-    entry: &RpcEntry<Req, Resp, Ev>,
-    config: &Config,
-) -> Result<(Client<Req, Resp>, RpcWorker<Ev>)>
-where
-    Req: Serialize + RequestName + Send + 'static,
-    Resp: Serialize + DeserializeOwned + Send + 'static,
-{
-    spawn_until(fork, entry, config, std::future::pending()).await
-}
-
-/// [`spawn`], giving up when `give_up` resolves first (a shutdown, a
-/// Ctrl-C): the worker, if it was forked, is killed, and `spawn_until`
-/// returns [`Error::StartAbandoned`] once it is gone (or after 2 s), so
-/// that nothing of it is left. Dropping a `spawn` future kills the worker
-/// too, but cannot wait for it.
-///
-/// # Errors
-///
-/// As [`spawn`], and [`Error::StartAbandoned`].
-///
-/// # Panics
-///
-/// As [`spawn`].
-pub async fn spawn_until<Req, Resp, Ev>(
+/// [`RpcWorker::builder`]'s work: forks and starts the worker, giving up
+/// when `give_up` resolves first or after `config.start_timeout`.
+pub(crate) async fn spawn_until<Req, Resp, Ev>(
     fork: &mut fork_core::Fork,
     entry: &RpcEntry<Req, Resp, Ev>,
     config: &Config,
@@ -128,7 +82,7 @@ where
     Err(error)
 }
 
-/// [`spawn`] without its time limit; puts the worker's handle in `forked`
+/// [`spawn_until`] without its time limit; puts the worker's handle in `forked`
 /// as soon as it is forked.
 async fn start<Req, Resp, Ev>(
     fork: &mut fork_core::Fork,
@@ -300,7 +254,8 @@ impl Lost {
 // ===== the client stub =====
 
 /// The parent's stub for a worker's service: tarpc's wire format, with
-/// fork-rpc's error mapping and default deadline. Cheap to clone; wrap it in
+/// fork-rpc's error mapping, and [contexts](Client::context) with the
+/// configured default deadline. Cheap to clone; wrap it in
 /// the generated client (`CalcClient::from(client)`).
 ///
 /// Dropping every clone closes the connection gracefully: the worker
@@ -358,8 +313,26 @@ impl<Req, Resp> Client<Req, Resp> {
         }
     }
 
-    fn context(&self, ctx: tarpc::context::Context) -> tarpc::context::Context {
-        crate::context::apply_default(ctx, self.default_timeout)
+    /// A context for a call on this client: tarpc's current one, expiring
+    /// after the client's [`default_timeout`](Config::default_timeout)
+    /// from now (tarpc's 10 s if it has none). Contexts made otherwise
+    /// (`tarpc::context::current()`, [`with_timeout`](crate::context::with_timeout))
+    /// keep their deadlines: the client never rewrites one.
+    ///
+    /// ```no_run
+    /// # async fn doc(client: fork_rpc::Client<String, String>) -> Result<(), tarpc::client::RpcError> {
+    /// use tarpc::client::stub::Stub;
+    ///
+    /// let reply = client.call(client.context(), "a long job".into()).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn context(&self) -> tarpc::context::Context {
+        let mut ctx = tarpc::context::current();
+        if let Some(timeout) = self.default_timeout {
+            ctx.deadline = crate::context::after(std::time::Instant::now(), timeout);
+        }
+        ctx
     }
 }
 
@@ -400,9 +373,8 @@ where
     type Resp = Resp;
 
     /// Sends the request when first polled; dropping the future before the
-    /// reply cancels the call in the worker. The client's
-    /// [`default_timeout`](Config::default_timeout) counts from when the
-    /// call is made (when tarpc's generated method is called).
+    /// reply cancels the call in the worker. The call ends at the
+    /// context's deadline, as given (see [`Client::context`]).
     fn call(
         &self,
         ctx: tarpc::context::Context,
@@ -459,7 +431,6 @@ where
 {
     fn new(client: C, ctx: tarpc::context::Context, request: Req) -> Self {
         // The deadline counts from when the call is made.
-        let ctx = client.context(ctx);
         Call {
             client,
             state: CallState::Start(ctx, request),

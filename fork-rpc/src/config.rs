@@ -45,17 +45,16 @@ pub struct Config {
     /// beyond the bytes it has left, so the memory a message takes is
     /// bounded by what its bytes can encode. The default is 16 MiB.
     pub max_frame: usize,
-    /// Deadline given to calls made with tarpc's implicit default context
-    /// (`tarpc::context::current()`, which expires after 10 s). `None` keeps
-    /// tarpc's 10 s. A context counts as implicit when its deadline lies
-    /// between 9.5 and 10 s ahead; see [`crate::context`]. `Duration::MAX`
-    /// means no limit (a century, [`FOREVER`](crate::context::FOREVER)). The
-    /// default is `None`.
+    /// The timeout of the contexts [`Client::context`](crate::Client::context)
+    /// makes (a pool's `Pool::context` too): calls made with them end this
+    /// long after the context was made. `None` is tarpc's 10 s.
+    /// `Duration::MAX` means no limit (taken as a century). Contexts made
+    /// otherwise keep their deadlines. The default is `None`.
     pub default_timeout: Option<Duration>,
     /// Requests in flight on one connection before further calls wait for a
     /// reply (tarpc's `max_in_flight_requests`). The default is 1000.
     pub max_in_flight_requests: usize,
-    /// How long [`spawn`](crate::spawn) waits for a worker to start serving
+    /// How long [`Builder::spawn`](crate::Builder::spawn) waits for a worker to start serving
     /// (the fork, init functions, the init hook, the handshake) before it
     /// kills it and fails with
     /// [`Error::StartTimeout`](crate::Error::StartTimeout). Longer lets slow

@@ -9,7 +9,7 @@ use crate::server::Setup;
 
 /// A [`fork_core::Entry`] that serves a tarpc service, typed with the
 /// service's request, response and event types so
-/// [`spawn`](crate::spawn) returns matching client and events.
+/// [`RpcWorker::builder`](crate::RpcWorker::builder) returns matching client and events.
 ///
 /// Made with [`entry!`](crate::entry).
 pub struct RpcEntry<Req, Resp, Ev = ()> {

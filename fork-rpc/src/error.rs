@@ -44,7 +44,7 @@ pub enum Error {
         pid: Option<u32>,
     },
 
-    /// [`spawn_until`](crate::spawn_until) gave up on the start; the worker
+    /// [`Builder::spawn_until`](crate::Builder::spawn_until) gave up on the start; the worker
     /// (if it was forked) was killed.
     #[error(
         "the start of the worker{} was given up on; it was killed",

@@ -2,7 +2,8 @@
 //!
 //! A worker's socket becomes a [tarpc] transport: define a
 //! `#[tarpc::service]` trait, implement it, declare an [`entry!`] whose init
-//! hook builds the server, and [`spawn`] a worker serving it. The parent gets
+//! hook builds the server, and start a worker serving it with
+//! [`RpcWorker::builder`]. The parent gets
 //! a [`Client`] stub to wrap in the tarpc-generated client
 //! (`CalcClient::from(client)`), so every tarpc feature (deadlines,
 //! cancellation, trace context) works unchanged; and an [`RpcWorker`] handle
@@ -15,14 +16,14 @@
 //! - **events** from worker to parent ([`EventSender`], [`Events`]), in order
 //!   with the replies;
 //! - **init and done hooks**: the init hook builds the service (its failure
-//!   is the error of [`spawn`]), [`Setup::on_done`] runs after the last reply;
+//!   is the error of [`Builder::spawn`]), [`Setup::on_done`] runs after the last reply;
 //! - **graceful close**: dropping every client lets the worker finish what it
 //!   received, flush, run the done hook and exit 0 ([`RpcWorker::wait`]);
 //!   so does `SIGTERM` sent to the worker (it also asks to be
 //!   [retired](Client::retire_requested), reads nothing more, and answers
 //!   what it had read);
 //! - **a time limit on starting** ([`Config::start_timeout`]): a worker whose
-//!   init hook hangs is killed and [`spawn`] fails;
+//!   init hook hangs is killed and [`Builder::spawn`] fails;
 //! - **the parent never panics on a worker's bytes**: a reply that does not
 //!   decode, or that answers another method than its request (a worker
 //!   serving another service), fails its call with an error;
@@ -40,7 +41,7 @@
 //!
 //! ```no_run
 //! use fork_core::Template;
-//! use fork_rpc::{Config, RpcEntry, Setup};
+//! use fork_rpc::{RpcEntry, RpcWorker, Setup};
 //! use tarpc::context;
 //!
 //! #[tarpc::service]
@@ -66,7 +67,7 @@
 //! #[fork_core::main]
 //! async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //!     let template = Template::shared()?;
-//!     let (client, mut worker) = fork_rpc::spawn(&mut template.fork(), &CALC, &Config::default()).await?;
+//!     let (client, mut worker) = RpcWorker::builder(&mut template.fork(), &CALC).spawn().await?;
 //!     let calc = CalcClient::from(client);
 //!     assert_eq!(calc.add(context::current(), 2, 3).await?, 5);
 //!     drop(calc); // graceful close: the worker finishes and exits 0
@@ -79,6 +80,7 @@
 #![deny(missing_docs)]
 
 mod bounded;
+mod builder;
 mod channel;
 mod client;
 mod codec;
@@ -93,7 +95,8 @@ mod message;
 mod server;
 mod variant;
 
-pub use crate::client::{Client, Events, RpcWorker, UNTAKEN_EVENTS, spawn, spawn_until};
+pub use crate::builder::Builder;
+pub use crate::client::{Client, Events, RpcWorker, UNTAKEN_EVENTS};
 pub use crate::config::{Config, Format, Mode};
 pub use crate::entry::RpcEntry;
 pub use crate::error::{Error, HandlerPanic, Result, WorkerLost};

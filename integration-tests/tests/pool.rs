@@ -805,7 +805,7 @@ fn knobs_at_their_limits() -> Result<(), Failed> {
             .build();
         let client = Client::from(pool.clone());
         let run = async {
-            let victim = client.pid(context::current()).await.map_err(fail)?;
+            let victim = client.pid(pool.context()).await.map_err(fail)?;
             nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(victim as i32),
                 nix::sys::signal::Signal::SIGKILL,
@@ -993,6 +993,21 @@ fn a_queued_call_fails_at_its_deadline() -> Result<(), Failed> {
         );
         ensure!(pool.stats().queued == 0, "{:?}", pool.stats());
         // ANCHOR_END: queue_deadline
+        long.abort();
+        pool.shutdown().await;
+
+        // The same with the pool's default deadline, from `Pool::context`.
+        let t = template().await?;
+        let rpc = fork_rpc::Config::default().default_timeout(Duration::from_millis(300));
+        let (pool, client, long) = busy_with_a_long_job(pool_on(&t).rpc(rpc)).await?;
+        let e = tokio::time::timeout(Duration::from_secs(10), client.pid(pool.context()))
+            .await
+            .map_err(|_| "the queued call outlived the pool's default deadline")?
+            .unwrap_err();
+        ensure!(
+            matches!(e, RpcError::DeadlineExceeded),
+            "queued call gave {e:?}"
+        );
         long.abort();
         pool.shutdown().await;
 

@@ -9,7 +9,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use fork_core::{Context, Template};
-use fork_rpc::{Config, EventSender, FdReceiver, Format, RpcEntry, Setup, WorkerLost};
+use fork_rpc::{Config, EventSender, FdReceiver, Format, RpcEntry, RpcWorker, Setup, WorkerLost};
 use integration_tests::{Failed, block_on, ensure, fail};
 use serde::{Deserialize, Serialize};
 use tarpc::client::RpcError;
@@ -255,7 +255,9 @@ async fn start(
     Failed,
 > {
     let t = Template::shared().map_err(fail)?;
-    let (client, worker) = fork_rpc::spawn(&mut t.fork(), &CALC, &config)
+    let (client, worker) = RpcWorker::builder(&mut t.fork(), &CALC)
+        .config(config)
+        .spawn()
         .await
         .map_err(fail)?;
     Ok((CalcClient::from(client), worker))
@@ -276,7 +278,7 @@ enum WorkerMsg {
     Retire,
 }
 
-/// Forks a CALC worker the way `fork_rpc::spawn` does, reads its handshake,
+/// Forks a CALC worker the way `RpcWorker::builder` does, reads its handshake,
 /// and returns its socket: for tests that speak the protocol by hand.
 async fn raw_worker(
     config: &Config,
@@ -658,7 +660,8 @@ fn a_call_polled_then_left_holds_up_no_other() -> Result<(), Failed> {
 fn init_failure_is_the_spawn_error() -> Result<(), Failed> {
     block_on(async {
         let t = Template::shared().map_err(fail)?;
-        let e = fork_rpc::spawn(t.fork().arg("fail"), &CALC, &Config::default())
+        let e = RpcWorker::builder(t.fork().arg("fail"), &CALC)
+            .spawn()
             .await
             .unwrap_err();
         ensure!(
@@ -678,7 +681,7 @@ fn abandoned_spawn_kills_the_worker() -> Result<(), Failed> {
         let mut fork = t.fork();
         fork.arg("hang").fd(&pid_w);
         let config = Config::default();
-        let spawn = fork_rpc::spawn(&mut fork, &CALC, &config);
+        let spawn = RpcWorker::builder(&mut fork, &CALC).config(config).spawn();
         let read_pid = tokio::task::spawn_blocking(move || {
             let mut pid = [0u8; 4];
             std::io::Read::read_exact(&mut &pid_r, &mut pid).map(|()| u32::from_le_bytes(pid))
@@ -697,13 +700,12 @@ fn graceful_close_finishes_everything() -> Result<(), Failed> {
     block_on(async {
         let t = Template::shared().map_err(fail)?;
         let (mut done_r, done_w) = std::io::pipe().map_err(fail)?;
-        let (client, mut worker) = fork_rpc::spawn(
-            t.fork().arg("done-to-fd").fd(&done_w),
-            &CALC,
-            &Config::default().concurrent(4),
-        )
-        .await
-        .map_err(fail)?;
+        let (client, mut worker) =
+            RpcWorker::builder(t.fork().arg("done-to-fd").fd(&done_w), &CALC)
+                .config(Config::default().concurrent(4))
+                .spawn()
+                .await
+                .map_err(fail)?;
         drop(done_w);
         let calc = CalcClient::from(client);
         let mut tasks = Vec::new();
@@ -818,7 +820,8 @@ fn a_panicking_handler_runs_no_exit_handlers() -> Result<(), Failed> {
                 dir.join(control.id().to_string()).exists(),
                 "the control process ran no exit handler: the check cannot fail"
             );
-            let (client, mut worker) = fork_rpc::spawn(&mut t.fork(), &CALC, &Config::default())
+            let (client, mut worker) = RpcWorker::builder(&mut t.fork(), &CALC)
+                .spawn()
                 .await
                 .map_err(fail)?;
             let e = CalcClient::from(client)
@@ -847,10 +850,10 @@ fn a_panicking_handler_runs_no_exit_handlers() -> Result<(), Failed> {
 fn a_reply_of_another_method_fails_its_call() -> Result<(), Failed> {
     block_on(async {
         let t = Template::shared().map_err(fail)?;
-        let (client, mut worker) =
-            fork_rpc::spawn(&mut t.fork(), &WRONG_METHOD, &Config::default())
-                .await
-                .map_err(fail)?;
+        let (client, mut worker) = RpcWorker::builder(&mut t.fork(), &WRONG_METHOD)
+            .spawn()
+            .await
+            .map_err(fail)?;
         let calc = CalcClient::from(client);
         let call = tokio::spawn(async move {
             let result = calc.add(context::current(), 1, 2).await;
@@ -892,7 +895,7 @@ fn a_worker_that_does_not_start_in_time_is_killed() -> Result<(), Failed> {
         let config = Config::default().start_timeout(limit);
         let e = tokio::time::timeout(
             Duration::from_secs(30),
-            fork_rpc::spawn(&mut fork, &CALC, &config),
+            RpcWorker::builder(&mut fork, &CALC).config(config).spawn(),
         )
         .await
         .map_err(|_| "spawn hung")?
@@ -976,7 +979,8 @@ fn sigterm_lets_a_worker_finish_what_it_has() -> Result<(), Failed> {
 fn sigterm_is_a_graceful_end_for_the_client() -> Result<(), Failed> {
     block_on(async {
         let t = Template::shared().map_err(fail)?;
-        let (client, mut worker) = fork_rpc::spawn(&mut t.fork(), &CALC, &Config::default())
+        let (client, mut worker) = RpcWorker::builder(&mut t.fork(), &CALC)
+            .spawn()
             .await
             .map_err(fail)?;
         let calc = CalcClient::from(client.clone());
@@ -1070,10 +1074,16 @@ fn calls_end_on_a_paused_clock() -> Result<(), Failed> {
 
 fn deadlines_per_client_and_per_call() -> Result<(), Failed> {
     block_on(async {
-        let (calc, _worker) =
-            start(Config::default().default_timeout(Duration::from_millis(50))).await?;
-        // The client's default replaces tarpc's implicit 10 s.
-        let e = calc.slow(context::current(), 60_000).await.unwrap_err();
+        let t = Template::shared().map_err(fail)?;
+        let config = Config::default().default_timeout(Duration::from_millis(50));
+        let (client, _worker) = RpcWorker::builder(&mut t.fork(), &CALC)
+            .config(config)
+            .spawn()
+            .await
+            .map_err(fail)?;
+        let calc = CalcClient::from(client.clone());
+        // The client's contexts carry its default deadline.
+        let e = calc.slow(client.context(), 60_000).await.unwrap_err();
         ensure!(
             matches!(e, RpcError::DeadlineExceeded),
             "default deadline gave {e:?}"
@@ -1082,6 +1092,20 @@ fn deadlines_per_client_and_per_call() -> Result<(), Failed> {
         // the next one is served; an explicit deadline is kept.
         let peak = calc
             .slow(fork_rpc::context::with_timeout(Duration::from_secs(5)), 200)
+            .await
+            .map_err(fail)?;
+        ensure!(peak == 1, "peak {peak}");
+        // So is tarpc's own (10 s), even with a client default of 50 ms: the
+        // client rewrites no deadline.
+        let peak = calc.slow(context::current(), 200).await.map_err(fail)?;
+        ensure!(peak == 1, "peak {peak}");
+        // An explicit deadline of 9.7 s, which the client once took for
+        // tarpc's implicit one and cut to its default, is kept too.
+        let peak = calc
+            .slow(
+                fork_rpc::context::with_timeout(Duration::from_millis(9_700)),
+                200,
+            )
             .await
             .map_err(fail)?;
         ensure!(peak == 1, "peak {peak}");
@@ -1192,10 +1216,10 @@ fn bad_bytes_from_the_worker_are_errors() -> Result<(), Failed> {
     block_on(async {
         let t = Template::shared().map_err(fail)?;
         for (what, garbage, exit) in cases {
-            let (client, _worker) =
-                fork_rpc::spawn(t.fork().arg(&garbage).arg(&exit), &FAKE, &Config::default())
-                    .await
-                    .map_err(fail)?;
+            let (client, _worker) = RpcWorker::builder(t.fork().arg(&garbage).arg(&exit), &FAKE)
+                .spawn()
+                .await
+                .map_err(fail)?;
             let calc = CalcClient::from(client);
             let call = calc.add(
                 fork_rpc::context::with_timeout(Duration::from_secs(60)),
