@@ -20,7 +20,10 @@ pub enum Error {
     #[error(transparent)]
     Core(#[from] fork_core::Error),
 
-    /// The worker's init hook failed; its message.
+    /// The worker's init hook (given to [`entry!`](crate::entry!)) failed;
+    /// its message. An init *function* of fork-core's (preloading in the
+    /// template) that fails is `Error::Core` instead;
+    /// [`is_init_failed`](Error::is_init_failed) is true for both.
     #[error("the worker's init hook failed: {0}")]
     Init(String),
 
@@ -72,6 +75,18 @@ pub enum Error {
 }
 
 impl Error {
+    /// Something the worker runs before it serves failed: its init hook
+    /// ([`Error::Init`]), or an init function of fork-core's in the
+    /// template or the worker (`Error::Core` with
+    /// [`fork_core::Error::InitFailed`]).
+    pub fn is_init_failed(&self) -> bool {
+        match self {
+            Error::Init(_) => true,
+            Error::Core(e) => e.is_init_failed(),
+            _ => false,
+        }
+    }
+
     /// The worker is gone.
     pub fn is_worker_lost(&self) -> bool {
         matches!(self, Error::Lost(_))
@@ -80,6 +95,25 @@ impl Error {
     /// The worker did not start in time.
     pub fn is_start_timeout(&self) -> bool {
         matches!(self, Error::StartTimeout { .. })
+    }
+
+    /// The start was given up on ([`Builder::spawn_until`](crate::Builder::spawn_until)).
+    pub fn is_start_abandoned(&self) -> bool {
+        matches!(self, Error::StartAbandoned { .. })
+    }
+
+    /// A request handler panicked (in the worker).
+    pub fn is_panicked(&self) -> bool {
+        matches!(self, Error::Panicked(_))
+    }
+
+    /// The peer broke the protocol: fork-rpc's, or fork-core's underneath.
+    pub fn is_protocol(&self) -> bool {
+        match self {
+            Error::Protocol(_) => true,
+            Error::Core(e) => e.is_protocol(),
+            _ => false,
+        }
     }
 }
 

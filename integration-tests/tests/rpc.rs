@@ -239,6 +239,12 @@ fn register_exit_handler(dir: std::path::PathBuf) -> Result<(), String> {
 static REGISTER_EXIT_HANDLER: fork_core::InitFn<std::path::PathBuf> =
     fork_core::init_fn!(register_exit_handler);
 
+/// An init function that fails (fork-core's, run before the entry).
+fn refuse(reason: String) -> Result<(), String> {
+    Err(reason)
+}
+static REFUSE: fork_core::InitFn<String> = fork_core::init_fn!(refuse);
+
 /// Leaves through `std::process::exit`, which runs exit handlers.
 fn exit_through_std(_: Context) -> i32 {
     std::process::exit(0)
@@ -668,6 +674,19 @@ fn init_failure_is_the_spawn_error() -> Result<(), Failed> {
             matches!(&e, fork_rpc::Error::Init(m) if m == "the dictionary is missing"),
             "spawn gave {e:?}"
         );
+        ensure!(e.is_init_failed(), "{e:?} is not an init failure");
+        // An init function of fork-core's that fails in the worker, before
+        // the entry: fork-core's error, an init failure too.
+        let e = RpcWorker::builder(t.fork().init(&REFUSE, &"no licence".to_owned()), &CALC)
+            .spawn()
+            .await
+            .unwrap_err();
+        ensure!(
+            matches!(&e, fork_rpc::Error::Core(fork_core::Error::InitFailed { message, .. }) if message == "no licence"),
+            "spawn gave {e:?}"
+        );
+        ensure!(e.is_init_failed(), "{e:?} is not an init failure");
+        ensure!(!e.is_protocol() && !e.is_worker_lost(), "{e:?}");
         Ok(())
     })
 }
