@@ -7,8 +7,8 @@
 //! is the oracle. One service, [`Probe`], with one implementation, runs in a
 //! worker forked from the template in two ways:
 //!
-//! - **the fast path**: [`fork_rpc::spawn`], and the generated client over
-//!   its [`fork_rpc::Client`] stub;
+//! - **the fast path**: [`RpcWorker::builder`](fork_rpc::RpcWorker::builder),
+//!   and the generated client over its [`fork_rpc::Client`] stub;
 //! - **the oracle**: a plain `fork_core::entry!` that serves the same
 //!   implementation with tarpc's `BaseChannel::with_defaults(..).execute(..)`
 //!   over `serde_transport` (length-delimited frames, bincode) on a
@@ -47,8 +47,9 @@
 //! - **Oversized messages.** fork-rpc's `max_frame` (16 MiB by default)
 //!   fails the one call; tarpc's length-delimited codec (8 MiB by default)
 //!   breaks the connection. The messages here (1 MiB) are under both.
-//! - **Deadlines.** fork-rpc's `Config::default_timeout` can replace
-//!   tarpc's implicit 10 s; it is left unset here, so both keep tarpc's.
+//! - **Deadlines.** None: fork-rpc keeps every context's deadline as
+//!   tarpc does (`Config::default_timeout` only sets the deadline of the
+//!   contexts `Client::context` makes, which the scenarios do not use).
 //! - **The wire.** fork-rpc frames its own messages (replies among events,
 //!   retire requests, panics; a handshake; a descriptor channel beside the
 //!   stream), so the paths are compared through tarpc's API only, never
@@ -63,7 +64,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use fork_core::{Template, WorkerHandle};
-use fork_rpc::{Config, RpcEntry, Setup};
+use fork_rpc::{Config, RpcEntry, RpcWorker, Setup};
 use futures::StreamExt;
 use integration_tests::{Failed, block_on, ensure, fail};
 use serde::{Deserialize, Serialize};
@@ -299,7 +300,9 @@ fn fast_config() -> Config {
 
 async fn fast_side() -> Result<Side<FastStub>, Failed> {
     let t = Template::shared().map_err(fail)?;
-    let (client, worker) = fork_rpc::spawn(t.fork().kill_on_drop(true), &FAST, &fast_config())
+    let (client, worker) = RpcWorker::builder(t.fork().kill_on_drop(true), &FAST)
+        .config(fast_config())
+        .spawn()
         .await
         .map_err(fail)?;
     Ok(Side {
