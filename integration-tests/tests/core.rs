@@ -35,6 +35,8 @@ struct Report {
     marker: Option<String>,
     preloaded: u64,
     fd_contents: Vec<String>,
+    /// Its name in `ps` and `top`.
+    comm: String,
 }
 
 fn cloexec(fd: i32) -> bool {
@@ -70,6 +72,9 @@ fn report(mut ctx: Context) -> std::io::Result<()> {
         marker: std::env::var("FORK_CORE_TEMPLATE").ok(),
         preloaded: PRELOADED.load(Ordering::SeqCst),
         fd_contents,
+        comm: std::fs::read_to_string("/proc/self/comm")?
+            .trim_end()
+            .to_owned(),
     };
     let bytes = bincode::serialize(&r).expect("encodable");
     ctx.socket().write_all(&bytes)
@@ -428,6 +433,50 @@ fn template_is_clean() -> Result<(), Failed> {
         // The marker is gone from the template's (and so the worker's) env.
         let r = report_of(&mut t.fork()).await?;
         ensure!(r.marker.is_none(), "marker leaked: {:?}", r.marker);
+        Ok(())
+    })
+}
+
+/// The name (`comm`) of process `pid`, as `ps` and `top` show it.
+fn comm_of(pid: u32) -> Result<String, Failed> {
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).map_err(fail)?;
+    Ok(comm.trim_end().to_owned())
+}
+
+/// Templates show as `tmpl:<program>` and workers as their entry's name in
+/// `ps` and `top`, instead of all as the program.
+fn templates_and_workers_are_named_in_ps() -> Result<(), Failed> {
+    block_on(async {
+        let program = comm_of(std::process::id())?;
+        let mut expected = format!("tmpl:{program}");
+        expected.truncate(15);
+        let t = Template::new().map_err(fail)?;
+        t.ready().await.map_err(fail)?;
+        ensure!(
+            comm_of(t.id())? == expected,
+            "template: {}",
+            comm_of(t.id())?
+        );
+        let early = Template::early().map_err(fail)?;
+        early.ready().await.map_err(fail)?;
+        ensure!(
+            comm_of(early.id())? == expected,
+            "early template: {}",
+            comm_of(early.id())?
+        );
+        // A worker: its entry's name, without the module path.
+        let r = report_of(&mut t.fork()).await?;
+        ensure!(r.comm == "report", "worker: {}", r.comm);
+        // A template forked by a template keeps its name.
+        let child = t.fork().template().await.map_err(fail)?;
+        child.ready().await.map_err(fail)?;
+        ensure!(
+            comm_of(child.id())? == expected,
+            "template's template: {}",
+            comm_of(child.id())?
+        );
+        let r = report_of(&mut child.fork()).await?;
+        ensure!(r.comm == "report", "its worker: {}", r.comm);
         Ok(())
     })
 }
@@ -1331,6 +1380,10 @@ fn main() {
         ("no_zombies_after_many_spawns", no_zombies_after_many_spawns),
         ("template_is_clean", template_is_clean),
         ("shared_and_early_templates", shared_and_early_templates),
+        (
+            "templates_and_workers_are_named_in_ps",
+            templates_and_workers_are_named_in_ps,
+        ),
         (
             "worker_holds_exactly_its_descriptors",
             worker_holds_exactly_its_descriptors,

@@ -381,6 +381,10 @@ fn typed_calls_in_both_formats() -> Result<(), Failed> {
                 .await
                 .map_err(fail)?;
             ensure!(s == "héllo", "{format:?}: echo {s:?}");
+            // In `ps` and `top`, the worker is its init hook's name.
+            let comm =
+                std::fs::read_to_string(format!("/proc/{}/comm", worker.id())).map_err(fail)?;
+            ensure!(comm.trim_end() == "calc", "the worker is named {comm:?}");
             drop(calc);
             let status = worker.wait().await.map_err(fail)?;
             ensure!(status.success(), "{format:?}: worker exited with {status}");

@@ -81,6 +81,31 @@ pub(crate) fn die_with_parent(expected_parent: u32) -> io::Result<bool> {
     Ok(std::os::unix::process::parent_id() == expected_parent)
 }
 
+/// The calling thread's name (`/proc/self/task/<tid>/comm`; the process's
+/// `comm` for its first thread), as `ps` and `top` show it.
+pub(crate) fn thread_name() -> io::Result<String> {
+    let mut name = [0u8; 16];
+    // SAFETY: PR_GET_NAME writes at most 16 bytes, NUL included, into the
+    // buffer, which has 16.
+    cvt(unsafe { libc::prctl(libc::PR_GET_NAME, name.as_mut_ptr() as libc::c_ulong) })?;
+    let len = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+    Ok(String::from_utf8_lossy(&name[..len]).into_owned())
+}
+
+/// Sets the calling thread's name (see [`thread_name`]): its first 15 bytes,
+/// cut at a character boundary (the kernel keeps 15).
+pub(crate) fn set_thread_name(name: &str) -> io::Result<()> {
+    let mut end = name.len().min(15);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut buf = [0u8; 16];
+    buf[..end].copy_from_slice(&name.as_bytes()[..end]);
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16
+    // bytes; `buf` has 16 and its last byte is always NUL.
+    cvt(unsafe { libc::prctl(libc::PR_SET_NAME, buf.as_ptr() as libc::c_ulong) }).map(drop)
+}
+
 /// Ends the process at once, without running `atexit` handlers or flushing
 /// stdio buffers (for a forked child that must not touch the parent's state).
 pub(crate) fn exit_now(code: i32) -> ! {

@@ -116,6 +116,7 @@ fn run(
     // This process is the program after `init`: a worker forked from it may
     // start templates of its own.
     crate::process::mark_initialized();
+    super::title::name_template();
     let mut server = match Server::new(ctrl, args, fds) {
         Ok(s) => s,
         Err((ctrl, e)) => startup_failed(ctrl, e),
@@ -483,6 +484,7 @@ impl Server {
                     sys::exit_now(EXIT_CHILD_INIT_FAILED);
                 }
                 let def = find_entry(&name).expect("checked before forking");
+                super::title::name_worker(def.name);
                 let code = (def.run)(Context::new(socket, args, fds, slot));
                 // Rust's stdout is flushed; C `atexit` handlers and static
                 // destructors copied from the template do not run, as after
