@@ -93,6 +93,8 @@ mod deadline;
 mod error;
 mod pool;
 mod scale;
+#[cfg(feature = "tower")]
+mod tower;
 
 pub use crate::config::{Config, Overflow};
 pub use crate::error::{Error, Result};

@@ -93,6 +93,8 @@ mod error;
 pub mod fuzzing;
 mod message;
 mod server;
+#[cfg(feature = "tower")]
+mod tower;
 mod variant;
 
 pub use crate::builder::Builder;
@@ -101,6 +103,8 @@ pub use crate::config::{Config, Format, Mode};
 pub use crate::entry::RpcEntry;
 pub use crate::error::{Error, HandlerPanic, Result, WorkerLost};
 pub use crate::server::{EventSender, FdReceiver, Setup, serve};
+#[cfg(feature = "tower")]
+pub use crate::tower::{ServiceFuture, TowerStub};
 
 #[doc(hidden)]
 pub mod __private {

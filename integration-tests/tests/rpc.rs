@@ -1136,6 +1136,47 @@ fn deadlines_per_client_and_per_call() -> Result<(), Failed> {
     })
 }
 
+/// A client as a `tower::Service`, under tower's layers, called through
+/// the generated client by way of `TowerStub`: replies, and the client's
+/// own errors, come back as they are.
+fn tower_layers_over_a_client() -> Result<(), Failed> {
+    block_on(async {
+        let t = Template::shared().map_err(fail)?;
+        let (client, _worker) = RpcWorker::builder(&mut t.fork(), &CALC)
+            .config(Config::default().concurrent(4))
+            .spawn()
+            .await
+            .map_err(fail)?;
+        let layered = tower::ServiceBuilder::new()
+            .concurrency_limit(2)
+            .service(client);
+        let calc = CalcClient::from(fork_rpc::TowerStub::new(layered));
+        let sum = calc.add(context::current(), 40, 2).await.map_err(fail)?;
+        ensure!(sum == 42, "40 + 2 = {sum}");
+        // Four slow calls, two at a time under the limit: the worker, which
+        // could run four, never sees more than two at once.
+        let peaks =
+            futures::future::try_join_all((0..4).map(|_| calc.slow(context::current(), 100)))
+                .await
+                .map_err(fail)?;
+        ensure!(peaks.iter().all(|&p| p <= 2), "peaks {peaks:?}");
+        ensure!(peaks.contains(&2), "peaks {peaks:?}: never two at once");
+        // The client's own error is not dressed as a layer's.
+        let e = calc
+            .slow(
+                fork_rpc::context::with_timeout(Duration::from_millis(50)),
+                60_000,
+            )
+            .await
+            .unwrap_err();
+        ensure!(
+            matches!(e, RpcError::DeadlineExceeded),
+            "deadline gave {e:?}"
+        );
+        Ok(())
+    })
+}
+
 fn descriptors_reach_a_running_worker() -> Result<(), Failed> {
     block_on(async {
         let (calc, worker) = start(Config::default()).await?;
@@ -1523,6 +1564,7 @@ fn main() {
             sigterm_is_a_graceful_end_for_the_client,
         ),
         ("calls_end_on_a_paused_clock", calls_end_on_a_paused_clock),
+        ("tower_layers_over_a_client", tower_layers_over_a_client),
         (
             "deadlines_per_client_and_per_call",
             deadlines_per_client_and_per_call,
