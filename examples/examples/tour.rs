@@ -16,7 +16,7 @@
 use std::collections::BTreeSet;
 use std::fs::File;
 use std::future::Future;
-use std::io::{IsTerminal, Read, Write};
+use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
 use std::sync::OnceLock;
@@ -26,6 +26,7 @@ use fork_core::{Context, Entry, InitFn, Template};
 use fork_pool::{Pool, PoolEvents, Stats};
 use fork_rpc::{EventSender, Mode, RpcEntry, RpcWorker, Setup, WorkerLost};
 use futures::future::try_join_all;
+use indicatif::{ProgressBar, ProgressStyle};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
@@ -313,58 +314,53 @@ async fn kill_when_began(events: &mut PoolEvents<Event>, job: u32) -> Result<u32
 // ANCHOR_END: kill
 
 // ANCHOR: progress
-/// A pool's progress through a batch, on one line: redrawn in place (`\r`)
-/// on a terminal, printed as a new line every so often when stdout is a
-/// pipe or a file (as in CI logs).
+/// A pool's progress through a batch: an `indicatif` bar with the pool's
+/// state beside it, drawn on a terminal and hidden when stderr is a pipe or
+/// a file (as in CI logs), where only the final line is printed.
 struct Progress {
-    total: u64,
+    bar: ProgressBar,
     began: Instant,
-    tty: bool,
 }
 
 impl Progress {
     fn new(total: u64) -> Progress {
+        let bar = ProgressBar::new(total).with_style(
+            ProgressStyle::with_template("   [{bar:16}] {pos:>3}/{len} jobs  {msg}  {elapsed}")
+                .expect("a valid template")
+                .progress_chars("#>."),
+        );
         Progress {
-            total,
+            bar,
             began: Instant::now(),
-            tty: std::io::stdout().is_terminal(),
         }
     }
 
-    /// How often to draw: smoothly on a terminal, sparingly in a log.
+    /// How often to draw.
     fn period(&self) -> Duration {
-        Duration::from_millis(if self.tty { 25 } else { 100 })
+        Duration::from_millis(25)
     }
 
     fn draw(&self, s: &Stats) {
-        const WIDTH: u64 = 16;
-        let done = s.completed.min(self.total);
-        let filled = (done * WIDTH / self.total) as usize;
-        let line = format!(
-            "   [{}{}] {done:>3}/{} jobs  workers: {} busy, {} idle  {:>3} queued  {:>4} ms",
-            "#".repeat(filled),
-            ".".repeat(WIDTH as usize - filled),
-            self.total,
+        self.bar.set_position(s.completed);
+        self.bar.set_message(format!(
+            "workers: {} busy, {} idle  {:>3} queued",
+            s.busy, s.idle, s.queued
+        ));
+    }
+
+    /// Draws the final state and prints it as a line of its own.
+    fn finish(&self, s: &Stats) {
+        self.draw(s);
+        self.bar.finish_and_clear();
+        println!(
+            "   {}/{} jobs  workers: {} busy, {} idle  {} queued  {} ms",
+            s.completed,
+            self.bar.length().unwrap_or(0),
             s.busy,
             s.idle,
             s.queued,
-            self.began.elapsed().as_millis(),
+            self.began.elapsed().as_millis()
         );
-        if self.tty {
-            print!("\r{line}");
-            // Only a drawing: a failed flush is not worth failing the tour.
-            let _ = std::io::stdout().flush();
-        } else {
-            println!("{line}");
-        }
-    }
-
-    /// Draws the final state, and ends the line on a terminal.
-    fn finish(&self, s: &Stats) {
-        self.draw(s);
-        if self.tty {
-            println!();
-        }
     }
 }
 // ANCHOR_END: progress
