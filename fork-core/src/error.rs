@@ -47,6 +47,12 @@ pub enum Error {
         status: Option<ExitStatus>,
     },
 
+    /// [`Template::into_fd`](crate::Template::into_fd) was refused: other
+    /// handles to the template, or workers it forked that still run, need
+    /// its connection.
+    #[error("the template cannot be handed over: {0}")]
+    HandOver(&'static str),
+
     /// The template process ended before it started serving: started with
     /// [`Template::new`](crate::Template::new), it is this program run
     /// again, and it did not reach [`init`](crate::init) (its `main`

@@ -112,6 +112,7 @@ impl<'a> Reader<'a> {
                 signal: self.i32()?,
             },
             tag::PING => Request::Ping { id: self.u64()? },
+            tag::RELEASE => Request::Release { id: self.u64()? },
             t => return err(format!("unknown request tag {t:#04x}")),
         })
     }
@@ -175,6 +176,10 @@ impl<'a> Reader<'a> {
                 message: self.string()?,
             },
             tag::READY => Reply::Ready,
+            tag::RELEASED => Reply::Released {
+                id: self.u64()?,
+                pid: self.i32()?,
+            },
             t => return err(format!("unknown reply tag {t:#04x}")),
         })
     }

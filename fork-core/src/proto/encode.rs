@@ -102,6 +102,10 @@ impl Writer {
                 self.u8(tag::PING);
                 self.u64(*id);
             }
+            Request::Release { id } => {
+                self.u8(tag::RELEASE);
+                self.u64(*id);
+            }
         }
     }
 
@@ -178,6 +182,11 @@ impl Writer {
                 self.bytes(message.as_bytes());
             }
             Reply::Ready => self.u8(tag::READY),
+            Reply::Released { id, pid } => {
+                self.u8(tag::RELEASED);
+                self.u64(*id);
+                self.i32(*pid);
+            }
         }
     }
 }

@@ -68,6 +68,12 @@ pub(crate) enum Request {
     Kill { pid: i32, signal: i32 },
     /// Answered with [`Reply::Pong`] once everything before it was applied.
     Ping { id: u64 },
+    /// The holder of the socket hands it to another process, or took it
+    /// from one (`Template::into_fd` / `from_fd`): the template stops dying
+    /// with the process that started it (it lives until its socket's EOF),
+    /// and answers [`Reply::Released`] with its pid once everything before
+    /// was applied.
+    Release { id: u64 },
 }
 
 /// Why a spawn failed inside the template.
@@ -113,6 +119,11 @@ pub(crate) enum Reply {
     },
     /// The first reply of every template: it reached `init` and serves.
     Ready,
+    /// The answer to [`Request::Release`]: the template's pid.
+    Released {
+        id: u64,
+        pid: i32,
+    },
 }
 
 pub(super) mod tag {
@@ -120,6 +131,7 @@ pub(super) mod tag {
     pub(in crate::proto) const SPAWN: u8 = 0x02;
     pub(in crate::proto) const KILL: u8 = 0x03;
     pub(in crate::proto) const PING: u8 = 0x04;
+    pub(in crate::proto) const RELEASE: u8 = 0x05;
 
     pub(in crate::proto) const OP_ARG: u8 = 0x01;
     pub(in crate::proto) const OP_FD: u8 = 0x02;
@@ -138,6 +150,7 @@ pub(super) mod tag {
     pub(in crate::proto) const PONG: u8 = 0x85;
     pub(in crate::proto) const PROTOCOL_ERROR: u8 = 0x86;
     pub(in crate::proto) const READY: u8 = 0x87;
+    pub(in crate::proto) const RELEASED: u8 = 0x88;
 
     pub(in crate::proto) const FAIL_FORK: u8 = 1;
     pub(in crate::proto) const FAIL_UNKNOWN: u8 = 2;
@@ -151,7 +164,7 @@ pub(crate) fn fds_needed(req: &Request) -> usize {
     match req {
         Request::Prepare(o) => ops(o),
         Request::Spawn { ops: o, .. } => 1 + ops(o),
-        Request::Kill { .. } | Request::Ping { .. } => 0,
+        Request::Kill { .. } | Request::Ping { .. } | Request::Release { .. } => 0,
     }
 }
 

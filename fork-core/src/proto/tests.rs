@@ -75,6 +75,7 @@ fn requests_roundtrip() {
     });
     roundtrip_request(Request::Kill { pid: 42, signal: 9 });
     roundtrip_request(Request::Ping { id: 3 });
+    roundtrip_request(Request::Release { id: 5 });
 }
 
 #[test]
@@ -101,6 +102,7 @@ fn replies_roundtrip() {
         message: "bad".into(),
     });
     roundtrip_reply(Reply::Ready);
+    roundtrip_reply(Reply::Released { id: 6, pid: 77 });
     // The ready reply is its tag alone.
     let mut w = Writer::default();
     w.reply(&Reply::Ready);

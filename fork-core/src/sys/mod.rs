@@ -106,6 +106,13 @@ pub(crate) fn set_thread_name(name: &str) -> io::Result<()> {
     cvt(unsafe { libc::prctl(libc::PR_SET_NAME, buf.as_ptr() as libc::c_ulong) }).map(drop)
 }
 
+/// Stops the `SIGKILL` asked for by [`die_with_parent`]: the process lives
+/// on when its parent dies.
+pub(crate) fn outlive_parent() -> io::Result<()> {
+    // SAFETY: prctl(PR_SET_PDEATHSIG, 0) passes only integers.
+    cvt(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, 0 as libc::c_ulong) }).map(drop)
+}
+
 /// Ends the process at once, without running `atexit` handlers or flushing
 /// stdio buffers (for a forked child that must not touch the parent's state).
 pub(crate) fn exit_now(code: i32) -> ! {
@@ -410,7 +417,6 @@ pub(crate) fn shutdown(sock: BorrowedFd<'_>, how: nix::sys::socket::Shutdown) {
     let _ = nix::sys::socket::shutdown(sock.as_raw_fd(), how);
 }
 
-#[cfg(feature = "test-support")]
 /// Opens a pidfd for any process (Linux 5.3+).
 pub(crate) fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
     // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor

@@ -42,6 +42,10 @@ pub(crate) struct Conn {
     state: Mutex<State>,
     /// Set when the connection ended, with how.
     ended: watch::Sender<Option<Failure>>,
+    /// Tells the reader to stop: the socket is handed to another process.
+    handover: tokio::sync::Notify,
+    /// The reader task, to wait for it to stop.
+    reader: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 #[derive(Debug, Default)]
@@ -64,6 +68,7 @@ struct State {
     next_id: u64,
     spawns: HashMap<u64, oneshot::Sender<Result<Spawned>>>,
     pings: HashMap<u64, oneshot::Sender<Result<()>>>,
+    releases: HashMap<u64, oneshot::Sender<Result<i32>>>,
     children: HashMap<i32, ExitSender>,
     failure: Option<Failure>,
     /// The template said it serves ([`Reply::Ready`]).
@@ -91,9 +96,58 @@ impl Conn {
             out: Mutex::new(Outbox::default()),
             state: Mutex::new(State::default()),
             ended: watch::channel(None).0,
+            handover: tokio::sync::Notify::new(),
+            reader: Mutex::new(None),
         });
-        conn.rt.spawn(read_loop(conn.clone(), reap));
+        let reader = conn.rt.spawn(read_loop(conn.clone(), reap));
+        *lock(&conn.reader) = Some(reader);
         Ok(conn)
+    }
+
+    /// Takes over a control socket another process handed over
+    /// ([`Conn::hand_over`]): the template served there already.
+    pub(crate) fn adopt(fd: OwnedFd) -> Result<Arc<Conn>> {
+        let conn = Conn::start(fd, None)?;
+        lock(&conn.state).ready = true;
+        Ok(conn)
+    }
+
+    /// Asks the template to outlive its parent (see [`Request::Release`]);
+    /// resolves with its pid once everything sent before was applied.
+    pub(crate) async fn release(self: &Arc<Self>) -> Result<i32> {
+        let (tx, rx) = oneshot::channel();
+        let id = {
+            let mut st = lock(&self.state);
+            if let Some(f) = &st.failure {
+                return Err(f.to_error());
+            }
+            let id = st.next_id;
+            st.next_id += 1;
+            st.releases.insert(id, tx);
+            id
+        };
+        if let Err(e) = self.send(&Request::Release { id }, Vec::new()) {
+            lock(&self.state).releases.remove(&id);
+            return Err(self.explain(e).await);
+        }
+        rx.await.unwrap_or_else(|_| Err(self.error()))
+    }
+
+    /// Stops using the socket and returns a descriptor for it, for another
+    /// process to [adopt](Conn::adopt): the reader stops (nothing is read
+    /// past the last reply), nothing more is sent, and the socket is never
+    /// shut down from here, so the template sees no EOF. Call once
+    /// [`release`](Conn::release) answered, with no request in flight.
+    pub(crate) async fn hand_over(self: &Arc<Self>) -> Result<OwnedFd> {
+        let fd = sys::dup_cloexec(self.sock())
+            .map_err(Error::os("duplicating the template's control socket"))?;
+        lock(&self.out).closed = true;
+        self.handover.notify_one();
+        let reader = lock(&self.reader).take();
+        if let Some(reader) = reader {
+            let _ = reader.await;
+        }
+        Ok(fd)
     }
 
     fn sock(&self) -> BorrowedFd<'_> {
@@ -265,6 +319,9 @@ impl Conn {
         for (_, tx) in st.pings.drain() {
             let _ = tx.send(Err(first.to_error()));
         }
+        for (_, tx) in st.releases.drain() {
+            let _ = tx.send(Err(first.to_error()));
+        }
         if gone {
             for (_, tx) in st.children.drain() {
                 tx.send_replace(Some(Err(failure.clone())));
@@ -349,6 +406,11 @@ impl Conn {
                     )));
                 }
                 Reply::Ready => st.ready = true,
+                Reply::Released { id, pid } => {
+                    if let Some(waiter) = st.releases.remove(&id) {
+                        let _ = waiter.send(Ok(pid));
+                    }
+                }
             }
         }
         Ok(())
@@ -386,20 +448,39 @@ impl Drop for PendingSpawn {
 
 /// Marks the connection gone if the reader task is dropped without finishing
 /// (its runtime shut down), so later calls fail instead of hanging.
-struct GoneOnDrop(Arc<Conn>);
+struct GoneOnDrop {
+    conn: Arc<Conn>,
+    /// Cleared when the socket was handed over: the template is not gone.
+    armed: bool,
+}
 
 impl Drop for GoneOnDrop {
     fn drop(&mut self) {
-        self.0.finish(Failure::Gone(None));
+        if self.armed {
+            self.conn.finish(Failure::Gone(None));
+        }
     }
 }
 
 async fn read_loop(conn: Arc<Conn>, reap: Option<i32>) {
-    let _gone = GoneOnDrop(conn.clone());
+    let mut gone = GoneOnDrop {
+        conn: conn.clone(),
+        armed: true,
+    };
     let mut buf = vec![0u8; HEADER_LEN + MAX_FRAME_PAYLOAD];
     let mut asm = Assembler::new(proto::DEFAULT_MAX_MESSAGE);
     let end = loop {
-        let mut ready = match conn.fd.readable().await {
+        let readable = tokio::select! {
+            biased;
+            () = conn.handover.notified() => {
+                // Handed over: the other process reads from here on, and
+                // the template is not gone.
+                gone.armed = false;
+                return;
+            }
+            readable = conn.fd.readable() => readable,
+        };
+        let mut ready = match readable {
             Ok(r) => r,
             Err(e) => break Failure::io(&e),
         };

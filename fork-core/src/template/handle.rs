@@ -76,6 +76,9 @@ struct Handle {
     /// A template forked from another keeps its parent alive and gets its
     /// exit status from it.
     parent: Option<(Template, ExitWatch)>,
+    /// This process started it (and reaps it); not so for a template forked
+    /// from another, or taken over from another process.
+    child: bool,
 }
 
 impl Drop for Handle {
@@ -153,7 +156,95 @@ impl Template {
         };
         let conn = Conn::start(fd, reap)?;
         Ok(Template {
-            inner: Arc::new(Handle { conn, pid, parent }),
+            inner: Arc::new(Handle {
+                conn,
+                pid,
+                child: parent.is_none(),
+                parent,
+            }),
+        })
+    }
+
+    /// Hands the template to another process, as a descriptor to send there
+    /// (over a socket with `SCM_RIGHTS`, or inherited), where
+    /// [`from_fd`](Template::from_fd) takes it over: AnyEvent::Fork's
+    /// `to_fh`. Everything prepared so far (init functions, arguments,
+    /// descriptors) stays in the template; the other process prepares it
+    /// further and forks from it.
+    ///
+    /// The template then outlives this process: it lives until the other
+    /// process closes the descriptor (or dies), and its workers with it.
+    /// If this process started it, it still reaps it when it exits (in the
+    /// background, on this runtime), so it leaves no zombie here.
+    ///
+    /// ```no_run
+    /// # async fn doc() -> fork_core::Result<()> {
+    /// use fork_core::Template;
+    ///
+    /// let template = Template::new()?;
+    /// template.arg("preloaded for the other process");
+    /// let fd = template.into_fd().await?;
+    /// // ... send `fd` to the other process, which calls Template::from_fd.
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::HandOver`] if this is not the only handle to the template
+    /// (a clone, a [`Fork`](crate::Fork) being prepared, or a worker forked
+    /// from it, running or not, holds one: their exit statuses come on the
+    /// connection that is handed over), or if it was forked from another
+    /// template (it cannot outlive that one). The error of a failed
+    /// preparation step, or [`Error::TemplateGone`].
+    pub async fn into_fd(self) -> Result<OwnedFd> {
+        if self.inner.parent.is_some() {
+            return Err(Error::HandOver(
+                "it was forked from another template, which it cannot outlive",
+            ));
+        }
+        if Arc::strong_count(&self.inner) > 1 {
+            return Err(Error::HandOver(
+                "other handles to it exist: clones, forks being prepared, or workers \
+                 forked from it (running or not), whose statuses come on its connection",
+            ));
+        }
+        let conn = self.inner.conn.clone();
+        conn.release().await?;
+        let fd = conn.hand_over().await?;
+        if self.inner.child {
+            reap_in_background(self.inner.pid);
+        }
+        Ok(fd)
+    }
+
+    /// Takes over a template another process handed over with
+    /// [`into_fd`](Template::into_fd) (AnyEvent::Fork's `new_from_fh`): it
+    /// is as that process prepared it, and this process prepares it further
+    /// and forks from it. Dropping the last handle (or
+    /// [`shutdown`](Template::shutdown)) ends it.
+    ///
+    /// The template is not this process's child: [`shutdown`](Template::shutdown)
+    /// cannot return its exit status, and a template that died before it was
+    /// taken over is [`Error::TemplateGone`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NoRuntime`] outside a tokio runtime; [`Error::TemplateGone`]
+    /// if nothing serves on `fd`; [`Error::Protocol`] if what serves there is
+    /// not a template.
+    pub async fn from_fd(fd: OwnedFd) -> Result<Template> {
+        let conn = Conn::adopt(fd)?;
+        let pid = conn.release().await?;
+        let pid = u32::try_from(pid)
+            .map_err(|_| Error::Protocol(format!("the template said its pid is {pid}")))?;
+        Ok(Template {
+            inner: Arc::new(Handle {
+                conn,
+                pid,
+                parent: None,
+                child: false,
+            }),
         })
     }
 
@@ -288,4 +379,19 @@ impl Template {
     pub async fn ready(&self) -> Result<()> {
         self.inner.conn.ping().await
     }
+}
+
+/// Reaps the template process `pid`, this process's child, once it exits.
+fn reap_in_background(pid: u32) {
+    let pid = pid as i32;
+    tokio::spawn(async move {
+        match sys::pidfd_open(pid).and_then(sys::async_fd) {
+            Ok(exited) => {
+                let _ = exited.readable().await;
+                let _ = sys::try_reap(pid);
+            }
+            // (No pidfd: a thread waits instead.)
+            Err(_) => drop(tokio::task::spawn_blocking(move || sys::wait_child(pid)).await),
+        }
+    });
 }

@@ -360,6 +360,13 @@ impl Server {
                     }
                 }
                 Request::Ping { id } => self.out.reply(&Reply::Pong { id }),
+                Request::Release { id } => {
+                    // From now on, the socket's EOF is its end (as always),
+                    // not its parent's death: the parent handed it over.
+                    let _ = sys::outlive_parent();
+                    let pid = self.me as i32;
+                    self.out.reply(&Reply::Released { id, pid });
+                }
             }
         }
     }
