@@ -14,7 +14,8 @@ use integration_tests::{Failed, all_exit, block_on, children_of, ensure, fail};
 use tarpc::client::RpcError;
 use tarpc::context;
 
-#[tarpc::service]
+// `Clone`: the pool keeps a clone of each idempotent request, to run it again.
+#[tarpc::service(derive = [Clone, serde::Serialize, serde::Deserialize])]
 trait Job {
     /// The worker's pid.
     async fn pid() -> u32;
