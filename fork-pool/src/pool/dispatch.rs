@@ -273,7 +273,7 @@ mod tests {
     use futures::FutureExt;
 
     use super::*;
-    use crate::pool::testing::{self, Fake};
+    use crate::pool::testing::{self, Fake, settle};
 
     fn pool(workers: u64, load: usize) -> Dispatch<Fake> {
         let mut d = Dispatch::new(load);
@@ -318,6 +318,16 @@ mod tests {
         let mut d = pool(1, 2);
         assert!(d.try_take().unwrap().unwrap().1);
         assert!(!d.try_take().unwrap().unwrap().1);
+        // Also when a queued job takes it.
+        let (_, _first) = d.enqueue(now(), None);
+        let (_, _second) = d.enqueue(now(), None);
+        d.give_back(0);
+        d.give_back(0);
+        assert!(d.hand_out(), "an idle worker went to work unnoticed");
+        assert_eq!(d.members[0].load, 2);
+        d.give_back(0);
+        let (_, _third) = d.enqueue(now(), None);
+        assert!(!d.hand_out(), "a busy worker counted as going to work");
     }
 
     #[test]
@@ -388,30 +398,34 @@ mod tests {
         assert_eq!(d.queued(), 0);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_full_queue_fails_or_waits() {
         let room = Room::new(Some(1), Overflow::Error);
-        let held = room.reserve().await.unwrap();
+        let held = settle(room.reserve()).await.unwrap();
         assert!(held.is_some());
-        assert!(matches!(room.reserve().await, Err(Error::QueueFull(1))));
+        assert!(matches!(
+            settle(room.reserve()).await,
+            Err(Error::QueueFull(1))
+        ));
         drop(held);
-        assert!(room.reserve().await.unwrap().is_some());
+        assert!(settle(room.reserve()).await.unwrap().is_some());
 
         // Zero is taken as one.
         let room = Room::new(Some(0), Overflow::Wait);
-        let held = room.reserve().await.unwrap();
+        let held = settle(room.reserve()).await.unwrap();
         let mut waiting = Box::pin(room.reserve());
         assert!(
             (&mut waiting).now_or_never().is_none(),
             "no room, yet it got some"
         );
         drop(held);
-        assert!(waiting.await.unwrap().is_some());
+        assert!(settle(waiting).await.unwrap().is_some());
         // Closed: waiting callers fail.
-        let _held = room.reserve().await.unwrap();
-        let waiting = room.reserve();
+        let _held = settle(room.reserve()).await.unwrap();
+        let mut waiting = Box::pin(room.reserve());
+        assert!((&mut waiting).now_or_never().is_none());
         room.close();
-        assert!(matches!(waiting.await, Err(Error::Closed)));
+        assert!(matches!(settle(waiting).await, Err(Error::Closed)));
         // Unbounded: always room.
         assert!(
             Room::new(None, Overflow::Error)

@@ -425,6 +425,12 @@ mod tests {
         assert_eq!(pid, fake.world().workers[1].pid);
         let stats = pool.stats();
         assert_eq!((stats.crashed, stats.spawned, stats.completed), (1, 2, 1));
+        // An idle worker that dies is noticed too, and replaced when needed.
+        fake.world().workers[1].crash();
+        let stats = settle(pool.wait_until(|s| s.crashed == 2)).await;
+        assert_eq!(stats.idle + stats.busy, 0);
+        let pid = settle(pool.call(ctx(), work(SEC))).await.unwrap();
+        assert_eq!(pid, fake.world().workers[2].pid);
         settle(pool.shutdown()).await;
     }
 
