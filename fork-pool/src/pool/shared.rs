@@ -169,7 +169,11 @@ impl<S: Spawn> Shared<S> {
             ..Snapshot::default()
         };
         for m in st.dispatch.members.iter().filter(|m| m.leaving.is_none()) {
-            if m.load == 0 {
+            if m.reading_rss {
+                // Back in a moment (or leaving): like a worker on its way, it
+                // covers the queue and is not stopped.
+                s.starting += 1;
+            } else if m.load == 0 {
                 s.idle.push((m.id, m.idle_since));
             } else {
                 s.busy += 1;

@@ -272,6 +272,8 @@ impl<S: Spawn> Shared<S> {
         }
         // It takes jobs again.
         self.hand_out(&mut st);
+        drop(st);
+        self.changed.notify_waiters();
     }
 
     /// Takes a leaving worker out of the pool (counted as recycled, in the
@@ -451,6 +453,27 @@ mod tests {
         assert_ne!(pids[1], pids[2], "a worker served more than max_requests");
         assert_eq!(pool.stats().recycled, 1);
         assert_eq!(fake.world().workers[0].exited(), exit_0());
+        settle(pool.shutdown()).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_worker_whose_memory_is_read_is_waited_for_not_replaced() {
+        let config = Config {
+            max: 2,
+            start: Duration::ZERO,
+            max_rss: Some(100),
+            ..Config::default()
+        };
+        let (pool, _fake) = testing::pool(config, World::default());
+        let first = settle(pool.call(ctx(), work(MS))).await.unwrap();
+        // Its memory is being read: the next job waits for it.
+        let second = settle(pool.call(ctx(), work(MS))).await.unwrap();
+        assert_eq!(first, second);
+        assert_eq!(
+            pool.stats().spawned,
+            1,
+            "a worker was started for a job that waited for a memory check"
+        );
         settle(pool.shutdown()).await;
     }
 
