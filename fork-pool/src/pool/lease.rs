@@ -80,9 +80,9 @@ impl<S: Spawn> Drop for Queued<'_, S> {
 // ===== impl Shared: taking and giving back places =====
 
 impl<S: Spawn> Shared<S> {
-    /// Gets a place on a worker, waiting in the queue if none is free. Takes
-    /// a free place when called, not when first polled.
-    /// With the lease comes the worker's client.
+    /// Gets a place on a worker, waiting in the queue if none is free: the
+    /// lease, and the worker's client. Takes a free place when called, not
+    /// when first polled.
     pub(crate) fn acquire(
         self: &Arc<Self>,
     ) -> impl Future<Output = Result<(Lease<'_, S>, Arc<S::Conn>), Error>> + '_ {
