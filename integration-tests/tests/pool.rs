@@ -14,8 +14,7 @@ use integration_tests::{Failed, all_exit, block_on, children_of, ensure, fail};
 use tarpc::client::RpcError;
 use tarpc::context;
 
-// `Clone`: the pool keeps a clone of each idempotent request, to run it again.
-#[tarpc::service(derive = [Clone, serde::Serialize, serde::Deserialize])]
+#[tarpc::service]
 trait Job {
     /// The worker's pid.
     async fn pid() -> u32;

@@ -19,7 +19,7 @@ pub struct Builder<Req, Resp, Ev> {
     pub(super) template: fork_core::Template,
     pub(super) entry: fork_rpc::RpcEntry<Req, Resp, Ev>,
     pub(super) config: Config,
-    /// Which requests may run again, and how to copy them.
+    /// Which requests may run again.
     pub(super) idempotent: Option<Retry<Req>>,
     pub(super) retries: u32,
 }
@@ -123,16 +123,13 @@ where
     /// Marks requests that may run more than once: when the worker running
     /// one dies, the pool runs it again on another worker instead of
     /// failing it, up to [`retries`](Builder::retries) times (once by
-    /// default). The pool keeps a clone of each such request, made when
-    /// the call is made, to send it again.
+    /// default). The pool keeps such a request (behind an `Arc`, not a copy)
+    /// until it is answered.
     pub fn idempotent(
         mut self,
         is_idempotent: impl Fn(&Req) -> bool + Send + Sync + 'static,
-    ) -> Self
-    where
-        Req: Clone,
-    {
-        self.idempotent = Some(Retry::new(Box::new(is_idempotent), Req::clone));
+    ) -> Self {
+        self.idempotent = Some(Retry::new(Box::new(is_idempotent)));
         self
     }
 

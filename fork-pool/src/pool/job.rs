@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use super::deadline::{self, within};
 use super::lease::Lease;
 use super::shared::Shared;
-use super::spawn::{Conn, Spawn};
+use super::spawn::{Conn, Spawn, Wire};
 use crate::error::Error;
 
 /// A job's future.
@@ -70,11 +70,15 @@ impl<S: Spawn> Shared<S> {
         // When the call is made (tarpc's generated methods make it at once):
         // the time spent waiting in the queue counts against the deadline.
         let ctx = deadline::entry(ctx, self.config.rpc.default_timeout);
-        if let Some(copy) = self.retry.as_ref().and_then(|r| r.copy(&request)) {
+        if self.retry.as_ref().is_some_and(|r| r.applies(&request)) {
             let deadline = deadline::to_tokio(ctx.deadline);
-            Job::Other(Box::pin(self.run_retrying(deadline, ctx, request, copy)))
+            Job::Other(Box::pin(self.run_retrying(
+                deadline,
+                ctx,
+                Arc::new(request),
+            )))
         } else {
-            self.run(ctx, request)
+            self.run(ctx, Wire::Owned(request))
         }
     }
 
@@ -83,7 +87,7 @@ impl<S: Spawn> Shared<S> {
     pub(crate) fn run(
         self: &Arc<Self>,
         ctx: Context,
-        request: S::Req,
+        request: Wire<S::Req>,
     ) -> Job<'_, S, impl Future<Output = Result<S::Resp, RpcError>> + Send + Unpin + 'static + use<S>>
     {
         if self.config.job_timeout.is_none() {
@@ -106,7 +110,7 @@ impl<S: Spawn> Shared<S> {
         self: &Arc<Self>,
         deadline: Instant,
         ctx: Context,
-        request: S::Req,
+        request: Wire<S::Req>,
     ) -> Result<S::Resp, RpcError> {
         let (mut lease, client) = match within(deadline, self.acquire()).await {
             Some(lease) => lease.map_err(Error::into_rpc)?,
@@ -124,7 +128,7 @@ impl<S: Spawn> Shared<S> {
         lease: &'a Lease<'a, S>,
         client: Arc<S::Conn>,
         ctx: Context,
-        request: S::Req,
+        request: Wire<S::Req>,
     ) -> impl Future<Output = Result<S::Resp, RpcError>> + 'a {
         let call = client.call(ctx, request);
         match self.config.job_timeout {

@@ -1,6 +1,7 @@
 //! Retries: a job marked idempotent runs again on another worker when the
-//! worker it ran on is lost. The pool keeps a copy of such a request (a
-//! clone, made when the call is made) to send it again.
+//! worker it ran on is lost. The pool keeps such a request behind an `Arc`
+//! and sends it again as it is: no copy, no serialisation round trip (see
+//! [`Wire`]).
 
 use std::sync::Arc;
 
@@ -9,7 +10,7 @@ use tarpc::context::Context;
 use tokio::time::Instant;
 
 use super::shared::Shared;
-use super::spawn::Spawn;
+use super::spawn::{Spawn, Wire};
 
 /// Tells idempotent requests apart.
 pub(crate) type IsIdempotent<Req> = Box<dyn Fn(&Req) -> bool + Send + Sync>;
@@ -17,8 +18,6 @@ pub(crate) type IsIdempotent<Req> = Box<dyn Fn(&Req) -> bool + Send + Sync>;
 /// Which requests run again, and how often.
 pub(crate) struct Retry<Req> {
     is_idempotent: IsIdempotent<Req>,
-    /// `Req::clone`, for the requests that may run again.
-    clone: fn(&Req) -> Req,
     times: u32,
 }
 
@@ -26,10 +25,9 @@ pub(crate) struct Retry<Req> {
 
 impl<Req> Retry<Req> {
     /// Retries for the requests `is_idempotent` accepts, once.
-    pub(crate) fn new(is_idempotent: IsIdempotent<Req>, clone: fn(&Req) -> Req) -> Self {
+    pub(crate) fn new(is_idempotent: IsIdempotent<Req>) -> Self {
         Retry {
             is_idempotent,
-            clone,
             times: 1,
         }
     }
@@ -39,9 +37,9 @@ impl<Req> Retry<Req> {
         (times > 0).then_some(Retry { times, ..self })
     }
 
-    /// A copy of `request` to run again, if it may run again.
-    pub(crate) fn copy(&self, request: &Req) -> Option<Req> {
-        (self.is_idempotent)(request).then(|| (self.clone)(request))
+    /// Whether `request` may run again.
+    pub(crate) fn applies(&self, request: &Req) -> bool {
+        (self.is_idempotent)(request)
     }
 }
 
@@ -49,31 +47,26 @@ impl<Req> Retry<Req> {
 
 impl<S: Spawn> Shared<S> {
     /// Runs an idempotent job, and again on another worker (up to the
-    /// retries) while the worker it ran on is lost. `copy` is the request's
-    /// copy for the first retry.
+    /// retries) while the worker it ran on is lost.
     pub(crate) async fn run_retrying(
         self: &Arc<Self>,
         deadline: Instant,
         ctx: Context,
-        request: S::Req,
-        copy: S::Req,
+        request: Arc<S::Req>,
     ) -> Result<S::Resp, RpcError> {
-        let Some(retry) = &self.retry else {
-            return self.run_slowly(deadline, ctx, request).await;
-        };
-        let mut result = self.run_slowly(deadline, ctx, request).await;
-        let mut copy = Some(copy);
-        for left in (0..retry.times).rev() {
+        let times = self.retry.as_ref().map_or(0, |r| r.times);
+        let mut result = self
+            .run_slowly(deadline, ctx, Wire::Shared(request.clone()))
+            .await;
+        for _ in 0..times {
             let Err(e) = &result else { break };
             if !fork_rpc::WorkerLost::is_lost(e) {
                 break;
             }
-            let Some(request) = copy.take() else { break };
-            if left > 0 {
-                copy = Some((retry.clone)(&request));
-            }
             tracing::debug!(error = %e, "running an idempotent job again on another worker");
-            result = self.run_slowly(deadline, ctx, request).await;
+            result = self
+                .run_slowly(deadline, ctx, Wire::Shared(request.clone()))
+                .await;
         }
         result
     }
@@ -84,11 +77,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_idempotent_requests_are_copied() {
-        let retry = Retry::new(Box::new(|r: &String| r.starts_with("get")), String::clone);
-        assert_eq!(retry.copy(&"get x".to_owned()).as_deref(), Some("get x"));
-        assert_eq!(retry.copy(&"put x".to_owned()), None);
-        // No retries: nothing is kept.
+    fn only_idempotent_requests_run_again() {
+        let retry = Retry::new(Box::new(|r: &String| r.starts_with("get")));
+        assert!(retry.applies(&"get x".to_owned()));
+        assert!(!retry.applies(&"put x".to_owned()));
+        // No retries: nothing runs again.
         assert!(retry.times(0).is_none());
     }
 }

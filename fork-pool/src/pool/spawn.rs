@@ -42,7 +42,7 @@ pub(crate) trait Conn: Send + Sync + 'static {
     fn call(
         self: Arc<Self>,
         ctx: Context,
-        request: Self::Req,
+        request: Wire<Self::Req>,
     ) -> impl Future<Output = Result<Self::Resp, RpcError>> + Send + Unpin + 'static;
     /// Whether the connection has ended (the worker went away or sent what
     /// cannot be read).
@@ -71,6 +71,15 @@ pub(crate) trait Watch<Ev>: Send + 'static {
     fn events(&mut self) -> Option<Events<Ev>>;
 }
 
+/// A request as the pool sends it: owned (the usual case), or shared with
+/// the retries that may send it again (an idempotent request), so that a
+/// retry needs neither a copy of it nor a serialisation round trip. It
+/// serialises exactly as the request itself: the workers see no difference.
+pub(crate) enum Wire<Req> {
+    Owned(Req),
+    Shared(Arc<Req>),
+}
+
 /// A worker's events.
 pub(crate) type Events<Ev> = Pin<Box<dyn Stream<Item = fork_rpc::Result<Ev>> + Send>>;
 
@@ -85,7 +94,7 @@ pub(crate) struct Started<K: Kind> {
 /// Starts workers: the pool's one way to make processes.
 pub(crate) trait Spawn:
     Kind<
-        Req: Send + 'static,
+        Req: Send + Sync + 'static,
         Resp: Send + 'static,
         Ev: Send + 'static,
         Conn: Conn<Req = Self::Req, Resp = Self::Resp>,
@@ -116,7 +125,7 @@ impl<Req, Resp, Ev> Kind for RpcSpawn<Req, Resp, Ev> {
     type Req = Req;
     type Resp = Resp;
     type Ev = Ev;
-    type Conn = fork_rpc::Client<Req, Resp>;
+    type Conn = fork_rpc::Client<Wire<Req>, Resp>;
     type Process = fork_core::WorkerHandle;
 }
 
@@ -128,8 +137,10 @@ where
 {
     async fn spawn(&self, give_up: BoxFuture<'static, ()>) -> fork_rpc::Result<Started<Self>> {
         let mut fork = self.template.fork();
-        let (conn, worker) =
-            fork_rpc::spawn_until(&mut fork, &self.entry, &self.rpc, give_up).await?;
+        // The same entry, its clients sending requests as `Wire`s (which
+        // serialise as the requests themselves).
+        let entry = fork_rpc::RpcEntry::<Wire<Req>, Resp, Ev>::from_entry(*self.entry.entry());
+        let (conn, worker) = fork_rpc::spawn_until(&mut fork, &entry, &self.rpc, give_up).await?;
         Ok(Started {
             pid: worker.id(),
             conn,
@@ -139,19 +150,43 @@ where
     }
 }
 
+// ===== impl Wire =====
+
+impl<Req> Wire<Req> {
+    pub(crate) fn get(&self) -> &Req {
+        match self {
+            Wire::Owned(request) => request,
+            Wire::Shared(request) => request,
+        }
+    }
+}
+
+impl<Req: Serialize> Serialize for Wire<Req> {
+    fn serialize<Ser: serde::Serializer>(&self, serializer: Ser) -> Result<Ser::Ok, Ser::Error> {
+        self.get().serialize(serializer)
+    }
+}
+
+impl<Req: RequestName> RequestName for Wire<Req> {
+    fn name(&self) -> &str {
+        self.get().name()
+    }
+}
+
 // ===== impl Conn for fork_rpc::Client =====
 
-impl<Req, Resp> Conn for fork_rpc::Client<Req, Resp>
+impl<Req, Resp> Conn for fork_rpc::Client<Wire<Req>, Resp>
 where
     Req: Serialize + RequestName + Send + Sync + 'static,
     Resp: Serialize + DeserializeOwned + Send + Sync + 'static,
 {
     type Req = Req;
     type Resp = Resp;
+
     fn call(
         self: Arc<Self>,
         ctx: Context,
-        request: Req,
+        request: Wire<Req>,
     ) -> impl Future<Output = Result<Resp, RpcError>> + Send + Unpin + 'static {
         self.call_owned(ctx, request)
     }
@@ -205,5 +240,27 @@ mod tests {
     #[test]
     fn the_real_spawner_fits_the_seam() {
         assert_spawn::<RpcSpawn<String, String, ()>>();
+    }
+
+    #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    enum Request {
+        Add { a: u64, b: u64 },
+        Ping,
+    }
+
+    #[test]
+    fn a_wire_serialises_as_its_request() {
+        let plain = bincode::serialize(&Request::Add { a: 1, b: 2 }).unwrap();
+        let owned = bincode::serialize(&Wire::Owned(Request::Add { a: 1, b: 2 })).unwrap();
+        let shared =
+            bincode::serialize(&Wire::Shared(Arc::new(Request::Add { a: 1, b: 2 }))).unwrap();
+        assert_eq!(owned, plain);
+        assert_eq!(shared, plain);
+        let back: Request = bincode::deserialize(&shared).unwrap();
+        assert_eq!(back, Request::Add { a: 1, b: 2 });
+        assert_ne!(
+            bincode::serialize(&Wire::Owned(Request::Ping)).unwrap(),
+            plain
+        );
     }
 }

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 
 use super::member::Member;
 use super::shared::Shared;
-use super::spawn::{Conn, Events, Kind, Process, Spawn, Started, Watch};
+use super::spawn::{Conn, Events, Kind, Process, Spawn, Started, Watch, Wire};
 use crate::config::Config;
 
 /// The double's spawner; clones share the same world.
@@ -203,8 +203,9 @@ impl Conn for FakeConn {
     fn call(
         self: Arc<Self>,
         _ctx: Context,
-        work: Work,
+        work: Wire<Work>,
     ) -> impl Future<Output = Result<u32, RpcError>> + Send + Unpin + 'static {
+        let work = *work.get();
         async move {
             let mut exit = self.process.exit.subscribe();
             tokio::select! {
