@@ -89,7 +89,6 @@
 #![deny(missing_docs)]
 
 mod config;
-mod deadline;
 mod error;
 mod pool;
 mod scale;

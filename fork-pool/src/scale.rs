@@ -1,9 +1,11 @@
 //! The scaling policy: a pure function from the pool's state and the time to
 //! what to do. No I/O; the supervisor applies the decisions.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::deadline::after;
+use tokio::time::Instant;
+
+use crate::pool::deadline::after;
 
 /// The knobs the policy reads (a subset of [`Config`](crate::Config)).
 #[derive(Debug, Clone, Copy)]
@@ -133,7 +135,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn starts_idle_workers_up_front() {
-        let now = tokio::time::Instant::now().into_std();
+        let now = Instant::now();
         let k = Knobs { idle: 2, ..knobs() };
         let d = decide(&k, &Snapshot::default(), now);
         assert_eq!(d.spawn, 2);
@@ -147,7 +149,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn start_zero_grows_at_once_for_the_whole_backlog() {
-        let now = tokio::time::Instant::now().into_std();
+        let now = Instant::now();
         let k = Knobs {
             start: Duration::ZERO,
             ..knobs()
@@ -179,7 +181,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn start_delay_adds_one_worker_per_period_while_jobs_wait() {
-        let t0 = tokio::time::Instant::now().into_std();
+        let t0 = Instant::now();
         let k = knobs();
         let mut s = Snapshot {
             queued: 10,
@@ -192,7 +194,7 @@ mod tests {
         assert_eq!(d.spawn, 0);
         assert_eq!(d.wake_at, Some(t0 + k.start));
         tokio::time::advance(k.start).await;
-        let t1 = tokio::time::Instant::now().into_std();
+        let t1 = Instant::now();
         assert_eq!(decide(&k, &s, t1).spawn, 1);
         // Right after a spawn: wait another period.
         s.last_spawn = Some(t1);
@@ -202,13 +204,13 @@ mod tests {
         assert_eq!(d.spawn, 0);
         assert_eq!(d.wake_at, Some(t1 + k.start));
         tokio::time::advance(k.start).await;
-        let t2 = tokio::time::Instant::now().into_std();
+        let t2 = Instant::now();
         assert_eq!(decide(&k, &s, t2).spawn, 1);
     }
 
     #[tokio::test(start_paused = true)]
     async fn spares_do_not_bypass_start_under_backlog() {
-        let now = tokio::time::Instant::now().into_std();
+        let now = Instant::now();
         let k = Knobs { idle: 2, ..knobs() };
         let s = Snapshot {
             busy: 1,
@@ -228,7 +230,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_first_worker_starts_at_once() {
-        let now = tokio::time::Instant::now().into_std();
+        let now = Instant::now();
         let s = Snapshot {
             queued: 3,
             oldest_queued: Some(now),
@@ -239,7 +241,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn shrinks_to_idle_after_stop_even_with_idle_zero() {
-        let t0 = tokio::time::Instant::now().into_std();
+        let t0 = Instant::now();
         let k = knobs();
         let s = Snapshot {
             idle: vec![(1, t0), (2, t0 + Duration::from_secs(1))],
@@ -249,32 +251,32 @@ mod tests {
         assert!(d.stop.is_empty());
         assert_eq!(d.wake_at, Some(t0 + k.stop));
         tokio::time::advance(k.stop).await;
-        let t1 = tokio::time::Instant::now().into_std();
+        let t1 = Instant::now();
         // Worker 1 expired; worker 2 a second later.
         let d = decide(&k, &s, t1);
         assert_eq!(d.stop, vec![1]);
         assert_eq!(d.wake_at, Some(t0 + Duration::from_secs(11)));
         tokio::time::advance(Duration::from_secs(1)).await;
-        let t2 = tokio::time::Instant::now().into_std();
+        let t2 = Instant::now();
         assert_eq!(decide(&k, &s, t2).stop, vec![1, 2]);
     }
 
     #[tokio::test(start_paused = true)]
     async fn keeps_idle_workers_and_stops_the_longest_idle() {
-        let t0 = tokio::time::Instant::now().into_std();
+        let t0 = Instant::now();
         let k = Knobs { idle: 1, ..knobs() };
         let s = Snapshot {
             idle: vec![(7, t0 + Duration::from_secs(2)), (3, t0)],
             ..Snapshot::default()
         };
         tokio::time::advance(Duration::from_secs(60)).await;
-        let now = tokio::time::Instant::now().into_std();
+        let now = Instant::now();
         assert_eq!(decide(&k, &s, now).stop, vec![3]);
     }
 
     #[tokio::test(start_paused = true)]
     async fn no_shrinking_while_jobs_wait() {
-        let t0 = tokio::time::Instant::now().into_std();
+        let t0 = Instant::now();
         let k = knobs();
         let s = Snapshot {
             idle: vec![(1, t0)],
@@ -283,13 +285,13 @@ mod tests {
             ..Snapshot::default()
         };
         tokio::time::advance(Duration::from_secs(60)).await;
-        let now = tokio::time::Instant::now().into_std();
+        let now = Instant::now();
         assert!(decide(&k, &s, now).stop.is_empty());
     }
 
     #[tokio::test(start_paused = true)]
     async fn backoff_delays_spawning() {
-        let t0 = tokio::time::Instant::now().into_std();
+        let t0 = Instant::now();
         let k = Knobs {
             start: Duration::ZERO,
             ..knobs()
@@ -304,7 +306,7 @@ mod tests {
         assert_eq!(d.spawn, 0);
         assert_eq!(d.wake_at, Some(t0 + Duration::from_secs(1)));
         tokio::time::advance(Duration::from_secs(1)).await;
-        let t1 = tokio::time::Instant::now().into_std();
+        let t1 = Instant::now();
         assert_eq!(decide(&k, &s, t1).spawn, 1);
     }
 

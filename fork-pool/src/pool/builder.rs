@@ -1,0 +1,158 @@
+//! Building a pool: the knobs, the idempotent requests, then
+//! [`build`](Builder::build).
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tarpc::RequestName;
+
+use super::Pool;
+use super::retry::Retry;
+use super::shared::Shared;
+use super::spawn::RpcSpawn;
+use crate::config::{Config, Overflow};
+
+/// Builds a [`Pool`]; see [`Config`] for every knob.
+pub struct Builder<Req, Resp, Ev> {
+    pub(super) template: fork_core::Template,
+    pub(super) entry: fork_rpc::RpcEntry<Req, Resp, Ev>,
+    pub(super) config: Config,
+    /// Which requests may run again.
+    pub(super) idempotent: Option<Retry<Req>>,
+    pub(super) retries: u32,
+}
+
+impl<Req, Resp, Ev> fmt::Debug for Builder<Req, Resp, Ev> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Builder")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+// ===== impl Builder =====
+
+impl<Req, Resp, Ev> Builder<Req, Resp, Ev>
+where
+    Req: Serialize + DeserializeOwned + RequestName + Send + Sync + 'static,
+    Resp: Serialize + DeserializeOwned + Send + Sync + 'static,
+    Ev: DeserializeOwned + Send + Sync + 'static,
+{
+    /// Replaces the whole configuration.
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Sets [`Config::max`].
+    pub fn max(mut self, max: usize) -> Self {
+        self.config.max = max;
+        self
+    }
+
+    /// Sets [`Config::idle`].
+    pub fn idle(mut self, idle: usize) -> Self {
+        self.config.idle = idle;
+        self
+    }
+
+    /// Sets [`Config::load`].
+    pub fn load(mut self, load: usize) -> Self {
+        self.config.load = load;
+        self
+    }
+
+    /// Sets [`Config::start`].
+    pub fn start(mut self, start: Duration) -> Self {
+        self.config.start = start;
+        self
+    }
+
+    /// Sets [`Config::stop`].
+    pub fn stop(mut self, stop: Duration) -> Self {
+        self.config.stop = stop;
+        self
+    }
+
+    /// Bounds the queue ([`Config::queue_limit`], [`Config::overflow`]).
+    pub fn queue_limit(mut self, limit: usize, overflow: Overflow) -> Self {
+        self.config.queue_limit = Some(limit);
+        self.config.overflow = overflow;
+        self
+    }
+
+    /// Sets [`Config::max_requests`] (and optionally the jitter).
+    pub fn max_requests(mut self, jobs: u64, jitter: Option<u64>) -> Self {
+        self.config.max_requests = Some(jobs);
+        self.config.max_requests_jitter = jitter;
+        self
+    }
+
+    /// Sets [`Config::max_rss`] in bytes.
+    pub fn max_rss(mut self, bytes: u64) -> Self {
+        self.config.max_rss = Some(bytes);
+        self
+    }
+
+    /// Sets [`Config::job_timeout`].
+    pub fn job_timeout(mut self, limit: Duration) -> Self {
+        self.config.job_timeout = Some(limit);
+        self
+    }
+
+    /// Sets [`Config::kill_grace`].
+    pub fn kill_grace(mut self, grace: Duration) -> Self {
+        self.config.kill_grace = grace;
+        self
+    }
+
+    /// Sets [`Config::shutdown_timeout`].
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.config.shutdown_timeout = timeout;
+        self
+    }
+
+    /// Sets the workers' RPC configuration ([`Config::rpc`]).
+    pub fn rpc(mut self, rpc: fork_rpc::Config) -> Self {
+        self.config.rpc = rpc;
+        self
+    }
+
+    /// Marks requests that may run more than once: when the worker running
+    /// one dies, the pool runs it again on another worker instead of
+    /// failing it, up to [`retries`](Builder::retries) times (once by
+    /// default). The pool keeps such a request (behind an `Arc`, not a copy)
+    /// until it is answered.
+    pub fn idempotent(
+        mut self,
+        is_idempotent: impl Fn(&Req) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.idempotent = Some(Retry::new(Box::new(is_idempotent)));
+        self
+    }
+
+    /// How many times an [idempotent](Builder::idempotent) job is run again
+    /// after its worker died. The default is 1.
+    pub fn retries(mut self, retries: u32) -> Self {
+        self.retries = retries;
+        self
+    }
+
+    /// Builds the pool: starts the supervisor, which starts `idle` workers
+    /// at once.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime.
+    pub fn build(self) -> Pool<Req, Resp, Ev> {
+        let retry = self.idempotent.and_then(|retry| retry.times(self.retries));
+        let spawner = RpcSpawn {
+            template: self.template,
+            entry: self.entry,
+            rpc: self.config.rpc.clone(),
+        };
+        Pool::from_shared(Shared::start(self.config, spawner, retry))
+    }
+}

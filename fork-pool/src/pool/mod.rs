@@ -1,0 +1,199 @@
+//! The pool: [`Pool`], the handle users call through, and its parts, one
+//! concept per module:
+//!
+//! - `builder`: [`Builder`], the knobs and `build`;
+//! - `spawn`: the seams to worker processes (start, call, signal, reap,
+//!   watch), over fork-rpc, with a test double in `testing`;
+//! - `member`: a worker as the pool sees it;
+//! - `dispatch`: choosing a worker, the queue (plain state);
+//! - `lease`: a job's place on a worker, given back on drop;
+//! - `job`: a call through the pool, from entry to answer;
+//! - `retry`: running idempotent jobs again;
+//! - `supervisor`: scaling, spawning, replacing, recycling, watching;
+//! - `shutdown`: draining and reaping;
+//! - `deadline`: tokio's clock, and where a call's deadline enters;
+//! - `shared`: the state the parts share;
+//! - `stats`: [`Stats`].
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tarpc::RequestName;
+use tarpc::client::RpcError;
+use tarpc::client::stub::Stub;
+use tarpc::context::Context;
+use tokio::sync::mpsc;
+
+use self::shared::Shared;
+use self::spawn::RpcSpawn;
+use crate::config::Config;
+
+mod builder;
+pub(crate) mod deadline;
+mod dispatch;
+mod job;
+mod lease;
+mod member;
+mod retry;
+mod shared;
+mod shutdown;
+mod spawn;
+mod stats;
+mod supervisor;
+#[cfg(test)]
+mod testing;
+
+pub use self::builder::Builder;
+pub use self::stats::Stats;
+
+/// The events of all workers of a pool, each with its worker's pid.
+pub type PoolEvents<Ev> = mpsc::UnboundedReceiver<(u32, fork_rpc::Result<Ev>)>;
+
+/// One typed client over many workers: least-loaded dispatch, a FIFO queue,
+/// growth on backlog, shrinking when idle, recycling, crash replacement,
+/// job timeouts and graceful shutdown (AnyEvent::Fork::Pool, and more).
+///
+/// `Pool` implements tarpc's [`Stub`], so the generated client works over it
+/// unchanged: `CalcClient::from(pool.clone())`. It is a cheap handle
+/// (`Clone`); when the last handle is dropped, the pool shuts down in the
+/// background as [`shutdown`](Pool::shutdown) would.
+pub struct Pool<Req, Resp, Ev = ()> {
+    handle: Arc<Handle<Req, Resp, Ev>>,
+}
+
+/// What the handles of one pool share; dropping it shuts the pool down.
+struct Handle<Req, Resp, Ev> {
+    shared: Arc<Shared<RpcSpawn<Req, Resp, Ev>>>,
+    /// Shuts the pool down in the background.
+    on_drop: Box<dyn Fn() + Send + Sync>,
+}
+
+impl<Req, Resp, Ev> Drop for Handle<Req, Resp, Ev> {
+    fn drop(&mut self) {
+        (self.on_drop)();
+    }
+}
+
+// ===== impl Pool =====
+
+impl<Req, Resp, Ev> Clone for Pool<Req, Resp, Ev> {
+    fn clone(&self) -> Self {
+        Pool {
+            handle: self.handle.clone(),
+        }
+    }
+}
+
+impl<Req, Resp, Ev> fmt::Debug for Pool<Req, Resp, Ev> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pool")
+            .field("entry", &self.handle.shared.spawner.entry)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<Req, Resp, Ev> Pool<Req, Resp, Ev>
+where
+    Req: Serialize + DeserializeOwned + RequestName + Send + Sync + 'static,
+    Resp: Serialize + DeserializeOwned + Send + Sync + 'static,
+    Ev: DeserializeOwned + Send + Sync + 'static,
+{
+    /// Starts building a pool of workers forked from `template` (prepared as
+    /// you like: preloaded state, arguments, descriptors), each serving
+    /// `entry`.
+    pub fn builder(
+        template: fork_core::Template,
+        entry: &fork_rpc::RpcEntry<Req, Resp, Ev>,
+    ) -> Builder<Req, Resp, Ev> {
+        Builder {
+            template,
+            entry: *entry,
+            config: Config::default(),
+            idempotent: None,
+            retries: 1,
+        }
+    }
+
+    fn from_shared(shared: Arc<Shared<RpcSpawn<Req, Resp, Ev>>>) -> Self {
+        let closing = shared.clone();
+        Pool {
+            handle: Arc::new(Handle {
+                shared,
+                on_drop: Box::new(move || closing.drop_all_handles()),
+            }),
+        }
+    }
+
+    /// A context for a call on the pool: tarpc's current one, expiring
+    /// after the workers' [`default_timeout`](fork_rpc::Config::default_timeout)
+    /// from now (tarpc's 10 s if it has none), as
+    /// [`fork_rpc::Client::context`] makes. The time a call waits in the
+    /// queue counts against its deadline. Contexts made otherwise keep
+    /// their deadlines.
+    pub fn context(&self) -> Context {
+        let mut ctx = tarpc::context::current();
+        if let Some(timeout) = self.handle.shared.config.rpc.default_timeout {
+            ctx.deadline = std::time::Instant::now() + timeout.min(deadline::FOREVER);
+        }
+        ctx
+    }
+
+    /// A snapshot of the pool's state and counters.
+    pub fn stats(&self) -> Stats {
+        self.handle.shared.stats()
+    }
+
+    /// The process ids of the current workers (not those starting).
+    pub fn worker_pids(&self) -> Vec<u32> {
+        let st = self.handle.shared.lock();
+        st.dispatch.members.iter().map(|m| m.pid).collect()
+    }
+
+    /// Takes the stream of events from all workers, each with its worker's
+    /// pid (once; `None` afterwards). Events sent before it is taken are
+    /// dropped, so that a pool whose events nobody reads does not hoard them.
+    pub fn events(&self) -> Option<PoolEvents<Ev>> {
+        self.handle.shared.take_events()
+    }
+
+    /// Waits until the pool's [`Stats`] satisfy `condition`, re-checking
+    /// whenever a worker starts, leaves, dies or turns idle, and returns
+    /// them. For tests and for programs that scale in steps.
+    pub async fn wait_until(&self, condition: impl Fn(&Stats) -> bool) -> Stats {
+        self.handle.shared.wait_until(condition).await
+    }
+
+    /// Stops taking new calls (they fail with [`Error::Closed`](crate::Error::Closed)),
+    /// lets the queued and running jobs finish, closes the workers (they
+    /// exit 0) and waits for them. After [`Config::shutdown_timeout`], jobs
+    /// still queued fail with [`Error::Closed`](crate::Error::Closed) and
+    /// workers still running are killed. Afterwards no worker of the pool
+    /// remains.
+    pub async fn shutdown(&self) {
+        self.handle.shared.shutdown().await;
+    }
+}
+
+impl<Req, Resp, Ev> Stub for Pool<Req, Resp, Ev>
+where
+    Req: Serialize + DeserializeOwned + RequestName + Send + Sync + 'static,
+    Resp: Serialize + DeserializeOwned + Send + Sync + 'static,
+    Ev: DeserializeOwned + Send + Sync + 'static,
+{
+    type Req = Req;
+    type Resp = Resp;
+
+    // A plain function returning a hand-written future rather than an
+    // `async fn`: the future of a call is moved several times on its way
+    // (tarpc's generated method keeps two copies of it, the caller moves it
+    // into its own future, a `FuturesUnordered`, a task), so every byte
+    // counts; an `async fn` would keep the context and the request beside
+    // every later state. The slow paths (queueing, a time limit, retries)
+    // are boxed for the same reason.
+    fn call(&self, ctx: Context, request: Req) -> impl Future<Output = Result<Resp, RpcError>> {
+        self.handle.shared.call(ctx, request)
+    }
+}

@@ -1,0 +1,229 @@
+//! The state every part of a pool shares: the knobs, the seam that starts
+//! workers, dispatch (workers and queue) and the lifecycle's bookkeeping,
+//! behind one mutex, and the notifications between the parts. The parts
+//! themselves live in their own modules (`lease`, `job`, `supervisor`,
+//! `shutdown`, `retry`).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::time::Instant;
+
+use super::PoolEvents;
+use super::dispatch::{Dispatch, Room, Seat};
+use super::retry::Retry;
+use super::spawn::{Kind, Spawn};
+use super::stats::Stats;
+use crate::config::Config;
+use crate::scale::{Knobs, Snapshot};
+
+/// Events of all workers, each with its worker's pid.
+type EventsTx<Ev> = mpsc::UnboundedSender<(u32, fork_rpc::Result<Ev>)>;
+
+pub(crate) struct Shared<K: Kind> {
+    pub(crate) config: Config,
+    pub(crate) knobs: Knobs,
+    pub(crate) spawner: K,
+    pub(crate) retry: Option<Retry<K::Req>>,
+    pub(crate) state: Mutex<State<K>>,
+    /// Wakes the supervisor.
+    pub(crate) wake: Notify,
+    /// Signals progress to `shutdown` and `wait_until` (a job finished, a
+    /// worker came or left).
+    pub(crate) changed: Notify,
+    /// Set by `shutdown` past its deadline: workers still starting (an init
+    /// hook that hangs) are given up on, and killed.
+    pub(crate) abandon: watch::Sender<bool>,
+    /// Room in a bounded queue.
+    pub(crate) room: Room,
+    events_tx: EventsTx<K::Ev>,
+    events_rx: Mutex<Option<PoolEvents<K::Ev>>>,
+    /// Events are kept only once somebody took the stream.
+    events_taken: AtomicBool,
+}
+
+pub(crate) struct State<K: Kind> {
+    pub(crate) dispatch: Dispatch<K>,
+    pub(crate) next_id: u64,
+    /// Every worker process the pool started that has not been reaped yet:
+    /// members, and those that left (recycled, stopped, killed, lost) and
+    /// are still exiting. Each leaves when its monitor sees it reaped.
+    pub(crate) alive: HashMap<u64, K::Process>,
+    pub(crate) starting: usize,
+    /// Shut down past draining: workers that arrive now are killed.
+    pub(crate) finished: bool,
+    pub(crate) last_spawn: Option<Instant>,
+    pub(crate) consecutive_failures: u32,
+    pub(crate) backoff_until: Option<Instant>,
+    pub(crate) stats: Stats,
+    /// When the supervisor will look again on its own.
+    pub(crate) next_wake: Option<Instant>,
+}
+
+// ===== impl Shared =====
+
+impl<S: Spawn> Shared<S> {
+    /// A pool's shared state, with its supervisor started and the `idle`
+    /// workers on their way.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime.
+    pub(crate) fn start(config: Config, spawner: S, retry: Option<Retry<S::Req>>) -> Arc<Self> {
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let knobs = config.knobs();
+        let shared = Arc::new(Shared {
+            knobs,
+            room: Room::new(config.queue_limit, config.overflow),
+            config: Config {
+                queue_limit: config.queue_limit.map(|n| n.max(1)),
+                ..config
+            },
+            spawner,
+            retry,
+            state: Mutex::new(State {
+                dispatch: Dispatch::new(knobs.load),
+                next_id: 0,
+                alive: HashMap::new(),
+                starting: 0,
+                finished: false,
+                last_spawn: None,
+                consecutive_failures: 0,
+                backoff_until: None,
+                stats: Stats::default(),
+                next_wake: None,
+            }),
+            wake: Notify::new(),
+            changed: Notify::new(),
+            abandon: watch::Sender::new(false),
+            events_tx,
+            events_rx: Mutex::new(Some(events_rx)),
+            events_taken: AtomicBool::new(false),
+        });
+        // The `idle` workers start up front, before any job can queue.
+        let spares = shared.knobs.idle;
+        if spares > 0 {
+            let mut st = shared.lock();
+            st.starting = spares;
+            st.last_spawn = Some(Instant::now());
+        }
+        for _ in 0..spares {
+            tokio::spawn(shared.clone().spawn_worker());
+        }
+        tokio::spawn(shared.clone().supervise());
+        shared
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State<S>> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn stats(&self) -> Stats {
+        let st = self.lock();
+        let mut stats = st.stats.clone();
+        stats.starting = st.starting;
+        stats.idle = st.dispatch.idle();
+        stats.busy = st.dispatch.members.len() - stats.idle;
+        stats.queued = st.dispatch.queued();
+        stats
+    }
+
+    /// Waits until the stats satisfy `condition`, and returns them.
+    pub(crate) async fn wait_until(&self, condition: impl Fn(&Stats) -> bool) -> Stats {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let stats = self.stats();
+            if condition(&stats) {
+                return stats;
+            }
+            changed.await;
+        }
+    }
+
+    /// Takes the stream of events (once).
+    pub(crate) fn take_events(&self) -> Option<PoolEvents<S::Ev>> {
+        let rx = self.events_rx.lock().ok().and_then(|mut rx| rx.take());
+        self.events_taken.store(true, Ordering::Release);
+        rx
+    }
+
+    /// Passes on an event of worker `pid`, if somebody took the stream.
+    pub(crate) fn event(&self, pid: u32, event: fork_rpc::Result<S::Ev>) {
+        if self.events_taken.load(Ordering::Acquire) {
+            let _ = self.events_tx.send((pid, event));
+        }
+    }
+
+    /// What the scaling policy sees.
+    pub(crate) fn snapshot(&self, st: &State<S>) -> Snapshot {
+        let mut s = Snapshot {
+            starting: st.starting,
+            queued: st.dispatch.queued(),
+            oldest_queued: st.dispatch.oldest_queued(),
+            last_spawn: st.last_spawn,
+            backoff_until: st.backoff_until,
+            ..Snapshot::default()
+        };
+        for m in st.dispatch.members.iter().filter(|m| m.leaving.is_none()) {
+            if m.reading_rss {
+                // Back in a moment (or leaving): like a worker on its way, it
+                // covers the queue and is not stopped.
+                s.starting += 1;
+            } else if m.load == 0 {
+                s.idle.push((m.id, m.idle_since));
+            } else {
+                s.busy += 1;
+            }
+        }
+        s
+    }
+
+    /// Whether the pool has fewer spare workers (idle or starting) than
+    /// `idle` and room for another: what the scaling policy would start one
+    /// for.
+    pub(crate) fn spares_short(&self, st: &State<S>) -> bool {
+        if self.knobs.idle == 0 {
+            return false;
+        }
+        let (mut spares, mut total) = (st.starting, st.starting);
+        for m in st.dispatch.members.iter().filter(|m| m.leaving.is_none()) {
+            total += 1;
+            spares += usize::from(m.load == 0);
+        }
+        spares < self.knobs.idle && total < self.knobs.max
+    }
+
+    /// A spare went to work: the supervisor starts another if `idle` asks.
+    pub(crate) fn went_to_work(&self, st: &State<S>) {
+        if self.spares_short(st) {
+            self.wake.notify_one();
+        }
+    }
+
+    /// A place for a new job if one is free and no job queues before it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`](crate::Error::Closed) once shut down.
+    pub(crate) fn try_take(&self) -> Result<Option<Seat<S>>, crate::Error> {
+        let mut st = self.lock();
+        let Some((seat, went_to_work)) = st.dispatch.try_take()? else {
+            return Ok(None);
+        };
+        if went_to_work {
+            self.went_to_work(&st);
+        }
+        Ok(Some(seat))
+    }
+
+    /// Hands free places to queued jobs.
+    pub(crate) fn hand_out(&self, st: &mut State<S>) {
+        if st.dispatch.hand_out() {
+            self.went_to_work(st);
+        }
+    }
+}
