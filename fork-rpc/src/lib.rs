@@ -79,13 +79,13 @@
 #![deny(missing_docs)]
 
 mod bounded;
-mod channel;
 mod client;
 mod codec;
 mod config;
 pub mod context;
 mod entry;
 mod error;
+mod frame;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
