@@ -5,15 +5,15 @@
 //! other, and drives the real decoders the way the connection does:
 //!
 //! - [`rpc_worker_frames`]: what a worker reads from its parent, through
-//!   the function `Server::decode` calls for every frame (the length
-//!   prefix, the frame limit checked before the frame's bytes are awaited,
-//!   and `codec::decode::<tarpc::ClientMessage<Req>>` inside
+//!   `frame::decode`, which `Server::decode` calls for every frame (the
+//!   length prefix, the frame limit checked before the frame's bytes are
+//!   awaited, and `codec::decode::<tarpc::ClientMessage<Req>>` inside
 //!   `catch_unwind`);
 //! - [`rpc_parent_frames`]: what a parent reads from its worker, through
-//!   tokio-util's `LengthDelimitedCodec` with `max_frame_length`, as
-//!   `spawn` builds it, then `decode_reply` (with its fallback that turns a
-//!   reply whose value does not decode into an error reply) and, for an
-//!   event, the decoding `Events` makes.
+//!   `frame::next` with the frame limit, as the client's `FrameRead` does,
+//!   then `decode_reply` (with its fallback that turns a reply whose value
+//!   does not decode into an error reply) and, for an event, the decoding
+//!   `Events` makes.
 //!
 //! The service is [`Fuzz`], a `#[tarpc::service]` whose requests,
 //! responses and event ([`Progress`]) carry strings, byte vectors,
@@ -37,11 +37,11 @@
 use bytes::BytesMut;
 use serde::{Deserialize, Serialize};
 use tarpc::ClientMessage;
-use tokio_util::codec::{Decoder, LengthDelimitedCodec};
 
 use crate::client::decode_reply;
 use crate::codec;
 use crate::config::Format;
+use crate::frame;
 use crate::message::WorkerMsg;
 
 /// The frame limit used here (the real default is 16 MiB).
@@ -172,7 +172,7 @@ pub fn rpc_worker_frames(data: &[u8]) -> usize {
     for read in reads {
         input.extend_from_slice(read);
         loop {
-            match codec::decode_frame::<ClientMessage<FuzzRequest>>(&mut input, MAX_FRAME, format) {
+            match frame::decode::<ClientMessage<FuzzRequest>>(&mut input, MAX_FRAME, format) {
                 Ok(Some(_)) => received += 1,
                 Ok(None) => break,
                 Err(_) => return received,
@@ -192,10 +192,6 @@ pub fn rpc_parent_frames(data: &[u8]) -> usize {
     let Some((format, reads)) = split_input(data) else {
         return 0;
     };
-    // As `spawn` builds it.
-    let mut frames = LengthDelimitedCodec::builder()
-        .max_frame_length(MAX_FRAME)
-        .new_codec();
     let limit = MAX_FRAME as u64;
     let mut input = BytesMut::new();
     let mut received = 0;
@@ -214,17 +210,15 @@ pub fn rpc_parent_frames(data: &[u8]) -> usize {
     for read in reads {
         input.extend_from_slice(read);
         loop {
-            match frames.decode(&mut input) {
-                Ok(Some(frame)) if take(&frame) => {}
+            // As `FrameRead` reads.
+            match frame::next(&mut input, MAX_FRAME, &mut take) {
+                Ok(Some(true)) => {}
                 Ok(None) => break,
-                Ok(Some(_)) | Err(_) => return received,
+                Ok(Some(false)) | Err(_) => return received,
             }
         }
     }
-    // At EOF, as `FramedRead` ends: the rest of a frame is an error.
-    if let Ok(Some(frame)) = frames.decode_eof(&mut input) {
-        take(&frame);
-    }
+    // At EOF, as `FrameRead` ends: the rest of a frame is an error.
     received
 }
 
@@ -250,23 +244,25 @@ mod corpus {
         ctx
     }
 
-    /// Frames as the client writes them: `codec::encode`, then the length.
+    /// Frames as the client writes them: `codec::encode`, then
+    /// `frame::put`.
     fn requests(format: Format, mode: u8, messages: &[ClientMessage<FuzzRequest>]) -> Vec<u8> {
-        let mut out = vec![mode];
+        let mut out = BytesMut::new();
         for m in messages {
-            let frame = codec::encode(format, MAX_FRAME as u64, m).unwrap();
-            out.extend_from_slice(&(frame.len() as u32).to_be_bytes());
-            out.extend_from_slice(&frame);
+            let body = codec::encode(format, MAX_FRAME as u64, m).unwrap();
+            frame::put(&mut out, &body);
         }
-        out
+        let mut input = vec![mode];
+        input.extend_from_slice(&out);
+        input
     }
 
-    /// Frames as the worker writes them: replies with `encode_frame`,
+    /// Frames as the worker writes them: replies with `encode_into`,
     /// events encoded twice, as `EventSender` does.
     fn replies(format: Format, mode: u8, messages: &[WorkerMsg<FuzzResponse>]) -> Vec<u8> {
         let mut out = BytesMut::new();
         for m in messages {
-            codec::encode_frame(format, MAX_FRAME as u64, m, &mut out).unwrap();
+            frame::encode_into(format, MAX_FRAME as u64, m, &mut out).unwrap();
         }
         let mut input = vec![mode];
         input.extend_from_slice(&out);
@@ -473,20 +469,13 @@ mod corpus {
     fn limits_and_panics_are_errors() {
         // A frame announced past the limit is refused before its bytes come.
         let mut input = BytesMut::from(&((MAX_FRAME as u32 + 1).to_be_bytes())[..]);
-        let e = codec::decode_frame::<ClientMessage<FuzzRequest>>(
-            &mut input,
-            MAX_FRAME,
-            Format::Bincode,
-        )
-        .unwrap_err();
+        let e = frame::decode::<ClientMessage<FuzzRequest>>(&mut input, MAX_FRAME, Format::Bincode)
+            .unwrap_err();
         assert!(e.to_string().contains("exceeds max_frame"), "{e}");
         // One within it makes room for itself, and waits.
         let mut input = BytesMut::from(&((MAX_FRAME as u32).to_be_bytes())[..]);
-        let frame = codec::decode_frame::<ClientMessage<FuzzRequest>>(
-            &mut input,
-            MAX_FRAME,
-            Format::Bincode,
-        );
+        let frame =
+            frame::decode::<ClientMessage<FuzzRequest>>(&mut input, MAX_FRAME, Format::Bincode);
         assert!(matches!(frame, Ok(None)));
         assert!(input.capacity() >= MAX_FRAME + 4);
         // An absurd deadline panics in tarpc; the panic is an error.
@@ -494,9 +483,8 @@ mod corpus {
         let mut input = BytesMut::new();
         input.extend_from_slice(&(json.len() as u32).to_be_bytes());
         input.extend_from_slice(json);
-        let e =
-            codec::decode_frame::<ClientMessage<FuzzRequest>>(&mut input, MAX_FRAME, Format::Json)
-                .unwrap_err();
+        let e = frame::decode::<ClientMessage<FuzzRequest>>(&mut input, MAX_FRAME, Format::Json)
+            .unwrap_err();
         assert!(e.to_string().contains("overflow"), "{e}");
         assert!(input.is_empty());
     }

@@ -81,13 +81,13 @@
 
 mod bounded;
 mod builder;
-mod channel;
 mod client;
 mod codec;
 mod config;
 pub mod context;
 mod entry;
 mod error;
+mod frame;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
