@@ -1,7 +1,7 @@
 //! The framing of a worker's socket, both ways, after the handshake: a
 //! frame is its body's length (`u32`, big-endian, as tokio-util's
 //! `LengthDelimitedCodec` writes it), then the body, a value encoded by
-//! [`codec`](crate::codec) in the configured format.
+//! [`codec`] in the configured format.
 //!
 //! The one implementation of it: the parent writes its requests with
 //! [`put`] and reads the worker's frames with [`next`] (through

@@ -17,7 +17,7 @@ use crate::codec;
 use crate::config::Format;
 use crate::message::WorkerMsg;
 
-/// Splits the worker's frames: replies go to tarpc, events to [`Events`],
+/// Splits the worker's frames: replies go to tarpc, events to [`Events`](super::Events),
 /// a panic report to [`Lost`]; records how the connection ended.
 pub(super) struct Demux<T> {
     pub(super) inner: T,

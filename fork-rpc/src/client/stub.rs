@@ -63,7 +63,7 @@ impl<Req, Resp> Client<Req, Resp> {
     /// Whether the connection has ended: the worker closed it or went away,
     /// or sent what cannot be read. Every call fails from then on; a worker
     /// that sent bad bytes may still be running (end it with
-    /// [`RpcWorker::kill`]).
+    /// [`RpcWorker::kill`](crate::RpcWorker::kill)).
     pub fn is_closed(&self) -> bool {
         self.lost.end().is_some()
     }

@@ -33,7 +33,7 @@ impl<Ev> RpcWorker<Ev> {
     }
 
     /// Resolves when the worker asks to be retired (see
-    /// [`Client::retire_requested`]).
+    /// [`Client::retire_requested`](crate::Client::retire_requested)).
     pub async fn retire_request(&self) {
         let mut rx = self.lost.retire.subscribe();
         if rx.wait_for(|r| *r).await.is_err() {
@@ -42,7 +42,7 @@ impl<Ev> RpcWorker<Ev> {
     }
 
     /// Takes the stream of the worker's events (once). Until it is taken,
-    /// the first [`UNTAKEN_EVENTS`] events are kept for it and later ones
+    /// the first [`UNTAKEN_EVENTS`](crate::UNTAKEN_EVENTS) events are kept for it and later ones
     /// dropped, so that a worker whose events nobody reads cannot fill the
     /// parent's memory.
     pub fn events(&mut self) -> Option<Events<Ev>> {

@@ -23,7 +23,7 @@
 //! One concept a file: [`serve`](mod@serve) (the worker's life after the
 //! fork), [`setup`] ([`Setup`], what the init hook gets), [`events`]
 //! ([`EventSender`]), [`fds`] ([`FdReceiver`]), [`round`] (the serving
-//! loop), [`handler`] (one running request), [`panic`] (a handler's panic
+//! loop), [`handler`] (one running request), [`panic`](mod@panic) (a handler's panic
 //! as the parent gets it).
 
 mod events;
