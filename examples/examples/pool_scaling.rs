@@ -9,7 +9,7 @@
 //! - **spare workers**: `idle = 2` starts two workers up front, a burst with
 //!   `start = 0` grows the pool to `max` at once, and after `stop` it shrinks
 //!   back to two;
-//! - **recycling**: with `max_requests(4, Some(2))` each worker serves 4 to 6
+//! - **recycling**: with `max_requests(4).max_requests_jitter(2)` each worker serves 4 to 6
 //!   jobs and leaves; a new one starts only when a job needs it;
 //! - **a crash**: a worker killed with `SIGKILL` in the middle of a job; that
 //!   job fails with `WorkerLost`, the jobs queued behind it run on a
@@ -213,7 +213,8 @@ async fn recycling(template: &Template) -> Result<(), Box<dyn std::error::Error>
     // Each worker leaves after 4 jobs, plus 0 to 2 at random.
     let pool = Pool::builder(template.clone(), &WORKER)
         .max(1)
-        .max_requests(4, Some(2))
+        .max_requests(4)
+        .max_requests_jitter(2)
         .build();
     let client = WorkClient::from(pool.clone());
     let mut runs: Vec<(u32, usize)> = Vec::new(); // (worker, jobs it ran)

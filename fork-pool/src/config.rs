@@ -53,10 +53,11 @@ pub struct Config {
     /// this many jobs, plus a random `0..=max_requests_jitter`, so workers
     /// do not all restart at once. Bounds leaks in worker code. The default
     /// is `None` (never).
-    pub max_requests: Option<u64>,
-    /// The random extra jobs before recycling (see `max_requests`). The
-    /// default is 10% of `max_requests`, at least 1.
-    pub max_requests_jitter: Option<u64>,
+    pub max_requests: Option<usize>,
+    /// The random extra jobs before recycling (see `max_requests`); 0
+    /// recycles after exactly `max_requests`. The default is 10% of
+    /// `max_requests`, at least 1.
+    pub max_requests_jitter: Option<usize>,
     /// Recycle a worker whose resident memory exceeds this many bytes,
     /// checked between jobs: whenever the worker turns idle, and at most
     /// every 100 ms while it stays busy (each check reads
@@ -116,10 +117,11 @@ impl Config {
     }
 
     pub(crate) fn jitter(&self) -> u64 {
-        match (self.max_requests, self.max_requests_jitter) {
+        let jitter = match (self.max_requests, self.max_requests_jitter) {
             (_, Some(j)) => j,
             (Some(n), None) => (n / 10).max(1),
             (None, None) => 0,
-        }
+        };
+        jitter as u64
     }
 }

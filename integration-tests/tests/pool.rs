@@ -368,7 +368,7 @@ fn a_spare_that_goes_to_work_is_replaced() -> Result<(), Failed> {
 fn max_requests_recycles_with_jitter() -> Result<(), Failed> {
     block_on(async {
         let t = template().await?;
-        let pool = pool_on(&t).max(1).max_requests(5, Some(0)).build();
+        let pool = pool_on(&t).max(1).max_requests_exactly(5).build();
         let client = Client::from(pool.clone());
         let mut pids = Vec::new();
         for _ in 0..20 {
@@ -797,7 +797,8 @@ fn knobs_at_their_limits() -> Result<(), Failed> {
             .load(usize::MAX)
             .start(Duration::MAX)
             .stop(Duration::MAX)
-            .max_requests(u64::MAX, Some(u64::MAX))
+            .max_requests(usize::MAX)
+            .max_requests_jitter(usize::MAX)
             .job_timeout(Duration::MAX)
             .kill_grace(Duration::MAX)
             .shutdown_timeout(Duration::MAX)

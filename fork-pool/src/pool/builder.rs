@@ -83,10 +83,27 @@ where
         self
     }
 
-    /// Sets [`Config::max_requests`] (and optionally the jitter).
-    pub fn max_requests(mut self, jobs: u64, jitter: Option<u64>) -> Self {
+    /// Recycles each worker after `jobs` jobs, plus a random jitter (10%,
+    /// at least 1, unless [`max_requests_jitter`](Builder::max_requests_jitter)
+    /// says otherwise) so that workers do not all restart at once
+    /// ([`Config::max_requests`]).
+    pub fn max_requests(mut self, jobs: usize) -> Self {
         self.config.max_requests = Some(jobs);
-        self.config.max_requests_jitter = jitter;
+        self
+    }
+
+    /// Recycles each worker after exactly `jobs` jobs: `max_requests` with
+    /// no jitter.
+    pub fn max_requests_exactly(mut self, jobs: usize) -> Self {
+        self.config.max_requests = Some(jobs);
+        self.config.max_requests_jitter = Some(0);
+        self
+    }
+
+    /// The most extra jobs a worker serves past `max_requests`, picked at
+    /// random per worker ([`Config::max_requests_jitter`]).
+    pub fn max_requests_jitter(mut self, jobs: usize) -> Self {
+        self.config.max_requests_jitter = Some(jobs);
         self
     }
 

@@ -154,6 +154,7 @@ impl<S: Spawn> Shared<S> {
         let id = st.next_id;
         st.next_id += 1;
         let limit = self.config.max_requests.map(|n| {
+            let n = n as u64;
             let taken: Vec<u64> = st.dispatch.members.iter().filter_map(|m| m.limit).collect();
             let extra = pick_jitter(&mut rand::rng(), self.config.jitter(), |e| {
                 taken.contains(&n.saturating_add(e))
