@@ -115,6 +115,18 @@ impl Conn {
     /// Asks the template to outlive its parent (see [`Request::Release`]);
     /// resolves with its pid once everything sent before was applied.
     pub(crate) async fn release(self: &Arc<Self>) -> Result<i32> {
+        self.ask(|st| &mut st.releases, |id| Request::Release { id })
+            .await
+    }
+
+    /// Sends the request `make` builds with a fresh id, its answer to come
+    /// through the table `waiters` picks (the reader completes it, or
+    /// [`fail`](Conn::fail) does).
+    async fn ask<T>(
+        self: &Arc<Self>,
+        waiters: fn(&mut State) -> &mut HashMap<u64, oneshot::Sender<Result<T>>>,
+        make: fn(u64) -> Request,
+    ) -> Result<T> {
         let (tx, rx) = oneshot::channel();
         let id = {
             let mut st = lock(&self.state);
@@ -123,11 +135,11 @@ impl Conn {
             }
             let id = st.next_id;
             st.next_id += 1;
-            st.releases.insert(id, tx);
+            waiters(&mut st).insert(id, tx);
             id
         };
-        if let Err(e) = self.send(&Request::Release { id }, Vec::new()) {
-            lock(&self.state).releases.remove(&id);
+        if let Err(e) = self.send(&make(id), Vec::new()) {
+            waiters(&mut lock(&self.state)).remove(&id);
             return Err(self.explain(e).await);
         }
         rx.await.unwrap_or_else(|_| Err(self.error()))
@@ -270,22 +282,8 @@ impl Conn {
 
     /// Resolves once the template applied everything sent before.
     pub(crate) async fn ping(self: &Arc<Self>) -> Result<()> {
-        let (tx, rx) = oneshot::channel();
-        let id = {
-            let mut st = lock(&self.state);
-            if let Some(f) = &st.failure {
-                return Err(f.to_error());
-            }
-            let id = st.next_id;
-            st.next_id += 1;
-            st.pings.insert(id, tx);
-            id
-        };
-        if let Err(e) = self.send(&Request::Ping { id }, Vec::new()) {
-            lock(&self.state).pings.remove(&id);
-            return Err(self.explain(e).await);
-        }
-        rx.await.unwrap_or_else(|_| Err(self.error()))
+        self.ask(|st| &mut st.pings, |id| Request::Ping { id })
+            .await
     }
 
     /// Marks the connection failed (first failure wins) and fails every
