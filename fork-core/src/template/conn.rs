@@ -119,6 +119,24 @@ impl Conn {
             .await
     }
 
+    /// A fresh request id, with the receiver its answer will come to
+    /// through the table `waiters` picks; the connection's failure if it
+    /// failed.
+    fn waiter<T>(
+        &self,
+        waiters: fn(&mut State) -> &mut HashMap<u64, oneshot::Sender<Result<T>>>,
+    ) -> Result<(u64, oneshot::Receiver<Result<T>>)> {
+        let (tx, rx) = oneshot::channel();
+        let mut st = lock(&self.state);
+        if let Some(f) = &st.failure {
+            return Err(f.to_error());
+        }
+        let id = st.next_id;
+        st.next_id += 1;
+        waiters(&mut st).insert(id, tx);
+        Ok((id, rx))
+    }
+
     /// Sends the request `make` builds with a fresh id, its answer to come
     /// through the table `waiters` picks (the reader completes it, or
     /// [`fail`](Conn::fail) does).
@@ -127,17 +145,7 @@ impl Conn {
         waiters: fn(&mut State) -> &mut HashMap<u64, oneshot::Sender<Result<T>>>,
         make: fn(u64) -> Request,
     ) -> Result<T> {
-        let (tx, rx) = oneshot::channel();
-        let id = {
-            let mut st = lock(&self.state);
-            if let Some(f) = &st.failure {
-                return Err(f.to_error());
-            }
-            let id = st.next_id;
-            st.next_id += 1;
-            waiters(&mut st).insert(id, tx);
-            id
-        };
+        let (id, rx) = self.waiter(waiters)?;
         if let Err(e) = self.send(&make(id), Vec::new()) {
             waiters(&mut lock(&self.state)).remove(&id);
             return Err(self.explain(e).await);
@@ -252,17 +260,7 @@ impl Conn {
         socket: OwnedFd,
         fds: Vec<OwnedFd>,
     ) -> Result<Spawned> {
-        let (tx, rx) = oneshot::channel();
-        let id = {
-            let mut st = lock(&self.state);
-            if let Some(f) = &st.failure {
-                return Err(f.to_error());
-            }
-            let id = st.next_id;
-            st.next_id += 1;
-            st.spawns.insert(id, tx);
-            id
-        };
+        let (id, rx) = self.waiter(|st| &mut st.spawns)?;
         let mut all = Vec::with_capacity(1 + fds.len());
         all.push(socket);
         all.extend(fds);
