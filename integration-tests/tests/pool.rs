@@ -10,7 +10,7 @@ use std::time::Duration;
 use fork_core::{InitFn, Template};
 use fork_pool::{Overflow, Pool};
 use fork_rpc::{EventSender, RpcEntry, Setup, WorkerLost};
-use integration_tests::{Failed, all_exit, block_on, children_of, ensure, fail};
+use integration_tests::{Failed, all_exit, block_on, children_of, ensure, fail, state_of};
 use tarpc::client::RpcError;
 use tarpc::context;
 
@@ -837,10 +837,22 @@ fn dropping_the_pool_shuts_it_down() -> Result<(), Failed> {
         client.pid(context::current()).await.map_err(fail)?;
         let pids = pool.worker_pids();
         ensure!(!pids.is_empty(), "no workers");
+        let finished = pool.finished();
         drop(client);
         drop(pool);
-        all_exit(pids).await?;
+        finished.await; // every worker has exited and was reaped
         // ANCHOR_END: drop
+        for pid in pids {
+            ensure!(
+                state_of(pid).is_none(),
+                "worker {pid} is still there ({:?}) after finished",
+                state_of(pid)
+            );
+        }
+        ensure!(
+            children_of(t.id()).map_err(fail)?.is_empty(),
+            "the template still has children"
+        );
         Ok(())
     })
 }

@@ -141,6 +141,26 @@ where
         ctx
     }
 
+    /// Resolves once the pool has shut down, by [`shutdown`](Pool::shutdown)
+    /// or by the drop of its last handle, and every worker it started was
+    /// reaped (AnyEvent::Fork::Pool's `on_destroy`). The future holds no
+    /// handle: take it, drop the pool, and await it.
+    ///
+    /// ```no_run
+    /// # async fn doc(pool: fork_pool::Pool<String, String>) {
+    /// let finished = pool.finished();
+    /// drop(pool); // the last handle: the pool shuts down in the background
+    /// finished.await; // every worker has exited and was reaped
+    /// # }
+    /// ```
+    pub fn finished(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut done = self.handle.shared.done.subscribe();
+        async move {
+            // (An error means the pool is gone, which it is only once done.)
+            let _ = done.wait_for(|done| *done).await;
+        }
+    }
+
     /// A snapshot of the pool's state and counters.
     pub fn stats(&self) -> Stats {
         self.handle.shared.stats()

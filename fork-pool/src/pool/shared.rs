@@ -36,6 +36,9 @@ pub(crate) struct Shared<K: Kind> {
     /// Set by `shutdown` past its deadline: workers still starting (an init
     /// hook that hangs) are given up on, and killed.
     pub(crate) abandon: watch::Sender<bool>,
+    /// Set once the pool has shut down and every worker it started was
+    /// reaped (see [`Pool::finished`](super::Pool::finished)).
+    pub(crate) done: watch::Sender<bool>,
     /// Room in a bounded queue.
     pub(crate) room: Room,
     events_tx: EventsTx<K::Ev>,
@@ -98,6 +101,7 @@ impl<S: Spawn> Shared<S> {
             wake: Notify::new(),
             changed: Notify::new(),
             abandon: watch::Sender::new(false),
+            done: watch::Sender::new(false),
             events_tx,
             events_rx: Mutex::new(Some(events_rx)),
             events_taken: AtomicBool::new(false),

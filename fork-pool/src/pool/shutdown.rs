@@ -18,12 +18,15 @@ impl<S: Spawn> Shared<S> {
     /// Shuts the pool down (see [`Pool::shutdown`](super::Pool::shutdown)).
     pub(crate) async fn shutdown(self: &Arc<Self>) {
         let deadline = after(Instant::now(), self.config.shutdown_timeout);
-        {
+        let past_draining = {
             let mut st = self.lock();
-            if st.finished {
-                return;
-            }
             st.dispatch.close();
+            st.finished
+        };
+        if past_draining {
+            // Another shutdown is past draining: return when it is done.
+            let _ = self.done.subscribe().wait_for(|done| *done).await;
+            return;
         }
         self.room.close();
         tracing::debug!("pool shutting down");
@@ -82,6 +85,7 @@ impl<S: Spawn> Shared<S> {
                 self.abandon.send_replace(true);
             }
         }
+        self.done.send_replace(true);
         tracing::debug!("pool shut down");
     }
 
@@ -97,6 +101,10 @@ impl<S: Spawn> Shared<S> {
             st.finished = true;
             st.dispatch.members.clear();
             st.dispatch.fail_queued(|| Error::Closed);
+            // Nothing here can wait for the workers (no runtime): their
+            // connections are closed, they exit, and the template reaps them.
+            drop(st);
+            shared.done.send_replace(true);
         }
     }
 }
