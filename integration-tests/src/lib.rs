@@ -23,15 +23,30 @@ pub static RT: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
 pub type TestFn = fn() -> Result<(), Failed>;
 
 /// Runs `tests` with libtest-mimic's command line (so `cargo test` and
-/// nextest filters work). Call after `fork_core::init`.
+/// nextest filters work), first saying that the panics and errors they
+/// print are expected. Call after `fork_core::init`.
 pub fn run(tests: &[(&'static str, TestFn)]) -> ! {
-    let args = Arguments::from_args();
-    if !args.list {
-        eprintln!(
+    run_with(
+        tests,
+        Some(
             "note: these tests make workers panic, send bad bytes and get killed on purpose: \
              the panic messages, backtraces and protocol errors printed below are expected; \
-             the result of each test is on its own `test ... ok` line"
-        );
+             the result of each test is on its own `test ... ok` line",
+        ),
+    )
+}
+
+/// [`run`] for tests that print nothing on purpose: no note first.
+pub fn run_quietly(tests: &[(&'static str, TestFn)]) -> ! {
+    run_with(tests, None)
+}
+
+fn run_with(tests: &[(&'static str, TestFn)], note: Option<&str>) -> ! {
+    let args = Arguments::from_args();
+    if let Some(note) = note
+        && !args.list
+    {
+        eprintln!("{note}");
     }
     let trials = tests
         .iter()

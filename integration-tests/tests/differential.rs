@@ -688,7 +688,7 @@ mod close_after_the_last_client {
 
 fn main() {
     fork_core::init();
-    integration_tests::run(&[
+    integration_tests::run_quietly(&[
         on_both_paths!(serial_calls),
         on_both_paths!(hundred_concurrent_calls),
         on_both_paths!(replies_out_of_order),
