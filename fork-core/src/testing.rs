@@ -19,13 +19,34 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 /// If the pidfd cannot be opened or polled for another reason than the
 /// process being gone.
 pub fn wait_exit(pid: u32, timeout: Duration) -> io::Result<bool> {
+    wait_pidfd(pid, timeout, PollFlags::POLLIN)
+}
+
+/// Waits until process `pid` has been reaped by its parent (its pidfd hangs
+/// up: Linux 6.9 or newer), or `timeout` passed. Returns `true` if it was
+/// reaped (or did not exist). Unlike [`wait_exit`], a zombie has not been
+/// reaped: this tells whether a process's parent waited for it. Blocks the
+/// calling thread.
+///
+/// # Errors
+///
+/// As [`wait_exit`].
+pub fn wait_reaped(pid: u32, timeout: Duration) -> io::Result<bool> {
+    // No event asked for: poll returns on the hang-up alone, which it
+    // always reports.
+    wait_pidfd(pid, timeout, PollFlags::empty())
+}
+
+/// Polls a pidfd of `pid` for `events` (and the hang-up poll always
+/// reports), up to `timeout`: whether one came, or the process was gone.
+fn wait_pidfd(pid: u32, timeout: Duration, events: PollFlags) -> io::Result<bool> {
     let fd = match crate::sys::pidfd_open(pid as i32) {
         Ok(fd) => fd,
         Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(true),
         Err(e) => return Err(e),
     };
     let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
-    let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+    let mut fds = [PollFd::new(fd.as_fd(), events)];
     loop {
         match poll(&mut fds, PollTimeout::from(ms)) {
             Ok(n) => return Ok(n > 0),

@@ -551,18 +551,14 @@ fn a_template_handed_to_another_process() -> Result<(), Failed> {
         );
         ensure!(r.preloaded == 41, "preloaded {}", r.preloaded);
         // Let go by both processes, it exits, and this process (its parent)
-        // reaps it in the background.
-        all_exit([pid]).await?;
-        let reaped = async {
-            while state_of(pid).is_some() {
-                // (The reaper is a task of this runtime: no event says it
-                // ran; look again shortly.)
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(5), reaped)
-            .await
-            .map_err(|_| format!("template {pid} left a zombie"))?;
+        // reaps it in the background: its pidfd hangs up once reaped.
+        let reaped = tokio::task::spawn_blocking(move || {
+            fork_core::testing::wait_reaped(pid, Duration::from_secs(10))
+        })
+        .await
+        .map_err(fail)?
+        .map_err(fail)?;
+        ensure!(reaped, "template {pid} left a zombie ({:?})", state_of(pid));
         Ok(())
     })
 }
