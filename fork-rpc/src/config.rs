@@ -121,6 +121,15 @@ impl Config {
         self
     }
 
+    /// A context for a call on a worker with this configuration: tarpc's
+    /// current one, expiring after [`default_timeout`](Config::default_timeout)
+    /// from now (tarpc's 10 s if it has none). It is what
+    /// [`Client::context`](crate::Client::context) and fork-pool's
+    /// `Pool::context` return.
+    pub fn context(&self) -> tarpc::context::Context {
+        crate::context::with_default(self.default_timeout)
+    }
+
     /// Sets [`start_timeout`](Config::start_timeout).
     pub fn start_timeout(mut self, limit: Duration) -> Self {
         self.start_timeout = limit;

@@ -42,6 +42,16 @@ pub fn with_timeout(timeout: Duration) -> tarpc::context::Context {
     ctx
 }
 
+/// tarpc's current context, expiring `timeout` from now if there is one
+/// (tarpc's 10 s otherwise): what [`Config::context`](crate::Config::context)
+/// and [`Client::context`](crate::Client::context) make.
+pub(crate) fn with_default(timeout: Option<Duration>) -> tarpc::context::Context {
+    match timeout {
+        Some(timeout) => with_timeout(timeout),
+        None => tarpc::context::current(),
+    }
+}
+
 /// A century: the longest timeout kept as given. A longer one (up to
 /// `Duration::MAX`, "no limit") is taken as this, rather than overflow the
 /// clock.

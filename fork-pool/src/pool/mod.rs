@@ -134,11 +134,7 @@ where
     /// queue counts against its deadline. Contexts made otherwise keep
     /// their deadlines.
     pub fn context(&self) -> Context {
-        let mut ctx = tarpc::context::current();
-        if let Some(timeout) = self.handle.shared.config.rpc.default_timeout {
-            ctx.deadline = std::time::Instant::now() + timeout.min(deadline::FOREVER);
-        }
-        ctx
+        self.handle.shared.config.rpc.context()
     }
 
     /// Resolves once the pool has shut down, by [`shutdown`](Pool::shutdown)

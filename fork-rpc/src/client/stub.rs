@@ -91,11 +91,7 @@ impl<Req, Resp> Client<Req, Resp> {
     /// # }
     /// ```
     pub fn context(&self) -> tarpc::context::Context {
-        let mut ctx = tarpc::context::current();
-        if let Some(timeout) = self.default_timeout {
-            ctx.deadline = crate::context::after(std::time::Instant::now(), timeout);
-        }
-        ctx
+        crate::context::with_default(self.default_timeout)
     }
 }
 
