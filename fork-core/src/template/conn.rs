@@ -506,11 +506,7 @@ async fn read_loop(conn: Arc<Conn>, reap: Option<i32>) {
     };
     let end = match (end, reap) {
         (Failure::Gone(_), Some(pid)) => {
-            let status = tokio::task::spawn_blocking(move || sys::wait_child(pid))
-                .await
-                .ok()
-                .and_then(|r| r.ok())
-                .map(ExitStatus::from_raw);
+            let status = reap_child(pid).await.ok().map(ExitStatus::from_raw);
             Failure::Gone(status)
         }
         (end, _) => end,
@@ -522,6 +518,21 @@ async fn read_loop(conn: Arc<Conn>, reap: Option<i32>) {
         end => end,
     };
     conn.finish(end);
+}
+
+/// Waits for this process's child `pid` (a template it started) to exit,
+/// on the runtime (its pidfd), and reaps it: its raw wait status. Without
+/// pidfds (Linux before 5.3), a blocking thread waits instead.
+pub(crate) async fn reap_child(pid: i32) -> io::Result<i32> {
+    if let Ok(exited) = sys::pidfd_open(pid).and_then(sys::async_fd) {
+        let _ = exited.readable().await;
+        if let Some(status) = sys::try_reap(pid)? {
+            return Ok(status);
+        }
+    }
+    tokio::task::spawn_blocking(move || sys::wait_child(pid))
+        .await
+        .map_err(io::Error::other)?
 }
 
 async fn write_loop(conn: Arc<Conn>) {

@@ -385,13 +385,6 @@ impl Template {
 fn reap_in_background(pid: u32) {
     let pid = pid as i32;
     tokio::spawn(async move {
-        match sys::pidfd_open(pid).and_then(sys::async_fd) {
-            Ok(exited) => {
-                let _ = exited.readable().await;
-                let _ = sys::try_reap(pid);
-            }
-            // (No pidfd: a thread waits instead.)
-            Err(_) => drop(tokio::task::spawn_blocking(move || sys::wait_child(pid)).await),
-        }
+        let _ = super::conn::reap_child(pid).await;
     });
 }
