@@ -226,7 +226,10 @@ impl Template {
     ///
     /// The template is not this process's child: [`shutdown`](Template::shutdown)
     /// cannot return its exit status, and a template that died before it was
-    /// taken over is [`Error::TemplateGone`].
+    /// taken over is [`Error::TemplateGone`]. A template answers at once; a
+    /// socket whose peer reads and never answers (not a template) keeps the
+    /// future waiting, so bound it with a timeout when the descriptor comes
+    /// from a process you do not trust.
     ///
     /// # Errors
     ///
