@@ -97,4 +97,4 @@ mod tower;
 
 pub use crate::config::{Config, Overflow};
 pub use crate::error::{Error, Result};
-pub use crate::pool::{Builder, Pool, PoolEvents, Stats};
+pub use crate::pool::{Builder, JobPool, Pool, PoolEvents, Stats};

@@ -91,6 +91,7 @@ mod frame;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod jobs;
 mod message;
 mod server;
 #[cfg(feature = "tower")]
@@ -109,6 +110,8 @@ pub use crate::tower::{ServiceFuture, TowerStub};
 #[doc(hidden)]
 pub mod __private {
     pub use fork_core;
+    pub use linkme;
+    pub use tarpc::ServerError;
 
     /// The worker's exit code for what `serve` returned: 0; 101 after a
     /// handler's panic (the panic hook printed it, the parent got its

@@ -85,6 +85,19 @@ impl<K: Kind> Dispatch<K> {
         best.map(|(i, _)| i)
     }
 
+    /// Jobs that would start at once: the free places of the workers that
+    /// take jobs, or none while jobs queue (they come first).
+    pub(crate) fn free(&self) -> usize {
+        if self.closed || !self.queue.is_empty() {
+            return 0;
+        }
+        self.members
+            .iter()
+            .filter(|m| m.takes_jobs())
+            .map(|m| self.load.saturating_sub(m.load))
+            .sum()
+    }
+
     /// Counts a job on worker `i`: its seat, and whether the worker went
     /// from idle to work.
     pub(crate) fn take(&mut self, i: usize) -> (Seat<K>, bool) {
@@ -283,6 +296,25 @@ mod tests {
 
     fn now() -> Instant {
         Instant::now()
+    }
+
+    #[test]
+    fn free_places_are_those_of_workers_that_take_jobs_with_none_queued() {
+        let mut d = pool(3, 2);
+        assert_eq!(d.free(), 6);
+        d.members[0].load = 2;
+        d.members[1].load = 1;
+        assert_eq!(d.free(), 3);
+        d.members[2].leaving = Some(crate::pool::member::Leave::Idle);
+        assert_eq!(d.free(), 1);
+        d.members[1].load = 2;
+        let (_id, _ticket) = d.enqueue(now(), None);
+        assert_eq!(d.free(), 0);
+        assert!(d.cancel(_id));
+        d.members[1].load = 1;
+        assert_eq!(d.free(), 1);
+        d.close();
+        assert_eq!(d.free(), 0);
     }
 
     #[test]

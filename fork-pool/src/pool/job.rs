@@ -19,6 +19,35 @@ use super::shared::Shared;
 use super::spawn::{Conn, Spawn, Wire};
 use crate::error::Error;
 
+/// When a job's time runs out.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Expiry {
+    /// At the deadline of this context, which counts from when it was
+    /// made: the time the job waits in the queue counts.
+    At(Context),
+    /// This long after a worker takes the job (in a context made then):
+    /// the time in the queue does not count.
+    AfterStart(Duration),
+}
+
+impl Expiry {
+    /// Until when the job may wait for a worker.
+    fn queue_deadline(&self) -> Instant {
+        match self {
+            Expiry::At(ctx) => deadline::to_tokio(ctx.deadline),
+            Expiry::AfterStart(_) => deadline::after(Instant::now(), deadline::FOREVER),
+        }
+    }
+
+    /// The context of the call, as a worker takes the job.
+    fn context(&self) -> Context {
+        match self {
+            Expiry::At(ctx) => *ctx,
+            Expiry::AfterStart(timeout) => fork_rpc::context::with_timeout(*timeout),
+        }
+    }
+}
+
 /// A job's future.
 pub(crate) enum Job<'a, S: Spawn, F> {
     /// The worker's call, and the place it holds (given back after the
@@ -69,15 +98,20 @@ impl<S: Spawn> Shared<S> {
     {
         // The deadline is the context's, as given: the time spent waiting
         // in the queue counts against it.
+        self.call_until(Expiry::At(ctx), request)
+    }
+
+    /// A call whose time runs out as `expiry` says.
+    pub(crate) fn call_until(
+        self: &Arc<Self>,
+        expiry: Expiry,
+        request: S::Req,
+    ) -> Job<'_, S, impl Future<Output = Result<S::Resp, RpcError>> + Send + Unpin + 'static + use<S>>
+    {
         if self.retry.as_ref().is_some_and(|r| r.applies(&request)) {
-            let deadline = deadline::to_tokio(ctx.deadline);
-            Job::Other(Box::pin(self.run_retrying(
-                deadline,
-                ctx,
-                Arc::new(request),
-            )))
+            Job::Other(Box::pin(self.run_retrying(expiry, Arc::new(request))))
         } else {
-            self.run(ctx, Wire::Owned(request))
+            self.run(expiry, Wire::Owned(request))
         }
     }
 
@@ -85,7 +119,7 @@ impl<S: Spawn> Shared<S> {
     /// has no time limit, with nothing boxed; else queued or timed, boxed.
     pub(crate) fn run(
         self: &Arc<Self>,
-        ctx: Context,
+        expiry: Expiry,
         request: Wire<S::Req>,
     ) -> Job<'_, S, impl Future<Output = Result<S::Resp, RpcError>> + Send + Unpin + 'static + use<S>>
     {
@@ -93,29 +127,29 @@ impl<S: Spawn> Shared<S> {
             match self.try_take() {
                 Ok(Some(seat)) => {
                     let (lease, client) = Lease::new(self, seat);
-                    return Job::Running(client.call(ctx, request), lease);
+                    return Job::Running(client.call(expiry.context(), request), lease);
                 }
                 Ok(None) => {}
                 Err(e) => return Job::Failed(Some(e)),
             }
         }
-        let deadline = deadline::to_tokio(ctx.deadline);
-        Job::Other(Box::pin(self.run_slowly(deadline, ctx, request)))
+        Job::Other(Box::pin(self.run_slowly(expiry, request)))
     }
 
-    /// [`run`](Self::run) for a job that queues or has a time limit. The
-    /// call's deadline counts while it waits for a place.
+    /// [`run`](Self::run) for a job that queues or has a time limit. A
+    /// context's deadline counts while it waits for a place.
     pub(crate) async fn run_slowly(
         self: &Arc<Self>,
-        deadline: Instant,
-        ctx: Context,
+        expiry: Expiry,
         request: Wire<S::Req>,
     ) -> Result<S::Resp, RpcError> {
-        let (mut lease, client) = match within(deadline, self.acquire()).await {
+        let (mut lease, client) = match within(expiry.queue_deadline(), self.acquire()).await {
             Some(lease) => lease.map_err(Error::into_rpc)?,
             None => return Err(RpcError::DeadlineExceeded),
         };
-        let result = self.call_on(&lease, client, ctx, request).await;
+        let result = self
+            .call_on(&lease, client, expiry.context(), request)
+            .await;
         lease.answered = self.finish(lease.id, &result);
         result
     }

@@ -8,6 +8,8 @@
 //! - `dispatch`: choosing a worker, the queue (plain state);
 //! - `lease`: a job's place on a worker, given back on drop;
 //! - `job`: a call through the pool, from entry to answer;
+//! - `jobs`: plain function jobs ([`fork_rpc::jobs`]) on a pool;
+//! - `batch`: many calls with bounded work in flight (`map`, `pipeline`);
 //! - `retry`: running idempotent jobs again;
 //! - `supervisor`: scaling, spawning, replacing, recycling, watching;
 //! - `shutdown`: draining and reaping;
@@ -31,10 +33,12 @@ use self::shared::Shared;
 use self::spawn::RpcSpawn;
 use crate::config::Config;
 
+mod batch;
 mod builder;
 pub(crate) mod deadline;
 mod dispatch;
 mod job;
+mod jobs;
 mod lease;
 mod member;
 mod retry;
@@ -47,6 +51,7 @@ mod supervisor;
 mod testing;
 
 pub use self::builder::Builder;
+pub use self::jobs::JobPool;
 pub use self::stats::Stats;
 
 /// The events of all workers of a pool, each with its worker's pid.
@@ -176,8 +181,8 @@ where
     }
 
     /// Waits until the pool's [`Stats`] satisfy `condition`, re-checking
-    /// whenever a worker starts, leaves, dies or turns idle, and returns
-    /// them. For tests and for programs that scale in steps.
+    /// whenever a worker starts, goes to work, leaves, dies or turns idle,
+    /// and returns them. For tests and for programs that scale in steps.
     pub async fn wait_until(&self, condition: impl Fn(&Stats) -> bool) -> Stats {
         self.handle.shared.wait_until(condition).await
     }

@@ -5,12 +5,10 @@
 
 use std::sync::Arc;
 
-use tarpc::client::RpcError;
-use tarpc::context::Context;
-use tokio::time::Instant;
-
+use super::job::Expiry;
 use super::shared::Shared;
 use super::spawn::{Spawn, Wire};
+use tarpc::client::RpcError;
 
 /// Tells idempotent requests apart.
 pub(crate) type IsIdempotent<Req> = Box<dyn Fn(&Req) -> bool + Send + Sync>;
@@ -50,23 +48,18 @@ impl<S: Spawn> Shared<S> {
     /// retries) while the worker it ran on is lost.
     pub(crate) async fn run_retrying(
         self: &Arc<Self>,
-        deadline: Instant,
-        ctx: Context,
+        expiry: Expiry,
         request: Arc<S::Req>,
     ) -> Result<S::Resp, RpcError> {
         let times = self.retry.as_ref().map_or(0, |r| r.times);
-        let mut result = self
-            .run_slowly(deadline, ctx, Wire::Shared(request.clone()))
-            .await;
+        let mut result = self.run_slowly(expiry, Wire::Shared(request.clone())).await;
         for _ in 0..times {
             let Err(e) = &result else { break };
             if !fork_rpc::WorkerLost::is_lost(e) {
                 break;
             }
             tracing::debug!(error = %e, "running an idempotent job again on another worker");
-            result = self
-                .run_slowly(deadline, ctx, Wire::Shared(request.clone()))
-                .await;
+            result = self.run_slowly(expiry, Wire::Shared(request.clone())).await;
         }
         result
     }

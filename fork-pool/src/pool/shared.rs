@@ -201,11 +201,13 @@ impl<S: Spawn> Shared<S> {
         spares < self.knobs.idle && total < self.knobs.max
     }
 
-    /// A spare went to work: the supervisor starts another if `idle` asks.
+    /// A spare went to work: the supervisor starts another if `idle` asks,
+    /// and [`wait_until`](Self::wait_until) looks again.
     pub(crate) fn went_to_work(&self, st: &State<S>) {
         if self.spares_short(st) {
             self.wake.notify_one();
         }
+        self.changed.notify_waiters();
     }
 
     /// A place for a new job if one is free and no job queues before it.
