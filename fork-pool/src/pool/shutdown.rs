@@ -195,6 +195,12 @@ mod tests {
         fake.world().workers.iter().all(|w| w.exited().is_some())
     }
 
+    /// Polls `fut` once, outside tokio's cooperative budget (spent, it makes
+    /// a ready future look pending): its output, if it is ready.
+    fn poll_once<F: Future + Unpin>(fut: &mut F) -> Option<F::Output> {
+        tokio::task::unconstrained(fut).now_or_never()
+    }
+
     #[tokio::test(start_paused = true)]
     async fn shutdown_drains_then_closes_the_workers() {
         let config = Config {
@@ -273,7 +279,7 @@ mod tests {
                 // Begun (its first poll closes the pool), not done: the
                 // job runs for a second.
                 let mut first = Box::pin(pool.shutdown());
-                assert!((&mut first).now_or_never().is_none());
+                assert!(poll_once(&mut first).is_none());
                 let mut finished = Box::pin(pool.finished());
                 let late = pool.call(ctx(), work(SEC)).await.unwrap_err();
                 assert!(matches!(Error::find(&late), Some(Error::Closed)));
@@ -282,7 +288,7 @@ mod tests {
                     // The second returned once the first was done.
                     assert_eq!(Instant::now() - t0, SEC);
                     assert_eq!(fake.world().workers[0].exited(), exit_0());
-                    assert!((&mut finished).now_or_never().is_some());
+                    assert!(poll_once(&mut finished).is_some());
                 });
             })
         })
@@ -333,19 +339,19 @@ mod tests {
         let (pool, _fake) = testing::pool(Config::default(), World::default());
         settle(pool.call(ctx(), work(SEC))).await.unwrap();
         let mut open = Box::pin(pool.finished());
-        assert!((&mut open).now_or_never().is_none());
+        assert!(poll_once(&mut open).is_none());
         settle(pool.shutdown()).await;
         // Taken while shut down: at once.
-        assert!(pool.finished().now_or_never().is_some());
+        assert!(poll_once(&mut Box::pin(pool.finished())).is_some());
         // A call opens the pool before the first waiter looks: it still
         // sees the shutdown it waited for.
         settle(pool.call(ctx(), work(SEC))).await.unwrap();
-        assert!(open.now_or_never().is_some(), "missed the shutdown");
+        assert!(poll_once(&mut open).is_some(), "missed the shutdown");
         // Taken now, it waits for the next shutdown.
         let mut next = Box::pin(pool.finished());
-        assert!((&mut next).now_or_never().is_none());
+        assert!(poll_once(&mut next).is_none());
         settle(pool.shutdown()).await;
-        assert!(next.now_or_never().is_some());
+        assert!(poll_once(&mut next).is_some());
     }
 
     #[tokio::test(start_paused = true)]
@@ -453,23 +459,23 @@ mod tests {
         };
         let (pool, _fake) = testing::pool(config, World::default());
         let mut running = Box::pin(pool.call(ctx(), work(SEC)));
-        assert!((&mut running).now_or_never().is_none());
+        assert!(poll_once(&mut running).is_none());
         settle(pool.wait_until(|s| s.busy == 1)).await;
         let mut queued = Box::pin(pool.call(ctx(), work(SEC)));
-        assert!((&mut queued).now_or_never().is_none());
+        assert!(poll_once(&mut queued).is_none());
         // Waits for room in the queue, which the queued call leaves, but
         // looks only after a shutdown and a call that opened the pool
         // again: it overlapped the shutdown, and the room it waited for is
         // not the room of the queue now.
         let mut late = Box::pin(pool.call(ctx(), work(SEC)));
-        assert!((&mut late).now_or_never().is_none());
+        assert!(poll_once(&mut late).is_none());
         drop(queued);
         drop(running);
         settle(pool.shutdown()).await;
         let mut next = Box::pin(pool.call(ctx(), work(SEC)));
-        assert!((&mut next).now_or_never().is_none());
+        assert!(poll_once(&mut next).is_none());
         assert_eq!(pool.stats().queued, 1);
-        let late = late.now_or_never().expect("the late call waited on");
+        let late = poll_once(&mut late).expect("the late call waited on");
         assert!(matches!(
             Error::find(&late.unwrap_err()),
             Some(Error::Closed)
@@ -492,7 +498,7 @@ mod tests {
             tokio::join!(pool.call(ctx(), work(SEC)), async {
                 pool.wait_until(|s| s.busy == 1).await;
                 // Begun, then given up on at once.
-                assert!(pool.shutdown().now_or_never().is_none());
+                assert!(poll_once(&mut Box::pin(pool.shutdown())).is_none());
                 pool.finished().await;
                 assert_eq!(Instant::now() - t0, SEC, "not after the drain");
             })
