@@ -199,6 +199,24 @@ where
     /// it returns at once. Once begun, a shutdown runs to its end in the
     /// background even if the future is dropped.
     ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn doc(pool: fork_pool::Pool<String, String>) -> Result<(), tarpc::client::RpcError> {
+    /// use tarpc::client::stub::Stub;
+    ///
+    /// pool.shutdown().await; // every worker has exited and was reaped
+    /// // The next call starts a fresh worker from the same template.
+    /// let answer = pool.call(pool.context(), "again".to_string()).await?;
+    /// # let _ = answer;
+    /// // Closed for good: no handle is left to call it.
+    /// let finished = pool.finished();
+    /// drop(pool);
+    /// finished.await;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
     /// # Reuse
     ///
     /// The pool can be used again afterwards, as Coro::ProcessPool's can:
