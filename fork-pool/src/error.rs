@@ -22,8 +22,11 @@ use tarpc::client::RpcError;
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The pool is shut down (or shutting down) and takes no new calls.
-    #[error("the pool is shut down")]
+    /// The pool is shutting down and takes no new calls; jobs still queued
+    /// when its [`shutdown_timeout`](crate::Config::shutdown_timeout) ran
+    /// out fail with it too. Once [`shutdown`](crate::Pool::shutdown) has
+    /// returned, the next call opens the pool again.
+    #[error("the pool is shutting down")]
     Closed,
     /// The queue is full and the pool is configured to fail.
     #[error("the pool's queue is full ({0} jobs waiting)")]
@@ -53,7 +56,7 @@ impl Error {
         }
     }
 
-    /// The pool is shut down.
+    /// The pool is shutting down.
     pub fn is_closed(&self) -> bool {
         matches!(self, Error::Closed)
     }

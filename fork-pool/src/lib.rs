@@ -23,8 +23,9 @@
 //!   spawns back off, and their error reaches the callers.
 //! - **Timeouts**: [`Config::job_timeout`] fails a job and kills its worker
 //!   (`SIGTERM`, then `SIGKILL`).
-//! - **Shutdown**: [`Pool::shutdown`] drains and leaves no process; dropping
-//!   the last handle does the same in the background.
+//! - **Shutdown**: [`Pool::shutdown`] drains and leaves no process, and the
+//!   next call starts workers again; dropping the last handle shuts the
+//!   pool down for good, in the background.
 //! - **Observability**: [`Pool::stats`] and `tracing` events.
 //!
 //! # Example

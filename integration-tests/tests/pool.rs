@@ -10,6 +10,7 @@ use std::time::Duration;
 use fork_core::{InitFn, Template};
 use fork_pool::{Overflow, Pool};
 use fork_rpc::{EventSender, RpcEntry, Setup, WorkerLost};
+use futures::FutureExt;
 use integration_tests::{Failed, all_exit, block_on, children_of, ensure, fail, state_of};
 use tarpc::client::RpcError;
 use tarpc::context;
@@ -144,6 +145,12 @@ async fn template() -> Result<Template, Failed> {
 
 fn lost(e: &RpcError) -> Option<&WorkerLost> {
     WorkerLost::find(e)
+}
+
+/// Polls `fut` once, outside tokio's cooperative budget (spent, it makes a
+/// ready future look pending): its output, if it is ready.
+fn poll_once<F: Future + Unpin>(fut: &mut F) -> Option<F::Output> {
+    tokio::task::unconstrained(fut).now_or_never()
 }
 
 // ===== tests =====
@@ -699,7 +706,18 @@ fn shutdown_drains_and_leaves_nothing() -> Result<(), Failed> {
                 let _event = events.recv().await.ok_or("no event")?;
             }
             let before = pool.stats();
-            pool.shutdown().await;
+            let mut shutdown = Box::pin(pool.shutdown());
+            ensure!(
+                poll_once(&mut shutdown).is_none(),
+                "shut down with jobs running"
+            );
+            // Begun: a new call fails until it is done.
+            let e = client.pid(context::current()).await.unwrap_err();
+            ensure!(
+                matches!(fork_pool::Error::find(&e), Some(fork_pool::Error::Closed)),
+                "a call during the shutdown gave {e:?}"
+            );
+            shutdown.await;
             Ok::<_, String>(before)
         };
         let (jobs, before) = tokio::join!(jobs, shutdown);
@@ -708,11 +726,6 @@ fn shutdown_drains_and_leaves_nothing() -> Result<(), Failed> {
         for j in jobs {
             j.map_err(fail)?;
         }
-        let e = client.pid(context::current()).await.unwrap_err();
-        ensure!(
-            matches!(fork_pool::Error::find(&e), Some(fork_pool::Error::Closed)),
-            "{e:?}"
-        );
         ensure!(
             children_of(t.id()).map_err(fail)?.is_empty(),
             "workers left: {:?}",
@@ -722,6 +735,79 @@ fn shutdown_drains_and_leaves_nothing() -> Result<(), Failed> {
             pool.stats().idle + pool.stats().busy == 0,
             "{:?}",
             pool.stats()
+        );
+        Ok(())
+    })
+}
+
+/// After `shutdown`, the next call opens the pool again: new workers from
+/// the same template, every one of them gone after the next shutdown;
+/// `finished` waits for the shutdown after it was taken.
+fn a_pool_is_used_again_after_shutdown() -> Result<(), Failed> {
+    block_on(async {
+        let t = template().await?;
+        t.init(&PRELOAD, &42);
+        t.arg("again");
+        let pool = pool_on(&t).max(2).idle(1).build();
+        let client = Client::from(pool.clone());
+        // Four answers and the pids of the workers that gave four more.
+        let batch = || async {
+            let answers =
+                futures::future::try_join_all((0..4).map(|_| client.preloaded(context::current())));
+            let pids =
+                futures::future::try_join_all((0..4).map(|_| client.pid(context::current())));
+            let (answers, pids) = tokio::try_join!(answers, pids).map_err(fail)?;
+            for answer in answers {
+                ensure!(answer == (42, "again".to_string()), "answered {answer:?}");
+            }
+            Ok::<_, Failed>(pids.into_iter().collect::<BTreeSet<u32>>())
+        };
+        let gone = |pids: &BTreeSet<u32>| -> Result<(), Failed> {
+            for &pid in pids {
+                ensure!(state_of(pid).is_none(), "worker {pid} is still there");
+            }
+            let left = children_of(t.id()).map_err(fail)?;
+            ensure!(left.is_empty(), "workers left: {left:?}");
+            Ok(())
+        };
+        let mut first_shutdown = Box::pin(pool.finished());
+        // ANCHOR: reuse
+        let before = batch().await?;
+        pool.shutdown().await; // no worker left
+        gone(&before)?;
+        let after = batch().await?; // served by new workers
+        ensure!(before.is_disjoint(&after), "{before:?} served again");
+        // ANCHOR_END: reuse
+        // Taken before the shutdown, it resolves though the pool is open
+        // again. (Awaited: another thread may still be passing the news on
+        // when `shutdown` returns.)
+        let resolves = |finished| tokio::time::timeout(Duration::from_secs(10), finished);
+        resolves(&mut first_shutdown)
+            .await
+            .map_err(|_| "finished() missed the shutdown")?;
+        // The `idle` spare is back, and the counters went on counting.
+        let stats = tokio::time::timeout(Duration::from_secs(10), pool.wait_until(|s| s.idle >= 1))
+            .await
+            .map_err(|_| format!("no spare: {:?}", pool.stats()))?;
+        ensure!(stats.completed == 16, "{stats:?}");
+        ensure!(
+            stats.spawned as usize >= before.len() + after.len(),
+            "{stats:?}"
+        );
+        let mut second_shutdown = Box::pin(pool.finished());
+        ensure!(
+            poll_once(&mut second_shutdown).is_none(),
+            "finished() resolved with the pool open"
+        );
+        pool.shutdown().await;
+        gone(&after)?;
+        resolves(&mut second_shutdown)
+            .await
+            .map_err(|_| "finished() missed the second shutdown")?;
+        // Shut down and not used since: at once.
+        ensure!(
+            poll_once(&mut Box::pin(pool.finished())).is_some(),
+            "finished() of a pool shut down waited"
         );
         Ok(())
     })
@@ -1313,6 +1399,10 @@ fn main() {
         (
             "shutdown_drains_and_leaves_nothing",
             shutdown_drains_and_leaves_nothing,
+        ),
+        (
+            "a_pool_is_used_again_after_shutdown",
+            a_pool_is_used_again_after_shutdown,
         ),
         ("bounded_queue_waits_or_fails", bounded_queue_waits_or_fails),
         (

@@ -8,11 +8,12 @@
 //! - A job that finds no place, or finds jobs queued before it, queues.
 //! - A place given back goes to the oldest queued job.
 //! - A queued job whose caller gave up leaves the queue at once.
-//! - Once closed, no new job is taken.
-//! - A bounded queue ([`Room`]) makes callers wait for room, or fail.
+//! - Once closed, no new job is taken, until it is opened again.
+//! - A bounded queue ([`Room`]) makes callers wait for room, or fail; its
+//!   room closes and opens again with the queue.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio::time::Instant;
@@ -200,6 +201,11 @@ impl<K: Kind> Dispatch<K> {
         self.closed = true;
     }
 
+    /// Takes new jobs again (the pool opened again).
+    pub(crate) fn open(&mut self) {
+        self.closed = false;
+    }
+
     pub(crate) fn is_closed(&self) -> bool {
         self.closed
     }
@@ -231,7 +237,9 @@ impl<K: Kind> Dispatch<K> {
 
 /// Room in a bounded queue.
 pub(crate) struct Room {
-    sem: Option<Arc<Semaphore>>,
+    /// The room of the queue as it is now: a closed semaphore cannot open
+    /// again, so opening the room again puts a new one in its place.
+    sem: Option<Mutex<Arc<Semaphore>>>,
     limit: usize,
     overflow: Overflow,
 }
@@ -242,42 +250,63 @@ impl Room {
     /// Room for `limit` jobs (at least 1), or unbounded.
     pub(crate) fn new(limit: Option<usize>, overflow: Overflow) -> Self {
         Room {
-            sem: limit.map(|n| Arc::new(Semaphore::new(n.max(1)))),
+            sem: limit.map(|n| Mutex::new(Arc::new(Semaphore::new(n.max(1))))),
             limit: limit.map_or(0, |n| n.max(1)),
             overflow,
         }
     }
 
+    /// The semaphore as it is now; `None` when the queue is unbounded.
+    fn now(&self) -> Option<Arc<Semaphore>> {
+        let sem = self.sem.as_ref()?;
+        Some(sem.lock().unwrap_or_else(PoisonError::into_inner).clone())
+    }
+
     /// Room for one more queued job, waiting for it or failing as the
-    /// overflow says; `None` when the queue is unbounded.
+    /// overflow says; `None` when the queue is unbounded. The room is
+    /// stale once [`closed`](Self::closed): the room closed since it was
+    /// given, even if it opened again.
     ///
     /// # Errors
     ///
     /// [`Error::QueueFull`] (`Overflow::Error`), [`Error::Closed`] once
     /// closed.
     pub(crate) async fn reserve(&self) -> Result<Option<OwnedSemaphorePermit>, Error> {
-        let Some(sem) = &self.sem else {
+        let Some(sem) = self.now() else {
             return Ok(None);
         };
         let permit = match self.overflow {
-            Overflow::Error => sem.clone().try_acquire_owned().map_err(|e| match e {
+            Overflow::Error => sem.try_acquire_owned().map_err(|e| match e {
                 tokio::sync::TryAcquireError::Closed => Error::Closed,
                 tokio::sync::TryAcquireError::NoPermits => Error::QueueFull(self.limit),
             })?,
-            Overflow::Wait => sem
-                .clone()
-                .acquire_owned()
-                .await
-                .map_err(|_| Error::Closed)?,
+            Overflow::Wait => sem.acquire_owned().await.map_err(|_| Error::Closed)?,
         };
         Ok(Some(permit))
     }
 
     /// Wakes callers waiting for room: they fail with [`Error::Closed`].
     pub(crate) fn close(&self) {
-        if let Some(sem) = &self.sem {
+        if let Some(sem) = self.now() {
             sem.close();
         }
+    }
+
+    /// Opens the room again, all of it, if it was closed. Room given before
+    /// stays [`closed`](Self::closed).
+    pub(crate) fn open(&self) {
+        if let Some(sem) = &self.sem {
+            let mut sem = sem.lock().unwrap_or_else(PoisonError::into_inner);
+            if sem.is_closed() {
+                *sem = Arc::new(Semaphore::new(self.limit));
+            }
+        }
+    }
+
+    /// Whether `room` (given by [`reserve`](Self::reserve)) was given
+    /// before the room last closed.
+    pub(crate) fn closed(room: &OwnedSemaphorePermit) -> bool {
+        room.semaphore().is_closed()
     }
 }
 
@@ -428,6 +457,40 @@ mod tests {
         d.fail_queued(|| Error::Closed);
         assert!(matches!(queued.try_recv(), Ok(Err(Error::Closed))));
         assert_eq!(d.queued(), 0);
+        // Opened again, it takes jobs as before.
+        d.open();
+        assert!(d.try_take().unwrap().is_none(), "a place on a busy worker");
+        d.give_back(0);
+        assert_eq!(d.try_take().unwrap().map(|(seat, _)| seat.id), Some(0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_closed_room_opens_again_whole_and_room_given_before_stays_stale() {
+        let room = Room::new(Some(2), Overflow::Error);
+        let before = settle(room.reserve()).await.unwrap().unwrap();
+        assert!(!Room::closed(&before));
+        room.close();
+        assert!(matches!(settle(room.reserve()).await, Err(Error::Closed)));
+        assert!(Room::closed(&before));
+        room.open();
+        // All of it: the room given before counts for nothing now.
+        let a = settle(room.reserve()).await.unwrap().unwrap();
+        let b = settle(room.reserve()).await.unwrap().unwrap();
+        assert!(!Room::closed(&a) && !Room::closed(&b));
+        assert!(matches!(
+            settle(room.reserve()).await,
+            Err(Error::QueueFull(2))
+        ));
+        assert!(Room::closed(&before), "stale room looked fresh");
+        // Opening an open room changes nothing.
+        room.open();
+        assert!(matches!(
+            settle(room.reserve()).await,
+            Err(Error::QueueFull(2))
+        ));
+        drop(before);
+        drop(a);
+        assert!(settle(room.reserve()).await.unwrap().is_some());
     }
 
     #[tokio::test(start_paused = true)]

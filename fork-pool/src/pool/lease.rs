@@ -10,7 +10,7 @@ use futures::future::Either;
 use tokio::time::Instant;
 
 use super::deadline::after;
-use super::dispatch::{Seat, Ticket};
+use super::dispatch::{Room, Seat, Ticket};
 use super::member::AfterJob;
 use super::shared::Shared;
 use super::spawn::{Conn, Process, Spawn};
@@ -99,6 +99,14 @@ impl<S: Spawn> Shared<S> {
         let room = self.room.reserve().await?;
         let (id, ticket) = {
             let mut st = self.lock();
+            if room.as_ref().is_some_and(Room::closed) {
+                // The pool shut down since the room was given, and a call
+                // opened it again (or the queue would say so): possible only
+                // with threads, one between `reserve` and this lock while
+                // others shut down and call. This call overlapped the
+                // shutdown; its room is not the queue's any more.
+                return Err(Error::Closed);
+            }
             if let Some((seat, went_to_work)) = st.dispatch.try_take()? {
                 if went_to_work {
                     self.went_to_work(&st);

@@ -12,7 +12,8 @@
 //! - `batch`: many calls with bounded work in flight (`map`, `pipeline`);
 //! - `retry`: running idempotent jobs again;
 //! - `supervisor`: scaling, spawning, replacing, recycling, watching;
-//! - `shutdown`: draining and reaping;
+//! - `life`: open, shutting down, shut down, open again (plain state);
+//! - `shutdown`: draining and reaping, and opening again;
 //! - `deadline`: tokio's clock, and where a call's deadline enters;
 //! - `shared`: the state the parts share;
 //! - `stats`: [`Stats`].
@@ -40,6 +41,7 @@ mod dispatch;
 mod job;
 mod jobs;
 mod lease;
+mod life;
 mod member;
 mod retry;
 mod shared;
@@ -63,8 +65,9 @@ pub type PoolEvents<Ev> = mpsc::UnboundedReceiver<(u32, fork_rpc::Result<Ev>)>;
 ///
 /// `Pool` implements tarpc's [`Stub`], so the generated client works over it
 /// unchanged: `CalcClient::from(pool.clone())`. It is a cheap handle
-/// (`Clone`); when the last handle is dropped, the pool shuts down in the
-/// background as [`shutdown`](Pool::shutdown) would.
+/// (`Clone`); when the last handle is dropped, the pool shuts down for good
+/// in the background, as [`shutdown`](Pool::shutdown) would. After
+/// `shutdown` itself, the next call opens it again.
 pub struct Pool<Req, Resp, Ev = ()> {
     handle: Arc<Handle<Req, Resp, Ev>>,
 }
@@ -154,12 +157,15 @@ where
     /// finished.await; // every worker has exited and was reaped
     /// # }
     /// ```
+    ///
+    /// A pool can be used again after `shutdown`, so the future waits for
+    /// one shutdown: taken while the pool is open or shutting down, it
+    /// resolves at the end of the next shutdown to complete, even if a call
+    /// opens the pool again before the future is polled; taken while the
+    /// pool is shut down (and no call has opened it since), it resolves at
+    /// once.
     pub fn finished(&self) -> impl Future<Output = ()> + Send + 'static {
-        let mut done = self.handle.shared.done.subscribe();
-        async move {
-            // (An error means the pool is gone, which it is only once done.)
-            let _ = done.wait_for(|done| *done).await;
-        }
+        self.handle.shared.finished()
     }
 
     /// A snapshot of the pool's state and counters.
@@ -187,12 +193,60 @@ where
         self.handle.shared.wait_until(condition).await
     }
 
-    /// Stops taking new calls (they fail with [`Error::Closed`](crate::Error::Closed)),
-    /// lets the queued and running jobs finish, closes the workers (they
-    /// exit 0) and waits for them. After [`Config::shutdown_timeout`], jobs
-    /// still queued fail with [`Error::Closed`](crate::Error::Closed) and
-    /// workers still running are killed. Afterwards no worker of the pool
-    /// remains.
+    /// Stops taking new calls (until it returns, they fail with
+    /// [`Error::Closed`](crate::Error::Closed)), lets the queued and running
+    /// jobs finish, closes the workers (they exit 0) and waits for them.
+    /// After [`Config::shutdown_timeout`], jobs still queued fail with
+    /// [`Error::Closed`](crate::Error::Closed) and workers still running are
+    /// killed. When it returns, no worker of the pool remains: every
+    /// process it started was reaped. A `shutdown` called while another is
+    /// under way returns when that one is done; called on a pool shut down,
+    /// it returns at once. Once begun, a shutdown runs to its end in the
+    /// background even if the future is dropped.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn doc(pool: fork_pool::Pool<String, String>) -> Result<(), tarpc::client::RpcError> {
+    /// use tarpc::client::stub::Stub;
+    ///
+    /// pool.shutdown().await; // every worker has exited and was reaped
+    /// // The next call starts a fresh worker from the same template.
+    /// let answer = pool.call(pool.context(), "again".to_string()).await?;
+    /// # let _ = answer;
+    /// // Closed for good: no handle is left to call it.
+    /// let finished = pool.finished();
+    /// drop(pool);
+    /// finished.await;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Reuse
+    ///
+    /// The pool can be used again afterwards, as Coro::ProcessPool's can:
+    /// the next call opens it and starts fresh workers from the same
+    /// template, as at build. The [`idle`](Config::idle) spares start with
+    /// that call (not before: when `shutdown` returns, no worker runs), and
+    /// every knob applies again: the queue limit, recycling, timeouts,
+    /// scaling. The [`Stats`] counters keep counting (they count over the
+    /// pool's life), the stream of [`events`](Pool::events) carries on, and
+    /// clients made from the pool keep working.
+    ///
+    /// The pool opens again on its own, on the next call, rather than by an
+    /// explicit `reopen()`: clients made from the pool
+    /// (`CalcClient::from(pool.clone())`, a tower service) only make calls,
+    /// and would otherwise each need a pool handle, or fail for a reason
+    /// they cannot fix. Closing for good already has its own way, which
+    /// cannot be undone: dropping every handle.
+    ///
+    /// # Caveats
+    ///
+    /// A task still making calls after `shutdown` starts workers again. To
+    /// close a pool for good, drop every handle (the pool and the clients
+    /// made from it); [`finished`](Pool::finished) tells when that is done.
+    /// A pool over a template that was shut down fails such calls with
+    /// [`Error::Spawn`](crate::Error::Spawn).
     pub async fn shutdown(&self) {
         self.handle.shared.shutdown().await;
     }

@@ -13,6 +13,7 @@ use tokio::time::Instant;
 
 use super::PoolEvents;
 use super::dispatch::{Dispatch, Room, Seat};
+use super::life::Life;
 use super::retry::Retry;
 use super::spawn::{Kind, Spawn};
 use super::stats::Stats;
@@ -34,11 +35,13 @@ pub(crate) struct Shared<K: Kind> {
     /// worker came or left).
     pub(crate) changed: Notify,
     /// Set by `shutdown` past its deadline: workers still starting (an init
-    /// hook that hangs) are given up on, and killed.
+    /// hook that hangs) are given up on, and killed. Cleared when the pool
+    /// opens again.
     pub(crate) abandon: watch::Sender<bool>,
-    /// Set once the pool has shut down and every worker it started was
-    /// reaped (see [`Pool::finished`](super::Pool::finished)).
-    pub(crate) done: watch::Sender<bool>,
+    /// The count of shutdowns completed, each once every worker the pool
+    /// started was reaped (see [`Pool::finished`](super::Pool::finished)).
+    /// Set with [`State::life`], under the lock.
+    pub(crate) done: watch::Sender<u64>,
     /// Room in a bounded queue.
     pub(crate) room: Room,
     events_tx: EventsTx<K::Ev>,
@@ -55,8 +58,11 @@ pub(crate) struct State<K: Kind> {
     /// are still exiting. Each leaves when its monitor sees it reaped.
     pub(crate) alive: HashMap<u64, K::Process>,
     pub(crate) starting: usize,
-    /// Shut down past draining: workers that arrive now are killed.
-    pub(crate) finished: bool,
+    /// Open, shutting down or shut down.
+    pub(crate) life: Life,
+    /// The supervisor's task is running: a shutdown waits until it has
+    /// stopped, so that a pool opened again has one supervisor.
+    pub(crate) supervising: bool,
     pub(crate) last_spawn: Option<Instant>,
     pub(crate) consecutive_failures: u32,
     pub(crate) backoff_until: Option<Instant>,
@@ -91,7 +97,8 @@ impl<S: Spawn> Shared<S> {
                 next_id: 0,
                 alive: HashMap::new(),
                 starting: 0,
-                finished: false,
+                life: Life::new(),
+                supervising: false,
                 last_spawn: None,
                 consecutive_failures: 0,
                 backoff_until: None,
@@ -101,23 +108,36 @@ impl<S: Spawn> Shared<S> {
             wake: Notify::new(),
             changed: Notify::new(),
             abandon: watch::Sender::new(false),
-            done: watch::Sender::new(false),
+            done: watch::Sender::new(0),
             events_tx,
             events_rx: Mutex::new(Some(events_rx)),
             events_taken: AtomicBool::new(false),
         });
-        // The `idle` workers start up front, before any job can queue.
-        let spares = shared.knobs.idle;
+        let spares = shared.count_launch(&mut shared.lock());
+        shared.launch(spares);
+        shared
+    }
+
+    /// Counts, under the lock, what an open pool starts with: the `idle`
+    /// workers (up front, before any job can queue) and the supervisor.
+    /// Their number, for [`launch`](Self::launch).
+    pub(crate) fn count_launch(&self, st: &mut State<S>) -> usize {
+        let spares = self.knobs.idle;
         if spares > 0 {
-            let mut st = shared.lock();
-            st.starting = spares;
+            st.starting += spares;
             st.last_spawn = Some(Instant::now());
         }
+        st.supervising = true;
+        spares
+    }
+
+    /// Starts the supervisor and `spares` workers, as counted by
+    /// [`count_launch`](Self::count_launch).
+    pub(crate) fn launch(self: &Arc<Self>, spares: usize) {
         for _ in 0..spares {
-            tokio::spawn(shared.clone().spawn_worker());
+            tokio::spawn(self.clone().spawn_worker());
         }
-        tokio::spawn(shared.clone().supervise());
-        shared
+        tokio::spawn(self.clone().supervise());
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, State<S>> {
@@ -211,13 +231,25 @@ impl<S: Spawn> Shared<S> {
     }
 
     /// A place for a new job if one is free and no job queues before it.
+    /// A pool shut down opens again: the job waits for its new workers.
     ///
     /// # Errors
     ///
-    /// [`Error::Closed`](crate::Error::Closed) once shut down.
-    pub(crate) fn try_take(&self) -> Result<Option<Seat<S>>, crate::Error> {
+    /// [`Error::Closed`](crate::Error::Closed) while shutting down.
+    pub(crate) fn try_take(self: &Arc<Self>) -> Result<Option<Seat<S>>, crate::Error> {
         let mut st = self.lock();
-        let Some((seat, went_to_work)) = st.dispatch.try_take()? else {
+        let taken = match st.dispatch.try_take() {
+            Ok(taken) => taken,
+            Err(closed) => {
+                let Some(spares) = self.reopen(&mut st) else {
+                    return Err(closed);
+                };
+                drop(st);
+                self.launch(spares);
+                return Ok(None);
+            }
+        };
+        let Some((seat, went_to_work)) = taken else {
             return Ok(None);
         };
         if went_to_work {

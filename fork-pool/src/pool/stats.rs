@@ -1,6 +1,11 @@
 //! The pool's counters, as [`Pool::stats`](super::Pool::stats) shows them.
 
 /// A snapshot of a pool's state and counters.
+///
+/// The state (`starting` to `queued`) is the pool's now; the counters
+/// (`spawned` and after) count over the pool's whole life: a pool used again
+/// after [`shutdown`](super::Pool::shutdown) keeps counting from where it
+/// was.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {
@@ -12,7 +17,7 @@ pub struct Stats {
     pub busy: usize,
     /// Jobs waiting in the queue.
     pub queued: usize,
-    /// Workers started since the pool was built.
+    /// Workers started since the pool was built (across shutdowns).
     pub spawned: u64,
     /// Workers that left because of `max_requests`, `max_rss`, `stop` or
     /// their own `retire()`.

@@ -28,17 +28,29 @@ pub(crate) fn backoff(failures: u32) -> Duration {
         .min(BACKOFF_MAX)
 }
 
+/// The supervisor's task, counted in `State::supervising` until it ends.
+struct Supervising<S: Spawn>(Arc<Shared<S>>);
+
+impl<S: Spawn> Drop for Supervising<S> {
+    fn drop(&mut self) {
+        self.0.lock().supervising = false;
+        self.0.changed.notify_waiters();
+    }
+}
+
 // ===== impl Shared: the supervisor =====
 
 impl<S: Spawn> Shared<S> {
     /// The supervisor's loop: applies the scaling policy whenever something
-    /// changed or a timer is due, until the pool is shut down.
+    /// changed or a timer is due, until the pool is past draining (counted
+    /// as running by [`count_launch`](Self::count_launch)).
     pub(crate) async fn supervise(self: Arc<Self>) {
+        let _running = Supervising(self.clone());
         loop {
             let now = Instant::now();
             let (decision, stopped) = {
                 let mut st = self.lock();
-                if st.finished {
+                if !st.life.supervised() {
                     return;
                 }
                 let snapshot = self.snapshot(&st);
@@ -100,7 +112,7 @@ impl<S: Spawn> Shared<S> {
             return;
         }
         let mut st = self.lock();
-        if st.finished
+        if st.life.reaping()
             && let Ok(started) = result
         {
             // Shut down meanwhile: end this worker, and count it as
