@@ -13,7 +13,9 @@
 //! - `shutdown`: draining and reaping;
 //! - `deadline`: tokio's clock, and where a call's deadline enters;
 //! - `shared`: the state the parts share;
-//! - `stats`: [`Stats`].
+//! - `stats`: [`Stats`];
+//! - `metrics`: the same, and the calls' latency, through the `metrics`
+//!   facade (feature `metrics`).
 
 use std::fmt;
 use std::future::Future;
@@ -37,6 +39,7 @@ mod dispatch;
 mod job;
 mod lease;
 mod member;
+mod metrics;
 mod retry;
 mod shared;
 mod shutdown;
@@ -114,6 +117,8 @@ where
             config: Config::default(),
             idempotent: None,
             retries: 1,
+            #[cfg(feature = "metrics")]
+            metrics_label: None,
         }
     }
 
