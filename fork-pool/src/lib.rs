@@ -26,7 +26,8 @@
 //! - **Shutdown**: [`Pool::shutdown`] drains and leaves no process, and the
 //!   next call starts workers again; dropping the last handle shuts the
 //!   pool down for good, in the background.
-//! - **Observability**: [`Pool::stats`] and `tracing` events.
+//! - **Observability**: [`Pool::stats`], `tracing` events and, with the
+//!   feature `metrics`, [metrics](#metrics).
 //!
 //! # Example
 //!
@@ -85,6 +86,43 @@
 //!   high `load`, and `max` small.
 //! - **Bursty load**: a longer `start` absorbs short bursts without forking;
 //!   a longer `stop` keeps workers for the next burst.
+//!
+//! # Metrics
+//!
+//! With the feature `metrics`, a pool records its state, its counters and
+//! the latency of its calls through the [`metrics`](https://docs.rs/metrics)
+//! facade, to the recorder (an exporter, such as
+//! `metrics-exporter-prometheus`) installed **when the pool is built**: it
+//! registers its metrics then, so install the recorder first (a pool built
+//! before records nothing). Every metric has the label `pool`: the pool's
+//! `Builder::metrics_label`, by default the entry's registered name, so that
+//! several pools in one program are told apart.
+//!
+//! | metric | kind | what |
+//! |---|---|---|
+//! | `fork_pool_workers` | gauge | workers in the pool, idle or busy ([`Stats::idle`] + [`Stats::busy`]) |
+//! | `fork_pool_workers_starting` | gauge | workers being started ([`Stats::starting`]) |
+//! | `fork_pool_workers_busy` | gauge | workers with at least one job ([`Stats::busy`]) |
+//! | `fork_pool_jobs_running` | gauge | jobs on workers (up to [`Config::load`] per worker) |
+//! | `fork_pool_jobs_queued` | gauge | jobs waiting in the queue ([`Stats::queued`]) |
+//! | `fork_pool_workers_spawned_total` | counter | workers started ([`Stats::spawned`]) |
+//! | `fork_pool_spawn_failures_total` | counter | failed attempts to start a worker ([`Stats::spawn_failures`]) |
+//! | `fork_pool_workers_crashed_total` | counter | workers lost unexpectedly: killed, panicked, exited, or sent what cannot be read ([`Stats::crashed`]) |
+//! | `fork_pool_workers_recycled_total` | counter | workers that left for `max_requests`, `max_rss`, `stop` or their `retire()` ([`Stats::recycled`]) |
+//! | `fork_pool_jobs_timed_out_total` | counter | jobs past [`Config::job_timeout`], their workers killed ([`Stats::timed_out`]) |
+//! | `fork_pool_jobs_completed_total` | counter | calls answered ([`Stats::completed`]) |
+//! | `fork_pool_jobs_failed_total` | counter | calls that ended with an error, after their retries: a lost worker, a timeout, a full queue, a closed pool, a deadline, an error of the service |
+//! | `fork_pool_call_duration_seconds` | histogram | seconds from the moment a call is made until its answer or error, the time it queued and its retries included |
+//!
+//! A call dropped before it ends (its caller gave up) counts in neither
+//! `completed`, `failed` nor the histogram. The gauges and counters change
+//! with the pool's state, under its lock, and the histogram when a call
+//! ends; the handles are registered once, at build, so recording allocates
+//! and locks nothing beyond what the recorder itself does. Without the
+//! feature, nothing is recorded and nothing is paid.
+//!
+//! The `pool_metrics` example installs `metrics-exporter-prometheus`'s
+//! recorder, runs jobs on a pool, and prints what Prometheus would scrape.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]

@@ -9,6 +9,7 @@ use serde::de::DeserializeOwned;
 use tarpc::RequestName;
 
 use super::Pool;
+use super::metrics::Metrics;
 use super::retry::Retry;
 use super::shared::Shared;
 use super::spawn::RpcSpawn;
@@ -22,6 +23,9 @@ pub struct Builder<Req, Resp, Ev> {
     /// Which requests may run again.
     pub(super) idempotent: Option<Retry<Req>>,
     pub(super) retries: u32,
+    /// The `pool` label of its metrics; the entry's name if `None`.
+    #[cfg(feature = "metrics")]
+    pub(super) metrics_label: Option<String>,
 }
 
 impl<Req, Resp, Ev> fmt::Debug for Builder<Req, Resp, Ev> {
@@ -157,19 +161,39 @@ where
         self
     }
 
+    /// Labels the pool's [metrics](crate#metrics) `pool="<label>"` (feature
+    /// `metrics`), so that several pools in one program are told apart.
+    /// The default is the entry's registered name (its module path and
+    /// function, as `my_server::calc`): give pools over the same entry
+    /// labels of their own, or their metrics mix.
+    #[cfg(feature = "metrics")]
+    pub fn metrics_label(mut self, label: impl Into<String>) -> Self {
+        self.metrics_label = Some(label.into());
+        self
+    }
+
     /// Builds the pool: starts the supervisor, which starts `idle` workers
-    /// at once.
+    /// at once. With the feature `metrics`, registers the pool's
+    /// [metrics](crate#metrics) with the recorder installed now: install
+    /// yours before.
     ///
     /// # Panics
     ///
     /// Outside a tokio runtime.
     pub fn build(self) -> Pool<Req, Resp, Ev> {
         let retry = self.idempotent.and_then(|retry| retry.times(self.retries));
+        #[cfg(feature = "metrics")]
+        let metrics = Metrics::new(
+            self.metrics_label
+                .unwrap_or_else(|| self.entry.entry().name().to_owned()),
+        );
+        #[cfg(not(feature = "metrics"))]
+        let metrics = Metrics::none();
         let spawner = RpcSpawn {
             template: self.template,
             entry: self.entry,
             rpc: self.config.rpc.clone(),
         };
-        Pool::from_shared(Shared::start(self.config, spawner, retry))
+        Pool::from_shared(Shared::start(self.config, spawner, retry, metrics))
     }
 }

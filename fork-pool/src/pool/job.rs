@@ -89,13 +89,13 @@ where
 
 impl<S: Spawn> Shared<S> {
     /// A call made through the pool (`Stub::call`): its context as it
-    /// enters the pool, then run once, or with retries if it is idempotent.
+    /// enters the pool, then run once, or with retries if it is idempotent;
+    /// timed for the metrics from now until its answer.
     pub(crate) fn call(
         self: &Arc<Self>,
         ctx: Context,
         request: S::Req,
-    ) -> Job<'_, S, impl Future<Output = Result<S::Resp, RpcError>> + Send + Unpin + 'static + use<S>>
-    {
+    ) -> impl Future<Output = Result<S::Resp, RpcError>> + '_ {
         // The deadline is the context's, as given: the time spent waiting
         // in the queue counts against it.
         self.call_until(Expiry::At(ctx), request)
@@ -106,13 +106,13 @@ impl<S: Spawn> Shared<S> {
         self: &Arc<Self>,
         expiry: Expiry,
         request: S::Req,
-    ) -> Job<'_, S, impl Future<Output = Result<S::Resp, RpcError>> + Send + Unpin + 'static + use<S>>
-    {
-        if self.retry.as_ref().is_some_and(|r| r.applies(&request)) {
+    ) -> impl Future<Output = Result<S::Resp, RpcError>> + '_ {
+        let job = if self.retry.as_ref().is_some_and(|r| r.applies(&request)) {
             Job::Other(Box::pin(self.run_retrying(expiry, Arc::new(request))))
         } else {
             self.run(expiry, Wire::Owned(request))
-        }
+        };
+        self.metrics.time(job)
     }
 
     /// Runs one job on one worker: at once if a place is free and the job

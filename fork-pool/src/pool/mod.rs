@@ -16,7 +16,9 @@
 //! - `shutdown`: draining and reaping, and opening again;
 //! - `deadline`: tokio's clock, and where a call's deadline enters;
 //! - `shared`: the state the parts share;
-//! - `stats`: [`Stats`].
+//! - `stats`: [`Stats`];
+//! - `metrics`: the same, and the calls' latency, through the `metrics`
+//!   facade (feature `metrics`).
 
 use std::fmt;
 use std::future::Future;
@@ -43,6 +45,7 @@ mod jobs;
 mod lease;
 mod life;
 mod member;
+mod metrics;
 mod retry;
 mod shared;
 mod shutdown;
@@ -122,6 +125,8 @@ where
             config: Config::default(),
             idempotent: None,
             retries: 1,
+            #[cfg(feature = "metrics")]
+            metrics_label: None,
         }
     }
 

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::Instant;
@@ -14,6 +14,7 @@ use tokio::time::Instant;
 use super::PoolEvents;
 use super::dispatch::{Dispatch, Room, Seat};
 use super::life::Life;
+use super::metrics::{Locked, Metrics};
 use super::retry::Retry;
 use super::spawn::{Kind, Spawn};
 use super::stats::Stats;
@@ -44,6 +45,7 @@ pub(crate) struct Shared<K: Kind> {
     pub(crate) done: watch::Sender<u64>,
     /// Room in a bounded queue.
     pub(crate) room: Room,
+    pub(crate) metrics: Metrics,
     events_tx: EventsTx<K::Ev>,
     events_rx: Mutex<Option<PoolEvents<K::Ev>>>,
     /// Events are kept only once somebody took the stream.
@@ -69,6 +71,9 @@ pub(crate) struct State<K: Kind> {
     pub(crate) stats: Stats,
     /// When the supervisor will look again on its own.
     pub(crate) next_wake: Option<Instant>,
+    /// The counters of `stats` as the metrics last showed them.
+    #[cfg(feature = "metrics")]
+    pub(crate) published: Stats,
 }
 
 // ===== impl Shared =====
@@ -80,7 +85,12 @@ impl<S: Spawn> Shared<S> {
     /// # Panics
     ///
     /// Outside a tokio runtime.
-    pub(crate) fn start(config: Config, spawner: S, retry: Option<Retry<S::Req>>) -> Arc<Self> {
+    pub(crate) fn start(
+        config: Config,
+        spawner: S,
+        retry: Option<Retry<S::Req>>,
+        metrics: Metrics,
+    ) -> Arc<Self> {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let knobs = config.knobs();
         let shared = Arc::new(Shared {
@@ -104,11 +114,14 @@ impl<S: Spawn> Shared<S> {
                 backoff_until: None,
                 stats: Stats::default(),
                 next_wake: None,
+                #[cfg(feature = "metrics")]
+                published: Stats::default(),
             }),
             wake: Notify::new(),
             changed: Notify::new(),
             abandon: watch::Sender::new(false),
             done: watch::Sender::new(0),
+            metrics,
             events_tx,
             events_rx: Mutex::new(Some(events_rx)),
             events_taken: AtomicBool::new(false),
@@ -140,8 +153,10 @@ impl<S: Spawn> Shared<S> {
         tokio::spawn(self.clone().supervise());
     }
 
-    pub(crate) fn lock(&self) -> MutexGuard<'_, State<S>> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    /// The state, locked (changes show in the metrics once it is let go).
+    pub(crate) fn lock(&self) -> Locked<'_, S> {
+        let guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        self.metrics.locked(guard)
     }
 
     pub(crate) fn stats(&self) -> Stats {

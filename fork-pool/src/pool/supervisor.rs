@@ -12,6 +12,7 @@ use futures::StreamExt;
 use tokio::time::Instant;
 
 use super::member::{Leave, Member, pick_jitter};
+use super::metrics::Locked;
 use super::shared::{Shared, State};
 use super::spawn::{Process, Spawn, Started, Watch};
 use crate::error::Error;
@@ -328,7 +329,7 @@ impl<S: Spawn> Shared<S> {
 
     /// Takes worker `id` out, if it is still in, and ends it: `SIGTERM`,
     /// then `SIGKILL` after the grace period. Its pid, if it was in.
-    pub(crate) fn kill(&self, mut st: std::sync::MutexGuard<'_, State<S>>, id: u64) -> Option<u32> {
+    pub(crate) fn kill(&self, mut st: Locked<'_, S>, id: u64) -> Option<u32> {
         let m = st.dispatch.remove(id)?;
         self.wake.notify_one();
         self.changed.notify_waiters();

@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::member::Member;
+use super::metrics::Metrics;
 use super::shared::Shared;
 use super::spawn::{Conn, Events, Kind, Process, Spawn, Started, Watch, Wire};
 use crate::config::Config;
@@ -264,10 +265,19 @@ pub(crate) fn member(id: u64) -> Member<Fake> {
 
 /// A pool of the double's workers, and the double.
 pub(crate) fn pool(config: Config, world: World) -> (Arc<Shared<Fake>>, Fake) {
+    pool_with(config, world, Metrics::none())
+}
+
+/// The same, with its metrics.
+pub(crate) fn pool_with(
+    config: Config,
+    world: World,
+    metrics: Metrics,
+) -> (Arc<Shared<Fake>>, Fake) {
     let fake = Fake {
         world: Arc::new(Mutex::new(world)),
     };
-    (Shared::start(config, fake.clone(), None), fake)
+    (Shared::start(config, fake.clone(), None, metrics), fake)
 }
 
 /// A context whose deadline is far (an hour).
