@@ -109,6 +109,15 @@ static JOB: RpcEntry<JobRequest, JobResponse> =
     fork_rpc::entry!(job_service, name = "benches::pool::job");
 // ANCHOR_END: service
 
+// ANCHOR: job
+/// The trivial job as a plain function, for workers serving
+/// `fork_rpc::jobs::ENTRY`.
+fn echo(x: u64) -> Result<u64, String> {
+    Ok(x)
+}
+static ECHO: fork_rpc::jobs::Job<u64, u64, String> = fork_rpc::job!(echo);
+// ANCHOR_END: job
+
 /// The rounds of [`busy`] that take `target` on this machine, calibrated
 /// here, in the parent (the workers are forks of the same binary): the
 /// fastest of a few tries, the one least disturbed by other load.
@@ -128,6 +137,7 @@ fn calibrate(target: Duration) -> u64 {
 type DirectClient = JobClient<fork_rpc::Client<JobRequest, JobResponse>>;
 type JobPool = Pool<JobRequest, JobResponse>;
 type PoolClient = JobClient<JobPool>;
+type FnPool = fork_pool::JobPool;
 
 /// How a call reaches a worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,6 +153,9 @@ enum Via {
     Padded,
     /// A pool of `workers` workers (`idle = max = workers`) at `load`.
     Pool { workers: usize, load: usize },
+    /// The same, running plain function jobs ([`ECHO`]) instead of the
+    /// service.
+    Jobs { workers: usize, load: usize },
 }
 
 impl Via {
@@ -153,6 +166,9 @@ impl Via {
             Via::Padded => "direct worker, 0.1 µs more in the parent per call".to_owned(),
             Via::Pool { workers: 1, load } => format!("pool, 1 worker, load {load}"),
             Via::Pool { workers, load } => format!("pool, {workers} workers, load {load}"),
+            Via::Jobs { workers, load } => {
+                format!("pool of function jobs, {workers} workers, load {load}")
+            }
         }
     }
 }
@@ -179,6 +195,17 @@ async fn pool(template: &Template, workers: usize, load: usize) -> BoxResult<Pee
     pool.wait_until(|s| s.idle == workers).await;
     Ok(Peer::Pool(Arc::new(JobClient::from(pool.clone())), pool))
 }
+
+/// The same for plain function jobs.
+async fn jobs(template: &Template, workers: usize, load: usize) -> BoxResult<Peer> {
+    let pool = Pool::jobs(template.clone())
+        .idle(workers)
+        .max(workers)
+        .load(load)
+        .build();
+    pool.wait_until(|s| s.idle == workers).await;
+    Ok(Peer::Jobs(pool))
+}
 // ANCHOR_END: peers
 
 /// A peer and the parent's end of its connections.
@@ -186,6 +213,7 @@ async fn pool(template: &Template, workers: usize, load: usize) -> BoxResult<Pee
 enum Peer {
     Direct(Arc<Direct>, RpcWorker),
     Pool(Arc<PoolClient>, JobPool),
+    Jobs(FnPool),
 }
 
 impl Peer {
@@ -194,6 +222,7 @@ impl Peer {
             Via::Direct | Via::Control => direct(template, 0).await,
             Via::Padded => direct(template, pad).await,
             Via::Pool { workers, load } => pool(template, workers, load).await,
+            Via::Jobs { workers, load } => jobs(template, workers, load).await,
         }
     }
 
@@ -201,6 +230,7 @@ impl Peer {
         match self {
             Peer::Direct(_, worker) => vec![worker.id()],
             Peer::Pool(_, pool) => pool.worker_pids(),
+            Peer::Jobs(pool) => pool.worker_pids(),
         }
     }
 
@@ -212,9 +242,21 @@ impl Peer {
         depth: usize,
         len: Duration,
     ) -> BoxResult<(u64, Duration)> {
-        let task = match self {
-            Peer::Direct(client, _) => rt.spawn(calls(client.clone(), work, depth, len)),
-            Peer::Pool(client, _) => rt.spawn(calls(client.clone(), work, depth, len)),
+        let task = match (self, work) {
+            (Peer::Pool(client, pool), Work::Map(n)) => {
+                let (client, pool) = (client.clone(), pool.clone());
+                rt.spawn(async move {
+                    let ctx = tarpc::context::current;
+                    map(n, pool.map(0..n, |x| client.echo(ctx(), x))).await
+                })
+            }
+            (Peer::Jobs(pool), Work::Map(n)) => {
+                let pool = pool.clone();
+                rt.spawn(async move { map(n, pool.map(0..n, |x| pool.run(&ECHO, x))).await })
+            }
+            (Peer::Direct(client, _), _) => rt.spawn(calls(client.clone(), work, depth, len)),
+            (Peer::Pool(client, _), _) => rt.spawn(calls(client.clone(), work, depth, len)),
+            (Peer::Jobs(_), _) => return Err("function jobs are measured with map".into()),
         };
         rt.block_on(task)?
     }
@@ -232,20 +274,47 @@ impl Peer {
             }
             Peer::Pool(client, pool) => {
                 drop(client);
-                let stats = pool.stats();
+                steady(via, &pool.stats())?;
                 pool.shutdown().await;
-                let workers = match via {
-                    Via::Pool { workers, .. } => workers as u64,
-                    Via::Direct | Via::Control | Via::Padded => 1,
-                };
-                if stats.spawned != workers || stats.crashed != 0 || stats.recycled != 0 {
-                    let name = via.name();
-                    return Err(format!("{name}: workers came and went: {stats:?}").into());
-                }
+            }
+            Peer::Jobs(pool) => {
+                steady(via, &pool.stats())?;
+                pool.shutdown().await;
             }
         }
         Ok(())
     }
+}
+
+/// Checks that a pool kept its workers all along.
+fn steady(via: Via, stats: &fork_pool::Stats) -> BoxResult<()> {
+    let workers = match via {
+        Via::Pool { workers, .. } | Via::Jobs { workers, .. } => workers as u64,
+        Via::Direct | Via::Control | Via::Padded => 1,
+    };
+    if stats.spawned != workers || stats.crashed != 0 || stats.recycled != 0 {
+        let name = via.name();
+        return Err(format!("{name}: workers came and went: {stats:?}").into());
+    }
+    Ok(())
+}
+
+/// Runs a batch of `n` trivial jobs through `results` (a pool's `map`),
+/// checking every result and its order.
+async fn map<E: std::error::Error + Send + Sync + 'static>(
+    n: u64,
+    results: impl futures::Stream<Item = Result<u64, E>>,
+) -> BoxResult<(u64, Duration)> {
+    use futures::StreamExt;
+    let start = Instant::now();
+    let mut results = std::pin::pin!(results.enumerate());
+    while let Some((i, y)) = results.next().await {
+        let y = y?;
+        if y != i as u64 {
+            return Err(format!("map: item {i} gave {y}").into());
+        }
+    }
+    Ok((n, start.elapsed()))
 }
 
 // ===== calls =====
@@ -259,6 +328,8 @@ enum Work {
     Trivial,
     /// `spin` with this many rounds.
     Cpu(u64),
+    /// A pool's `map` over this many trivial jobs.
+    Map(u64),
 }
 
 /// A direct worker's client, and work its caller adds to each call.
@@ -280,7 +351,7 @@ impl Caller for Direct {
         }
         let ctx = tarpc::context::current();
         match work {
-            Work::Trivial => Either::Left(self.client.echo(ctx, x)),
+            Work::Trivial | Work::Map(_) => Either::Left(self.client.echo(ctx, x)),
             Work::Cpu(rounds) => Either::Right(self.client.spin(ctx, rounds, x)),
         }
     }
@@ -293,7 +364,7 @@ impl Caller for PoolClient {
     fn call(&self, work: Work, x: u64) -> impl Future<Output = Result<u64, RpcError>> + Send + '_ {
         let ctx = tarpc::context::current();
         match work {
-            Work::Trivial => Either::Left(self.echo(ctx, x)),
+            Work::Trivial | Work::Map(_) => Either::Left(self.echo(ctx, x)),
             Work::Cpu(rounds) => Either::Right(self.spin(ctx, rounds, x)),
         }
     }
@@ -311,6 +382,10 @@ struct Opts {
     trivial: Rounds,
     /// The same for CPU-bound jobs.
     cpu: Rounds,
+    /// Rounds of batches (each a `map` over [`Opts::batch_len`] jobs).
+    batch: Rounds,
+    /// Jobs in one batch.
+    batch_len: u64,
     /// Rounds of [`busy`] that take [`PAD`] (calibrated in `main`).
     pad: u64,
 }
@@ -329,10 +404,18 @@ impl Opts {
                 Rounds::new(7, Duration::from_millis(400)),
             )
         };
+        // A batch's length is its number of jobs: the time is not used.
+        let (batch, batch_len) = if args.quick {
+            (Rounds::new(1, Duration::ZERO), 5_000)
+        } else {
+            (Rounds::new(9, Duration::ZERO), 100_000)
+        };
         Opts {
             args,
             trivial,
             cpu,
+            batch,
+            batch_len,
             pad: 0,
         }
     }
@@ -372,6 +455,7 @@ enum Part {
     Throughput,
     Overhead,
     Cpu,
+    Batch,
 }
 
 /// One part on one runtime: peers measured side by side.
@@ -423,6 +507,7 @@ fn measure(
     let rounds = match m.work {
         Work::Trivial => opts.trivial,
         Work::Cpu(_) => opts.cpu,
+        Work::Map(_) => opts.batch,
     };
     let mut peers = Vec::new();
     for &via in &vias {
@@ -467,6 +552,9 @@ const THROUGHPUT_TARGET: f64 = 300_000.0;
 const OVERHEAD_TARGET: f64 = 1.10;
 /// Least speed-up of CPU-bound jobs from 1 worker to 2.
 const SCALING_TARGET: f64 = 1.9;
+/// Least rate of a batch of function jobs, as a multiple of the same batch
+/// through the service on the same pool.
+const JOBS_TARGET: f64 = 0.9;
 
 #[derive(Debug, Default)]
 struct Report {
@@ -501,6 +589,14 @@ impl Report {
                 Some((
                     format!("≤ +{limit:.0}% per call vs direct: {extra:+.1}%"),
                     cost <= OVERHEAD_TARGET,
+                ))
+            }
+            (Part::Batch, Via::Jobs { workers, load }) => {
+                let service = self.find(row, Via::Pool { workers, load })?;
+                let vs = row.sample.ratio_to(&service.sample);
+                Some((
+                    format!("≥ {JOBS_TARGET}× the service: {vs:.2}×"),
+                    vs >= JOBS_TARGET,
                 ))
             }
             (Part::Cpu, Via::Pool { workers: 2, load }) => {
@@ -554,7 +650,9 @@ impl Report {
                 (Part::Throughput, _) => "throughput".to_owned(),
                 (Part::Overhead, _) => "overhead".to_owned(),
                 (Part::Cpu, Work::Cpu(rounds)) => format!("CPU-bound ({rounds} rounds)"),
-                (Part::Cpu, Work::Trivial) => "CPU-bound".to_owned(),
+                (Part::Cpu, _) => "CPU-bound".to_owned(),
+                (Part::Batch, Work::Map(n)) => format!("batch (map over {n})"),
+                (Part::Batch, _) => "batch".to_owned(),
             };
             let cells: [&dyn Display; 10] = [
                 &part,
@@ -644,6 +742,23 @@ fn run_all(
             flavour,
             work: Work::Cpu(rounds),
             depth: CPU_DEPTH,
+            vias: &vias,
+        };
+        measure(rt, opts, &template, m, report)?;
+    }
+
+    // 4. Batches: `map` over many trivial jobs, on 2 workers, through the
+    // service and as plain function jobs.
+    for load in [2, 10] {
+        let vias = [
+            Via::Pool { workers: 2, load },
+            Via::Jobs { workers: 2, load },
+        ];
+        let m = Measure {
+            part: Part::Batch,
+            flavour,
+            work: Work::Map(opts.batch_len),
+            depth: 2 * load,
             vias: &vias,
         };
         measure(rt, opts, &template, m, report)?;
