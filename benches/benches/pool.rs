@@ -2,7 +2,7 @@
 //! single fork-rpc worker called directly in the same run, and how CPU-bound
 //! jobs scale from one worker to two.
 //!
-//! Run: `cargo bench -p benches --bench pool` (about 95 seconds), or
+//! Run: `cargo bench -p benches --bench pool` (about 3 minutes), or
 //! `cargo bench -p benches --bench pool -- --quick` (a few seconds; for CI).
 //! `--only TEXT` measures only the rows whose part and name (as in
 //! `overhead: pool, 1 worker, load 10, 10 in flight, current_thread`)
@@ -18,7 +18,7 @@
 //! - **pool**: a [`Pool`] with `idle(n).max(n)`, so that all its workers are
 //!   there before the measurement and none comes or goes during it.
 //!
-//! Three parts, each measured with the direct worker next to the pools:
+//! Four parts, each measured with its peers side by side:
 //!
 //! 1. **Throughput**: trivial calls, 256 in flight, the pool with 2 workers
 //!    at `load` 1, 2 and 10 (the rest wait in the pool's queue), and at
@@ -30,6 +30,9 @@
 //!    control: its difference from the first is the method's own.
 //! 3. **CPU-bound**: ~2 ms of arithmetic per job, 16 in flight, 1 worker
 //!    against 2, at `load` 1 and at `load` 2.
+//! 4. **Batches**: `Pool::map` over 100,000 trivial jobs on 2 workers at
+//!    `load` 2 and 10, through the service and as plain function jobs
+//!    (`fork_rpc::job!`, `Pool::run`): the same pool, two ways to call it.
 //!
 //! Calls are made by one task keeping N calls in flight (a new call as soon
 //! as one returns). The machines this runs on are small, shared and noisy:

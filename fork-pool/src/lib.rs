@@ -7,6 +7,10 @@
 //! `Stub`, so the generated client works over it unchanged:
 //! `CalcClient::from(pool.clone())`.
 //!
+//! - **Plain function jobs**: [`Pool::jobs`] and [`Pool::run`] run any
+//!   function declared with [`fork_rpc::job!`], no service needed;
+//!   [`Pool::map`] and [`Pool::pipeline`] run batches with bounded work in
+//!   flight.
 //! - **Dispatch**: each job goes to the least-loaded worker whose load is
 //!   below [`Config::load`], else waits in a FIFO queue. Ties go to the
 //!   oldest worker, so light load concentrates on few workers and the others
