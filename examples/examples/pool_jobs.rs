@@ -26,7 +26,11 @@ static PRIMES: OnceLock<Vec<u64>> = OnceLock::new();
 
 fn load_primes(below: u64) -> Result<(), String> {
     let primes = (2..below)
-        .filter(|&n| (2..n).take_while(|d| d * d <= n).all(|d| n % d != 0))
+        .filter(|&n| {
+            (2..n)
+                .take_while(|d| d * d <= n)
+                .all(|d| !n.is_multiple_of(d))
+        })
         .collect();
     PRIMES.set(primes).map_err(|_| "loaded twice".to_owned())
 }
@@ -39,7 +43,7 @@ fn factor(mut n: u64) -> Result<Vec<u64>, String> {
     }
     let mut factors = Vec::new();
     for &p in PRIMES.get().ok_or("the template loaded no primes")? {
-        while n % p == 0 {
+        while n.is_multiple_of(p) {
             factors.push(p);
             n /= p;
         }

@@ -58,8 +58,12 @@ pub(crate) fn encode_into<T: Serialize>(
         out,
         left: limit.min(u32::MAX.into()),
         limit,
+        stage: [0; STAGE],
+        staged: 0,
     };
-    match codec::encode_to(format, &mut body, item) {
+    let encoded = codec::encode_to(format, &mut body, item);
+    body.spill();
+    match encoded {
         Ok(()) => {
             let len = (out.len() - start - HEADER) as u32;
             out[start..start + HEADER].copy_from_slice(&len.to_be_bytes());
@@ -221,24 +225,62 @@ where
     }
 }
 
+/// Bytes a [`Limited`] gathers before it appends them.
+const STAGE: usize = 128;
+
 /// Appends to a buffer, failing once more than `left` bytes would be written.
+///
+/// Small writes (bincode writes each primitive on its own: a `Vec<u8>` that
+/// serde sees as a sequence is a write per byte) are gathered in `stage`
+/// and appended together: a store each instead of a call into `BytesMut`.
+/// [`spill`](Limited::spill) appends what is left.
 struct Limited<'a> {
     out: &'a mut BytesMut,
     left: u64,
     /// The limit, for the error message.
     limit: u64,
+    stage: [u8; STAGE],
+    /// Bytes in `stage`.
+    staged: usize,
 }
 
 // ===== impl Limited =====
 
+impl Limited<'_> {
+    /// Appends what was gathered.
+    fn spill(&mut self) {
+        self.out.extend_from_slice(&self.stage[..self.staged]);
+        self.staged = 0;
+    }
+}
+
 impl io::Write for Limited<'_> {
+    #[inline]
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.write_all(buf).map(|()| buf.len())
+    }
+
+    // What bincode calls, once per primitive: inlined, so that the length
+    // of a primitive's bytes is known where it is copied.
+    #[inline]
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
         if buf.len() as u64 > self.left {
             return Err(codec::too_big(None, self.limit));
         }
         self.left -= buf.len() as u64;
-        self.out.extend_from_slice(buf);
-        Ok(buf.len())
+        if let Some(room) = self.stage.get_mut(self.staged..self.staged + buf.len()) {
+            room.copy_from_slice(buf);
+            self.staged += buf.len();
+        } else {
+            self.spill();
+            if buf.len() < STAGE {
+                self.stage[..buf.len()].copy_from_slice(buf);
+                self.staged = buf.len();
+            } else {
+                self.out.extend_from_slice(buf);
+            }
+        }
+        Ok(())
     }
 
     fn flush(&mut self) -> io::Result<()> {

@@ -15,8 +15,10 @@ use crate::error::HandlerPanic;
 pub(crate) enum WorkerMsg<Resp> {
     /// A tarpc reply.
     Reply(tarpc::Response<Resp>),
-    /// An event, already serialised in the configured format.
-    Event(Vec<u8>),
+    /// An event, already serialised in the configured format. A byte
+    /// string, copied at once (the same bytes as a sequence of `u8` in
+    /// bincode, which serde would read one at a time).
+    Event(#[serde(with = "serde_bytes")] Vec<u8>),
     /// A handler panicked; the worker exits next.
     Panic(HandlerPanic),
     /// The worker asks to be retired: send it nothing more, and close the

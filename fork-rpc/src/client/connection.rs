@@ -35,8 +35,7 @@ use super::background;
 use super::in_flight::{InFlight, Outcome};
 use super::read_lock::ReadLock;
 use super::reader::{Election, Look};
-use super::writer::Writer;
-use crate::codec;
+use super::writer::{Unsent, Writer};
 use crate::config::Format;
 use crate::variant;
 
@@ -214,16 +213,6 @@ impl<Req: Serialize + Send + 'static, Resp: Serialize + Send + 'static> Channel<
         let shared = &self.shared;
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
         let method = variant::name_of(&request);
-        let body = codec::encode(
-            shared.format,
-            shared.limit,
-            &ClientMessage::Request(Request {
-                context: ctx,
-                id,
-                message: request,
-            }),
-        )
-        .map_err(|e| RpcError::Send(Box::new(e)))?;
         let others_waiting = {
             let st = &mut *lock(&shared.state);
             let registered = st
@@ -239,9 +228,21 @@ impl<Req: Serialize + Send + 'static, Resp: Serialize + Send + 'static> Channel<
         };
         // Alone, write at once (latency); with other calls in flight, let a
         // task write everything queued in this round at once (throughput).
-        if shared.writer.send(&body, others_waiting).is_err() {
+        let message = ClientMessage::Request(Request {
+            context: ctx,
+            id,
+            message: request,
+        });
+        if let Err(unsent) =
+            shared
+                .writer
+                .send(shared.format, shared.limit, &message, others_waiting)
+        {
             shared.forget(id);
-            return Err(RpcError::Shutdown);
+            return Err(match unsent {
+                Unsent::Encode(e) => RpcError::Send(Box::new(e)),
+                Unsent::Broken => RpcError::Shutdown,
+            });
         }
         // From here on, ending the call before its outcome cancels it.
         Ok(Sent {
@@ -287,9 +288,9 @@ impl<Req, Resp: Serialize + Send + 'static> Channel<Req, Resp> {
                 trace_context,
                 request_id: sent.id,
             };
-            if let Ok(body) = codec::encode(shared.format, shared.limit, &cancel) {
-                let _ = shared.writer.send(&body, true);
-            }
+            let _ = shared
+                .writer
+                .send(shared.format, shared.limit, &cancel, true);
         }
     }
 }

@@ -8,9 +8,20 @@ use std::os::fd::AsFd;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::{Buf, BytesMut};
+use serde::Serialize;
 use tokio::net::unix::OwnedWriteHalf;
 
+use crate::config::Format;
 use crate::frame;
+
+/// Why a frame was not queued.
+#[derive(Debug)]
+pub(super) enum Unsent {
+    /// It does not encode, or exceeds the frame limit.
+    Encode(io::Error),
+    /// A write failed before: the connection is broken.
+    Broken,
+}
 
 /// The writing side of one connection.
 pub(super) struct Writer {
@@ -44,20 +55,31 @@ impl Writer {
         })
     }
 
-    /// Queues a frame with `body` and writes what it can at once, without
-    /// blocking, unless `defer`: then a task writes it with the others
-    /// queued meanwhile. A task also finishes the rest if the socket is
-    /// full.
+    /// Queues `item` as a frame, encoded straight into the queue (in
+    /// `format`, at most `limit` bytes), and writes what it can at once,
+    /// without blocking, unless `defer`: then a task writes it with the
+    /// others queued meanwhile. A task also finishes the rest if the socket
+    /// is full.
     ///
     /// # Errors
     ///
-    /// `BrokenPipe` once a write failed.
-    pub(super) fn send(self: &Arc<Self>, body: &[u8], defer: bool) -> io::Result<()> {
+    /// [`Unsent::Encode`] if `item` does not encode within the limit
+    /// (nothing was queued); [`Unsent::Broken`] once a write failed.
+    pub(super) fn send<T: Serialize>(
+        self: &Arc<Self>,
+        format: Format,
+        limit: u64,
+        item: &T,
+        defer: bool,
+    ) -> Result<(), Unsent> {
         let mut out = lock(&self.out);
         if out.broken {
-            return Err(io::ErrorKind::BrokenPipe.into());
+            return Err(Unsent::Broken);
         }
-        frame::put(&mut out.buf, body);
+        // Encoded under the lock, so that frames are queued in the order
+        // they were encoded, each copied once, into a buffer that is
+        // reused (its room comes back once it is written).
+        frame::encode_into(format, limit, item, &mut out.buf).map_err(Unsent::Encode)?;
         if out.flushing {
             return Ok(());
         }
@@ -65,7 +87,7 @@ impl Writer {
         // its runtime shut down), write what the socket takes now.
         let runtime = tokio::runtime::Handle::try_current().ok();
         if !defer || runtime.is_none() {
-            self.write_some(&mut out)?;
+            self.write_some(&mut out).map_err(|_| Unsent::Broken)?;
         }
         if let (false, Some(runtime)) = (out.buf.is_empty(), runtime) {
             out.flushing = true;
