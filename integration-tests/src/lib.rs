@@ -41,8 +41,19 @@ pub fn run_quietly(tests: &[(&'static str, TestFn)]) -> ! {
     run_with(tests, None)
 }
 
+/// [`run_quietly`], one test at a time (for tests that measure the whole
+/// process, as counting its allocations does).
+pub fn run_serially(tests: &[(&'static str, TestFn)]) -> ! {
+    let mut args = Arguments::from_args();
+    args.test_threads = Some(1);
+    run_args(args, tests, None)
+}
+
 fn run_with(tests: &[(&'static str, TestFn)], note: Option<&str>) -> ! {
-    let args = Arguments::from_args();
+    run_args(Arguments::from_args(), tests, note)
+}
+
+fn run_args(args: Arguments, tests: &[(&'static str, TestFn)], note: Option<&str>) -> ! {
     if let Some(note) = note
         && !args.list
     {
