@@ -222,9 +222,9 @@ impl Via {
     fn name(self) -> &'static str {
         match self {
             Via::Raw => "raw socketpair copy",
-            Via::Direct(Path::Bytes) => "fork-rpc, Bytes",
-            Via::Direct(Path::Vec) => "fork-rpc, Vec<u8>",
-            Via::Pool => "pool of 2, Bytes",
+            Via::Direct(Path::Bytes) => "fork-rpc, `Bytes`",
+            Via::Direct(Path::Vec) => "fork-rpc, `Vec<u8>`",
+            Via::Pool => "pool of 2, `Bytes`",
         }
     }
 }

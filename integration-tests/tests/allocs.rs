@@ -82,6 +82,16 @@ static WORKER_ALLOCATIONS: Job<(), u64, String> = fork_rpc::job!(worker_allocati
 
 const CALLS: u64 = 2_000;
 
+/// Runs a test on a `current_thread` runtime: the only thread that
+/// allocates while it counts.
+fn on_this_thread(test: impl Future<Output = Result<(), Failed>>) -> Result<(), Failed> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(fail)?
+        .block_on(test)
+}
+
 /// Allocations per call in the parent and in the worker.
 #[derive(Debug, Clone, Copy)]
 struct PerCall {
@@ -90,11 +100,7 @@ struct PerCall {
 }
 
 fn a_function_job_allocates_no_more_than_a_service_call() -> Result<(), Failed> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(fail)?;
-    rt.block_on(async {
+    on_this_thread(async {
         let template = Template::new().map_err(fail)?;
         let pool = Pool::builder(template.clone(), &ECHO_SERVICE)
             .idle(1)
@@ -175,11 +181,7 @@ impl Heap {
 }
 
 fn a_large_payload_is_not_copied_into_buffers_of_its_own() -> Result<(), Failed> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(fail)?;
-    rt.block_on(async {
+    on_this_thread(async {
         let template = Template::new().map_err(fail)?;
         let (client, worker) = fork_rpc::RpcWorker::builder(&mut template.fork(), &ECHO_SERVICE)
             .spawn()
