@@ -38,6 +38,7 @@ use super::reader::{Election, Look};
 use super::writer::Writer;
 use crate::codec;
 use crate::config::Format;
+use crate::shm::{self, scope};
 use crate::variant;
 
 /// The decoded replies from the worker, until the connection ends.
@@ -63,6 +64,9 @@ pub(super) struct Shared<Resp> {
     in_flight: Arc<Semaphore>,
     format: Format,
     limit: u64,
+    /// Big [`SharedBytes`](crate::SharedBytes) travel as memory files
+    /// within these limits.
+    shared: shm::Limits,
 }
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -147,12 +151,13 @@ impl<Req: Serialize + Send + 'static, Resp: Serialize + Send + 'static> Channel<
         format: Format,
         limit: u64,
         max_in_flight: usize,
+        (shared_out, shared): (shm::Outbox, shm::Limits),
     ) -> Self {
         let state = Arc::new(Mutex::new(State {
             calls: InFlight::new(),
             election: Election::new(),
         }));
-        let writer = Writer::new(write);
+        let writer = Writer::new(write, shared_out);
         let shared = Arc::new(Shared {
             socket_waker: Waker::from(Arc::new(SocketWaker {
                 state: state.clone(),
@@ -164,6 +169,7 @@ impl<Req: Serialize + Send + 'static, Resp: Serialize + Send + 'static> Channel<
             in_flight: Arc::new(Semaphore::new(max_in_flight.max(1))),
             format,
             limit,
+            shared,
         });
         tokio::spawn(background::run(shared.clone()));
         Channel {
@@ -214,16 +220,18 @@ impl<Req: Serialize + Send + 'static, Resp: Serialize + Send + 'static> Channel<
         let shared = &self.shared;
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
         let method = variant::name_of(&request);
-        let body = codec::encode(
-            shared.format,
-            shared.limit,
-            &ClientMessage::Request(Request {
-                context: ctx,
-                id,
-                message: request,
-            }),
-        )
-        .map_err(|e| RpcError::Send(Box::new(e)))?;
+        let (body, attached) = scope::encoding(Some(shared.shared), || {
+            codec::encode(
+                shared.format,
+                shared.limit,
+                &ClientMessage::Request(Request {
+                    context: ctx,
+                    id,
+                    message: request,
+                }),
+            )
+        });
+        let body = body.map_err(|e| RpcError::Send(Box::new(e)))?;
         let others_waiting = {
             let st = &mut *lock(&shared.state);
             let registered = st
@@ -239,9 +247,13 @@ impl<Req: Serialize + Send + 'static, Resp: Serialize + Send + 'static> Channel<
         };
         // Alone, write at once (latency); with other calls in flight, let a
         // task write everything queued in this round at once (throughput).
-        if shared.writer.send(&body, others_waiting).is_err() {
+        if let Err(e) = shared.writer.send(&body, &attached, others_waiting) {
             shared.forget(id);
-            return Err(RpcError::Shutdown);
+            return Err(match e.kind() {
+                io::ErrorKind::BrokenPipe => RpcError::Shutdown,
+                // Its memory files could not be sent (see `shm`).
+                _ => RpcError::Send(Box::new(e)),
+            });
         }
         // From here on, ending the call before its outcome cancels it.
         Ok(Sent {
@@ -288,7 +300,7 @@ impl<Req, Resp: Serialize + Send + 'static> Channel<Req, Resp> {
                 request_id: sent.id,
             };
             if let Ok(body) = codec::encode(shared.format, shared.limit, &cancel) {
-                let _ = shared.writer.send(&body, true);
+                let _ = shared.writer.send(&body, &[], true);
             }
         }
     }

@@ -8,14 +8,18 @@ use std::os::fd::AsFd;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::{Buf, BytesMut};
+use fork_core::shm::SealedBytes;
 use tokio::net::unix::OwnedWriteHalf;
 
 use crate::frame;
+use crate::shm;
 
 /// The writing side of one connection.
 pub(super) struct Writer {
     out: Mutex<Out>,
     write: OwnedWriteHalf,
+    /// Where the memory files of the frames go (see [`shm`]).
+    shared: shm::Outbox,
 }
 
 #[derive(Default)]
@@ -28,6 +32,8 @@ struct Out {
     broken: bool,
     /// Every client is gone: shut down the sending side once `buf` is out.
     closing: bool,
+    /// The number of the next frame queued (see [`shm`]).
+    frames: u64,
 }
 
 fn lock(m: &Mutex<Out>) -> MutexGuard<'_, Out> {
@@ -37,26 +43,39 @@ fn lock(m: &Mutex<Out>) -> MutexGuard<'_, Out> {
 // ===== impl Writer =====
 
 impl Writer {
-    pub(super) fn new(write: OwnedWriteHalf) -> Arc<Self> {
+    pub(super) fn new(write: OwnedWriteHalf, shared: shm::Outbox) -> Arc<Self> {
         Arc::new(Writer {
             out: Mutex::new(Out::default()),
             write,
+            shared,
         })
     }
 
-    /// Queues a frame with `body` and writes what it can at once, without
+    /// Queues a frame with `body` (after sending the memory files its
+    /// encoding `attached`, if any) and writes what it can at once, without
     /// blocking, unless `defer`: then a task writes it with the others
     /// queued meanwhile. A task also finishes the rest if the socket is
     /// full.
     ///
     /// # Errors
     ///
-    /// `BrokenPipe` once a write failed.
-    pub(super) fn send(self: &Arc<Self>, body: &[u8], defer: bool) -> io::Result<()> {
+    /// `BrokenPipe` once a write failed; the error of sending the memory
+    /// files (the frame is then not queued).
+    pub(super) fn send(
+        self: &Arc<Self>,
+        body: &[u8],
+        attached: &[Arc<SealedBytes>],
+        defer: bool,
+    ) -> io::Result<()> {
         let mut out = lock(&self.out);
         if out.broken {
             return Err(io::ErrorKind::BrokenPipe.into());
         }
+        // In the lock that orders the frames, before the frame's bytes.
+        if !attached.is_empty() {
+            self.shared.send(out.frames, attached)?;
+        }
+        out.frames += 1;
         frame::put(&mut out.buf, body);
         if out.flushing {
             return Ok(());
