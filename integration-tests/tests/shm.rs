@@ -520,7 +520,7 @@ fn through_a_pool() -> Result<(), Failed> {
 
 fn main() {
     fork_core::init();
-    let tests: &[(&str, fn() -> Result<(), Failed>)] = &[
+    let tests: &[(&str, integration_tests::TestFn)] = &[
         (
             "big_payloads_are_shared_small_ones_inline",
             big_payloads_are_shared_small_ones_inline,

@@ -123,13 +123,12 @@ pub(super) struct Server<S: Serve, F> {
     output: BytesMut,
     /// Where the descriptors of the frames written go, and the number of
     /// the next frame written (see [`shm`]).
-    shared_out: shm::Outbox,
+    shared_out: Option<(shm::Outbox, shm::Limits)>,
     frames_out: u64,
     /// Where the descriptors of the frames read come from (`None` only
     /// while a frame is decoded), and the number of the next frame read.
     shared_in: Option<shm::Inbox>,
     frames_in: u64,
-    shared_limits: shm::Limits,
     /// Bytes written so far, in all.
     written: u64,
     /// Flush requests, each with the value of `written` that answers it.
@@ -152,7 +151,7 @@ where
     pub(super) fn new(
         config: &Config,
         stream: tokio::net::UnixStream,
-        (shared_out, shared_in): (shm::Outbox, shm::Inbox),
+        shared: Option<(shm::Outbox, shm::Inbox)>,
         service: S,
         call: fn(S, tarpc::context::Context, S::Req) -> F,
         events: mpsc::UnboundedReceiver<Outgoing>,
@@ -176,10 +175,11 @@ where
             running: FuturesUnordered::new(),
             events,
             output: BytesMut::new(),
-            shared_out,
+            shared_out: shared
+                .as_ref()
+                .map(|(out, inbox)| (out.clone(), inbox.limits)),
             frames_out: 0,
-            shared_limits: shared_in.limits,
-            shared_in: Some(shared_in),
+            shared_in: shared.map(|(_, inbox)| inbox),
             frames_in: 0,
             written: 0,
             flushes: VecDeque::new(),
@@ -460,14 +460,14 @@ where
             message,
         });
         let (format, limit, start) = (self.format, self.limit(), self.output.len());
-        let (encoded, attached) = scope::encoding(Some(self.shared_limits), || {
+        let limits = self.shared_out.as_ref().map(|(_, limits)| *limits);
+        let (encoded, attached) = scope::encoding(limits, || {
             frame::encode_into(format, limit, &reply, &mut self.output)
         });
         // Its memory files go before its bytes (see `shm`).
         let sent = encoded.and_then(|()| {
-            if !attached.is_empty() {
-                self.shared_out
-                    .send(self.frames_out, &attached)
+            if let Some((out, _)) = self.shared_out.as_ref().filter(|_| !attached.is_empty()) {
+                out.send(self.frames_out, &attached)
                     .inspect_err(|_| self.output.truncate(start))?;
             }
             self.frames_out += 1;
@@ -522,8 +522,8 @@ where
                 // Its memory files go before its bytes (see `shm`). If
                 // they cannot, the frame still goes: the parent's decoding
                 // of the event fails, saying its descriptors are missing.
-                if !attached.is_empty()
-                    && let Err(e) = self.shared_out.send(self.frames_out, &attached)
+                if let Some((out, _)) = self.shared_out.as_ref().filter(|_| !attached.is_empty())
+                    && let Err(e) = out.send(self.frames_out, &attached)
                 {
                     tracing::warn!("an event's shared payloads were not sent: {e}");
                 }

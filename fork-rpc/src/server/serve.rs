@@ -53,13 +53,16 @@ where
         Error::Protocol(format!("no fork-rpc configuration in the fork's slot: {e}"))
     })?;
     let mut slot_fds = slot.fds.into_iter();
-    let (Some(side), Some(shared)) = (slot_fds.next(), slot_fds.next()) else {
-        return Err(Error::Protocol(
-            "no descriptor channels in the fork's slot".into(),
-        ));
-    };
+    let side = slot_fds
+        .next()
+        .ok_or_else(|| Error::Protocol("no descriptor channel in the fork's slot".into()))?;
+    // Without a channel for shared payloads (a worker started by other
+    // means), they travel as bytes.
     let limits = shm::Limits::of(&config);
-    let shared = shm::channel::channel(shared, limits)?;
+    let shared = slot_fds
+        .next()
+        .map(|fd| shm::channel::channel(fd, limits))
+        .transpose()?;
     let (socket, args, fds) = ctx.into_parts();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -84,7 +87,7 @@ where
             out: out_tx,
             format: config.format,
             limit: config.max_frame as u64,
-            shared: Some(limits),
+            shared: shared.as_ref().map(|_| limits),
             _ev: PhantomData,
         },
         fd_receiver: Some(FdReceiver { sock: side }),
@@ -119,7 +122,7 @@ where
 async fn run<S>(
     config: Config,
     mut stream: tokio::net::UnixStream,
-    shared: (shm::Outbox, shm::Inbox),
+    shared: Option<(shm::Outbox, shm::Inbox)>,
     service: S,
     events: mpsc::UnboundedReceiver<Outgoing>,
 ) -> Result<()>
