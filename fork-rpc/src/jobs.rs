@@ -5,7 +5,7 @@
 //! Declare a [`Job`] with [`job!`](crate::job) from any function
 //! `fn(A) -> Result<T, E>` whose argument and results are serde types; start
 //! workers serving [`ENTRY`], which runs every job of the program; call a
-//! job with [`Job::call`] on any stub of those workers (a [`Client`] here,
+//! job with [`Job::call`] on any stub of those workers (a [`Client`](crate::Client) here,
 //! or fork-pool's pool, whose `Pool::run` is the usual way).
 //!
 //! ```no_run
