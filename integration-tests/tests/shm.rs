@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use tarpc::client::RpcError;
 use tarpc::{ClientMessage, context};
 
+// ANCHOR: service
 #[tarpc::service]
 trait Store {
     /// `n` bytes of `fill`, made in the worker in a sealed memory file.
@@ -35,6 +36,7 @@ trait Store {
     /// Sends an event, then never returns.
     async fn hang(data: SharedBytes);
 }
+// ANCHOR_END: service
 
 #[derive(Debug, Serialize, Deserialize)]
 enum Note {
@@ -48,15 +50,19 @@ struct StoreServer {
 }
 
 impl Store for StoreServer {
+    // ANCHOR: make
     async fn make(self, _: context::Context, n: u64, fill: u8) -> SharedBytes {
+        // Written where the parent will read it: no copy on either side.
         let mut buf = UnsealedBytes::new(n as usize).expect("a memory file");
         buf.fill(fill);
         SharedBytes::from_sealed(buf.seal().expect("sealed"))
     }
 
     async fn echo(self, _: context::Context, data: SharedBytes) -> (bool, SharedBytes) {
+        // Sending back what arrived shared copies nothing either.
         (data.is_shared(), data)
     }
+    // ANCHOR_END: make
 
     async fn tamper(self, _: context::Context, data: SharedBytes) -> Vec<i32> {
         match data.as_sealed() {
