@@ -52,6 +52,8 @@
 //!   socket, [`wait`](Worker::wait), [`kill`](Worker::kill).
 //! - [`Context`]: what the entry function receives in the worker.
 //! - [`Command`]: `fork` + `exec` of an external program through a template.
+//! - [`shm`]: sealed shared memory, bytes another process maps without a
+//!   copy and can trust not to change.
 //!
 //! # Guarantees
 //!
@@ -102,6 +104,7 @@ pub mod fuzzing;
 mod init;
 mod process;
 mod proto;
+pub mod shm;
 #[allow(unsafe_code)]
 mod sys;
 mod template;

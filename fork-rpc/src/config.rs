@@ -61,6 +61,23 @@ pub struct Config {
     /// init hooks (loading a model) finish; shorter notices a hung one
     /// sooner. `Duration::MAX` means no limit. The default is 60 s.
     pub start_timeout: Duration,
+    /// [`SharedBytes`](crate::SharedBytes) at least this many bytes long
+    /// travel as sealed memory files (their descriptor beside the frame,
+    /// the pages shared); shorter ones as bytes in the frame. Lower shares
+    /// more (a memory file costs a few system calls on each side, about
+    /// what copying 100-200 KiB through the socket costs here); higher
+    /// copies more. `usize::MAX` never shares. The default is 256 KiB.
+    pub shared_threshold: usize,
+    /// Longest [`SharedBytes`](crate::SharedBytes) that travels as a
+    /// memory file, in bytes, in both directions. A longer one fails its
+    /// call (the sender checks before sending; a receiver refuses what a
+    /// peer sends over it), so one frame makes the receiver map at most
+    /// `max_shared_fds × max_shared_len` bytes. The default is 1 GiB.
+    pub max_shared_len: usize,
+    /// Most memory files one frame carries; at most 253 (the kernel's limit
+    /// for one message). Further big payloads in the same frame travel as
+    /// bytes; a peer that sends more fails the frame. The default is 64.
+    pub max_shared_fds: usize,
 }
 
 impl Default for Config {
@@ -72,6 +89,9 @@ impl Default for Config {
             default_timeout: None,
             max_in_flight_requests: 1000,
             start_timeout: Duration::from_secs(60),
+            shared_threshold: 256 * 1024,
+            max_shared_len: 1 << 30,
+            max_shared_fds: 64,
         }
     }
 }
@@ -128,6 +148,24 @@ impl Config {
     /// `Pool::context` return.
     pub fn context(&self) -> tarpc::context::Context {
         crate::context::with_default(self.default_timeout)
+    }
+
+    /// Sets [`shared_threshold`](Config::shared_threshold).
+    pub fn shared_threshold(mut self, bytes: usize) -> Self {
+        self.shared_threshold = bytes;
+        self
+    }
+
+    /// Sets [`max_shared_len`](Config::max_shared_len).
+    pub fn max_shared_len(mut self, bytes: usize) -> Self {
+        self.max_shared_len = bytes;
+        self
+    }
+
+    /// Sets [`max_shared_fds`](Config::max_shared_fds).
+    pub fn max_shared_fds(mut self, fds: usize) -> Self {
+        self.max_shared_fds = fds;
+        self
     }
 
     /// Sets [`start_timeout`](Config::start_timeout).

@@ -109,27 +109,34 @@ pub(crate) fn next<T>(
 }
 
 /// Splits the next whole frame off `input` and decodes it, as the worker
-/// reads what the parent sends (see [`next`]).
+/// reads what the parent sends (see [`next`]; the worker itself calls
+/// [`next`] and [`decode_body`] with the frame's descriptors around).
 ///
 /// # Errors
 ///
 /// A frame longer than `max_frame`, or one that does not decode as `T`
 /// (a panic while decoding included, with its message): nothing after it
 /// can be read.
+#[cfg(any(test, feature = "fuzzing"))]
 pub(crate) fn decode<T: DeserializeOwned>(
     input: &mut BytesMut,
     max_frame: usize,
     format: Format,
 ) -> io::Result<Option<T>> {
     let limit = max_frame as u64;
-    // Decoding can panic on what the parent sent: tarpc adds the deadline
-    // it reads to the clock, which overflows on an absurd one.
-    next(input, max_frame, |body| {
-        panic::catch_unwind(|| codec::decode::<T>(format, limit, body)).unwrap_or_else(|panic| {
-            Err(codec::invalid(fork_core::__private::panic_message(&*panic)))
-        })
-    })?
-    .transpose()
+    next(input, max_frame, |body| decode_body(format, limit, body))?.transpose()
+}
+
+/// Decodes one frame's body from the parent, a panic while decoding
+/// included (with its message): tarpc adds the deadline it reads to the
+/// clock, which overflows on an absurd one.
+pub(crate) fn decode_body<T: DeserializeOwned>(
+    format: Format,
+    limit: u64,
+    body: &[u8],
+) -> io::Result<T> {
+    panic::catch_unwind(|| codec::decode::<T>(format, limit, body))
+        .unwrap_or_else(|panic| Err(codec::invalid(fork_core::__private::panic_message(&*panic))))
 }
 
 /// Reads into `input` what `reader` has, making room first. `Ready(Ok(0))`

@@ -5,10 +5,11 @@
 //! other, and drives the real decoders the way the connection does:
 //!
 //! - [`rpc_worker_frames`]: what a worker reads from its parent, through
-//!   `frame::decode`, which `Server::decode` calls for every frame (the
-//!   length prefix, the frame limit checked before the frame's bytes are
-//!   awaited, and `codec::decode::<tarpc::ClientMessage<Req>>` inside
-//!   `catch_unwind`);
+//!   `frame::decode`, which is what `Server::decode` does for every frame
+//!   (`frame::next`: the length prefix, the frame limit checked before the
+//!   frame's bytes are awaited; `frame::decode_body`:
+//!   `codec::decode::<tarpc::ClientMessage<Req>>` inside `catch_unwind`),
+//!   without descriptors;
 //! - [`rpc_parent_frames`]: what a parent reads from its worker, through
 //!   `frame::next` with the frame limit, as the client's `FrameRead` does,
 //!   then `decode_reply` (with its fallback that turns a reply whose value

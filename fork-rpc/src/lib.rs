@@ -94,6 +94,7 @@ pub mod fuzzing;
 pub mod jobs;
 mod message;
 mod server;
+mod shm;
 #[cfg(feature = "tower")]
 mod tower;
 mod variant;
@@ -104,6 +105,7 @@ pub use crate::config::{Config, Format, Mode};
 pub use crate::entry::RpcEntry;
 pub use crate::error::{Error, HandlerPanic, Result, WorkerLost};
 pub use crate::server::{EventSender, FdReceiver, Setup, serve};
+pub use crate::shm::SharedBytes;
 #[cfg(feature = "tower")]
 pub use crate::tower::{ServiceFuture, TowerStub};
 

@@ -6,6 +6,8 @@
 //! length-delimited [`WorkerMsg`] in the configured format, and every frame
 //! from the parent a tarpc `ClientMessage`.
 
+use std::os::fd::OwnedFd;
+
 use serde::{Deserialize, Serialize};
 
 use crate::error::HandlerPanic;
@@ -24,6 +26,16 @@ pub(crate) enum WorkerMsg<Resp> {
     /// The worker asks to be retired: send it nothing more, and close the
     /// connection once its calls are answered.
     Retire,
+    /// An event whose encoding attached `fds` memory files
+    /// ([`SharedBytes`](crate::SharedBytes)): they travel with the frame,
+    /// and the parent keeps them in `attached` (once read) until the event
+    /// is decoded.
+    SharedEvent {
+        bytes: Vec<u8>,
+        fds: u32,
+        #[serde(skip)]
+        attached: Vec<OwnedFd>,
+    },
 }
 
 /// Handshake status: ready to serve.

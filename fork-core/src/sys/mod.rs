@@ -3,6 +3,7 @@
 //! The wrappers have safe signatures wherever the invariant can be checked or
 //! owned here; each `unsafe` block states why it holds.
 
+pub(crate) mod memfd;
 pub(crate) mod scm;
 
 use std::ffi::{CString, OsStr};

@@ -37,6 +37,7 @@ use super::read_lock::ReadLock;
 use super::reader::{Election, Look};
 use super::writer::{Unsent, Writer};
 use crate::config::Format;
+use crate::shm;
 use crate::variant;
 
 /// The decoded replies from the worker, until the connection ends.
@@ -62,6 +63,9 @@ pub(super) struct Shared<Resp> {
     in_flight: Arc<Semaphore>,
     format: Format,
     limit: u64,
+    /// Big [`SharedBytes`](crate::SharedBytes) travel as memory files
+    /// within these limits.
+    shared: shm::Limits,
 }
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -146,12 +150,13 @@ impl<Req: Serialize + Send + 'static, Resp: Serialize + Send + 'static> Channel<
         format: Format,
         limit: u64,
         max_in_flight: usize,
+        (shared_out, shared): (shm::Outbox, shm::Limits),
     ) -> Self {
         let state = Arc::new(Mutex::new(State {
             calls: InFlight::new(),
             election: Election::new(),
         }));
-        let writer = Writer::new(write);
+        let writer = Writer::new(write, shared_out);
         let shared = Arc::new(Shared {
             socket_waker: Waker::from(Arc::new(SocketWaker {
                 state: state.clone(),
@@ -163,6 +168,7 @@ impl<Req: Serialize + Send + 'static, Resp: Serialize + Send + 'static> Channel<
             in_flight: Arc::new(Semaphore::new(max_in_flight.max(1))),
             format,
             limit,
+            shared,
         });
         tokio::spawn(background::run(shared.clone()));
         Channel {
@@ -233,11 +239,13 @@ impl<Req: Serialize + Send + 'static, Resp: Serialize + Send + 'static> Channel<
             id,
             message: request,
         });
-        if let Err(unsent) =
-            shared
-                .writer
-                .send(shared.format, shared.limit, &message, others_waiting)
-        {
+        if let Err(unsent) = shared.writer.send(
+            shared.format,
+            shared.limit,
+            Some(shared.shared),
+            &message,
+            others_waiting,
+        ) {
             shared.forget(id);
             return Err(match unsent {
                 Unsent::Encode(e) => RpcError::Send(Box::new(e)),
@@ -290,7 +298,7 @@ impl<Req, Resp: Serialize + Send + 'static> Channel<Req, Resp> {
             };
             let _ = shared
                 .writer
-                .send(shared.format, shared.limit, &cancel, true);
+                .send(shared.format, shared.limit, None, &cancel, true);
         }
     }
 }

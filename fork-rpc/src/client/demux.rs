@@ -2,6 +2,7 @@
 //! a panic report and a retire request; and how the connection ended.
 
 use std::io;
+use std::os::fd::OwnedFd;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
@@ -16,12 +17,13 @@ use super::lost::{End, Lost};
 use crate::codec;
 use crate::config::Format;
 use crate::message::WorkerMsg;
+use crate::shm::{self, scope};
 
 /// Splits the worker's frames: replies go to tarpc, events to [`Events`](super::Events),
 /// a panic report to [`Lost`]; records how the connection ended.
 pub(super) struct Demux<T> {
     pub(super) inner: T,
-    pub(super) events: mpsc::UnboundedSender<Vec<u8>>,
+    pub(super) events: mpsc::UnboundedSender<ReceivedEvent>,
     pub(super) untaken: Arc<UntakenEvents>,
     pub(super) lost: Arc<Lost>,
 }
@@ -54,9 +56,23 @@ where
                     return Poll::Ready(Some(Err(e)));
                 }
                 Poll::Ready(Some(Ok(WorkerMsg::Reply(r)))) => return Poll::Ready(Some(Ok(r))),
-                Poll::Ready(Some(Ok(WorkerMsg::Event(e)))) => {
+                Poll::Ready(Some(Ok(WorkerMsg::Event(bytes)))) => {
                     if self.untaken.keep() {
-                        let _ = self.events.send(e);
+                        let _ = self.events.send(ReceivedEvent {
+                            bytes,
+                            fds: Vec::new(),
+                        });
+                    }
+                }
+                Poll::Ready(Some(Ok(WorkerMsg::SharedEvent {
+                    bytes, attached, ..
+                }))) => {
+                    // Dropped (its descriptors closed) unless kept.
+                    if self.untaken.keep() {
+                        let _ = self.events.send(ReceivedEvent {
+                            bytes,
+                            fds: attached,
+                        });
                     }
                 }
                 Poll::Ready(Some(Ok(WorkerMsg::Retire))) => {
@@ -70,6 +86,42 @@ where
             }
         }
     }
+}
+
+/// The decoder of the worker's frames, in order: each is decoded with its
+/// descriptors (see [`shm`](crate::shm)) as the source, and an event that
+/// carries some takes them along.
+pub(super) fn decode_frames<Resp: DeserializeOwned>(
+    format: Format,
+    limit: u64,
+    shared: shm::Inbox,
+) -> impl FnMut(&[u8]) -> io::Result<WorkerMsg<Resp>> {
+    let mut shared = Some(shared);
+    let mut seq = 0;
+    move |body| {
+        seq += 1;
+        scope::decoding(&mut shared, seq - 1, || {
+            let mut message = decode_reply(format, limit, body)?;
+            if let WorkerMsg::SharedEvent { fds, attached, .. } = &mut message {
+                *attached = scope::take_all()?;
+                if attached.len() != *fds as usize {
+                    return Err(codec::invalid(format!(
+                        "an event that claims {fds} shared payloads came with {}",
+                        attached.len()
+                    )));
+                }
+            }
+            Ok(message)
+        })
+    }
+}
+
+/// An event as the parent keeps it until it is taken: its bytes, and the
+/// descriptors of its shared payloads.
+#[derive(Debug)]
+pub(super) struct ReceivedEvent {
+    pub(super) bytes: Vec<u8>,
+    pub(super) fds: Vec<OwnedFd>,
 }
 
 /// Decodes a frame from the worker. A reply whose value does not decode (a

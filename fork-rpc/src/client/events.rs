@@ -10,16 +10,19 @@ use futures::Stream;
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 
+use super::demux::ReceivedEvent;
 use crate::codec;
 use crate::config::Format;
 use crate::error::{Error, Result};
+use crate::shm::scope;
 
 /// The events a worker sends, in the order it sent them relative to its
 /// replies. A [`Stream`] of `Result<Ev>` (an undecodable event is an error).
 pub struct Events<Ev> {
-    pub(super) rx: mpsc::UnboundedReceiver<Vec<u8>>,
+    pub(super) rx: mpsc::UnboundedReceiver<ReceivedEvent>,
     pub(super) format: Format,
     pub(super) limit: u64,
+    pub(super) max_shared_len: u64,
     pub(super) _ev: PhantomData<fn() -> Ev>,
 }
 
@@ -33,19 +36,21 @@ impl<Ev: DeserializeOwned> Events<Ev> {
     /// The next event; `None` once the worker's connection ended and every
     /// event was taken.
     pub async fn recv(&mut self) -> Option<Result<Ev>> {
-        let bytes = self.rx.recv().await?;
-        Some(self.decode(&bytes))
+        let event = self.rx.recv().await?;
+        Some(self.decode(event))
     }
 
     /// The next event if one is already here.
     pub fn try_recv(&mut self) -> Option<Result<Ev>> {
-        let bytes = self.rx.try_recv().ok()?;
-        Some(self.decode(&bytes))
+        let event = self.rx.try_recv().ok()?;
+        Some(self.decode(event))
     }
 
-    fn decode(&self, bytes: &[u8]) -> Result<Ev> {
-        codec::decode(self.format, self.limit, bytes)
-            .map_err(|e| Error::Protocol(format!("undecodable event: {e}")))
+    fn decode(&self, event: ReceivedEvent) -> Result<Ev> {
+        scope::decoding_received(event.fds, self.max_shared_len, || {
+            codec::decode(self.format, self.limit, &event.bytes)
+        })
+        .map_err(|e| Error::Protocol(format!("undecodable event: {e}")))
     }
 }
 
@@ -55,7 +60,7 @@ impl<Ev: DeserializeOwned> Stream for Events<Ev> {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
         self.rx
             .poll_recv(cx)
-            .map(|o| o.map(|bytes| self.decode(&bytes)))
+            .map(|o| o.map(|event| self.decode(event)))
     }
 }
 

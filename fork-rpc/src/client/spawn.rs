@@ -13,7 +13,7 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
 use super::connection::Channel;
-use super::demux::{Demux, EofWatch, decode_reply};
+use super::demux::{Demux, EofWatch, decode_frames};
 use super::events::{Events, UntakenEvents};
 use super::lost::{Lost, STATUS_GRACE};
 use super::stub::Client;
@@ -23,6 +23,7 @@ use crate::entry::RpcEntry;
 use crate::error::{Error, Result};
 use crate::frame::FrameRead;
 use crate::message;
+use crate::shm;
 
 /// [`RpcWorker::builder`]'s work: forks and starts the worker, giving up
 /// when `give_up` resolves first or after `config.start_timeout`.
@@ -85,9 +86,10 @@ where
     Resp: Serialize + DeserializeOwned + Send + 'static,
 {
     let (side_ours, side_theirs) = fork_core::fdpass::seqpacket_pair()?;
+    let (shared_ours, shared_theirs) = fork_core::fdpass::seqpacket_pair()?;
     let config_bytes = bincode::serialize(config).map_err(|e| Error::Protocol(e.to_string()))?;
     let mut worker = fork
-        .slot(config_bytes, &[side_theirs.as_fd()])
+        .slot(config_bytes, &[side_theirs.as_fd(), shared_theirs.as_fd()])
         .run(entry.entry())
         .await?;
     if let Ok(mut f) = forked.lock() {
@@ -96,7 +98,7 @@ where
     // Until it serves, a worker this call gives up on (an error, or the call
     // dropped while the init hook runs) is killed, not left behind.
     let mut unready = KillUnlessReady(Some(worker.handle()));
-    drop(side_theirs);
+    drop((side_theirs, shared_theirs));
     let mut stream = worker
         .take_stream()
         .ok_or_else(|| Error::Protocol("the worker has no socket".into()))?;
@@ -122,10 +124,12 @@ where
     }
     let (read, write) = stream.into_split();
     let (format, limit) = (config.format, config.max_frame as u64);
+    let limits = shm::Limits::of(config);
+    let (shared_out, shared_in) = shm::channel::channel(shared_ours, limits)?;
     let frames = FrameRead::new(
         EofWatch::new(read, lost.clone()),
         config.max_frame,
-        move |body: &[u8]| decode_reply(format, limit, body),
+        decode_frames(format, limit, shared_in),
     );
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let untaken = Arc::new(UntakenEvents::default());
@@ -141,6 +145,7 @@ where
         config.format,
         config.max_frame as u64,
         config.max_in_flight_requests,
+        (shared_out, limits),
     );
     let side = std::os::unix::net::UnixDatagram::from(side_ours);
     side.set_nonblocking(true)?;
@@ -157,6 +162,7 @@ where
             rx: events_rx,
             format: config.format,
             limit: config.max_frame as u64,
+            max_shared_len: limits.max_len,
             _ev: PhantomData,
         }),
         fds: tokio::net::UnixDatagram::from_std(side)?,

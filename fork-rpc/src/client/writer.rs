@@ -13,6 +13,7 @@ use tokio::net::unix::OwnedWriteHalf;
 
 use crate::config::Format;
 use crate::frame;
+use crate::shm;
 
 /// Why a frame was not queued.
 #[derive(Debug)]
@@ -27,6 +28,8 @@ pub(super) enum Unsent {
 pub(super) struct Writer {
     out: Mutex<Out>,
     write: OwnedWriteHalf,
+    /// Where the memory files of the frames go (see [`shm`]).
+    shared: shm::Outbox,
 }
 
 #[derive(Default)]
@@ -39,6 +42,8 @@ struct Out {
     broken: bool,
     /// Every client is gone: shut down the sending side once `buf` is out.
     closing: bool,
+    /// The number of the next frame queued (see [`shm`]).
+    frames: u64,
 }
 
 fn lock(m: &Mutex<Out>) -> MutexGuard<'_, Out> {
@@ -48,27 +53,31 @@ fn lock(m: &Mutex<Out>) -> MutexGuard<'_, Out> {
 // ===== impl Writer =====
 
 impl Writer {
-    pub(super) fn new(write: OwnedWriteHalf) -> Arc<Self> {
+    pub(super) fn new(write: OwnedWriteHalf, shared: shm::Outbox) -> Arc<Self> {
         Arc::new(Writer {
             out: Mutex::new(Out::default()),
             write,
+            shared,
         })
     }
 
     /// Queues `item` as a frame, encoded straight into the queue (in
-    /// `format`, at most `limit` bytes), and writes what it can at once,
+    /// `format`, at most `limit` bytes; its big payloads as memory files
+    /// when `shared` allows, sent first), and writes what it can at once,
     /// without blocking, unless `defer`: then a task writes it with the
     /// others queued meanwhile. A task also finishes the rest if the socket
     /// is full.
     ///
     /// # Errors
     ///
-    /// [`Unsent::Encode`] if `item` does not encode within the limit
-    /// (nothing was queued); [`Unsent::Broken`] once a write failed.
+    /// [`Unsent::Encode`] if `item` does not encode within the limit, or
+    /// its memory files cannot be sent (nothing was queued);
+    /// [`Unsent::Broken`] once a write failed.
     pub(super) fn send<T: Serialize>(
         self: &Arc<Self>,
         format: Format,
         limit: u64,
+        shared: Option<shm::Limits>,
         item: &T,
         defer: bool,
     ) -> Result<(), Unsent> {
@@ -77,9 +86,22 @@ impl Writer {
             return Err(Unsent::Broken);
         }
         // Encoded under the lock, so that frames are queued in the order
-        // they were encoded, each copied once, into a buffer that is
-        // reused (its room comes back once it is written).
-        frame::encode_into(format, limit, item, &mut out.buf).map_err(Unsent::Encode)?;
+        // they were encoded (and numbered so, for their memory files), each
+        // copied once, into a buffer that is reused (its room comes back
+        // once it is written).
+        let start = out.buf.len();
+        let (encoded, attached) = shm::scope::encoding(shared, || {
+            frame::encode_into(format, limit, item, &mut out.buf)
+        });
+        encoded.map_err(Unsent::Encode)?;
+        // Before the frame's bytes can be written.
+        if !attached.is_empty()
+            && let Err(e) = self.shared.send(out.frames, &attached)
+        {
+            out.buf.truncate(start);
+            return Err(Unsent::Encode(e));
+        }
+        out.frames += 1;
         if out.flushing {
             return Ok(());
         }

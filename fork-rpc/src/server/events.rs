@@ -12,11 +12,14 @@ use crate::codec;
 use crate::config::Format;
 use crate::error::{Error, Result};
 use crate::message::WorkerMsg;
+use crate::shm::Limits;
+use crate::shm::scope::{self, Attached};
 
 /// What an [`EventSender`] hands to the serving loop, in order.
 pub(super) enum Outgoing {
-    /// An encoded frame (an event or a retire request), without its length.
-    Frame(Vec<u8>),
+    /// An encoded frame (an event or a retire request), without its length,
+    /// and the memory files its encoding attached.
+    Frame(Vec<u8>, Attached),
     /// Write everything queued so far, then say so.
     Flush(oneshot::Sender<()>),
 }
@@ -30,6 +33,9 @@ pub struct EventSender<Ev> {
     pub(super) out: mpsc::UnboundedSender<Outgoing>,
     pub(super) format: Format,
     pub(super) limit: u64,
+    /// Big [`SharedBytes`](crate::SharedBytes) in events travel as memory
+    /// files within these limits.
+    pub(super) shared: Option<Limits>,
     pub(super) _ev: PhantomData<fn(Ev)>,
 }
 
@@ -39,6 +45,7 @@ impl<Ev> Clone for EventSender<Ev> {
             out: self.out.clone(),
             format: self.format,
             limit: self.limit,
+            shared: self.shared,
             _ev: PhantomData,
         }
     }
@@ -65,7 +72,7 @@ impl<Ev> EventSender<Ev> {
     pub fn retire(&self) -> Result<()> {
         let frame = codec::encode(self.format, self.limit, &WorkerMsg::<()>::Retire)?;
         self.out
-            .send(Outgoing::Frame(frame))
+            .send(Outgoing::Frame(frame, Vec::new()))
             .map_err(|_| Error::Io(io::ErrorKind::BrokenPipe.into()))
     }
 }
@@ -96,11 +103,23 @@ impl<Ev: Serialize> EventSender<Ev> {
     ///
     /// If it cannot be serialised, or the connection is closed.
     pub fn send(&self, event: &Ev) -> Result<()> {
-        let event = codec::encode(self.format, self.limit, event)?;
-        // The `Event` variant encodes the same whatever the reply type.
-        let frame = codec::encode(self.format, self.limit, &WorkerMsg::<()>::Event(event))?;
+        let (event, attached) = scope::encoding(self.shared, || {
+            codec::encode(self.format, self.limit, event)
+        });
+        let event = event?;
+        // The event variants encode the same whatever the reply type.
+        let message = if attached.is_empty() {
+            WorkerMsg::<()>::Event(event)
+        } else {
+            WorkerMsg::SharedEvent {
+                bytes: event,
+                fds: attached.len() as u32,
+                attached: Vec::new(),
+            }
+        };
+        let frame = codec::encode(self.format, self.limit, &message)?;
         self.out
-            .send(Outgoing::Frame(frame))
+            .send(Outgoing::Frame(frame, attached))
             .map_err(|_| Error::Io(io::ErrorKind::BrokenPipe.into()))
     }
 }

@@ -31,6 +31,7 @@ use crate::config::{Config, Format, Mode};
 use crate::error::{Error, HandlerPanic, Result};
 use crate::frame;
 use crate::message::WorkerMsg;
+use crate::shm::{self, scope};
 
 /// Most requests read ahead of the handlers, waiting their turn; beyond
 /// this, the worker stops reading (the parent's writes then wait).
@@ -120,6 +121,14 @@ pub(super) struct Server<S: Serve, F> {
     events: mpsc::UnboundedReceiver<Outgoing>,
     /// Frames to write.
     output: BytesMut,
+    /// Where the descriptors of the frames written go, and the number of
+    /// the next frame written (see [`shm`]).
+    shared_out: Option<(shm::Outbox, shm::Limits)>,
+    frames_out: u64,
+    /// Where the descriptors of the frames read come from (`None` only
+    /// while a frame is decoded), and the number of the next frame read.
+    shared_in: Option<shm::Inbox>,
+    frames_in: u64,
     /// Bytes written so far, in all.
     written: u64,
     /// Flush requests, each with the value of `written` that answers it.
@@ -142,6 +151,7 @@ where
     pub(super) fn new(
         config: &Config,
         stream: tokio::net::UnixStream,
+        shared: Option<(shm::Outbox, shm::Inbox)>,
         service: S,
         call: fn(S, tarpc::context::Context, S::Req) -> F,
         events: mpsc::UnboundedReceiver<Outgoing>,
@@ -165,6 +175,12 @@ where
             running: FuturesUnordered::new(),
             events,
             output: BytesMut::new(),
+            shared_out: shared
+                .as_ref()
+                .map(|(out, inbox)| (out.clone(), inbox.limits)),
+            frames_out: 0,
+            shared_in: shared.map(|(_, inbox)| inbox),
+            frames_in: 0,
             written: 0,
             flushes: VecDeque::new(),
             terminate: None,
@@ -282,12 +298,15 @@ where
     /// or one that does not decode: nothing after it can be read.
     fn decode(&mut self) -> io::Result<()> {
         while self.queue.len() < MAX_QUEUED {
-            let frame = frame::decode::<ClientMessage<S::Req>>(
-                &mut self.input,
-                self.max_frame,
-                self.format,
-            )?;
-            let Some(message) = frame else {
+            let (format, limit) = (self.format, self.limit());
+            let (shared, seq) = (&mut self.shared_in, &mut self.frames_in);
+            let frame = frame::next(&mut self.input, self.max_frame, |body| {
+                *seq += 1;
+                scope::decoding(shared, *seq - 1, || {
+                    frame::decode_body::<ClientMessage<S::Req>>(format, limit, body)
+                })
+            })?;
+            let Some(message) = frame.transpose()? else {
                 break;
             };
             self.receive(message);
@@ -440,7 +459,21 @@ where
             request_id,
             message,
         });
-        if let Err(e) = frame::encode_into(self.format, self.limit(), &reply, &mut self.output) {
+        let (format, limit, start) = (self.format, self.limit(), self.output.len());
+        let limits = self.shared_out.as_ref().map(|(_, limits)| *limits);
+        let (encoded, attached) = scope::encoding(limits, || {
+            frame::encode_into(format, limit, &reply, &mut self.output)
+        });
+        // Its memory files go before its bytes (see `shm`).
+        let sent = encoded.and_then(|()| {
+            if let Some((out, _)) = self.shared_out.as_ref().filter(|_| !attached.is_empty()) {
+                out.send(self.frames_out, &attached)
+                    .inspect_err(|_| self.output.truncate(start))?;
+            }
+            self.frames_out += 1;
+            Ok(())
+        });
+        if let Err(e) = sent {
             self.push(&WorkerMsg::<()>::Reply(Response {
                 request_id,
                 message: Err(ServerError::new(
@@ -454,12 +487,9 @@ where
 
     /// Appends one message to the output.
     pub(super) fn push(&mut self, message: &WorkerMsg<()>) -> Result<()> {
-        Ok(frame::encode_into(
-            self.format,
-            self.limit(),
-            message,
-            &mut self.output,
-        )?)
+        frame::encode_into(self.format, self.limit(), message, &mut self.output)?;
+        self.frames_out += 1;
+        Ok(())
     }
 
     /// Appends the events queued so far to the output, without waiting.
@@ -488,9 +518,18 @@ where
     /// Appends an event's frame to the output, or notes a flush request.
     fn take_outgoing(&mut self, outgoing: Outgoing) {
         match outgoing {
-            Outgoing::Frame(body) => {
+            Outgoing::Frame(body, attached) => {
+                // Its memory files go before its bytes (see `shm`). If
+                // they cannot, the frame still goes: the parent's decoding
+                // of the event fails, saying its descriptors are missing.
+                if let Some((out, _)) = self.shared_out.as_ref().filter(|_| !attached.is_empty())
+                    && let Err(e) = out.send(self.frames_out, &attached)
+                {
+                    tracing::warn!("an event's shared payloads were not sent: {e}");
+                }
                 // `EventSender` made it no longer than the frame limit.
                 frame::put(&mut self.output, &body);
+                self.frames_out += 1;
             }
             Outgoing::Flush(done) => {
                 let mark = self.written + self.output.len() as u64;

@@ -20,6 +20,7 @@ use super::setup::Setup;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::message::{self, WorkerMsg};
+use crate::shm;
 
 /// Serves the service that `init` builds on the worker's socket, then exits.
 /// This is what [`entry!`](crate::entry) calls; use it directly to serve from
@@ -51,11 +52,17 @@ where
     let config: Config = bincode::deserialize(&slot.data).map_err(|e| {
         Error::Protocol(format!("no fork-rpc configuration in the fork's slot: {e}"))
     })?;
-    let side = slot
-        .fds
-        .into_iter()
+    let mut slot_fds = slot.fds.into_iter();
+    let side = slot_fds
         .next()
         .ok_or_else(|| Error::Protocol("no descriptor channel in the fork's slot".into()))?;
+    // Without a channel for shared payloads (a worker started by other
+    // means), they travel as bytes.
+    let limits = shm::Limits::of(&config);
+    let shared = slot_fds
+        .next()
+        .map(|fd| shm::channel::channel(fd, limits))
+        .transpose()?;
     let (socket, args, fds) = ctx.into_parts();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -80,6 +87,7 @@ where
             out: out_tx,
             format: config.format,
             limit: config.max_frame as u64,
+            shared: shared.as_ref().map(|_| limits),
             _ev: PhantomData,
         },
         fd_receiver: Some(FdReceiver { sock: side }),
@@ -98,7 +106,7 @@ where
     drop(setup);
     // After the init hook: a hook it installed runs after ours.
     record_panic_locations();
-    let result = rt.block_on(run(config, stream, service, out_rx));
+    let result = rt.block_on(run(config, stream, shared, service, out_rx));
     if let Some(done) = done {
         // Not after a handler's panic: the worker is failing.
         if !matches!(result, Err(Error::Panicked(_))) {
@@ -114,6 +122,7 @@ where
 async fn run<S>(
     config: Config,
     mut stream: tokio::net::UnixStream,
+    shared: Option<(shm::Outbox, shm::Inbox)>,
     service: S,
     events: mpsc::UnboundedReceiver<Outgoing>,
 ) -> Result<()>
@@ -129,7 +138,7 @@ where
     stream
         .write_all(&message::handshake(message::READY, ""))
         .await?;
-    let mut server = Server::new(&config, stream, service, S::serve, events);
+    let mut server = Server::new(&config, stream, shared, service, S::serve, events);
     server.terminate = terminate;
     match std::future::poll_fn(|cx| server.poll_serve(cx)).await? {
         End::Closed => {
