@@ -35,9 +35,10 @@ use benches::Align::{Left, Right};
 use benches::measure::side_by_side;
 use benches::{Args, BoxResult, Caller, Rounds, Sample, Table, calls, spread, sum, verdict};
 use bytes::Bytes;
+use fork_core::shm::UnsealedBytes;
 use fork_core::{Context, Entry, Template, Worker};
 use fork_pool::Pool;
-use fork_rpc::{Config, RpcEntry, RpcWorker, Setup};
+use fork_rpc::{Config, RpcEntry, RpcWorker, Setup, SharedBytes};
 use tarpc::client::RpcError;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
@@ -53,6 +54,9 @@ trait Payload {
     async fn echo(data: Bytes) -> Bytes;
     /// As serde's default for a `Vec<u8>`: a sequence, one byte at a time.
     async fn echo_vec(data: Vec<u8>) -> Vec<u8>;
+    /// As sealed shared memory from `Config::shared_threshold` bytes, as
+    /// bytes in the frame below it.
+    async fn echo_shared(data: SharedBytes) -> SharedBytes;
 }
 // ANCHOR_END: service
 
@@ -65,6 +69,10 @@ impl Payload for PayloadServer {
     }
 
     async fn echo_vec(self, _: tarpc::context::Context, data: Vec<u8>) -> Vec<u8> {
+        data
+    }
+
+    async fn echo_shared(self, _: tarpc::context::Context, data: SharedBytes) -> SharedBytes {
         data
     }
 }
@@ -160,6 +168,7 @@ type PoolClient = PayloadClient<Pool<PayloadRequest, PayloadResponse>>;
 enum Path {
     Bytes,
     Vec,
+    Shared,
 }
 
 /// A client and the payload it sends (a slice of it, of the call's size).
@@ -168,24 +177,22 @@ struct Sender<C> {
     client: C,
     path: Path,
     payload: Bytes,
+    /// The payload as sealed shared memory, made once.
+    shared: SharedBytes,
 }
 
 /// One echo of `size` bytes through `client`, returning `x` if the payload
 /// came back whole.
-async fn echo<S>(
-    client: &PayloadClient<S>,
-    path: Path,
-    payload: &Bytes,
-    size: usize,
-    x: u64,
-) -> Result<u64, RpcError>
+async fn echo<S>(sender: &Sender<PayloadClient<S>>, size: usize, x: u64) -> Result<u64, RpcError>
 where
     S: tarpc::client::stub::Stub<Req = PayloadRequest, Resp = PayloadResponse>,
 {
+    let (client, payload) = (&sender.client, &sender.payload);
     let ctx = tarpc::context::current();
-    let back = match path {
+    let back = match sender.path {
         Path::Bytes => client.echo(ctx, payload.slice(..size)).await?.len(),
         Path::Vec => client.echo_vec(ctx, payload[..size].to_vec()).await?.len(),
+        Path::Shared => client.echo_shared(ctx, sender.shared.clone()).await?.len(),
     };
     Ok(if back == size { x } else { u64::MAX })
 }
@@ -195,7 +202,7 @@ impl Caller for Sender<DirectClient> {
     type Error = RpcError;
 
     fn call(&self, size: usize, x: u64) -> impl Future<Output = Result<u64, RpcError>> + Send + '_ {
-        echo(&self.client, self.path, &self.payload, size, x)
+        echo(self, size, x)
     }
 }
 
@@ -204,7 +211,7 @@ impl Caller for Sender<PoolClient> {
     type Error = RpcError;
 
     fn call(&self, size: usize, x: u64) -> impl Future<Output = Result<u64, RpcError>> + Send + '_ {
-        echo(&self.client, self.path, &self.payload, size, x)
+        echo(self, size, x)
     }
 }
 
@@ -215,7 +222,7 @@ impl Caller for Sender<PoolClient> {
 enum Via {
     Raw,
     Direct(Path),
-    Pool,
+    Pool(Path),
 }
 
 impl Via {
@@ -224,7 +231,10 @@ impl Via {
             Via::Raw => "raw socketpair copy",
             Via::Direct(Path::Bytes) => "fork-rpc, `Bytes`",
             Via::Direct(Path::Vec) => "fork-rpc, `Vec<u8>`",
-            Via::Pool => "pool of 2, `Bytes`",
+            Via::Direct(Path::Shared) => "fork-rpc, `SharedBytes`",
+            Via::Pool(Path::Bytes) => "pool of 2, `Bytes`",
+            Via::Pool(Path::Vec) => "pool of 2, `Vec<u8>`",
+            Via::Pool(Path::Shared) => "pool of 2, `SharedBytes`",
         }
     }
 }
@@ -240,8 +250,13 @@ enum Peer {
 }
 
 impl Peer {
-    async fn new(template: &Template, via: Via, payload: &Bytes) -> BoxResult<Peer> {
+    async fn new(template: &Template, via: Via, payload: &Bytes, size: usize) -> BoxResult<Peer> {
         let config = Config::default().max_frame(MAX_FRAME);
+        let shared = || -> BoxResult<SharedBytes> {
+            let mut unsealed = UnsealedBytes::new(size)?;
+            unsealed.fill(7);
+            Ok(SharedBytes::from_sealed(unsealed.seal()?))
+        };
         Ok(match via {
             Via::Raw => {
                 let mut worker = template.fork().run(&RAW_ECHO).await?;
@@ -262,10 +277,11 @@ impl Peer {
                     client: PayloadClient::from(client),
                     path,
                     payload: payload.clone(),
+                    shared: shared()?,
                 };
                 Peer::Direct(Arc::new(sender), worker)
             }
-            Via::Pool => {
+            Via::Pool(path) => {
                 let pool = Pool::builder(template.clone(), &PAYLOAD)
                     .idle(2)
                     .max(2)
@@ -275,8 +291,9 @@ impl Peer {
                 pool.wait_until(|s| s.idle == 2).await;
                 let sender = Sender {
                     client: PayloadClient::from(pool.clone()),
-                    path: Path::Bytes,
+                    path,
                     payload: payload.clone(),
+                    shared: shared()?,
                 };
                 Peer::Pool(Arc::new(sender), pool)
             }
@@ -390,7 +407,13 @@ fn measure_all(rt: &Runtime, args: &Args, rows: &mut Vec<Row>) -> BoxResult<()> 
     let payload = Bytes::from(vec![7u8; MAX_SIZE]);
     for (size, rounds) in sizes(args) {
         for depth in [1, 4] {
-            let mut vias = vec![Via::Raw, Via::Direct(Path::Bytes), Via::Pool];
+            let mut vias = vec![
+                Via::Raw,
+                Via::Direct(Path::Bytes),
+                Via::Direct(Path::Shared),
+                Via::Pool(Path::Bytes),
+                Via::Pool(Path::Shared),
+            ];
             // The element-by-element path at 64 MiB takes seconds a call.
             if size < MAX_SIZE {
                 vias.push(Via::Direct(Path::Vec));
@@ -403,7 +426,7 @@ fn measure_all(rt: &Runtime, args: &Args, rows: &mut Vec<Row>) -> BoxResult<()> 
             for &via in &vias {
                 peers.push((
                     via.name(),
-                    rt.block_on(Peer::new(&template, via, &payload))?,
+                    rt.block_on(Peer::new(&template, via, &payload, size))?,
                 ));
             }
             let samples = side_by_side(
@@ -436,6 +459,9 @@ fn measure_all(rt: &Runtime, args: &Args, rows: &mut Vec<Row>) -> BoxResult<()> 
 /// Least rate of 1 MiB through the bytes path, as a multiple of the raw
 /// copy.
 const BYTES_TARGET: f64 = 0.5;
+/// Least rate of 64 MiB through shared memory, as a multiple of the raw
+/// copy (which copies what shared memory does not).
+const SHARED_TARGET: f64 = 10.0;
 
 fn find(rows: &[Row], row: &Row, via: Via) -> Option<usize> {
     rows.iter()
@@ -470,6 +496,15 @@ fn print(rows: &[Row]) {
                 ));
                 format!("≥ {BYTES_TARGET}× raw: {}", verdict(ok))
             }
+            (Via::Direct(Path::Shared), MAX_SIZE, Some(vs)) => {
+                let ok = vs >= SHARED_TARGET;
+                targets.push(format!(
+                    "{}: {vs:.1}× raw, ≥ {SHARED_TARGET}×: {}",
+                    row.what(),
+                    verdict(ok)
+                ));
+                format!("≥ {SHARED_TARGET}× raw: {}", verdict(ok))
+            }
             _ => String::new(),
         };
         let cells: [&dyn Display; 7] = [
@@ -503,6 +538,41 @@ fn print(rows: &[Row]) {
     println!("Targets:");
     for t in targets {
         println!("- {t}");
+    }
+    chart(rows);
+}
+
+/// The cost of a serial call by payload size, one bar per path, on a log
+/// scale: flat for shared memory, growing with the size for copies.
+fn chart(rows: &[Row]) {
+    let paths = [
+        Via::Raw,
+        Via::Direct(Path::Bytes),
+        Via::Direct(Path::Shared),
+    ];
+    let cost = |r: &Row| 1e6 / r.sample.median();
+    let serial: Vec<&Row> = rows
+        .iter()
+        .filter(|r| r.depth == 1 && paths.contains(&r.via))
+        .collect();
+    let Some(most) = serial.iter().map(|r| cost(r)).reduce(f64::max) else {
+        return;
+    };
+    // 1 µs to the most, over 50 columns.
+    let width = |us: f64| ((us.max(1.0).ln() / most.max(2.0).ln()) * 50.0).round() as usize;
+    println!();
+    println!("µs per serial call (log scale):");
+    println!();
+    println!("| payload | path | µs per call | |");
+    println!("|---|---|---:|---|");
+    for row in &serial {
+        let us = cost(row);
+        println!(
+            "| {} | {} | {us:.0} | `{}` |",
+            size_name(row.size),
+            row.via.name(),
+            "#".repeat(width(us))
+        );
     }
 }
 

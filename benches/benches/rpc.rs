@@ -58,9 +58,6 @@ use tokio::net::UnixStream;
 use tokio::runtime::Runtime;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
-#[path = "rpc/payloads.rs"]
-mod payloads;
-
 // ===== the service =====
 
 // ANCHOR: service
@@ -647,12 +644,5 @@ fn main() -> BoxResult<()> {
         "For reference (not measured here), on these machines: Perl's AnyEvent::Fork::RPC ~21k calls/s serial, ~230k/s pipelined; plain tarpc ~36k/s serial, ~300k/s at 64 in flight."
     );
 
-    // Large payloads: shared memory, bytes in the frame, a raw copy.
-    if opts.args.wants("large payloads") {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()?;
-        payloads::run(&rt, opts.args.quick)?;
-    }
     Ok(())
 }
