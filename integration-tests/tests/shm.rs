@@ -35,6 +35,8 @@ trait Store {
     async fn emit(data: SharedBytes);
     /// Sends an event, then never returns.
     async fn hang(data: SharedBytes);
+    /// Blocks the worker (it reads nothing meanwhile).
+    async fn block(ms: u64);
 }
 // ANCHOR_END: service
 
@@ -79,6 +81,10 @@ impl Store for StoreServer {
         self.events.send(&Note::Holding(data.len())).expect("event");
         self.events.flush().await.expect("flush");
         std::future::pending::<()>().await;
+    }
+
+    async fn block(self, _: context::Context, ms: u64) {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
     }
 }
 
@@ -524,6 +530,38 @@ fn through_a_pool() -> Result<(), Failed> {
     })
 }
 
+/// Many shared payloads sent while the worker reads nothing: the
+/// descriptor channel fills, and the payloads after that go as bytes in
+/// the frame; none fails, nothing is left open.
+fn a_full_descriptor_channel_sends_bytes_instead() -> Result<(), Failed> {
+    block_on(async {
+        let config = Config::default().shared_threshold(4096);
+        let (store, worker) = start(config).await?;
+        let fds = Fds::now(&worker)?;
+        let data = SharedBytes::from(vec![5u8; 8192]);
+        let blocked = store.block(context::current(), 500);
+        let calls = futures::future::join_all(
+            (0..2000).map(|_| store.echo(context::current(), data.clone())),
+        );
+        let (blocked, results) = tokio::join!(blocked, calls);
+        blocked.map_err(fail)?;
+        let mut inline = 0;
+        for r in &results {
+            let (shared, back) = r.as_ref().map_err(|e| format!("{}", send_error(e)))?;
+            ensure!(back == &data, "a payload came back changed");
+            inline += usize::from(!shared);
+        }
+        ensure!(
+            inline > 0 && inline < results.len(),
+            "{inline} of {} went as bytes: the channel never filled, or nothing was shared",
+            results.len()
+        );
+        eprintln!("{inline} of {} went as bytes", results.len());
+        drop((results, data));
+        fds.same("a full descriptor channel")
+    })
+}
+
 fn main() {
     fork_core::init();
     let tests: &[(&str, integration_tests::TestFn)] = &[
@@ -544,6 +582,10 @@ fn main() {
         ),
         ("events_carry_shared_payloads", events_carry_shared_payloads),
         ("through_a_pool", through_a_pool),
+        (
+            "a_full_descriptor_channel_sends_bytes_instead",
+            a_full_descriptor_channel_sends_bytes_instead,
+        ),
     ];
     let mut args = Arguments::from_args();
     // They count the parent's descriptors: one at a time.

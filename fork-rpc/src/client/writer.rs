@@ -99,7 +99,18 @@ impl Writer {
             && let Err(e) = self.shared.send(out.frames, &attached)
         {
             out.buf.truncate(start);
-            return Err(Unsent::Encode(e));
+            if e.kind() != io::ErrorKind::WouldBlock {
+                return Err(Unsent::Encode(e));
+            }
+            // The worker has not read the descriptors sent before (it is
+            // busy): the payloads go as bytes in the frame instead, if the
+            // frame limit takes them.
+            frame::encode_into(format, limit, item, &mut out.buf).map_err(|inline| {
+                Unsent::Encode(io::Error::new(
+                    io::ErrorKind::WouldBlock,
+                    format!("{e}; as bytes in the frame instead: {inline}"),
+                ))
+            })?;
         }
         out.frames += 1;
         if out.flushing {

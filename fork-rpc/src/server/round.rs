@@ -466,9 +466,17 @@ where
         });
         // Its memory files go before its bytes (see `shm`).
         let sent = encoded.and_then(|()| {
-            if let Some((out, _)) = self.shared_out.as_ref().filter(|_| !attached.is_empty()) {
-                out.send(self.frames_out, &attached)
-                    .inspect_err(|_| self.output.truncate(start))?;
+            if let Some((out, _)) = self.shared_out.as_ref().filter(|_| !attached.is_empty())
+                && let Err(e) = out.send(self.frames_out, &attached)
+            {
+                self.output.truncate(start);
+                if e.kind() != io::ErrorKind::WouldBlock {
+                    return Err(e);
+                }
+                // The parent has not read the descriptors sent before: the
+                // payloads go as bytes in the frame instead, if the frame
+                // limit takes them.
+                frame::encode_into(format, limit, &reply, &mut self.output)?;
             }
             self.frames_out += 1;
             Ok(())
