@@ -547,7 +547,7 @@ fn a_full_descriptor_channel_sends_bytes_instead() -> Result<(), Failed> {
         blocked.map_err(fail)?;
         let mut inline = 0;
         for r in &results {
-            let (shared, back) = r.as_ref().map_err(|e| format!("{}", send_error(e)))?;
+            let (shared, back) = r.as_ref().map_err(send_error)?;
             ensure!(back == &data, "a payload came back changed");
             inline += usize::from(!shared);
         }
