@@ -486,24 +486,20 @@ fn print(rows: &[Row]) {
         let vs = raw
             .filter(|_| row.via != Via::Raw)
             .map(|raw| row.sample.ratio_to(&raw.sample));
-        let target = match (row.via, row.size, vs) {
-            (Via::Direct(Path::Bytes), 0x10_0000, Some(vs)) => {
-                let ok = vs >= BYTES_TARGET;
+        let goal = match (row.via, row.size) {
+            (Via::Direct(Path::Bytes), 0x10_0000) => Some(BYTES_TARGET),
+            (Via::Direct(Path::Shared), MAX_SIZE) => Some(SHARED_TARGET),
+            _ => None,
+        };
+        let target = match (goal, vs) {
+            (Some(goal), Some(vs)) => {
+                let ok = vs >= goal;
                 targets.push(format!(
-                    "{}: {vs:.2}× raw, ≥ {BYTES_TARGET}×: {}",
+                    "{}: {vs:.2}× raw, ≥ {goal}×: {}",
                     row.what(),
                     verdict(ok)
                 ));
-                format!("≥ {BYTES_TARGET}× raw: {}", verdict(ok))
-            }
-            (Via::Direct(Path::Shared), MAX_SIZE, Some(vs)) => {
-                let ok = vs >= SHARED_TARGET;
-                targets.push(format!(
-                    "{}: {vs:.1}× raw, ≥ {SHARED_TARGET}×: {}",
-                    row.what(),
-                    verdict(ok)
-                ));
-                format!("≥ {SHARED_TARGET}× raw: {}", verdict(ok))
+                format!("≥ {goal}× raw: {}", verdict(ok))
             }
             _ => String::new(),
         };

@@ -154,3 +154,28 @@ pub fn parent_of(pid: u32) -> Option<u32> {
     let rest = &stat[stat.rfind(')')? + 2..];
     rest.split_whitespace().nth(1)?.parse().ok()
 }
+
+/// For a worker written by hand, posing as a fork-rpc worker: says it is
+/// ready (fork-rpc's handshake), then reads the parent's first frame
+/// (fork-rpc's framing, bincode). `Ok(None)` if that is no request of a
+/// `Req`.
+///
+/// # Errors
+///
+/// If the socket fails.
+pub fn first_request<Req: serde::de::DeserializeOwned>(
+    socket: &mut (impl std::io::Read + std::io::Write),
+) -> std::io::Result<Option<tarpc::Request<Req>>> {
+    use bincode::Options;
+    socket.write_all(&[0, 0, 0, 0, 0])?;
+    let mut len = [0u8; 4];
+    socket.read_exact(&mut len)?;
+    let mut frame = vec![0; u32::from_be_bytes(len) as usize];
+    socket.read_exact(&mut frame)?;
+    Ok(
+        match bincode::DefaultOptions::new().deserialize::<tarpc::ClientMessage<Req>>(&frame) {
+            Ok(tarpc::ClientMessage::Request(request)) => Some(request),
+            _ => None,
+        },
+    )
+}

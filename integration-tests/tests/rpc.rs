@@ -190,15 +190,9 @@ enum WorkerReply {
 /// A worker that answers its first request with the reply of another
 /// method (as one serving another service would), then waits for EOF.
 fn wrong_method_worker(ctx: Context) -> i32 {
-    use bincode::Options;
     let mut socket = ctx.socket();
-    socket.write_all(&[0, 0, 0, 0, 0]).expect("handshake");
-    let mut len = [0u8; 4];
-    socket.read_exact(&mut len).expect("a request");
-    let mut frame = vec![0; u32::from_be_bytes(len) as usize];
-    socket.read_exact(&mut frame).expect("a request");
-    let Ok(ClientMessage::Request(request)) =
-        bincode::DefaultOptions::new().deserialize::<ClientMessage<CalcRequest>>(&frame)
+    let Some(request) =
+        integration_tests::first_request::<CalcRequest>(&mut socket).expect("a request")
     else {
         return 2;
     };

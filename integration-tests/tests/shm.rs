@@ -18,7 +18,7 @@ use integration_tests::{Failed, block_on, ensure, fail, fds_of};
 use libtest_mimic::{Arguments, Trial};
 use serde::{Deserialize, Serialize};
 use tarpc::client::RpcError;
-use tarpc::{ClientMessage, context};
+use tarpc::context;
 
 // ANCHOR: service
 #[tarpc::service]
@@ -171,13 +171,8 @@ fn lying_worker(mut ctx: fork_core::Context) -> i32 {
     let slot = ctx.take_slot().expect("a slot");
     let shared = slot.fds.into_iter().nth(1).expect("the shared channel");
     let mut socket = ctx.socket();
-    socket.write_all(&[0, 0, 0, 0, 0]).expect("handshake");
-    let mut len = [0u8; 4];
-    socket.read_exact(&mut len).expect("a request");
-    let mut frame = vec![0; u32::from_be_bytes(len) as usize];
-    socket.read_exact(&mut frame).expect("a request");
-    let Ok(ClientMessage::Request(request)) =
-        bincode::DefaultOptions::new().deserialize::<ClientMessage<StoreRequest>>(&frame)
+    let Some(request) =
+        integration_tests::first_request::<StoreRequest>(&mut socket).expect("a request")
     else {
         return 2;
     };
