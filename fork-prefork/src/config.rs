@@ -107,6 +107,16 @@ pub struct Config {
     /// How often a ready worker reports its state when nothing changed.
     /// The default is 1 s.
     pub heartbeat: Duration,
+    /// Recycle a worker after this many requests (busy marks: with
+    /// [`Context::serve`](crate::Context::serve), connections), plus a
+    /// random `0..=max_requests_jitter` picked per worker so that workers
+    /// do not all restart together: it stops accepting, finishes its open
+    /// connections, exits 0 and is replaced. Bounds leaks in worker code.
+    /// The default is `None` (never).
+    pub max_requests: Option<u64>,
+    /// The random extra requests before recycling (see `max_requests`).
+    /// The default is 0.
+    pub max_requests_jitter: u64,
 }
 
 impl Default for Config {
@@ -120,6 +130,8 @@ impl Default for Config {
             max_boot_failures: 5,
             graceful_timeout: Duration::from_secs(30),
             heartbeat: Duration::from_secs(1),
+            max_requests: None,
+            max_requests_jitter: 0,
         }
     }
 }

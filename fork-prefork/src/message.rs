@@ -52,6 +52,8 @@ pub(crate) struct Setup {
     pub(crate) heartbeat: Duration,
     /// What each listener is.
     pub(crate) listeners: Vec<ListenerKind>,
+    /// Retire after this many requests (busy marks).
+    pub(crate) max_requests: Option<u64>,
 }
 
 /// The kind of a listening socket, so the worker wraps it in the right
@@ -210,6 +212,7 @@ mod tests {
             generation: 3,
             heartbeat: Duration::from_millis(250),
             listeners: vec![ListenerKind::Tcp, ListenerKind::Unix],
+            max_requests: Some(12),
         };
         assert_eq!(decode_setup(&encode_setup(&s)).unwrap(), s);
     }

@@ -369,6 +369,93 @@ fn a_reload_that_cannot_boot_keeps_the_old_generation() -> Result<(), Failed> {
     })
 }
 
+fn max_requests_recycles_workers_with_jitter() -> Result<(), Failed> {
+    bounded(async {
+        let (listener, addr) = loopback()?;
+        let server = Prefork::builder(template("")?, &LINE_SERVER)
+            .listener(listener)
+            .workers(4)
+            .max_requests(10, 5)
+            .start()
+            .map_err(fail)?;
+        server.wait_until(|s| s.idle == 4).await;
+        let mut per_pid: BTreeMap<u32, u64> = BTreeMap::new();
+        for _ in 0..200 {
+            let answer = ask(addr, b'p').await?;
+            let pid = answer.split(' ').next().and_then(|p| p.parse().ok());
+            *per_pid
+                .entry(pid.ok_or(format!("an answer: {answer:?}"))?)
+                .or_default() += 1;
+        }
+        let stats = server.stats();
+        let alive = stats.pids_of(1);
+        server.stop().await.map_err(fail)?;
+        let stats_after = server.stats();
+        ensure!(
+            per_pid.values().all(|&n| n <= 15),
+            "no worker served more than 10 + 5: {per_pid:?}"
+        );
+        let recycled: Vec<u64> = per_pid
+            .iter()
+            .filter(|(pid, _)| !alive.contains(pid))
+            .map(|(_, &n)| n)
+            .collect();
+        ensure!(
+            recycled.len() >= 200 / 15 - 4 && recycled.iter().all(|&n| n >= 10),
+            "recycled workers served 10 to 15 each: {per_pid:?}"
+        );
+        ensure!(
+            recycled.iter().any(|&n| n != recycled[0]),
+            "the jitter spreads the restarts: {per_pid:?}"
+        );
+        ensure!(
+            stats_after.crashed == 0 && stats_after.boot_failures == 0,
+            "recycling is no crash: {stats_after:?}"
+        );
+        Ok(())
+    })
+}
+
+fn killing_the_parent_leaves_no_worker() -> Result<(), Failed> {
+    fork_core::testing::set_child_subreaper().map_err(fail)?;
+    let mut host = std::process::Command::new(env!("CARGO_BIN_EXE_prefork-host"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .map_err(fail)?;
+    let mut pids = Vec::new();
+    let mut out = std::io::BufReader::new(host.stdout.take().ok_or("no stdout")?);
+    let mut line = String::new();
+    while std::io::BufRead::read_line(&mut out, &mut line).map_err(fail)? > 0 {
+        if line.trim() == "ready" {
+            break;
+        }
+        let pid: u32 = line
+            .split_whitespace()
+            .last()
+            .and_then(|p| p.parse().ok())
+            .ok_or("bad line")?;
+        pids.push(pid);
+        line.clear();
+    }
+    ensure!(
+        pids.len() == 4,
+        "host reported a template and three workers: {pids:?}"
+    );
+    host.kill().map_err(fail)?;
+    host.wait().map_err(fail)?;
+    for &pid in &pids {
+        ensure!(
+            fork_core::testing::wait_exit(pid, Duration::from_secs(1)).map_err(fail)?,
+            "process {pid} survived its parent by more than a second"
+        );
+    }
+    // Re-parented to us (subreaper): reap them, leaving no zombie.
+    for &pid in &pids {
+        let _ = fork_core::testing::reap(pid);
+    }
+    Ok(())
+}
+
 /// What one keep-alive client saw.
 #[derive(Debug, Default)]
 struct Seen {
@@ -595,6 +682,14 @@ fn main() {
         (
             "a_reload_that_cannot_boot_keeps_the_old_generation",
             a_reload_that_cannot_boot_keeps_the_old_generation,
+        ),
+        (
+            "max_requests_recycles_workers_with_jitter",
+            max_requests_recycles_workers_with_jitter,
+        ),
+        (
+            "killing_the_parent_leaves_no_worker",
+            killing_the_parent_leaves_no_worker,
         ),
         (
             "reloads_and_crashes_under_keep_alive_load_lose_no_request",

@@ -125,6 +125,13 @@ impl Builder {
         self
     }
 
+    /// Sets [`Config::max_requests`] and [`Config::max_requests_jitter`].
+    pub fn max_requests(mut self, requests: u64, jitter: u64) -> Self {
+        self.config.max_requests = Some(requests);
+        self.config.max_requests_jitter = jitter;
+        self
+    }
+
     /// The callback [`Prefork::reload`] runs to prepare the next
     /// generation's template (Parallel::Prefork's `load_config()` between
     /// two `start` calls): typically a fresh [`Template::new`] with init

@@ -150,6 +150,19 @@ pub(crate) struct Parts {
     pub(crate) done: watch::Sender<Option<Result<()>>>,
 }
 
+/// A random number in `0..=max`.
+fn jitter(max: u64) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    if max == 0 {
+        return 0;
+    }
+    // A fresh random key per call: randomness enough to spread restarts.
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    random % (max.saturating_add(1)).max(1)
+}
+
 /// Spare regulation's tick, kept within what tokio's timer takes.
 fn tick_period(d: Duration) -> Duration {
     d.clamp(
@@ -304,6 +317,10 @@ impl Manager {
             generation: self.generation,
             heartbeat: self.config.heartbeat,
             listeners: self.listeners.iter().map(|&(_, kind)| kind).collect(),
+            max_requests: self
+                .config
+                .max_requests
+                .map(|n| n.saturating_add(jitter(self.config.max_requests_jitter))),
         };
         let fds: Vec<_> = self.listeners.iter().map(|(fd, _)| fd.as_fd()).collect();
         let mut fork = self.template.fork();

@@ -36,10 +36,12 @@ pub(crate) struct Shared {
     pub(crate) changed: Notify,
     pub(crate) draining: watch::Sender<bool>,
     pub(crate) generation: u64,
+    /// Retire once this many requests were served.
+    pub(crate) max_requests: Option<u64>,
 }
 
 impl Shared {
-    pub(crate) fn new(generation: u64) -> Shared {
+    pub(crate) fn new(generation: u64, max_requests: Option<u64>) -> Shared {
         Shared {
             busy: AtomicU32::new(0),
             served: AtomicU64::new(0),
@@ -49,6 +51,7 @@ impl Shared {
             changed: Notify::new(),
             draining: watch::Sender::new(false),
             generation,
+            max_requests,
         }
     }
 }
@@ -78,7 +81,9 @@ impl Link {
 
     /// Marks the worker busy until the returned [`Busy`] is dropped, and
     /// counts one request (`pf_kid_busy` ... `pf_kid_idle`). The worker is
-    /// busy while any mark lives: spare regulation never retires it.
+    /// busy while any mark lives: spare regulation never retires it. The
+    /// mark that reaches [`max_requests`](crate::Config::max_requests)
+    /// [retires](Link::retire) the worker.
     ///
     /// [`Context::serve`](crate::Context::serve) holds one per connection.
     ///
@@ -91,7 +96,10 @@ impl Link {
     /// ```
     #[must_use = "the worker is idle again as soon as the mark is dropped"]
     pub fn busy(&self) -> Busy {
-        self.shared.served.fetch_add(1, Ordering::Relaxed);
+        let served = self.shared.served.fetch_add(1, Ordering::Relaxed) + 1;
+        if self.shared.max_requests.is_some_and(|max| served >= max) {
+            self.retire();
+        }
         if self.shared.busy.fetch_add(1, Ordering::AcqRel) == 0 {
             self.shared.changed.notify_one();
         }

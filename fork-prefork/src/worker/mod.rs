@@ -153,7 +153,7 @@ where
             }
         };
         let (input, output) = stream.into_split();
-        let shared = Arc::new(Shared::new(setup.generation));
+        let shared = Arc::new(Shared::new(setup.generation, setup.max_requests));
         let orders = tokio::spawn(report::orders(input, shared.clone()));
         let reporter = tokio::spawn(report::report(shared.clone(), output, setup.heartbeat));
         let mut listeners = Vec::with_capacity(slot.fds.len());
