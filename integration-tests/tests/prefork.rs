@@ -146,12 +146,14 @@ fn workers_serve_a_shared_listener() -> Result<(), Failed> {
         let (listener, addr) = loopback()?;
         let template = template("")?;
         let template_pid = template.id();
+        // ANCHOR: start
         let server = Prefork::builder(template, &LINE_SERVER)
             .listener(listener)
             .workers(3)
             .start()
             .map_err(fail)?;
         let stats = server.wait_until(|s| s.idle == 3).await;
+        // ANCHOR_END: start
         let pids = stats.pids_of(1);
         ensure!(pids.len() == 3, "three workers: {stats:?}");
         for &pid in &pids {
