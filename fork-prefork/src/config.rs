@@ -107,6 +107,12 @@ pub struct Config {
     /// How often a ready worker reports its state when nothing changed.
     /// The default is 1 s.
     pub heartbeat: Duration,
+    /// A ready worker not heard from for this long (its runtime is stuck:
+    /// a `loop {}`, a blocking call) gets `SIGABRT` (catchable; by default
+    /// it ends the worker), then `SIGKILL` one heartbeat later, and is
+    /// replaced; it counts as a crash. Longer than `heartbeat`, or every
+    /// worker times out. gunicorn's `timeout`. The default is `None` (off).
+    pub timeout: Option<Duration>,
     /// Recycle a worker after this many requests (busy marks: with
     /// [`Context::serve`](crate::Context::serve), connections), plus a
     /// random `0..=max_requests_jitter` picked per worker so that workers
@@ -130,6 +136,7 @@ impl Default for Config {
             max_boot_failures: 5,
             graceful_timeout: Duration::from_secs(30),
             heartbeat: Duration::from_secs(1),
+            timeout: None,
             max_requests: None,
             max_requests_jitter: 0,
         }

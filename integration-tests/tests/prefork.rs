@@ -40,7 +40,8 @@ fn label(ctx: &Context) -> String {
 /// A tiny line protocol, one command byte per connection:
 /// `p` answers "<pid> <generation>\n" and closes; `h` answers "holding\n",
 /// waits for one more byte, then answers as `p`; `f` answers "forever\n"
-/// and never finishes.
+/// and never finishes; `b` blocks the worker's thread for ever (a stuck
+/// worker: its runtime, heartbeat included, stops).
 async fn line_server(ctx: Context) -> Result<(), String> {
     if label(&ctx) == "fail" {
         return Err("cannot start: no database".into());
@@ -60,6 +61,9 @@ async fn line_server(ctx: Context) -> Result<(), String> {
                 let _ = conn.write_all(b"forever\n").await;
                 std::future::pending::<()>().await;
             }
+            b'b' => loop {
+                std::thread::park();
+            },
             _ => {}
         }
         let _ = conn.write_all(answer.as_bytes()).await;
@@ -366,6 +370,45 @@ fn a_reload_that_cannot_boot_keeps_the_old_generation() -> Result<(), Failed> {
             stats.generation == 3 && stats.pids_of(3).len() == 2 && stats.pids_of(1).is_empty(),
             "the next generation took over: {stats:?}"
         );
+        server.stop().await.map_err(fail)?;
+        Ok(())
+    })
+}
+
+fn a_stuck_worker_is_killed_at_the_heartbeat_timeout_and_replaced() -> Result<(), Failed> {
+    bounded(async {
+        let (listener, addr) = loopback()?;
+        let server = Prefork::builder(template("")?, &LINE_SERVER)
+            .listener(listener)
+            .workers(2)
+            .heartbeat(Duration::from_millis(50))
+            .timeout(Duration::from_millis(500))
+            .err_respawn_interval(Duration::from_millis(10))
+            .start()
+            .map_err(fail)?;
+        server.wait_until(|s| s.idle == 2).await;
+        let before = server.stats().pids_of(1);
+        // Block whichever worker takes this connection.
+        let mut blocking = TcpStream::connect(addr).await.map_err(fail)?;
+        blocking.write_all(b"b").await.map_err(fail)?;
+        let stats = server.wait_until(|s| s.crashed == 1 && s.idle == 2).await;
+        let after = stats.pids_of(1);
+        let gone: Vec<u32> = before
+            .iter()
+            .copied()
+            .filter(|p| !after.contains(p))
+            .collect();
+        ensure!(
+            gone.len() == 1,
+            "one worker replaced: {before:?} -> {after:?}"
+        );
+        all_exit(gone).await?;
+        let mut rest = Vec::new();
+        let _ = blocking.read_to_end(&mut rest).await;
+        ensure!(rest.is_empty(), "the stuck worker never answered: {rest:?}");
+        // The others kept serving.
+        let answer = ask(addr, b'p').await?;
+        ensure!(answer.ends_with(" 1\n"), "still served: {answer:?}");
         server.stop().await.map_err(fail)?;
         Ok(())
     })
@@ -684,6 +727,10 @@ fn main() {
         (
             "a_reload_that_cannot_boot_keeps_the_old_generation",
             a_reload_that_cannot_boot_keeps_the_old_generation,
+        ),
+        (
+            "a_stuck_worker_is_killed_at_the_heartbeat_timeout_and_replaced",
+            a_stuck_worker_is_killed_at_the_heartbeat_timeout_and_replaced,
         ),
         (
             "max_requests_recycles_workers_with_jitter",

@@ -125,6 +125,12 @@ impl Builder {
         self
     }
 
+    /// Sets [`Config::timeout`].
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.config.timeout = Some(timeout);
+        self
+    }
+
     /// Sets [`Config::max_requests`] and [`Config::max_requests_jitter`].
     pub fn max_requests(mut self, requests: u64, jitter: u64) -> Self {
         self.config.max_requests = Some(requests);

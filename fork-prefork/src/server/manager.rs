@@ -57,6 +57,10 @@ struct Member {
     killed: bool,
     /// It sent bytes that are no report.
     broken: bool,
+    /// When it last reported.
+    heard: Instant,
+    /// It missed the heartbeat timeout: aborted, and killed at this time.
+    timed_out: Option<Instant>,
 }
 
 impl Member {
@@ -270,6 +274,28 @@ impl Manager {
                 _ => {}
             }
         }
+        if let Some(timeout) = self.config.timeout {
+            let grace = self.config.heartbeat;
+            for m in self.members.iter_mut().filter(|m| m.ready && !m.killed) {
+                let at = match m.timed_out {
+                    None => after(m.heard, timeout),
+                    Some(kill_at) => kill_at,
+                };
+                if at > now {
+                    wake = Some(wake.map_or(at, |w: Instant| w.min(at)));
+                } else if m.timed_out.is_none() {
+                    tracing::warn!(pid = m.pid, "worker missed its heartbeat timeout: aborted");
+                    if let Some(handle) = &m.handle {
+                        let _ = handle.signal(fork_core::Signal::SIGABRT);
+                    }
+                    let kill_at = after(now, grace);
+                    m.timed_out = Some(kill_at);
+                    wake = Some(wake.map_or(kill_at, |w: Instant| w.min(kill_at)));
+                } else {
+                    m.kill();
+                }
+            }
+        }
         let oldest = self.members.iter().map(|m| m.generation).min();
         let (done, waiting): (Vec<_>, Vec<_>) = self
             .reloads
@@ -348,6 +374,8 @@ impl Manager {
             deadline: None,
             killed: false,
             broken: false,
+            heard: now,
+            timed_out: None,
         });
         self.last_spawn = Some(now);
         self.counters.spawned += 1;
@@ -440,6 +468,7 @@ impl Manager {
             Event::Spawned { id, result } => self.spawned(id, result, now),
             Event::Report { id, report } => {
                 let Some(m) = self.member(id) else { return };
+                m.heard = now;
                 match report {
                     Report::Ready => {
                         m.ready = true;
