@@ -1,0 +1,177 @@
+//! A prefork server's knobs.
+
+use std::time::Duration;
+
+/// How many workers a server keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Sizing {
+    /// Always this many workers, replaced when they exit
+    /// (Parallel::Prefork's `max_workers`; at least 1).
+    Fixed(usize),
+    /// As many as the load needs, regulated by the number of idle workers
+    /// (Parallel::MPM::Prefork, Apache's prefork MPM, php-fpm's `dynamic`).
+    Spare(Spare),
+}
+
+impl Default for Sizing {
+    /// `Fixed(10)`, Parallel::Prefork's default.
+    fn default() -> Self {
+        Sizing::Fixed(10)
+    }
+}
+
+/// The knobs of self-regulating sizing ([`Sizing::Spare`]). The names,
+/// meanings and defaults are Parallel::MPM::Prefork's; the growth is
+/// Apache's.
+///
+/// Once per [`Config::maintenance_interval`] the manager counts the idle
+/// workers of the current generation (a worker still starting counts as
+/// idle). Below `min_spare_servers` it starts `min(rate, deficit, room)` and
+/// doubles `rate` (1, 2, 4, ... up to `max_spawn_rate`); above
+/// `max_spare_servers` it retires the worker idle the longest, gracefully
+/// (never a busy one); otherwise `rate` goes back to 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Spare {
+    /// Workers started at once when the server starts (and the least a
+    /// reload starts). The default is 5.
+    pub start_servers: usize,
+    /// Fewest idle workers: below it, more are started. More spares absorb
+    /// bursts without waiting for a fork, at the cost of idle processes.
+    /// The default is 5.
+    pub min_spare_servers: usize,
+    /// Most idle workers: above it, one is retired per maintenance tick.
+    /// Taken as at least `min_spare_servers + 1`, as Apache does, so the
+    /// pool does not start and retire workers in turn. The default is 10.
+    pub max_spare_servers: usize,
+    /// Most workers at once (a reload may exceed it while the old
+    /// generation drains). The default is 73, Parallel::MPM::Prefork's
+    /// (sized for blocking workers that serve one connection at a time;
+    /// tokio workers need far fewer).
+    pub max_servers: usize,
+    /// Most workers started in one maintenance tick while the growth
+    /// doubles. Higher reaches the needed size sooner after a burst; lower
+    /// forks less at once. The default is 32 (Apache's and php-fpm's).
+    pub max_spawn_rate: usize,
+}
+
+impl Default for Spare {
+    fn default() -> Self {
+        Spare {
+            start_servers: 5,
+            min_spare_servers: 5,
+            max_spare_servers: 10,
+            max_servers: 73,
+            max_spawn_rate: 32,
+        }
+    }
+}
+
+/// A prefork server's configuration. Every field says its default, unit
+/// and trade-off. A duration of `Duration::MAX` means "never".
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Config {
+    /// How many workers: [`Sizing::Fixed`] or [`Sizing::Spare`]. The
+    /// default is `Fixed(10)`.
+    pub sizing: Sizing,
+    /// How often spare regulation looks at the idle workers (with
+    /// [`Sizing::Spare`]). Shorter reacts sooner to load; longer forks and
+    /// retires less eagerly. The default is 1 s (Apache's and php-fpm's).
+    pub maintenance_interval: Duration,
+    /// Least time between two worker starts. Zero starts as many as needed
+    /// at once; more spreads the forks (and their CPU) over time. The
+    /// default is 0 (Parallel::Prefork's).
+    pub spawn_interval: Duration,
+    /// Delay before the next start after a worker exited abnormally (a
+    /// non-zero code or a signal, not asked for), doubled for each further
+    /// abnormal exit before a new worker reports ready, up to
+    /// `err_respawn_max`: a crashing worker is not restarted in a tight
+    /// loop. The default is 1 s (Parallel::Prefork's).
+    pub err_respawn_interval: Duration,
+    /// Ceiling of the doubled `err_respawn_interval`. The default is 30 s.
+    pub err_respawn_max: Duration,
+    /// Workers that fail before they are ready, in a row, that stop the
+    /// server with [`Error::Boot`](crate::Error::Boot) (gunicorn halts on
+    /// boot errors instead of forking for ever). During a reload, they fail
+    /// the reload and the old generation keeps serving. At least 1. The
+    /// default is 5.
+    pub max_boot_failures: u32,
+    /// How long a worker told to stop (at [`stop`](crate::Prefork::stop),
+    /// a reload, or as a surplus spare) may take to finish its open
+    /// connections before it is killed (`SIGKILL`). Longer lets slow
+    /// requests finish; shorter bounds a stop or reload. The default is
+    /// 30 s (gunicorn's).
+    pub graceful_timeout: Duration,
+    /// How often a ready worker reports its state when nothing changed.
+    /// The default is 1 s.
+    pub heartbeat: Duration,
+    /// A ready worker not heard from for this long (its runtime is stuck:
+    /// a `loop {}`, a blocking call) gets `SIGABRT` (catchable; by default
+    /// it ends the worker), then `SIGKILL` one heartbeat later, and is
+    /// replaced; it counts as a crash. Longer than `heartbeat`, or every
+    /// worker times out. gunicorn's `timeout`. The default is `None` (off).
+    pub timeout: Option<Duration>,
+    /// Recycle a worker after this many requests (busy marks: with
+    /// [`Context::serve`](crate::Context::serve), connections), plus a
+    /// random `0..=max_requests_jitter` picked per worker so that workers
+    /// do not all restart together: it stops accepting, finishes its open
+    /// connections, exits 0 and is replaced. Bounds leaks in worker code.
+    /// The default is `None` (never).
+    pub max_requests: Option<u64>,
+    /// The random extra requests before recycling (see `max_requests`).
+    /// The default is 0.
+    pub max_requests_jitter: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            sizing: Sizing::default(),
+            maintenance_interval: Duration::from_secs(1),
+            spawn_interval: Duration::ZERO,
+            err_respawn_interval: Duration::from_secs(1),
+            err_respawn_max: Duration::from_secs(30),
+            max_boot_failures: 5,
+            graceful_timeout: Duration::from_secs(30),
+            heartbeat: Duration::from_secs(1),
+            timeout: None,
+            max_requests: None,
+            max_requests_jitter: 0,
+        }
+    }
+}
+
+impl Config {
+    /// The knobs the policy reads, with the values that make no sense
+    /// brought into range.
+    pub(crate) fn knobs(&self) -> crate::policy::Knobs {
+        use crate::policy::{Knobs, Mode};
+        let mode = match self.sizing {
+            Sizing::Fixed(n) => Mode::Fixed(n.max(1)),
+            Sizing::Spare(s) => {
+                let max = s.max_servers.max(1);
+                let min_spare = s.min_spare_servers.min(max);
+                Mode::Spare {
+                    min_spare,
+                    max_spare: s.max_spare_servers.max(min_spare + 1),
+                    max,
+                    max_rate: s.max_spawn_rate.max(1),
+                }
+            }
+        };
+        Knobs {
+            mode,
+            spawn_interval: self.spawn_interval,
+        }
+    }
+
+    /// Workers to start when the server starts.
+    pub(crate) fn start_servers(&self) -> usize {
+        match self.sizing {
+            Sizing::Fixed(n) => n.max(1),
+            Sizing::Spare(s) => s.start_servers.min(s.max_servers.max(1)),
+        }
+    }
+}

@@ -1,0 +1,186 @@
+//! The parent's side: [`Prefork`], the handle to a running server, its
+//! [`Builder`], and the manager task behind them.
+//!
+//! - `builder`: [`Builder`], the knobs and `start`;
+//! - `listener`: checking the listening sockets;
+//! - `manager`: the task that keeps the workers;
+//! - `monitor`: one task per worker, reading its reports;
+//! - `stats`: [`Stats`].
+
+use std::fmt;
+use std::sync::Arc;
+
+use fork_core::Template;
+use tokio::sync::{mpsc, oneshot, watch};
+
+mod builder;
+mod listener;
+mod manager;
+mod monitor;
+mod stats;
+
+pub use self::builder::Builder;
+pub use self::stats::{Stats, WorkerInfo, WorkerState};
+
+use self::builder::ReloadFn;
+use self::manager::Command;
+use crate::entry::PreforkEntry;
+use crate::error::{Error, Result};
+
+/// A running prefork server: the handle to its manager task.
+///
+/// Cheap to clone. When the last handle is dropped, the server stops
+/// gracefully in the background, as [`stop`](Prefork::stop) would.
+#[derive(Clone)]
+pub struct Prefork {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    commands: mpsc::Sender<Command>,
+    stats: watch::Receiver<Stats>,
+    done: watch::Receiver<Option<Result<()>>>,
+    on_reload: Option<ReloadFn>,
+}
+
+impl fmt::Debug for Prefork {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Prefork")
+            .field("stats", &*self.inner.stats.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Prefork {
+    /// Starts building a server whose workers are forked from `template`
+    /// (prepared as you like: preloaded state, arguments, descriptors) and
+    /// run `entry`.
+    pub fn builder(template: Template, entry: &PreforkEntry) -> Builder {
+        Builder::new(template, entry)
+    }
+
+    fn new(
+        commands: mpsc::Sender<Command>,
+        stats: watch::Receiver<Stats>,
+        done: watch::Receiver<Option<Result<()>>>,
+        on_reload: Option<ReloadFn>,
+    ) -> Prefork {
+        Prefork {
+            inner: Arc::new(Inner {
+                commands,
+                stats,
+                done,
+                on_reload,
+            }),
+        }
+    }
+
+    /// The server's state now.
+    pub fn stats(&self) -> Stats {
+        self.inner.stats.borrow().clone()
+    }
+
+    /// Waits until the server's state satisfies `condition` (checked now
+    /// and at each change), and returns that state. Returns the last state
+    /// if the server stopped first.
+    pub async fn wait_until(&self, mut condition: impl FnMut(&Stats) -> bool) -> Stats {
+        let mut stats = self.inner.stats.clone();
+        if let Ok(s) = stats.wait_for(|s| condition(s) || s.stopped).await {
+            return s.clone();
+        }
+        #[allow(clippy::let_and_return)] // the borrow must end before `stats`
+        let last = stats.borrow().clone();
+        last
+    }
+
+    /// Starts a new generation from a template prepared by the
+    /// [reload callback](Builder::on_reload), then retires the old one:
+    /// Parallel::Prefork's `HUP` + `load_config()`, gunicorn's `HUP`. See
+    /// [`reload_with`](Prefork::reload_with).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NoReloadCallback`] without a callback,
+    /// [`Error::Reload`] if it fails, and those of
+    /// [`reload_with`](Prefork::reload_with).
+    pub async fn reload(&self) -> Result<()> {
+        let reload = self
+            .inner
+            .on_reload
+            .as_ref()
+            .ok_or(Error::NoReloadCallback)?;
+        let template = reload().await.map_err(|e| Error::Reload(e.into()))?;
+        self.reload_with(template).await
+    }
+
+    /// Starts a new generation of workers from `template`, then retires the
+    /// old one: the new workers start **first**; each time one is ready, the
+    /// oldest old worker is told to stop accepting and finish its
+    /// connections (within the graceful timeout). The listeners stay open
+    /// throughout, so no connection is refused or dropped. Resolves once
+    /// every old worker is reaped.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Boot`] if the new generation's workers fail before they are
+    /// ready [`max_boot_failures`](crate::Config::max_boot_failures) times in
+    /// a row: the reload is abandoned and the old generation keeps serving.
+    /// [`Error::Stopped`] if the server stops first.
+    pub async fn reload_with(&self, template: Template) -> Result<()> {
+        let (reply, answer) = oneshot::channel();
+        self.inner
+            .commands
+            .send(Command::Reload { template, reply })
+            .await
+            .map_err(|_| Error::Stopped)?;
+        answer.await.unwrap_or(Err(Error::Stopped))
+    }
+
+    /// Stops the server: every worker stops accepting and finishes its open
+    /// connections within the [graceful timeout](crate::Config::graceful_timeout),
+    /// then is killed; resolves once every worker is reaped. Called again
+    /// while a stop is under way (from another task), it kills the workers
+    /// at once (`SIGKILL`): a quick stop.
+    ///
+    /// # Errors
+    ///
+    /// The error that stopped the server on its own, if it did
+    /// ([`Error::Boot`]).
+    pub async fn stop(&self) -> Result<()> {
+        let (reply, answer) = oneshot::channel();
+        if self
+            .inner
+            .commands
+            .send(Command::Stop { reply })
+            .await
+            .is_err()
+        {
+            return self.stopped().await;
+        }
+        match answer.await {
+            Ok(outcome) => outcome,
+            Err(_) => self.stopped().await,
+        }
+    }
+
+    /// Waits until the server has stopped (after [`stop`](Prefork::stop),
+    /// or on its own), every worker reaped, without asking it to.
+    ///
+    /// # Errors
+    ///
+    /// The error that stopped the server on its own ([`Error::Boot`]).
+    pub async fn stopped(&self) -> Result<()> {
+        let mut done = self.inner.done.clone();
+        match done.wait_for(Option::is_some).await {
+            Ok(outcome) => outcome.clone().unwrap_or(Ok(())),
+            Err(_) => Err(Error::Stopped),
+        }
+    }
+}
+
+#[allow(dead_code)]
+fn _assert_send_sync() {
+    fn is<T: Send + Sync>() {}
+    is::<Prefork>();
+    is::<PreforkEntry>();
+}

@@ -1,0 +1,164 @@
+//! [`Link`]: a worker's line to its manager, and [`Busy`], a busy mark.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+
+use tokio::sync::{Notify, watch};
+
+/// A worker's line to its manager (what Parallel::MPM::Prefork's
+/// `pf_kid_busy`/`pf_kid_idle` and Parallel::Prefork's scoreboard do): it
+/// says when the worker is [ready](Link::ready), marks it [busy](Link::busy)
+/// or idle for spare regulation, counts its requests, sends a heartbeat,
+/// and tells the worker when to stop accepting ([`draining`](Link::draining)).
+///
+/// Cheap to clone; every connection task can hold one. The state it reports
+/// goes to the manager from a task of the worker's runtime, whenever it
+/// changes and at least every [`Config::heartbeat`](crate::Config::heartbeat):
+/// a worker whose runtime is blocked stops reporting.
+#[derive(Clone)]
+pub struct Link {
+    pub(crate) shared: Arc<Shared>,
+}
+
+/// What a worker's [`Link`]s and its reporting task share.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) busy: AtomicU32,
+    pub(crate) served: AtomicU64,
+    pub(crate) ready: AtomicBool,
+    /// The worker's function returned: send the last state (or why it
+    /// failed), then stop.
+    pub(crate) finished: AtomicBool,
+    pub(crate) failure: std::sync::Mutex<Option<String>>,
+    /// Wakes the reporting task.
+    pub(crate) changed: Notify,
+    pub(crate) draining: watch::Sender<bool>,
+    pub(crate) generation: u64,
+    /// Retire once this many requests were served.
+    pub(crate) max_requests: Option<u64>,
+}
+
+impl Shared {
+    pub(crate) fn new(generation: u64, max_requests: Option<u64>) -> Shared {
+        Shared {
+            busy: AtomicU32::new(0),
+            served: AtomicU64::new(0),
+            ready: AtomicBool::new(false),
+            finished: AtomicBool::new(false),
+            failure: std::sync::Mutex::new(None),
+            changed: Notify::new(),
+            draining: watch::Sender::new(false),
+            generation,
+            max_requests,
+        }
+    }
+}
+
+impl fmt::Debug for Link {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Link")
+            .field("generation", &self.shared.generation)
+            .field("busy", &self.shared.busy.load(Ordering::Relaxed))
+            .field("served", &self.shared.served.load(Ordering::Relaxed))
+            .field("draining", &self.is_draining())
+            .finish()
+    }
+}
+
+impl Link {
+    /// Says the worker accepts connections now. Until then the manager
+    /// counts it as starting, and if it exits first, as a boot failure.
+    /// [`Context::serve`](crate::Context::serve) calls it; a worker with a
+    /// loop of its own calls it once its listeners are ready. Calling it
+    /// again does nothing.
+    pub fn ready(&self) {
+        if !self.shared.ready.swap(true, Ordering::AcqRel) {
+            self.shared.changed.notify_one();
+        }
+    }
+
+    /// Marks the worker busy until the returned [`Busy`] is dropped, and
+    /// counts one request (`pf_kid_busy` ... `pf_kid_idle`). The worker is
+    /// busy while any mark lives: spare regulation never retires it. The
+    /// mark that reaches [`max_requests`](crate::Config::max_requests)
+    /// [retires](Link::retire) the worker.
+    ///
+    /// [`Context::serve`](crate::Context::serve) holds one per connection.
+    ///
+    /// ```
+    /// # fn doc(link: &fork_prefork::Link) {
+    /// let busy = link.busy();
+    /// // ... answer the request ...
+    /// drop(busy); // idle again
+    /// # }
+    /// ```
+    #[must_use = "the worker is idle again as soon as the mark is dropped"]
+    pub fn busy(&self) -> Busy {
+        let served = self.shared.served.fetch_add(1, Ordering::Relaxed) + 1;
+        if self.shared.max_requests.is_some_and(|max| served >= max) {
+            self.retire();
+        }
+        if self.shared.busy.fetch_add(1, Ordering::AcqRel) == 0 {
+            self.shared.changed.notify_one();
+        }
+        Busy { link: self.clone() }
+    }
+
+    /// Requests served so far (busy marks taken).
+    pub fn served(&self) -> u64 {
+        self.shared.served.load(Ordering::Relaxed)
+    }
+
+    /// The generation this worker belongs to: 1 for the first, one more
+    /// per reload.
+    pub fn generation(&self) -> u64 {
+        self.shared.generation
+    }
+
+    /// Whether the worker was told to stop accepting (the server stops,
+    /// reloads, or retires this worker; or the worker got `SIGTERM`): finish
+    /// the requests in progress, and answer on a keep-alive connection with
+    /// `Connection: close` rather than closing it under a client that may
+    /// be sending.
+    pub fn is_draining(&self) -> bool {
+        *self.shared.draining.borrow()
+    }
+
+    /// Stops accepting from inside the worker, as a graceful stop does:
+    /// [`Context::serve`](crate::Context::serve) finishes its open
+    /// connections and returns, and the worker function returns. The
+    /// manager then starts a replacement (after
+    /// [`err_respawn_interval`](crate::Config::err_respawn_interval) if the
+    /// worker exits with an error). For a worker that knows it should go:
+    /// it leaks, it served enough, its state is bad.
+    pub fn retire(&self) {
+        self.shared.draining.send_replace(true);
+    }
+
+    /// Resolves when the worker is told to stop accepting (at once if it
+    /// was): see [`is_draining`](Link::is_draining).
+    pub fn draining(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut rx = self.shared.draining.subscribe();
+        async move {
+            // An error means the sender is gone: the worker is ending.
+            let _ = rx.wait_for(|&d| d).await;
+        }
+    }
+}
+
+/// A busy mark, from [`Link::busy`]: the worker is idle again when the last
+/// one is dropped.
+#[derive(Debug)]
+pub struct Busy {
+    link: Link,
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        if self.link.shared.busy.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.link.shared.changed.notify_one();
+        }
+    }
+}

@@ -1,0 +1,87 @@
+//! The worker's two background tasks: one reports its state to the manager,
+//! the other reads the manager's orders (and `SIGTERM`).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::signal::unix::{SignalKind, signal};
+
+use super::link::Shared;
+use crate::message::{self, Order, Report};
+
+/// Reports `Ready` once the worker is, then its state whenever it changes
+/// and at least every `heartbeat`; when the worker's function returned,
+/// the last state (or, if it never was ready, why it failed), then ends.
+/// Ends early if the manager is gone.
+pub(crate) async fn report(shared: Arc<Shared>, mut out: OwnedWriteHalf, heartbeat: Duration) {
+    let mut said_ready = false;
+    let mut buf = Vec::new();
+    loop {
+        let finished = shared.finished.load(Ordering::Acquire);
+        buf.clear();
+        if !said_ready && shared.ready.load(Ordering::Acquire) {
+            buf.extend(message::frame(&Report::Ready));
+            said_ready = true;
+        }
+        if said_ready {
+            buf.extend(message::frame(&Report::State {
+                busy: shared.busy.load(Ordering::Acquire),
+                served: shared.served.load(Ordering::Relaxed),
+            }));
+        } else if finished {
+            let failure = shared
+                .failure
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+            if let Some(why) = failure {
+                buf.extend(message::frame(&Report::Failed(message::cut(why))));
+            }
+        }
+        if !buf.is_empty() && out.write_all(&buf).await.is_err() {
+            return;
+        }
+        if finished {
+            return;
+        }
+        tokio::select! {
+            () = shared.changed.notified() => {}
+            () = tokio::time::sleep(heartbeat) => {}
+        }
+    }
+}
+
+/// Reads the manager's orders: `Stop` (or the end of the connection: the
+/// manager is gone, or a frame that makes no sense), or `SIGTERM` sent to
+/// the worker, set `draining`.
+pub(crate) async fn orders(mut input: OwnedReadHalf, shared: Arc<Shared>) {
+    let draining = &shared.draining;
+    let mut term = signal(SignalKind::terminate()).ok();
+    let mut buf = Vec::new();
+    loop {
+        let terminated = async {
+            match &mut term {
+                Some(term) => term.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            read = message::read_frame(&mut input, &mut buf) => {
+                let order = match read {
+                    Ok(true) => message::decode::<Order>(&buf).ok(),
+                    _ => None,
+                };
+                draining.send_replace(true);
+                if order.is_none() {
+                    return;
+                }
+            }
+            _ = terminated => {
+                draining.send_replace(true);
+            }
+        }
+    }
+}

@@ -1,0 +1,748 @@
+//! fork-prefork, end to end: workers serving a shared listener, graceful
+//! stop, boot loops, failed reloads, and reloads under keep-alive HTTP load
+//! with crashing workers, losing no request.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use fork_core::Template;
+use fork_prefork::{BootFailure, Context, Error, Prefork, PreforkEntry};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{CONNECTION, HOST, HeaderValue};
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use integration_tests::{Failed, all_exit, block_on, children_of, ensure, fail, parent_of};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+/// Runs a test body on the shared runtime, failing it after a minute
+/// instead of hanging.
+fn bounded(body: impl std::future::Future<Output = Result<(), Failed>>) -> Result<(), Failed> {
+    block_on(async {
+        tokio::time::timeout(Duration::from_secs(60), body)
+            .await
+            .unwrap_or_else(|_| Err("still running after 60 s".into()))
+    })
+}
+
+/// The label a worker's template was given (argument 0), or "".
+fn label(ctx: &Context) -> String {
+    ctx.arg::<String>(0).unwrap_or_default()
+}
+
+// ANCHOR: line_server
+/// A tiny line protocol, one command byte per connection:
+/// `p` answers "<pid> <generation>\n" and closes; `h` answers "holding\n",
+/// waits for one more byte, then answers as `p`; `f` answers "forever\n"
+/// and never finishes; `b` blocks the worker's thread for ever (a stuck
+/// worker: its runtime, heartbeat included, stops).
+async fn line_server(ctx: Context) -> Result<(), String> {
+    if label(&ctx) == "fail" {
+        return Err("cannot start: no database".into());
+    }
+    let served = ctx.serve(|mut conn, link| async move {
+        let mut command = [0u8; 1];
+        if conn.read_exact(&mut command).await.is_err() {
+            return;
+        }
+        let answer = format!("{} {}\n", std::process::id(), link.generation());
+        match command[0] {
+            b'h' => {
+                let _ = conn.write_all(b"holding\n").await;
+                let _ = conn.read_exact(&mut command).await;
+            }
+            b'f' => {
+                let _ = conn.write_all(b"forever\n").await;
+                std::future::pending::<()>().await;
+            }
+            b'b' => loop {
+                std::thread::park();
+            },
+            _ => {}
+        }
+        let _ = conn.write_all(answer.as_bytes()).await;
+    });
+    served.await.map_err(|e| e.to_string())
+}
+static LINE_SERVER: PreforkEntry = fork_prefork::entry!(line_server);
+// ANCHOR_END: line_server
+
+static CRASH: AtomicBool = AtomicBool::new(false);
+
+// ANCHOR: http_server
+/// Hello-world HTTP/1.1 with hyper: answers "<pid> <generation> <label>".
+/// While the worker drains, every answer says `Connection: close`, so a
+/// keep-alive client never sends on a connection being closed. `/crash`
+/// makes the worker retire, finish its connections, and exit with an error.
+async fn http_server(ctx: Context) -> Result<(), String> {
+    let label = Arc::new(label(&ctx));
+    let served = ctx.serve(move |conn, link| {
+        let label = label.clone();
+        async move {
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let (link, label) = (link.clone(), label.clone());
+                async move {
+                    if req.uri().path() == "/crash" {
+                        CRASH.store(true, Ordering::SeqCst);
+                        link.retire();
+                    }
+                    let body = format!("{} {} {label}", std::process::id(), link.generation());
+                    let mut response = Response::new(Full::new(Bytes::from(body)));
+                    if link.is_draining() {
+                        let close = HeaderValue::from_static("close");
+                        response.headers_mut().insert(CONNECTION, close);
+                    }
+                    Ok::<_, Infallible>(response)
+                }
+            });
+            let http = hyper::server::conn::http1::Builder::new();
+            let _ = http.serve_connection(TokioIo::new(conn), service).await;
+        }
+    });
+    served.await.map_err(|e| e.to_string())?;
+    if CRASH.load(Ordering::SeqCst) {
+        return Err("crashed on purpose".into());
+    }
+    Ok(())
+}
+static HTTP_SERVER: PreforkEntry = fork_prefork::entry!(http_server);
+// ANCHOR_END: http_server
+
+fn loopback() -> Result<(std::net::TcpListener, SocketAddr), Failed> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(fail)?;
+    let addr = listener.local_addr().map_err(fail)?;
+    Ok((listener, addr))
+}
+
+fn template(label: &str) -> Result<Template, Failed> {
+    let template = Template::new().map_err(fail)?;
+    template.arg(label);
+    Ok(template)
+}
+
+/// Sends one command byte and reads the answer to its end.
+async fn ask(addr: SocketAddr, command: u8) -> Result<String, Failed> {
+    let mut conn = TcpStream::connect(addr).await.map_err(fail)?;
+    conn.write_all(&[command]).await.map_err(fail)?;
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).await.map_err(fail)?;
+    Ok(answer)
+}
+
+/// Reads one line.
+async fn line(conn: &mut TcpStream) -> Result<String, Failed> {
+    let mut bytes = Vec::new();
+    let mut byte = [0u8; 1];
+    while conn.read(&mut byte).await.map_err(fail)? == 1 && byte[0] != b'\n' {
+        bytes.push(byte[0]);
+    }
+    String::from_utf8(bytes).map_err(fail)
+}
+
+fn workers_serve_a_shared_listener() -> Result<(), Failed> {
+    bounded(async {
+        let (listener, addr) = loopback()?;
+        let template = template("")?;
+        let template_pid = template.id();
+        // ANCHOR: start
+        let server = Prefork::builder(template, &LINE_SERVER)
+            .listener(listener)
+            .workers(3)
+            .start()
+            .map_err(fail)?;
+        let stats = server.wait_until(|s| s.idle == 3).await;
+        // ANCHOR_END: start
+        let pids = stats.pids_of(1);
+        ensure!(pids.len() == 3, "three workers: {stats:?}");
+        for &pid in &pids {
+            ensure!(
+                parent_of(pid) == Some(template_pid),
+                "worker {pid} is a child of the template {template_pid}"
+            );
+        }
+        let mut children = children_of(template_pid).map_err(fail)?;
+        children.sort();
+        let mut sorted = pids.clone();
+        sorted.sort();
+        ensure!(
+            children == sorted,
+            "the template's children {children:?} are the workers {sorted:?}"
+        );
+        for _ in 0..30 {
+            let answer = ask(addr, b'p').await?;
+            let (pid, generation) = answer.trim().split_once(' ').ok_or("an answer")?;
+            let pid: u32 = pid.parse().map_err(fail)?;
+            ensure!(pids.contains(&pid), "answered by {pid}, one of {pids:?}");
+            ensure!(generation == "1", "generation 1: {answer:?}");
+        }
+        server.stop().await.map_err(fail)?;
+        all_exit(pids.iter().copied().chain([template_pid])).await?;
+        let stats = server.stats();
+        ensure!(
+            stats.stopped && stats.exited == 3 && stats.crashed == 0 && stats.total() == 0,
+            "stopped, three reaped, no crash: {stats:?}"
+        );
+        // The listener is closed with the server.
+        ensure!(
+            TcpStream::connect(addr).await.is_err(),
+            "nothing listens any more"
+        );
+        Ok(())
+    })
+}
+
+fn graceful_stop_finishes_open_requests() -> Result<(), Failed> {
+    bounded(async {
+        let (listener, addr) = loopback()?;
+        let server = Prefork::builder(template("")?, &LINE_SERVER)
+            .listener(listener)
+            .workers(2)
+            // Never reached here: the request decides when the stop ends.
+            .graceful_timeout(Duration::from_secs(3600))
+            .start()
+            .map_err(fail)?;
+        server.wait_until(|s| s.idle == 2).await;
+        let pids = server.stats().pids_of(1);
+        let mut held = TcpStream::connect(addr).await.map_err(fail)?;
+        held.write_all(b"h").await.map_err(fail)?;
+        ensure!(line(&mut held).await? == "holding", "held");
+        let stopping = tokio::spawn({
+            let server = server.clone();
+            async move { server.stop().await }
+        });
+        // Every worker was told (an idle one may be gone already).
+        server
+            .wait_until(|s| s.idle + s.busy + s.starting == 0)
+            .await;
+        // The request in progress still gets its answer.
+        held.write_all(b"g").await.map_err(fail)?;
+        let answer = line(&mut held).await?;
+        ensure!(
+            answer.ends_with(" 1"),
+            "answered while stopping: {answer:?}"
+        );
+        stopping.await.map_err(fail)?.map_err(fail)?;
+        all_exit(pids).await?;
+        let stats = server.stats();
+        ensure!(
+            stats.exited == 2 && stats.crashed == 0,
+            "both workers left cleanly: {stats:?}"
+        );
+        Ok(())
+    })
+}
+
+fn a_request_past_the_graceful_timeout_is_killed() -> Result<(), Failed> {
+    bounded(async {
+        let (listener, addr) = loopback()?;
+        let grace = Duration::from_millis(300);
+        let server = Prefork::builder(template("")?, &LINE_SERVER)
+            .listener(listener)
+            .workers(1)
+            .graceful_timeout(grace)
+            .start()
+            .map_err(fail)?;
+        server.wait_until(|s| s.idle == 1).await;
+        let pids = server.stats().pids_of(1);
+        let mut stuck = TcpStream::connect(addr).await.map_err(fail)?;
+        stuck.write_all(b"f").await.map_err(fail)?;
+        ensure!(line(&mut stuck).await? == "forever", "stuck");
+        let started = tokio::time::Instant::now();
+        server.stop().await.map_err(fail)?;
+        ensure!(
+            started.elapsed() >= grace,
+            "the worker was given the graceful timeout: {:?}",
+            started.elapsed()
+        );
+        let mut rest = Vec::new();
+        let _ = stuck.read_to_end(&mut rest).await;
+        ensure!(rest.is_empty(), "no answer from a killed worker: {rest:?}");
+        all_exit(pids).await?;
+        let stats = server.stats();
+        ensure!(
+            stats.exited == 1 && stats.crashed == 0,
+            "a kill at the deadline is no crash: {stats:?}"
+        );
+        Ok(())
+    })
+}
+
+fn a_second_stop_kills_at_once() -> Result<(), Failed> {
+    bounded(async {
+        let (listener, addr) = loopback()?;
+        let server = Prefork::builder(template("")?, &LINE_SERVER)
+            .listener(listener)
+            .workers(1)
+            .graceful_timeout(Duration::from_secs(3600))
+            .start()
+            .map_err(fail)?;
+        server.wait_until(|s| s.idle == 1).await;
+        let mut stuck = TcpStream::connect(addr).await.map_err(fail)?;
+        stuck.write_all(b"f").await.map_err(fail)?;
+        ensure!(line(&mut stuck).await? == "forever", "stuck");
+        let first = tokio::spawn({
+            let server = server.clone();
+            async move { server.stop().await }
+        });
+        server.wait_until(|s| s.stopping == 1).await;
+        // An hour of grace, cut short by the second stop.
+        server.stop().await.map_err(fail)?;
+        first.await.map_err(fail)?.map_err(fail)?;
+        ensure!(server.stats().stopped, "stopped");
+        Ok(())
+    })
+}
+
+fn a_boot_loop_stops_the_server_with_its_cause() -> Result<(), Failed> {
+    bounded(async {
+        let (listener, _) = loopback()?;
+        let server = Prefork::builder(template("fail")?, &LINE_SERVER)
+            .listener(listener)
+            .workers(2)
+            .max_boot_failures(3)
+            .err_respawn_interval(Duration::from_millis(10))
+            .start()
+            .map_err(fail)?;
+        let outcome = server.stopped().await;
+        let stats = server.stats();
+        match outcome {
+            Err(Error::Boot {
+                failures: 3,
+                cause: BootFailure::Reported { message, status },
+            }) => {
+                ensure!(
+                    message.contains("no database"),
+                    "the worker's own error: {message}"
+                );
+                ensure!(status.code() == Some(1), "exit code 1: {status}");
+            }
+            other => return Err(format!("a boot error, got {other:?}").into()),
+        }
+        ensure!(
+            stats.spawned <= 4 && stats.boot_failures >= 3 && stats.total() == 0,
+            "bounded forks, none left: {stats:?}"
+        );
+        ensure!(
+            server.stop().await.is_err_and(|e| e.is_boot()),
+            "stop says why"
+        );
+        Ok(())
+    })
+}
+
+fn a_reload_that_cannot_boot_keeps_the_old_generation() -> Result<(), Failed> {
+    bounded(async {
+        let (listener, addr) = loopback()?;
+        let server = Prefork::builder(template("")?, &LINE_SERVER)
+            .listener(listener)
+            .workers(2)
+            .max_boot_failures(2)
+            .err_respawn_interval(Duration::from_millis(10))
+            .start()
+            .map_err(fail)?;
+        server.wait_until(|s| s.idle == 2).await;
+        let before = server.stats().pids_of(1);
+        let e = server.reload_with(template("fail")?).await;
+        ensure!(
+            e.as_ref().is_err_and(Error::is_boot),
+            "the reload fails: {e:?}"
+        );
+        let stats = server.wait_until(|s| s.total() == 2).await;
+        ensure!(
+            stats.generation == 1 && stats.pids_of(1) == before,
+            "the old workers serve on: {stats:?}"
+        );
+        let answer = ask(addr, b'p').await?;
+        ensure!(
+            answer.trim().ends_with(" 1"),
+            "generation 1 answers: {answer:?}"
+        );
+        // A good reload afterwards works.
+        server.reload_with(template("")?).await.map_err(fail)?;
+        let stats = server.stats();
+        ensure!(
+            stats.generation == 3 && stats.pids_of(3).len() == 2 && stats.pids_of(1).is_empty(),
+            "the next generation took over: {stats:?}"
+        );
+        server.stop().await.map_err(fail)?;
+        Ok(())
+    })
+}
+
+fn a_stuck_worker_is_killed_at_the_heartbeat_timeout_and_replaced() -> Result<(), Failed> {
+    bounded(async {
+        let (listener, addr) = loopback()?;
+        let server = Prefork::builder(template("")?, &LINE_SERVER)
+            .listener(listener)
+            .workers(2)
+            .heartbeat(Duration::from_millis(50))
+            .timeout(Duration::from_millis(500))
+            .err_respawn_interval(Duration::from_millis(10))
+            .start()
+            .map_err(fail)?;
+        server.wait_until(|s| s.idle == 2).await;
+        let before = server.stats().pids_of(1);
+        // Block whichever worker takes this connection.
+        let mut blocking = TcpStream::connect(addr).await.map_err(fail)?;
+        blocking.write_all(b"b").await.map_err(fail)?;
+        let stats = server.wait_until(|s| s.crashed == 1 && s.idle == 2).await;
+        let after = stats.pids_of(1);
+        let gone: Vec<u32> = before
+            .iter()
+            .copied()
+            .filter(|p| !after.contains(p))
+            .collect();
+        ensure!(
+            gone.len() == 1,
+            "one worker replaced: {before:?} -> {after:?}"
+        );
+        all_exit(gone).await?;
+        let mut rest = Vec::new();
+        let _ = blocking.read_to_end(&mut rest).await;
+        ensure!(rest.is_empty(), "the stuck worker never answered: {rest:?}");
+        // The others kept serving.
+        let answer = ask(addr, b'p').await?;
+        ensure!(answer.ends_with(" 1\n"), "still served: {answer:?}");
+        server.stop().await.map_err(fail)?;
+        Ok(())
+    })
+}
+
+fn max_requests_recycles_workers_with_jitter() -> Result<(), Failed> {
+    bounded(async {
+        let (listener, addr) = loopback()?;
+        let server = Prefork::builder(template("")?, &LINE_SERVER)
+            .listener(listener)
+            .workers(4)
+            .max_requests(10, 5)
+            .start()
+            .map_err(fail)?;
+        server.wait_until(|s| s.idle == 4).await;
+        let mut per_pid: BTreeMap<u32, u64> = BTreeMap::new();
+        for _ in 0..200 {
+            let answer = ask(addr, b'p').await?;
+            let pid = answer.split(' ').next().and_then(|p| p.parse().ok());
+            *per_pid
+                .entry(pid.ok_or(format!("an answer: {answer:?}"))?)
+                .or_default() += 1;
+        }
+        let stats = server.stats();
+        let alive = stats.pids_of(1);
+        server.stop().await.map_err(fail)?;
+        let stats_after = server.stats();
+        ensure!(
+            per_pid.values().all(|&n| n <= 15),
+            "no worker served more than 10 + 5: {per_pid:?}"
+        );
+        let recycled: Vec<u64> = per_pid
+            .iter()
+            .filter(|(pid, _)| !alive.contains(pid))
+            .map(|(_, &n)| n)
+            .collect();
+        ensure!(
+            recycled.len() >= 200 / 15 - 4 && recycled.iter().all(|&n| n >= 10),
+            "recycled workers served 10 to 15 each: {per_pid:?}"
+        );
+        ensure!(
+            recycled.iter().any(|&n| n != recycled[0]),
+            "the jitter spreads the restarts: {per_pid:?}"
+        );
+        ensure!(
+            stats_after.crashed == 0 && stats_after.boot_failures == 0,
+            "recycling is no crash: {stats_after:?}"
+        );
+        Ok(())
+    })
+}
+
+fn killing_the_parent_leaves_no_worker() -> Result<(), Failed> {
+    fork_core::testing::set_child_subreaper().map_err(fail)?;
+    let mut host = std::process::Command::new(env!("CARGO_BIN_EXE_prefork-host"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .map_err(fail)?;
+    let mut pids = Vec::new();
+    let mut out = std::io::BufReader::new(host.stdout.take().ok_or("no stdout")?);
+    let mut line = String::new();
+    while std::io::BufRead::read_line(&mut out, &mut line).map_err(fail)? > 0 {
+        if line.trim() == "ready" {
+            break;
+        }
+        let pid: u32 = line
+            .split_whitespace()
+            .last()
+            .and_then(|p| p.parse().ok())
+            .ok_or("bad line")?;
+        pids.push(pid);
+        line.clear();
+    }
+    ensure!(
+        pids.len() == 4,
+        "host reported a template and three workers: {pids:?}"
+    );
+    host.kill().map_err(fail)?;
+    host.wait().map_err(fail)?;
+    for &pid in &pids {
+        ensure!(
+            fork_core::testing::wait_exit(pid, Duration::from_secs(1)).map_err(fail)?,
+            "process {pid} survived its parent by more than a second"
+        );
+    }
+    // Re-parented to us (subreaper): reap them, leaving no zombie.
+    for &pid in &pids {
+        let _ = fork_core::testing::reap(pid);
+    }
+    Ok(())
+}
+
+/// What one keep-alive client saw.
+#[derive(Debug, Default)]
+struct Seen {
+    answered: u64,
+    errors: Vec<String>,
+    /// Answers per generation.
+    generations: BTreeMap<u64, u64>,
+    connections: u64,
+}
+
+/// Sends `GET path` requests on keep-alive connections until `done`,
+/// opening a new connection only when an answer says `Connection: close`.
+async fn keep_alive_client(
+    addr: SocketAddr,
+    path: &'static str,
+    done: watch::Receiver<bool>,
+    progress: watch::Sender<u64>,
+) -> Seen {
+    let mut seen = Seen::default();
+    'connections: while !*done.borrow() {
+        seen.connections += 1;
+        let stream = match TcpStream::connect(addr).await {
+            Ok(s) => s,
+            Err(e) => {
+                seen.errors.push(format!("connect: {e}"));
+                continue;
+            }
+        };
+        let (mut sender, conn) =
+            match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
+                Ok(pair) => pair,
+                Err(e) => {
+                    seen.errors.push(format!("handshake: {e}"));
+                    continue;
+                }
+            };
+        let driver = tokio::spawn(conn);
+        while !*done.borrow() {
+            let request = Request::get(path)
+                .header(HOST, "localhost")
+                .body(Empty::<Bytes>::new())
+                .expect("a request");
+            let response = match sender.send_request(request).await {
+                Ok(r) => r,
+                Err(e) => {
+                    seen.errors.push(format!("request: {e}"));
+                    continue 'connections;
+                }
+            };
+            let close = response
+                .headers()
+                .get(CONNECTION)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+            let status = response.status();
+            let body = match response.into_body().collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(e) => {
+                    seen.errors.push(format!("body: {e}"));
+                    continue 'connections;
+                }
+            };
+            let body = String::from_utf8_lossy(&body);
+            let generation = body.split(' ').nth(1).and_then(|g| g.parse().ok());
+            match (status.is_success(), generation) {
+                (true, Some(g)) => {
+                    seen.answered += 1;
+                    *seen.generations.entry(g).or_default() += 1;
+                    progress.send_modify(|n| *n += 1);
+                }
+                _ => seen.errors.push(format!("answer {status}: {body:?}")),
+            }
+            if close {
+                break;
+            }
+        }
+        drop(sender);
+        let _ = driver.await;
+    }
+    seen
+}
+
+/// One `GET path` on a connection of its own: the status, and whether the
+/// answer said `Connection: close`.
+async fn request_once(addr: SocketAddr, path: &str) -> Result<(hyper::StatusCode, bool), Failed> {
+    let stream = TcpStream::connect(addr).await.map_err(fail)?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(fail)?;
+    let driver = tokio::spawn(conn);
+    let request = Request::get(path)
+        .header(HOST, "localhost")
+        .body(Empty::<Bytes>::new())
+        .map_err(fail)?;
+    let response = sender.send_request(request).await.map_err(fail)?;
+    let close = response
+        .headers()
+        .get(CONNECTION)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+    let status = response.status();
+    response.into_body().collect().await.map_err(fail)?;
+    drop(sender);
+    let _ = driver.await;
+    Ok((status, close))
+}
+
+// ANCHOR: reload_under_load
+fn reloads_and_crashes_under_keep_alive_load_lose_no_request() -> Result<(), Failed> {
+    const CLIENTS: usize = 8;
+    const RELOADS: u64 = 10;
+    const REQUESTS: u64 = 20_000;
+    bounded(async {
+        let (listener, addr) = loopback()?;
+        let generation_label = Arc::new(std::sync::atomic::AtomicU64::new(1));
+        let server = Prefork::builder(template("template 1")?, &HTTP_SERVER)
+            .listener(listener)
+            .workers(4)
+            .err_respawn_interval(Duration::from_millis(20))
+            .graceful_timeout(Duration::from_secs(20))
+            .on_reload(move || {
+                // A template prepared again, as a reload reads its
+                // configuration again.
+                let n = generation_label.fetch_add(1, Ordering::SeqCst) + 1;
+                async move {
+                    let template = Template::new()?;
+                    template.arg(&format!("template {n}"));
+                    Ok::<_, fork_core::Error>(template)
+                }
+            })
+            .start()
+            .map_err(fail)?;
+        server.wait_until(|s| s.idle == 4).await;
+
+        let (done_tx, done) = watch::channel(false);
+        let (progress, mut answered) = watch::channel(0u64);
+        let clients: Vec<_> = (0..CLIENTS)
+            .map(|_| tokio::spawn(keep_alive_client(addr, "/", done.clone(), progress.clone())))
+            .collect();
+
+        let mut crashes = 0;
+        for i in 0..RELOADS {
+            // Reload once enough requests were answered since the last.
+            let target = (i + 1) * REQUESTS / (RELOADS + 2);
+            answered.wait_for(|&n| n >= target).await.map_err(fail)?;
+            if i % 3 == 2 {
+                // A worker crashes (after answering, with `Connection: close`
+                // on each of its connections).
+                let (status, close) = request_once(addr, "/crash").await?;
+                ensure!(
+                    status.is_success() && close,
+                    "the crash request was answered, with close"
+                );
+                crashes += 1;
+                server.wait_until(|s| s.crashed >= crashes).await;
+            }
+            server.reload().await.map_err(fail)?;
+        }
+        answered.wait_for(|&n| n >= REQUESTS).await.map_err(fail)?;
+        done_tx.send_replace(true);
+
+        let mut total = Seen::default();
+        for client in clients {
+            let seen = client.await.map_err(fail)?;
+            total.answered += seen.answered;
+            total.connections += seen.connections;
+            total.errors.extend(seen.errors);
+            for (g, n) in seen.generations {
+                *total.generations.entry(g).or_default() += n;
+            }
+        }
+        let stats = server.stats();
+        server.stop().await.map_err(fail)?;
+        println!(
+            "    {} requests on {} connections, {} reloads, {} crashes, answers per generation {:?}",
+            total.answered, total.connections, RELOADS, stats.crashed, total.generations
+        );
+        ensure!(
+            total.errors.is_empty(),
+            "no failed, reset or unanswered request: {:?}",
+            total.errors
+        );
+        ensure!(
+            total.answered >= REQUESTS,
+            "at least {REQUESTS} answered: {}",
+            total.answered
+        );
+        ensure!(
+            total.generations.contains_key(&1) && total.generations.contains_key(&(RELOADS + 1)),
+            "the first and the last generation answered: {:?}",
+            total.generations
+        );
+        ensure!(
+            stats.generation == RELOADS + 1,
+            "{RELOADS} reloads: {stats:?}"
+        );
+        ensure!(
+            stats.crashed == crashes,
+            "{crashes} crashes seen: {stats:?}"
+        );
+        Ok(())
+    })
+}
+// ANCHOR_END: reload_under_load
+
+fn main() {
+    fork_core::init();
+    integration_tests::run(&[
+        (
+            "workers_serve_a_shared_listener",
+            workers_serve_a_shared_listener,
+        ),
+        (
+            "graceful_stop_finishes_open_requests",
+            graceful_stop_finishes_open_requests,
+        ),
+        (
+            "a_request_past_the_graceful_timeout_is_killed",
+            a_request_past_the_graceful_timeout_is_killed,
+        ),
+        ("a_second_stop_kills_at_once", a_second_stop_kills_at_once),
+        (
+            "a_boot_loop_stops_the_server_with_its_cause",
+            a_boot_loop_stops_the_server_with_its_cause,
+        ),
+        (
+            "a_reload_that_cannot_boot_keeps_the_old_generation",
+            a_reload_that_cannot_boot_keeps_the_old_generation,
+        ),
+        (
+            "a_stuck_worker_is_killed_at_the_heartbeat_timeout_and_replaced",
+            a_stuck_worker_is_killed_at_the_heartbeat_timeout_and_replaced,
+        ),
+        (
+            "max_requests_recycles_workers_with_jitter",
+            max_requests_recycles_workers_with_jitter,
+        ),
+        (
+            "killing_the_parent_leaves_no_worker",
+            killing_the_parent_leaves_no_worker,
+        ),
+        (
+            "reloads_and_crashes_under_keep_alive_load_lose_no_request",
+            reloads_and_crashes_under_keep_alive_load_lose_no_request,
+        ),
+    ]);
+}
