@@ -27,6 +27,9 @@
 //!   their connections within [`Config::graceful_timeout`] (a second stop
 //!   kills at once); [`Prefork::reload`] starts the new generation first,
 //!   then retires the old one oldest first, listeners open throughout.
+//! - **systemd**: with `NOTIFY_SOCKET` set, `READY=1`, `RELOADING=1` (with
+//!   `MONOTONIC_USEC=`) and `STOPPING=1` as the server starts, reloads and
+//!   stops (`Type=notify-reload`).
 //!
 //! # Example
 //!

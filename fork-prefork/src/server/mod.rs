@@ -5,7 +5,8 @@
 //! - `listener`: checking the listening sockets;
 //! - `manager`: the task that keeps the workers;
 //! - `monitor`: one task per worker, reading its reports;
-//! - `stats`: [`Stats`].
+//! - `stats`: [`Stats`];
+//! - `systemd`: the service manager's notifications (`sd_notify`).
 
 use std::fmt;
 use std::sync::Arc;
@@ -18,6 +19,7 @@ mod listener;
 mod manager;
 mod monitor;
 mod stats;
+mod systemd;
 
 pub use self::builder::Builder;
 pub use self::stats::{Stats, WorkerInfo, WorkerState};
@@ -133,7 +135,12 @@ impl Prefork {
             .send(Command::Reload { template, reply })
             .await
             .map_err(|_| Error::Stopped)?;
-        answer.await.unwrap_or(Err(Error::Stopped))
+        systemd::reloading();
+        let outcome = answer.await.unwrap_or(Err(Error::Stopped));
+        if !matches!(outcome, Err(Error::Stopped)) {
+            systemd::reloaded();
+        }
+        outcome
     }
 
     /// Stops the server: every worker stops accepting and finishes its open
@@ -157,6 +164,7 @@ impl Prefork {
         {
             return self.stopped().await;
         }
+        systemd::stopping();
         match answer.await {
             Ok(outcome) => outcome,
             Err(_) => self.stopped().await,
