@@ -1,8 +1,11 @@
-//! fork-prefork under systemd's `Type=notify-reload` protocol: a server
-//! started with `NOTIFY_SOCKET` says `READY=1` once its workers are ready,
-//! `RELOADING=1` with `MONOTONIC_USEC=` then `READY=1` around a reload, and
-//! `STOPPING=1` as it stops. The test plays the service manager: it binds
-//! the notification socket and reads what the server sends.
+//! fork-prefork under systemd, the test playing the service manager:
+//!
+//! - `Type=notify-reload`: a server started with `NOTIFY_SOCKET` says
+//!   `READY=1` once its workers are ready, `RELOADING=1` with
+//!   `MONOTONIC_USEC=` then `READY=1` around a reload, and `STOPPING=1` as
+//!   it stops;
+//! - socket activation: a server started with a socket on descriptor 3 and
+//!   `LISTEN_FDS` serves on it, and no worker sees the variables.
 
 use std::io::Write;
 use std::os::unix::net::UnixDatagram;
@@ -61,10 +64,95 @@ fn notifies_ready_reloading_and_stopping() -> Result<(), Failed> {
     Ok(())
 }
 
+/// What a service manager does for socket activation, in Python: a
+/// listening socket on descriptor 3, `LISTEN_PID`, `LISTEN_FDS` and
+/// `LISTEN_FDNAMES` set, then `exec` of the program (same pid). Prints the
+/// socket's port first.
+const ACTIVATE: &str = r#"
+import os, socket, sys
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+s.listen(16)
+print("port", s.getsockname()[1], flush=True)
+os.dup2(s.fileno(), 3)
+os.set_inheritable(3, True)
+os.environ.update(LISTEN_FDS="1", LISTEN_FDNAMES="web", LISTEN_PID=str(os.getpid()))
+os.execv(sys.argv[1], [sys.argv[1]])
+"#;
+
+/// A server started by socket activation serves on the socket it was
+/// passed, and its workers (and templates) do not see the variables.
+fn serves_on_the_sockets_socket_activation_passes() -> Result<(), Failed> {
+    use std::io::{BufRead, BufReader, Read};
+    let mut server = Command::new("python3")
+        .args(["-c", ACTIVATE, env!("CARGO_BIN_EXE_prefork-activated")])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("python3, which plays the service manager: {e}"))?;
+    let mut out = BufReader::new(server.stdout.take().ok_or("no stdout")?);
+    let mut line = String::new();
+    let mut read = |out: &mut BufReader<_>| -> Result<String, Failed> {
+        line.clear();
+        out.read_line(&mut line).map_err(fail)?;
+        Ok(line.trim_end().to_owned())
+    };
+    let port: u16 = read(&mut out)?
+        .strip_prefix("port ")
+        .and_then(|p| p.parse().ok())
+        .ok_or("no port")?;
+    let names = read(&mut out)?;
+    ensure!(
+        names == r#"names [Some("web")]"#,
+        "the server said {names:?}"
+    );
+    let ready = read(&mut out)?;
+    let workers: Vec<u32> = ready
+        .strip_prefix("ready ")
+        .ok_or_else(|| format!("the server said {ready:?}"))?
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    ensure!(workers.len() == 2, "workers {workers:?}");
+    // A connection to the passed socket reaches a worker.
+    let mut answer = String::new();
+    std::net::TcpStream::connect(("127.0.0.1", port))
+        .map_err(fail)?
+        .read_to_string(&mut answer)
+        .map_err(fail)?;
+    let pid: u32 = answer.trim().parse().map_err(fail)?;
+    ensure!(
+        workers.contains(&pid),
+        "answered by {pid}, not a worker {workers:?}"
+    );
+    for worker in &workers {
+        let env = std::fs::read(format!("/proc/{worker}/environ")).map_err(fail)?;
+        ensure!(
+            !env.split(|&b| b == 0).any(|v| v.starts_with(b"LISTEN_")),
+            "worker {worker} sees the activation's variables"
+        );
+    }
+    server
+        .stdin
+        .take()
+        .ok_or("no stdin")?
+        .write_all(b"stop\n")
+        .map_err(fail)?;
+    let status = server.wait().map_err(fail)?;
+    ensure!(status.success(), "the server exited with {status}");
+    Ok(())
+}
+
 fn main() {
     fork_core::init();
-    integration_tests::run_quietly(&[(
-        "notifies_ready_reloading_and_stopping",
-        notifies_ready_reloading_and_stopping,
-    )]);
+    integration_tests::run_quietly(&[
+        (
+            "notifies_ready_reloading_and_stopping",
+            notifies_ready_reloading_and_stopping,
+        ),
+        (
+            "serves_on_the_sockets_socket_activation_passes",
+            serves_on_the_sockets_socket_activation_passes,
+        ),
+    ]);
 }
