@@ -40,6 +40,10 @@ pub enum Error {
         #[source]
         source: Arc<std::io::Error>,
     },
+    /// The signal handlers of [`trap_signals`](crate::Prefork::trap_signals)
+    /// could not be installed.
+    #[error("cannot install the signal handlers: {0}")]
+    Signals(#[source] Arc<std::io::Error>),
     /// The call needs to run inside a tokio runtime.
     #[error("a prefork server must be started from inside a tokio runtime")]
     NoRuntime,

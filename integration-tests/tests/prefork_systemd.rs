@@ -4,6 +4,8 @@
 //!   `READY=1` once its workers are ready, `RELOADING=1` with
 //!   `MONOTONIC_USEC=` then `READY=1` around a reload, and `STOPPING=1` as
 //!   it stops;
+//! - signals (`trap_signals`): `SIGHUP` reloads, `SIGTERM` and `SIGINT`
+//!   stop;
 //! - socket activation: a server started with a socket on descriptor 3 and
 //!   `LISTEN_FDS` serves on it, and no worker sees the variables.
 
@@ -143,6 +145,65 @@ fn serves_on_the_sockets_socket_activation_passes() -> Result<(), Failed> {
     Ok(())
 }
 
+/// Starts the signal-driven helper; returns it and its output.
+fn signalled() -> Result<
+    (
+        std::process::Child,
+        std::io::BufReader<std::process::ChildStdout>,
+    ),
+    Failed,
+> {
+    let mut server = Command::new(env!("CARGO_BIN_EXE_prefork-signals"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(fail)?;
+    let out = std::io::BufReader::new(server.stdout.take().ok_or("no stdout")?);
+    Ok((server, out))
+}
+
+fn line(out: &mut std::io::BufReader<std::process::ChildStdout>) -> Result<String, Failed> {
+    use std::io::BufRead;
+    let mut line = String::new();
+    out.read_line(&mut line).map_err(fail)?;
+    Ok(line.trim_end().to_owned())
+}
+
+fn kill(server: &std::process::Child, signal: nix::sys::signal::Signal) -> Result<(), Failed> {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(server.id() as i32), signal).map_err(fail)
+}
+
+/// `trap_signals`: `SIGHUP` reloads (twice), `SIGTERM` stops gracefully;
+/// `SIGINT` stops at once. The program then ends as it chooses (exit 0).
+fn signals_reload_and_stop_the_server() -> Result<(), Failed> {
+    use nix::sys::signal::Signal;
+    let (server, mut out) = signalled()?;
+    ensure!(line(&mut out)? == "ready", "not ready");
+    for generation in 2..=3 {
+        kill(&server, Signal::SIGHUP)?;
+        let said = line(&mut out)?;
+        ensure!(
+            said == format!("generation {generation}"),
+            "after SIGHUP: {said:?}"
+        );
+    }
+    kill(&server, Signal::SIGTERM)?;
+    let said = line(&mut out)?;
+    ensure!(said == "stopped", "after SIGTERM: {said:?}");
+    let mut server = server;
+    let status = server.wait().map_err(fail)?;
+    ensure!(status.success(), "after SIGTERM: {status}");
+
+    let (mut server, mut out) = signalled()?;
+    ensure!(line(&mut out)? == "ready", "not ready");
+    kill(&server, Signal::SIGINT)?;
+    let said = line(&mut out)?;
+    ensure!(said == "stopped", "after SIGINT: {said:?}");
+    let status = server.wait().map_err(fail)?;
+    ensure!(status.success(), "after SIGINT: {status}");
+    Ok(())
+}
+
 fn main() {
     fork_core::init();
     integration_tests::run_quietly(&[
@@ -153,6 +214,10 @@ fn main() {
         (
             "serves_on_the_sockets_socket_activation_passes",
             serves_on_the_sockets_socket_activation_passes,
+        ),
+        (
+            "signals_reload_and_stop_the_server",
+            signals_reload_and_stop_the_server,
         ),
     ]);
 }

@@ -5,6 +5,7 @@
 //! - `listener`: checking the listening sockets;
 //! - `manager`: the task that keeps the workers;
 //! - `monitor`: one task per worker, reading its reports;
+//! - `signals`: trapping the parent's signals, and signalling the workers;
 //! - `stats`: [`Stats`];
 //! - `systemd`: the service manager's notifications (`sd_notify`).
 
@@ -18,6 +19,7 @@ mod builder;
 mod listener;
 mod manager;
 mod monitor;
+mod signals;
 mod stats;
 mod systemd;
 
