@@ -40,6 +40,19 @@ pub enum Error {
         #[source]
         source: Arc<std::io::Error>,
     },
+    /// A value given to [`Link::yell`](crate::Link::yell) encodes to more
+    /// than [`MAX_DATA`](crate::MAX_DATA) bytes: it was not sent.
+    #[error("data of {size} bytes exceeds the limit of {limit}")]
+    DataTooLarge {
+        /// Its size encoded.
+        size: u64,
+        /// [`MAX_DATA`](crate::MAX_DATA).
+        limit: usize,
+    },
+    /// A worker's data could not be encoded ([`Link::yell`](crate::Link::yell))
+    /// or decoded as the type asked for ([`Data::decode`](crate::Data::decode)).
+    #[error("worker data: {0}")]
+    Data(#[source] Arc<bincode::Error>),
     /// The call needs to run inside a tokio runtime.
     #[error("a prefork server must be started from inside a tokio runtime")]
     NoRuntime,

@@ -13,6 +13,7 @@ use fork_core::{Template, WorkerHandle};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
+use super::events::{self as public, ExitReason, Sink};
 use super::monitor::{self, Event};
 use super::stats::{Stats, WorkerInfo, WorkerState};
 use crate::config::Config;
@@ -97,6 +98,7 @@ struct Counters {
     exited: u64,
     crashed: u64,
     boot_failures: u64,
+    data_dropped: u64,
 }
 
 /// How far the server is in stopping.
@@ -140,6 +142,8 @@ pub(crate) struct Manager {
     stops: Vec<oneshot::Sender<Result<()>>>,
     counters: Counters,
     events: mpsc::Sender<Event>,
+    /// The user's event stream.
+    sink: Sink,
     stats: watch::Sender<Stats>,
     done: watch::Sender<Option<Result<()>>>,
 }
@@ -152,6 +156,7 @@ pub(crate) struct Parts {
     pub(crate) template: Template,
     pub(crate) stats: watch::Sender<Stats>,
     pub(crate) done: watch::Sender<Option<Result<()>>>,
+    pub(crate) sink: Sink,
 }
 
 /// A random number in `0..=max`.
@@ -202,6 +207,7 @@ impl Manager {
             stops: Vec::new(),
             counters: Counters::default(),
             events,
+            sink: parts.sink,
             stats: parts.stats,
             done: parts.done,
             config: parts.config,
@@ -484,6 +490,18 @@ impl Manager {
                         m.served = served;
                     }
                     Report::Failed(why) => m.failure = Some(why),
+                    Report::Data(bytes) => {
+                        let Some(pid) = m.pid else { return };
+                        let generation = m.generation;
+                        let data = public::Data {
+                            pid,
+                            generation,
+                            bytes,
+                        };
+                        if !self.sink.data(data) {
+                            self.counters.data_dropped += 1;
+                        }
+                    }
                 }
             }
             Event::Broken { id, why } => {
@@ -529,6 +547,7 @@ impl Manager {
             ?status,
             "worker reaped"
         );
+        self.report_reap(&m, &status);
         if m.stopping() {
             return;
         }
@@ -547,6 +566,30 @@ impl Manager {
             self.counters.crashed += 1;
             self.abnormal(now);
         }
+    }
+
+    /// Tells the event stream that `m` was reaped, and why.
+    fn report_reap(&self, m: &Member, status: &fork_core::Result<ExitStatus>) {
+        let Some(pid) = m.pid else { return };
+        let reason = if m.broken {
+            ExitReason::Broken
+        } else if m.timed_out.is_some() {
+            ExitReason::TimedOut
+        } else if m.killed {
+            ExitReason::Killed
+        } else if m.stopping() {
+            ExitReason::Stopped
+        } else if !m.ready {
+            ExitReason::BootFailed
+        } else {
+            ExitReason::Exited
+        };
+        self.sink.reaped(public::Reaped {
+            pid,
+            generation: m.generation,
+            status: status.as_ref().ok().copied(),
+            reason,
+        });
     }
 
     /// Paces the next start after an abnormal exit.
@@ -609,6 +652,7 @@ impl Manager {
             exited: self.counters.exited,
             crashed: self.counters.crashed,
             boot_failures: self.counters.boot_failures,
+            data_dropped: self.counters.data_dropped,
             ..Stats::default()
         };
         for m in &self.members {
