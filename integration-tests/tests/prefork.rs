@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use fork_core::Template;
-use fork_prefork::{BootFailure, Context, Error, Event, ExitReason, Prefork, PreforkEntry};
+use fork_prefork::{BootFailure, Context, Error, Event, Events, ExitReason, Prefork, PreforkEntry};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{CONNECTION, HOST, HeaderValue};
@@ -55,18 +55,21 @@ static BYE: AtomicBool = AtomicBool::new(false);
 /// waits for one more byte, then answers as `p`; `f` answers "forever\n"
 /// and never finishes; `b` blocks the worker's thread for ever (a stuck
 /// worker: its runtime, heartbeat included, stops); `y` yells a [`Note`]
-/// "hello" to the parent, `z` a thousand 1 KiB ones, and `x` a "bye" before
-/// the worker retires and exits with an error; each then answers as `p`.
+/// "hello" to the parent, `z` a thousand 1 KiB ones, and `x` makes the
+/// worker retire, yell "bye" as its function returns, and exit with an
+/// error; each then answers as `p`.
 async fn line_server(ctx: Context) -> Result<(), String> {
     if label(&ctx) == "fail" {
         return Err("cannot start: no database".into());
     }
-    let served = ctx.serve(|mut conn, link| async move {
-        let note = |text: &str| Note {
-            pid: std::process::id(),
-            generation: link.generation(),
-            text: text.into(),
-        };
+    let link = ctx.link().clone();
+    let note = move |text: &str, generation: u64| Note {
+        pid: std::process::id(),
+        generation,
+        text: text.into(),
+    };
+    let served = ctx.serve(move |mut conn, link| async move {
+        let note = |text: &str| note(text, link.generation());
         let mut command = [0u8; 1];
         if conn.read_exact(&mut command).await.is_err() {
             return;
@@ -91,7 +94,6 @@ async fn line_server(ctx: Context) -> Result<(), String> {
                 }
             }
             b'x' => {
-                link.yell(&note("bye")).expect("a small note");
                 BYE.store(true, Ordering::SeqCst);
                 link.retire();
             }
@@ -101,6 +103,9 @@ async fn line_server(ctx: Context) -> Result<(), String> {
     });
     served.await.map_err(|e| e.to_string())?;
     if BYE.load(Ordering::SeqCst) {
+        // With its exit: written before the worker ends.
+        link.yell(&note("bye", link.generation()))
+            .map_err(|e| e.to_string())?;
         return Err("said bye".into());
     }
     Ok(())
@@ -748,6 +753,16 @@ fn pid_and_generation(answer: &str) -> Result<(u32, u64), Failed> {
         .ok_or_else(|| format!("an answer: {answer:?}").into())
 }
 
+/// The next event, failing after 10 s rather than waiting for the test's
+/// bound.
+async fn next(events: &mut Events) -> Result<Event, Failed> {
+    match tokio::time::timeout(Duration::from_secs(10), events.recv()).await {
+        Ok(Some(event)) => Ok(event),
+        Ok(None) => Err("the event stream ended".into()),
+        Err(_) => Err("no event within 10 s".into()),
+    }
+}
+
 // ANCHOR: events
 fn workers_yell_typed_data_and_every_reap_is_reported_once() -> Result<(), Failed> {
     bounded(async {
@@ -768,8 +783,8 @@ fn workers_yell_typed_data_and_every_reap_is_reported_once() -> Result<(), Faile
         // A worker yells a typed value: it arrives with its pid and
         // generation.
         let (pid, generation) = pid_and_generation(&ask(addr, b'y').await?)?;
-        match events.recv().await {
-            Some(Event::Data(data)) => {
+        match next(&mut events).await? {
+            Event::Data(data) => {
                 ensure!(
                     (data.pid, data.generation) == (pid, 1) && generation == 1,
                     "from the worker that answered: {data:?}, {pid} {generation}"
@@ -789,8 +804,8 @@ fn workers_yell_typed_data_and_every_reap_is_reported_once() -> Result<(), Faile
         // A worker yells with its exit: its data comes before its reap,
         // which has its exit code.
         let (bye, _) = pid_and_generation(&ask(addr, b'x').await?)?;
-        match (events.recv().await, events.recv().await) {
-            (Some(Event::Data(data)), Some(Event::Reaped(reaped))) => {
+        match (next(&mut events).await?, next(&mut events).await?) {
+            (Event::Data(data), Event::Reaped(reaped)) => {
                 let note: Note = data.decode().map_err(fail)?;
                 ensure!(
                     data.pid == bye && note.text == "bye",
@@ -811,8 +826,8 @@ fn workers_yell_typed_data_and_every_reap_is_reported_once() -> Result<(), Faile
         server.wait_until(|s| s.idle == 2).await;
         let mut blocking = TcpStream::connect(addr).await.map_err(fail)?;
         blocking.write_all(b"b").await.map_err(fail)?;
-        let stuck = match events.recv().await {
-            Some(Event::Reaped(reaped)) => {
+        let stuck = match next(&mut events).await? {
+            Event::Reaped(reaped) => {
                 use std::os::unix::process::ExitStatusExt;
                 let signal = reaped.status.and_then(|s| s.signal());
                 ensure!(
