@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::os::unix::process::ExitStatusExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -288,6 +289,7 @@ fn a_request_past_the_graceful_timeout_is_killed() -> Result<(), Failed> {
             .graceful_timeout(grace)
             .start()
             .map_err(fail)?;
+        let events = server.events().ok_or("the event stream")?;
         server.wait_until(|s| s.idle == 1).await;
         let pids = server.stats().pids_of(1);
         let mut stuck = TcpStream::connect(addr).await.map_err(fail)?;
@@ -303,11 +305,18 @@ fn a_request_past_the_graceful_timeout_is_killed() -> Result<(), Failed> {
         let mut rest = Vec::new();
         let _ = stuck.read_to_end(&mut rest).await;
         ensure!(rest.is_empty(), "no answer from a killed worker: {rest:?}");
-        all_exit(pids).await?;
+        all_exit(pids.clone()).await?;
         let stats = server.stats();
         ensure!(
             stats.exited == 1 && stats.crashed == 0,
             "a kill at the deadline is no crash: {stats:?}"
+        );
+        let reaps = reaps(events).await?;
+        ensure!(
+            matches!(&reaps[..], [r] if r.pid == pids[0]
+                && r.reason == ExitReason::Killed
+                && r.status.and_then(|s| s.signal()) == Some(libc::SIGKILL)),
+            "reaped once, killed by SIGKILL at the deadline: {reaps:?}"
         );
         Ok(())
     })
@@ -349,6 +358,7 @@ fn a_boot_loop_stops_the_server_with_its_cause() -> Result<(), Failed> {
             .err_respawn_interval(Duration::from_millis(10))
             .start()
             .map_err(fail)?;
+        let events = server.events().ok_or("the event stream")?;
         let outcome = server.stopped().await;
         let stats = server.stats();
         match outcome {
@@ -367,6 +377,25 @@ fn a_boot_loop_stops_the_server_with_its_cause() -> Result<(), Failed> {
         ensure!(
             stats.spawned <= 4 && stats.boot_failures >= 3 && stats.total() == 0,
             "bounded forks, none left: {stats:?}"
+        );
+        let reaps = reaps(events).await?;
+        let failed = reaps
+            .iter()
+            .filter(|r| {
+                r.reason == ExitReason::BootFailed && r.status.and_then(|s| s.code()) == Some(1)
+            })
+            .count();
+        // A worker still starting when the server halted is killed.
+        let killed = reaps
+            .iter()
+            .filter(|r| {
+                let signal = r.status.and_then(|s| s.signal());
+                r.reason == ExitReason::Killed && signal == Some(libc::SIGKILL)
+            })
+            .count();
+        ensure!(
+            reaps.len() as u64 == stats.spawned && failed >= 3 && failed + killed == reaps.len(),
+            "each worker reaped once, a boot failure (exit code 1) or killed: {reaps:?}"
         );
         ensure!(
             server.stop().await.is_err_and(|e| e.is_boot()),
@@ -463,6 +492,7 @@ fn max_requests_recycles_workers_with_jitter() -> Result<(), Failed> {
             .max_requests(10, 5)
             .start()
             .map_err(fail)?;
+        let events = server.events().ok_or("the event stream")?;
         server.wait_until(|s| s.idle == 4).await;
         let mut per_pid: BTreeMap<u32, u64> = BTreeMap::new();
         for _ in 0..200 {
@@ -497,6 +527,25 @@ fn max_requests_recycles_workers_with_jitter() -> Result<(), Failed> {
             stats_after.crashed == 0 && stats_after.boot_failures == 0,
             "recycling is no crash: {stats_after:?}"
         );
+        let reaps = reaps(events).await?;
+        let mut reaped: Vec<u32> = reaps.iter().map(|r| r.pid).collect();
+        reaped.sort_unstable();
+        reaped.dedup();
+        ensure!(
+            reaped.len() == reaps.len() && reaps.len() as u64 == stats_after.spawned,
+            "every worker reaped once: {reaps:?}, {stats_after:?}"
+        );
+        for r in &reaps {
+            let expected = if alive.contains(&r.pid) {
+                ExitReason::Stopped
+            } else {
+                ExitReason::Exited
+            };
+            ensure!(
+                r.reason == expected && r.status.is_some_and(|s| s.success()),
+                "recycled on their own, the rest stopped, all exit 0: {r:?}"
+            );
+        }
         Ok(())
     })
 }
@@ -763,6 +812,18 @@ async fn next(events: &mut Events) -> Result<Event, Failed> {
     }
 }
 
+/// Every reap left in a stopped server's stream (and no data).
+async fn reaps(mut events: Events) -> Result<Vec<fork_prefork::Reaped>, Failed> {
+    let mut reaps = Vec::new();
+    while let Some(event) = events.recv().await {
+        match event {
+            Event::Reaped(r) => reaps.push(r),
+            other => return Err(format!("only reaps, got {other:?}").into()),
+        }
+    }
+    Ok(reaps)
+}
+
 // ANCHOR: events
 fn workers_yell_typed_data_and_every_reap_is_reported_once() -> Result<(), Failed> {
     bounded(async {
@@ -828,7 +889,6 @@ fn workers_yell_typed_data_and_every_reap_is_reported_once() -> Result<(), Faile
         blocking.write_all(b"b").await.map_err(fail)?;
         let stuck = match next(&mut events).await? {
             Event::Reaped(reaped) => {
-                use std::os::unix::process::ExitStatusExt;
                 let signal = reaped.status.and_then(|s| s.signal());
                 ensure!(
                     reaped.reason == ExitReason::TimedOut

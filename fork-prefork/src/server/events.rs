@@ -100,18 +100,21 @@ pub enum ExitReason {
     /// [`max_requests`](crate::Config::max_requests)), or it crashed.
     Exited,
     /// It was told to stop (a [stop](crate::Prefork::stop), a
-    /// [reload](crate::Prefork::reload), a surplus spare) and exited
-    /// within the graceful timeout.
+    /// [reload](crate::Prefork::reload), a surplus spare) and exited by
+    /// itself (within the graceful timeout).
     Stopped,
-    /// The manager killed it: still running at the graceful timeout, or a
-    /// quick stop.
+    /// The manager killed it (still running at the graceful timeout, or a
+    /// quick stop) and a signal ended it. One that exited before the kill
+    /// landed is reported by what it did (`Stopped`, `BootFailed`).
     Killed,
     /// It missed the heartbeat [`timeout`](crate::Config::timeout): it got
     /// `SIGABRT`, then `SIGKILL`.
     TimedOut,
     /// It sent bytes that are no message: it was killed.
     Broken,
-    /// It exited before it was ready (a boot failure).
+    /// It exited before it was ready, and not because it was told to stop
+    /// (a boot failure): with an error even if it was told to stop
+    /// meanwhile, or without one, on its own.
     BootFailed,
 }
 

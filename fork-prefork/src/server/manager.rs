@@ -172,6 +172,41 @@ fn jitter(max: u64) -> u64 {
     random % (max.saturating_add(1)).max(1)
 }
 
+/// What the manager knew of a worker when it was reaped.
+#[derive(Debug, Clone, Copy, Default)]
+struct Ended {
+    broken: bool,
+    timed_out: bool,
+    killed: bool,
+    stopping: bool,
+    ready: bool,
+}
+
+/// Why a worker ended, from what the manager did to it and its status: a
+/// kill counts only if a signal ended it (it may have exited first), and a
+/// worker that failed before it was ready is a boot failure even if it was
+/// told to stop meanwhile.
+fn exit_reason(w: Ended, status: Option<ExitStatus>) -> ExitReason {
+    use std::os::unix::process::ExitStatusExt;
+    let signalled = status.is_none_or(|s| s.signal().is_some());
+    let success = status.is_some_and(|s| s.success());
+    if w.broken {
+        ExitReason::Broken
+    } else if w.timed_out {
+        ExitReason::TimedOut
+    } else if w.killed && signalled {
+        ExitReason::Killed
+    } else if !w.ready && !success {
+        ExitReason::BootFailed
+    } else if w.stopping {
+        ExitReason::Stopped
+    } else if !w.ready {
+        ExitReason::BootFailed
+    } else {
+        ExitReason::Exited
+    }
+}
+
 /// Spare regulation's tick, kept within what tokio's timer takes.
 fn tick_period(d: Duration) -> Duration {
     d.clamp(
@@ -505,7 +540,11 @@ impl Manager {
                 }
             }
             Event::Broken { id, why } => {
-                if let Some(m) = self.member(id) {
+                // A worker the manager killed may break off mid-frame: that
+                // is no protocol error.
+                if let Some(m) = self.member(id)
+                    && !m.killed
+                {
                     tracing::warn!(pid = m.pid, "worker sent what is no report ({why}): killed");
                     m.broken = true;
                 }
@@ -571,23 +610,21 @@ impl Manager {
     /// Tells the event stream that `m` was reaped, and why.
     fn report_reap(&self, m: &Member, status: &fork_core::Result<ExitStatus>) {
         let Some(pid) = m.pid else { return };
-        let reason = if m.broken {
-            ExitReason::Broken
-        } else if m.timed_out.is_some() {
-            ExitReason::TimedOut
-        } else if m.killed {
-            ExitReason::Killed
-        } else if m.stopping() {
-            ExitReason::Stopped
-        } else if !m.ready {
-            ExitReason::BootFailed
-        } else {
-            ExitReason::Exited
-        };
+        let status = status.as_ref().ok().copied();
+        let reason = exit_reason(
+            Ended {
+                broken: m.broken,
+                timed_out: m.timed_out.is_some(),
+                killed: m.killed,
+                stopping: m.stopping(),
+                ready: m.ready,
+            },
+            status,
+        );
         self.sink.reaped(public::Reaped {
             pid,
             generation: m.generation,
-            status: status.as_ref().ok().copied(),
+            status,
             reason,
         });
     }
@@ -700,5 +737,79 @@ impl Manager {
         tracing::info!("stopped");
         self.done.send_replace(Some(outcome));
         // The listeners close here, with the last handle to the template.
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::ExitStatusExt;
+
+    use super::*;
+
+    fn code(c: i32) -> Option<ExitStatus> {
+        Some(ExitStatus::from_raw(c << 8))
+    }
+
+    fn signal(s: i32) -> Option<ExitStatus> {
+        Some(ExitStatus::from_raw(s))
+    }
+
+    #[test]
+    fn exit_reasons() {
+        let ready = Ended {
+            ready: true,
+            ..Ended::default()
+        };
+        let told = Ended {
+            stopping: true,
+            ..ready
+        };
+        let killed = Ended {
+            killed: true,
+            ..told
+        };
+        let starting = |e: Ended| Ended { ready: false, ..e };
+        let cases = [
+            (ready, code(0), ExitReason::Exited),
+            (ready, code(3), ExitReason::Exited),
+            (ready, signal(11), ExitReason::Exited),
+            (told, code(0), ExitReason::Stopped),
+            (killed, signal(9), ExitReason::Killed),
+            (killed, None, ExitReason::Killed),
+            // It exited before the kill landed.
+            (killed, code(0), ExitReason::Stopped),
+            (
+                Ended {
+                    timed_out: true,
+                    killed: true,
+                    ..ready
+                },
+                signal(6),
+                ExitReason::TimedOut,
+            ),
+            (
+                Ended {
+                    broken: true,
+                    killed: true,
+                    ..ready
+                },
+                signal(9),
+                ExitReason::Broken,
+            ),
+            (Ended::default(), code(1), ExitReason::BootFailed),
+            (Ended::default(), code(0), ExitReason::BootFailed),
+            // Failed before it was ready, told to stop and killed meanwhile.
+            (starting(killed), code(1), ExitReason::BootFailed),
+            // Told to stop before it was ready, and did.
+            (starting(told), code(0), ExitReason::Stopped),
+            (starting(killed), signal(9), ExitReason::Killed),
+        ];
+        for (i, (ended, status, reason)) in cases.into_iter().enumerate() {
+            assert_eq!(
+                exit_reason(ended, status),
+                reason,
+                "case {i}: {ended:?} {status:?}"
+            );
+        }
     }
 }
