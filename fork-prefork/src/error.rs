@@ -49,6 +49,13 @@ pub enum Error {
         /// [`MAX_DATA`](crate::MAX_DATA).
         limit: usize,
     },
+    /// [`Link::yell`](crate::Link::yell) found 4 MiB of data waiting in
+    /// the worker, unwritten: the value was not queued.
+    #[error("{queued} bytes of data wait unwritten in the worker")]
+    DataBacklog {
+        /// The bytes waiting.
+        queued: usize,
+    },
     /// A worker's data could not be encoded ([`Link::yell`](crate::Link::yell))
     /// or decoded as the type asked for ([`Data::decode`](crate::Data::decode)).
     #[error("worker data: {0}")]

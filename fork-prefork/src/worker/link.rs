@@ -36,8 +36,8 @@ pub(crate) struct Shared {
     /// failed), then stop.
     pub(crate) finished: AtomicBool,
     pub(crate) failure: std::sync::Mutex<Option<String>>,
-    /// Data for the parent, encoded, oldest first, not written yet.
-    pub(crate) yells: std::sync::Mutex<Vec<Vec<u8>>>,
+    /// Data for the parent not written yet.
+    pub(crate) yells: std::sync::Mutex<Yells>,
     /// Wakes the reporting task.
     pub(crate) changed: Notify,
     pub(crate) draining: watch::Sender<bool>,
@@ -54,12 +54,33 @@ impl Shared {
             ready: AtomicBool::new(false),
             finished: AtomicBool::new(false),
             failure: std::sync::Mutex::new(None),
-            yells: std::sync::Mutex::new(Vec::new()),
+            yells: std::sync::Mutex::new(Yells::default()),
             changed: Notify::new(),
             draining: watch::Sender::new(false),
             generation,
             max_requests,
         }
+    }
+}
+
+/// The most data, in bytes, that may wait in a worker unwritten: 4 MiB
+/// (64 of the largest values).
+pub(crate) const MAX_QUEUED: usize = 64 * message::MAX_FRAME;
+
+/// Data yelled and not written yet.
+#[derive(Debug, Default)]
+pub(crate) struct Yells {
+    /// Encoded, oldest first.
+    pub(crate) values: Vec<Vec<u8>>,
+    /// Their total size.
+    pub(crate) bytes: usize,
+}
+
+impl Yells {
+    /// Takes every value out, oldest first.
+    pub(crate) fn take(&mut self) -> Vec<Vec<u8>> {
+        self.bytes = 0;
+        std::mem::take(&mut self.values)
     }
 }
 
@@ -156,9 +177,9 @@ impl Link {
     /// [`Event::Reaped`](crate::Event::Reaped).
     ///
     /// It does not wait: the value is encoded (bincode) and queued for the
-    /// worker's reporting task, which writes values in order. Values a
-    /// worker yells faster than its parent reads wait in the worker's
-    /// memory.
+    /// worker's reporting task, which writes values in order, when the
+    /// worker's runtime lets it run. Up to 4 MiB may wait in the worker;
+    /// past that, `yell` fails rather than grow without bound.
     ///
     /// ```
     /// # fn doc(link: &fork_prefork::Link) -> fork_prefork::Result<()> {
@@ -173,7 +194,10 @@ impl Link {
     ///
     /// [`Error::DataTooLarge`] if `value` encodes to more than
     /// [`MAX_DATA`](crate::MAX_DATA) bytes; [`Error::Data`] if it cannot be
-    /// encoded (a `Serialize` implementation that fails). Nothing is sent.
+    /// encoded (a `Serialize` implementation that fails);
+    /// [`Error::DataBacklog`] if 4 MiB of data already waits unwritten (the
+    /// worker yells in a loop that never awaits, or faster than its parent
+    /// reads): let the worker's tasks run, then yell again. Nothing is sent.
     ///
     /// # Caveats
     ///
@@ -191,11 +215,15 @@ impl Link {
             });
         }
         let bytes = message::encode_data(value).map_err(data_error)?;
-        self.shared
-            .yells
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(bytes);
+        let mut yells = self.shared.yells.lock().unwrap_or_else(|p| p.into_inner());
+        if yells.bytes + bytes.len() > MAX_QUEUED {
+            return Err(Error::DataBacklog {
+                queued: yells.bytes,
+            });
+        }
+        yells.bytes += bytes.len();
+        yells.values.push(bytes);
+        drop(yells);
         self.shared.changed.notify_one();
         Ok(())
     }
@@ -241,7 +269,7 @@ mod tests {
         let link = link();
         link.yell(&1u32).unwrap();
         link.yell("two").unwrap();
-        let yells = link.shared.yells.lock().unwrap().clone();
+        let yells = link.shared.yells.lock().unwrap().values.clone();
         assert_eq!(
             yells,
             [vec![0, 0, 0, 1], message::encode_data("two").unwrap()]
@@ -265,6 +293,25 @@ mod tests {
             }
             other => panic!("too large, got {other:?}"),
         }
-        assert_eq!(link.shared.yells.lock().unwrap().len(), 1);
+        assert_eq!(link.shared.yells.lock().unwrap().values.len(), 1);
+    }
+
+    #[test]
+    fn yells_past_the_queue_bound_fail_until_written() {
+        let link = link();
+        let value = vec![0u8; message::MAX_DATA - 8];
+        for _ in 0..MAX_QUEUED / message::MAX_DATA {
+            link.yell(&value[..]).unwrap();
+        }
+        let queued = link.shared.yells.lock().unwrap().bytes;
+        match link.yell(&value[..]) {
+            Err(Error::DataBacklog { queued: q }) => assert_eq!(q, queued),
+            other => panic!("a full queue, got {other:?}"),
+        }
+        // The reporting task writes them out: room again.
+        let written = link.shared.yells.lock().unwrap().take();
+        assert_eq!(written.len(), MAX_QUEUED / message::MAX_DATA);
+        link.yell(&value[..]).unwrap();
+        assert_eq!(link.shared.yells.lock().unwrap().bytes, message::MAX_DATA);
     }
 }

@@ -24,7 +24,11 @@ pub(crate) async fn report(shared: Arc<Shared>, mut out: OwnedWriteHalf, heartbe
         buf.clear();
         // Data first, taken after `finished`: what was yelled before the
         // function returned goes out before the worker ends.
-        let yells = std::mem::take(&mut *shared.yells.lock().unwrap_or_else(|p| p.into_inner()));
+        let yells = shared
+            .yells
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         for data in yells {
             buf.extend(message::frame(&Report::Data(data)));
         }
