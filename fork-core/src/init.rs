@@ -1,5 +1,6 @@
 //! The call at the top of `main`.
 
+use crate::activation;
 use crate::error::{Error, Result};
 use crate::process;
 use crate::sys::{self, Forked, Forker};
@@ -95,6 +96,8 @@ impl Init {
             ));
         }
         let forker = Forker::new().map_err(|e| Error::InitOrder(e.to_string()))?;
+        // Before any template or thread: no child sees the variables.
+        activation::capture(&forker);
         if self.early_template {
             let (ours, theirs) = sys::seqpacket_pair().map_err(Error::os(
                 "creating the early template's control socket pair",

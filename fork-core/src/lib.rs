@@ -92,6 +92,7 @@
 // The examples show `fn main` on purpose: the init-first rule is about `main`.
 #![allow(clippy::needless_doctest_main)]
 
+mod activation;
 mod command;
 mod context;
 mod entry;
@@ -112,6 +113,7 @@ mod template;
 pub mod testing;
 mod worker;
 
+pub use crate::activation::{ListenFd, take_listen_fds};
 pub use crate::command::Command;
 pub use crate::context::{Context, Slot};
 pub use crate::entry::{Entry, EntryResult, InitFn, PANIC_EXIT_CODE};

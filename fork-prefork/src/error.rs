@@ -60,6 +60,10 @@ pub enum Error {
     /// or decoded as the type asked for ([`Data::decode`](crate::Data::decode)).
     #[error("worker data: {0}")]
     Data(#[source] Arc<bincode::Error>),
+    /// The signal handlers of [`trap_signals`](crate::Prefork::trap_signals)
+    /// could not be installed.
+    #[error("cannot install the signal handlers: {0}")]
+    Signals(#[source] Arc<std::io::Error>),
     /// The call needs to run inside a tokio runtime.
     #[error("a prefork server must be started from inside a tokio runtime")]
     NoRuntime,

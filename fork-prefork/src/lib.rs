@@ -32,6 +32,9 @@
 //!   parent's [`Prefork::events`] stream gets it as [`Event::Data`], and an
 //!   [`Event::Reaped`] with pid, generation and exit status for every
 //!   worker, once. The manager never waits for the reader.
+//! - **systemd**: with `NOTIFY_SOCKET` set, `READY=1`, `RELOADING=1` (with
+//!   `MONOTONIC_USEC=`) and `STOPPING=1` as the server starts, reloads and
+//!   stops (`Type=notify-reload`).
 //!
 //! # Example
 //!

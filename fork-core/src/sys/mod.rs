@@ -142,6 +142,24 @@ pub(crate) fn remove_env_single_threaded(_proof: &Forker, key: &str) {
     unsafe { std::env::remove_var(key) }
 }
 
+/// Takes descriptor `fd`, inherited from the process's own parent (a
+/// service manager's socket activation), as owned and close-on-exec.
+///
+/// Only called by `init`, while the process is single-threaded (the
+/// `Forker` proves it), for descriptors the environment says were passed to
+/// this process: nothing else in it owns them yet.
+pub(crate) fn take_inherited_fd(_proof: &Forker, fd: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: F_GETFD only reads the descriptor's flags; an fd that is not
+    // open fails with EBADF, checked here.
+    let flags = cvt(unsafe { libc::fcntl(fd, libc::F_GETFD) })?;
+    // SAFETY: as above, on a descriptor just seen open.
+    cvt(unsafe { libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) })?;
+    // SAFETY: the descriptor is open (F_GETFD succeeded) and, as the
+    // caller's proof and the activation protocol say, owned by nobody else
+    // in this single-threaded process.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 /// Makes a process's standard input `/dev/null` and returns the descriptor
 /// that was there before, moved to a new close-on-exec number.
 pub(crate) fn take_stdin() -> io::Result<OwnedFd> {

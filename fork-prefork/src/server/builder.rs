@@ -200,6 +200,7 @@ impl Builder {
             events_tx,
         );
         runtime.spawn(manager.run(commands, events));
+        runtime.spawn(super::systemd::ready_when_started(stats.clone()));
         Ok(Prefork::new(
             commands_tx,
             stats,

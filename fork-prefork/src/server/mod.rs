@@ -6,7 +6,9 @@
 //! - `listener`: checking the listening sockets;
 //! - `manager`: the task that keeps the workers;
 //! - `monitor`: one task per worker, reading its reports;
-//! - `stats`: [`Stats`].
+//! - `signals`: trapping the parent's signals, and signalling the workers;
+//! - `stats`: [`Stats`];
+//! - `systemd`: the service manager's notifications (`sd_notify`).
 
 use std::fmt;
 use std::sync::Arc;
@@ -19,7 +21,9 @@ mod events;
 mod listener;
 mod manager;
 mod monitor;
+mod signals;
 mod stats;
+mod systemd;
 
 pub use self::builder::Builder;
 pub use self::events::{Data, Event, Events, ExitReason, Reaped};
@@ -175,7 +179,12 @@ impl Prefork {
             .send(Command::Reload { template, reply })
             .await
             .map_err(|_| Error::Stopped)?;
-        answer.await.unwrap_or(Err(Error::Stopped))
+        systemd::reloading();
+        let outcome = answer.await.unwrap_or(Err(Error::Stopped));
+        if !matches!(outcome, Err(Error::Stopped)) {
+            systemd::reloaded();
+        }
+        outcome
     }
 
     /// Stops the server: every worker stops accepting and finishes its open
@@ -199,6 +208,7 @@ impl Prefork {
         {
             return self.stopped().await;
         }
+        systemd::stopping();
         match answer.await {
             Ok(outcome) => outcome,
             Err(_) => self.stopped().await,
