@@ -123,6 +123,14 @@ pub struct Config {
     /// The random extra requests before recycling (see `max_requests`).
     /// The default is 0.
     pub max_requests_jitter: u64,
+    /// How many [`Event::Data`](crate::Event::Data) values may wait unread
+    /// in the [event stream](crate::Prefork::events): past it, new data is
+    /// dropped and counted in [`Stats::data_dropped`](crate::Stats::data_dropped),
+    /// so that a reader slow to read never blocks the manager nor fills
+    /// the parent's memory. Reap events are never dropped (there is one per
+    /// worker). Larger absorbs longer bursts; each waiting value holds up to
+    /// [`MAX_DATA`](crate::MAX_DATA) bytes. The default is 1024.
+    pub data_backlog: usize,
 }
 
 impl Default for Config {
@@ -139,6 +147,7 @@ impl Default for Config {
             timeout: None,
             max_requests: None,
             max_requests_jitter: 0,
+            data_backlog: 1024,
         }
     }
 }

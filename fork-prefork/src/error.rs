@@ -40,6 +40,26 @@ pub enum Error {
         #[source]
         source: Arc<std::io::Error>,
     },
+    /// A value given to [`Link::yell`](crate::Link::yell) encodes to more
+    /// than [`MAX_DATA`](crate::MAX_DATA) bytes: it was not sent.
+    #[error("data of {size} bytes exceeds the limit of {limit}")]
+    DataTooLarge {
+        /// Its size encoded.
+        size: u64,
+        /// [`MAX_DATA`](crate::MAX_DATA).
+        limit: usize,
+    },
+    /// [`Link::yell`](crate::Link::yell) found 4 MiB of data waiting in
+    /// the worker, unwritten: the value was not queued.
+    #[error("{queued} bytes of data wait unwritten in the worker")]
+    DataBacklog {
+        /// The bytes waiting.
+        queued: usize,
+    },
+    /// A worker's data could not be encoded ([`Link::yell`](crate::Link::yell))
+    /// or decoded as the type asked for ([`Data::decode`](crate::Data::decode)).
+    #[error("worker data: {0}")]
+    Data(#[source] Arc<bincode::Error>),
     /// The signal handlers of [`trap_signals`](crate::Prefork::trap_signals)
     /// could not be installed.
     #[error("cannot install the signal handlers: {0}")]

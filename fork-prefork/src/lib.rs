@@ -27,6 +27,11 @@
 //!   their connections within [`Config::graceful_timeout`] (a second stop
 //!   kills at once); [`Prefork::reload`] starts the new generation first,
 //!   then retires the old one oldest first, listeners open throughout.
+//! - **Data from workers and reap events**: [`Link::yell`] sends a typed
+//!   value to the parent at any time or with the worker's exit; the
+//!   parent's [`Prefork::events`] stream gets it as [`Event::Data`], and an
+//!   [`Event::Reaped`] with pid, generation and exit status for every
+//!   worker, once. The manager never waits for the reader.
 //! - **systemd**: with `NOTIFY_SOCKET` set, `READY=1`, `RELOADING=1` (with
 //!   `MONOTONIC_USEC=`) and `STOPPING=1` as the server starts, reloads and
 //!   stops (`Type=notify-reload`).
@@ -93,7 +98,10 @@ mod worker;
 pub use crate::config::{Config, Sizing, Spare};
 pub use crate::entry::PreforkEntry;
 pub use crate::error::{BootFailure, Error, Result};
-pub use crate::server::{Builder, Prefork, Stats, WorkerInfo, WorkerState};
+pub use crate::message::MAX_DATA;
+pub use crate::server::{
+    Builder, Data, Event, Events, ExitReason, Prefork, Reaped, Stats, WorkerInfo, WorkerState,
+};
 pub use crate::worker::{Busy, Context, Link, Listener, Stream, WorkerResult};
 
 #[doc(hidden)]

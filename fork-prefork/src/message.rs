@@ -22,6 +22,14 @@ pub(crate) const MAX_MESSAGE: usize = 4 * 1024;
 /// The length prefix's size.
 const HEADER: usize = 4;
 
+/// What a [`Report::Data`] body adds to its bytes: the variant's tag
+/// (`u32`) and the bytes' length (`u64`).
+const DATA_OVERHEAD: usize = 4 + 8;
+
+/// The largest value, encoded, that [`Link::yell`](crate::Link::yell)
+/// sends: what fits in one frame beside the message's own header.
+pub const MAX_DATA: usize = MAX_FRAME - DATA_OVERHEAD;
+
 /// Worker → manager.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) enum Report {
@@ -33,6 +41,9 @@ pub(crate) enum Report {
     /// It could not start (its function returned an error before it was
     /// ready): why.
     Failed(String),
+    /// Data for the parent ([`Link::yell`](crate::Link::yell)): a value the
+    /// worker encoded with [`encode_data`], at most [`MAX_DATA`] bytes.
+    Data(Vec<u8>),
 }
 
 /// Manager → worker.
@@ -78,7 +89,8 @@ fn options() -> impl Options {
 /// # Panics
 ///
 /// If it exceeds [`MAX_FRAME`]: the messages are small by construction
-/// (a failure message is cut to [`MAX_MESSAGE`]).
+/// (a failure message is cut to [`MAX_MESSAGE`], data is checked against
+/// [`MAX_DATA`] by [`Link::yell`](crate::Link::yell)).
 pub(crate) fn frame<T: Serialize>(msg: &T) -> Vec<u8> {
     let body = options()
         .serialize(msg)
@@ -94,6 +106,24 @@ pub(crate) fn decode<T: DeserializeOwned>(body: &[u8]) -> io::Result<T> {
     options()
         .deserialize(body)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("bad message: {e}")))
+}
+
+/// Encodes a worker's data for [`Report::Data`], with the same options as
+/// the messages: bincode, fixed-width big-endian integers, and a limit of
+/// [`MAX_DATA`] bytes.
+pub(crate) fn encode_data<T: Serialize + ?Sized>(value: &T) -> bincode::Result<Vec<u8>> {
+    options().with_limit(MAX_DATA as u64).serialize(value)
+}
+
+/// The size [`encode_data`] would give `value`, limit aside.
+pub(crate) fn data_size<T: Serialize + ?Sized>(value: &T) -> bincode::Result<u64> {
+    options().with_no_limit().serialized_size(value)
+}
+
+/// Decodes a worker's data, as [`encode_data`] encoded it: the whole of
+/// `bytes`, nothing after the value.
+pub(crate) fn decode_data<T: DeserializeOwned>(bytes: &[u8]) -> bincode::Result<T> {
+    options().with_limit(MAX_DATA as u64).deserialize(bytes)
 }
 
 /// Decodes slot data.
@@ -204,6 +234,60 @@ mod tests {
         assert!(cut.len() <= MAX_MESSAGE && cut.len() >= MAX_MESSAGE - 1);
         let body = frame(&Report::Failed(cut));
         assert!(body.len() <= MAX_FRAME);
+    }
+
+    #[test]
+    fn data_frames_byte_by_byte() {
+        // Tag 3, then the length as a u64, then the bytes.
+        assert_eq!(
+            frame(&Report::Data(vec![0xab, 0xcd])),
+            [0, 0, 0, 14, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 2, 0xab, 0xcd]
+        );
+        // A value is encoded as the messages are: big-endian, fixed width.
+        assert_eq!(
+            encode_data(&(7u16, "hi")).unwrap(),
+            [0, 7, 0, 0, 0, 0, 0, 0, 0, 2, b'h', b'i']
+        );
+        assert_eq!(
+            decode_data::<(u16, String)>(&[0, 7, 0, 0, 0, 0, 0, 0, 0, 2, b'h', b'i']).unwrap(),
+            (7, "hi".to_string())
+        );
+    }
+
+    #[tokio::test]
+    async fn the_largest_data_fills_a_frame_exactly() {
+        let largest = Report::Data(vec![7; MAX_DATA]);
+        let bytes = frame(&largest);
+        assert_eq!(bytes.len(), HEADER + MAX_FRAME);
+        let mut r = &bytes[..];
+        let mut buf = Vec::new();
+        assert!(read_frame(&mut r, &mut buf).await.unwrap());
+        assert_eq!(decode::<Report>(&buf).unwrap(), largest);
+        // One byte more does not encode, as a value or as a frame.
+        assert!(
+            encode_data(&vec![0u8; MAX_DATA]).is_err(),
+            "a Vec adds its length"
+        );
+        assert!(encode_data(&[0u8; 8][..]).is_ok());
+        assert_eq!(
+            data_size(&vec![0u8; MAX_DATA]).unwrap(),
+            8 + MAX_DATA as u64
+        );
+        assert!(
+            options()
+                .serialize(&Report::Data(vec![0; MAX_DATA + 1]))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn bad_data_is_an_error_not_a_panic() {
+        // Too short for its type; trailing bytes; a length past the end.
+        assert!(decode_data::<u32>(&[0, 0, 1]).is_err());
+        assert!(decode_data::<u16>(&[0, 0, 1]).is_err());
+        assert!(decode_data::<Vec<u8>>(&[0xff; 8]).is_err());
+        // A Data report whose length claims more than its body.
+        assert!(decode::<Report>(&[0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 9, 1]).is_err());
     }
 
     #[test]

@@ -1,22 +1,25 @@
 //! fork-prefork, end to end: workers serving a shared listener, graceful
-//! stop, boot loops, failed reloads, and reloads under keep-alive HTTP load
-//! with crashing workers, losing no request.
+//! stop, boot loops, failed reloads, reloads under keep-alive HTTP load
+//! with crashing workers, losing no request, and the data and reap events
+//! workers send their parent.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::os::unix::process::ExitStatusExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use fork_core::Template;
-use fork_prefork::{BootFailure, Context, Error, Prefork, PreforkEntry};
+use fork_prefork::{BootFailure, Context, Error, Event, Events, ExitReason, Prefork, PreforkEntry};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{CONNECTION, HOST, HeaderValue};
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use integration_tests::{Failed, all_exit, block_on, children_of, ensure, fail, parent_of};
+use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -36,17 +39,38 @@ fn label(ctx: &Context) -> String {
     ctx.arg::<String>(0).unwrap_or_default()
 }
 
+/// What the line server's workers yell to their parent.
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+struct Note {
+    pid: u32,
+    generation: u64,
+    text: String,
+}
+
+/// A line server's worker said goodbye: it exits with an error.
+static BYE: AtomicBool = AtomicBool::new(false);
+
 // ANCHOR: line_server
 /// A tiny line protocol, one command byte per connection:
 /// `p` answers "<pid> <generation>\n" and closes; `h` answers "holding\n",
 /// waits for one more byte, then answers as `p`; `f` answers "forever\n"
 /// and never finishes; `b` blocks the worker's thread for ever (a stuck
-/// worker: its runtime, heartbeat included, stops).
+/// worker: its runtime, heartbeat included, stops); `y` yells a [`Note`]
+/// "hello" to the parent, `z` a thousand 1 KiB ones, and `x` makes the
+/// worker retire, yell "bye" as its function returns, and exit with an
+/// error; each then answers as `p`.
 async fn line_server(ctx: Context) -> Result<(), String> {
     if label(&ctx) == "fail" {
         return Err("cannot start: no database".into());
     }
-    let served = ctx.serve(|mut conn, link| async move {
+    let link = ctx.link().clone();
+    let note = move |text: &str, generation: u64| Note {
+        pid: std::process::id(),
+        generation,
+        text: text.into(),
+    };
+    let served = ctx.serve(move |mut conn, link| async move {
+        let note = |text: &str| note(text, link.generation());
         let mut command = [0u8; 1];
         if conn.read_exact(&mut command).await.is_err() {
             return;
@@ -64,11 +88,28 @@ async fn line_server(ctx: Context) -> Result<(), String> {
             b'b' => loop {
                 std::thread::park();
             },
+            b'y' => link.yell(&note("hello")).expect("a small note"),
+            b'z' => {
+                for _ in 0..1000 {
+                    link.yell(&note(&"z".repeat(1024))).expect("a 1 KiB note");
+                }
+            }
+            b'x' => {
+                BYE.store(true, Ordering::SeqCst);
+                link.retire();
+            }
             _ => {}
         }
         let _ = conn.write_all(answer.as_bytes()).await;
     });
-    served.await.map_err(|e| e.to_string())
+    served.await.map_err(|e| e.to_string())?;
+    if BYE.load(Ordering::SeqCst) {
+        // With its exit: written before the worker ends.
+        link.yell(&note("bye", link.generation()))
+            .map_err(|e| e.to_string())?;
+        return Err("said bye".into());
+    }
+    Ok(())
 }
 static LINE_SERVER: PreforkEntry = fork_prefork::entry!(line_server);
 // ANCHOR_END: line_server
@@ -248,6 +289,7 @@ fn a_request_past_the_graceful_timeout_is_killed() -> Result<(), Failed> {
             .graceful_timeout(grace)
             .start()
             .map_err(fail)?;
+        let events = server.events().ok_or("the event stream")?;
         server.wait_until(|s| s.idle == 1).await;
         let pids = server.stats().pids_of(1);
         let mut stuck = TcpStream::connect(addr).await.map_err(fail)?;
@@ -263,11 +305,18 @@ fn a_request_past_the_graceful_timeout_is_killed() -> Result<(), Failed> {
         let mut rest = Vec::new();
         let _ = stuck.read_to_end(&mut rest).await;
         ensure!(rest.is_empty(), "no answer from a killed worker: {rest:?}");
-        all_exit(pids).await?;
+        all_exit(pids.clone()).await?;
         let stats = server.stats();
         ensure!(
             stats.exited == 1 && stats.crashed == 0,
             "a kill at the deadline is no crash: {stats:?}"
+        );
+        let reaps = reaps(events).await?;
+        ensure!(
+            matches!(&reaps[..], [r] if r.pid == pids[0]
+                && r.reason == ExitReason::Killed
+                && r.status.and_then(|s| s.signal()) == Some(libc::SIGKILL)),
+            "reaped once, killed by SIGKILL at the deadline: {reaps:?}"
         );
         Ok(())
     })
@@ -309,6 +358,7 @@ fn a_boot_loop_stops_the_server_with_its_cause() -> Result<(), Failed> {
             .err_respawn_interval(Duration::from_millis(10))
             .start()
             .map_err(fail)?;
+        let events = server.events().ok_or("the event stream")?;
         let outcome = server.stopped().await;
         let stats = server.stats();
         match outcome {
@@ -327,6 +377,25 @@ fn a_boot_loop_stops_the_server_with_its_cause() -> Result<(), Failed> {
         ensure!(
             stats.spawned <= 4 && stats.boot_failures >= 3 && stats.total() == 0,
             "bounded forks, none left: {stats:?}"
+        );
+        let reaps = reaps(events).await?;
+        let failed = reaps
+            .iter()
+            .filter(|r| {
+                r.reason == ExitReason::BootFailed && r.status.and_then(|s| s.code()) == Some(1)
+            })
+            .count();
+        // A worker still starting when the server halted is killed.
+        let killed = reaps
+            .iter()
+            .filter(|r| {
+                let signal = r.status.and_then(|s| s.signal());
+                r.reason == ExitReason::Killed && signal == Some(libc::SIGKILL)
+            })
+            .count();
+        ensure!(
+            reaps.len() as u64 == stats.spawned && failed >= 3 && failed + killed == reaps.len(),
+            "each worker reaped once, a boot failure (exit code 1) or killed: {reaps:?}"
         );
         ensure!(
             server.stop().await.is_err_and(|e| e.is_boot()),
@@ -423,6 +492,7 @@ fn max_requests_recycles_workers_with_jitter() -> Result<(), Failed> {
             .max_requests(10, 5)
             .start()
             .map_err(fail)?;
+        let events = server.events().ok_or("the event stream")?;
         server.wait_until(|s| s.idle == 4).await;
         let mut per_pid: BTreeMap<u32, u64> = BTreeMap::new();
         for _ in 0..200 {
@@ -457,6 +527,25 @@ fn max_requests_recycles_workers_with_jitter() -> Result<(), Failed> {
             stats_after.crashed == 0 && stats_after.boot_failures == 0,
             "recycling is no crash: {stats_after:?}"
         );
+        let reaps = reaps(events).await?;
+        let mut reaped: Vec<u32> = reaps.iter().map(|r| r.pid).collect();
+        reaped.sort_unstable();
+        reaped.dedup();
+        ensure!(
+            reaped.len() == reaps.len() && reaps.len() as u64 == stats_after.spawned,
+            "every worker reaped once: {reaps:?}, {stats_after:?}"
+        );
+        for r in &reaps {
+            let expected = if alive.contains(&r.pid) {
+                ExitReason::Stopped
+            } else {
+                ExitReason::Exited
+            };
+            ensure!(
+                r.reason == expected && r.status.is_some_and(|s| s.success()),
+                "recycled on their own, the rest stopped, all exit 0: {r:?}"
+            );
+        }
         Ok(())
     })
 }
@@ -704,6 +793,199 @@ fn reloads_and_crashes_under_keep_alive_load_lose_no_request() -> Result<(), Fai
 }
 // ANCHOR_END: reload_under_load
 
+/// The pid and generation of an answer "<pid> <generation>\n".
+fn pid_and_generation(answer: &str) -> Result<(u32, u64), Failed> {
+    let mut words = answer.split_whitespace();
+    let pid = words.next().and_then(|p| p.parse().ok());
+    let generation = words.next().and_then(|g| g.parse().ok());
+    pid.zip(generation)
+        .ok_or_else(|| format!("an answer: {answer:?}").into())
+}
+
+/// The next event, failing after 10 s rather than waiting for the test's
+/// bound.
+async fn next(events: &mut Events) -> Result<Event, Failed> {
+    match tokio::time::timeout(Duration::from_secs(10), events.recv()).await {
+        Ok(Some(event)) => Ok(event),
+        Ok(None) => Err("the event stream ended".into()),
+        Err(_) => Err("no event within 10 s".into()),
+    }
+}
+
+/// Every reap left in a stopped server's stream (and no data).
+async fn reaps(mut events: Events) -> Result<Vec<fork_prefork::Reaped>, Failed> {
+    let mut reaps = Vec::new();
+    while let Some(event) = events.recv().await {
+        match event {
+            Event::Reaped(r) => reaps.push(r),
+            other => return Err(format!("only reaps, got {other:?}").into()),
+        }
+    }
+    Ok(reaps)
+}
+
+// ANCHOR: events
+fn workers_yell_typed_data_and_every_reap_is_reported_once() -> Result<(), Failed> {
+    bounded(async {
+        let (listener, addr) = loopback()?;
+        let server = Prefork::builder(template("")?, &LINE_SERVER)
+            .listener(listener)
+            .workers(2)
+            .heartbeat(Duration::from_millis(50))
+            .timeout(Duration::from_millis(500))
+            .err_respawn_interval(Duration::from_millis(10))
+            .start()
+            .map_err(fail)?;
+        // Taken at once: events before it is taken are dropped.
+        let mut events = server.events().ok_or("the event stream")?;
+        ensure!(server.events().is_none(), "taken once");
+        server.wait_until(|s| s.idle == 2).await;
+
+        // A worker yells a typed value: it arrives with its pid and
+        // generation.
+        let (pid, generation) = pid_and_generation(&ask(addr, b'y').await?)?;
+        match next(&mut events).await? {
+            Event::Data(data) => {
+                ensure!(
+                    (data.pid, data.generation) == (pid, 1) && generation == 1,
+                    "from the worker that answered: {data:?}, {pid} {generation}"
+                );
+                let note: Note = data.decode().map_err(fail)?;
+                let expected = Note {
+                    pid,
+                    generation: 1,
+                    text: "hello".into(),
+                };
+                ensure!(note == expected, "the note it sent: {note:?}");
+            }
+            other => return Err(format!("data, got {other:?}").into()),
+        }
+        // ANCHOR_END: events
+
+        // A worker yells with its exit: its data comes before its reap,
+        // which has its exit code.
+        let (bye, _) = pid_and_generation(&ask(addr, b'x').await?)?;
+        match (next(&mut events).await?, next(&mut events).await?) {
+            (Event::Data(data), Event::Reaped(reaped)) => {
+                let note: Note = data.decode().map_err(fail)?;
+                ensure!(
+                    data.pid == bye && note.text == "bye",
+                    "its last words: {note:?}"
+                );
+                ensure!(
+                    reaped.pid == bye
+                        && reaped.generation == 1
+                        && reaped.reason == ExitReason::Exited
+                        && reaped.status.and_then(|s| s.code()) == Some(1),
+                    "reaped with its exit code: {reaped:?}"
+                );
+            }
+            other => return Err(format!("data, then the reap: {other:?}").into()),
+        }
+
+        // A stuck worker is killed at the heartbeat timeout: by a signal.
+        server.wait_until(|s| s.idle == 2).await;
+        let mut blocking = TcpStream::connect(addr).await.map_err(fail)?;
+        blocking.write_all(b"b").await.map_err(fail)?;
+        let stuck = match next(&mut events).await? {
+            Event::Reaped(reaped) => {
+                let signal = reaped.status.and_then(|s| s.signal());
+                ensure!(
+                    reaped.reason == ExitReason::TimedOut
+                        && (signal == Some(libc::SIGABRT) || signal == Some(libc::SIGKILL)),
+                    "timed out, killed by a signal: {reaped:?}"
+                );
+                reaped.pid
+            }
+            other => return Err(format!("the stuck worker's reap, got {other:?}").into()),
+        };
+
+        // A reload, then a stop: each worker of both generations leaves
+        // when told to, exiting 0.
+        server.wait_until(|s| s.idle == 2).await;
+        let first = server.stats().pids_of(1);
+        server.reload_with(template("")?).await.map_err(fail)?;
+        let second = server.stats().pids_of(2);
+        server.stop().await.map_err(fail)?;
+        let mut told = Vec::new();
+        // The stream ends once the last worker's reap was read.
+        while let Some(event) = events.recv().await {
+            match event {
+                Event::Reaped(r) => {
+                    let generation = if first.contains(&r.pid) { 1 } else { 2 };
+                    ensure!(
+                        r.generation == generation
+                            && r.reason == ExitReason::Stopped
+                            && r.status.is_some_and(|s| s.success()),
+                        "left when told, exit 0: {r:?}"
+                    );
+                    told.push(r.pid);
+                }
+                other => return Err(format!("only reaps, got {other:?}").into()),
+            }
+        }
+        let mut expected: Vec<u32> = first.iter().chain(&second).copied().collect();
+        expected.sort_unstable();
+        told.sort_unstable();
+        ensure!(
+            told == expected,
+            "each worker of both generations reaped once: {told:?}, {first:?} + {second:?}"
+        );
+        let all = told.len() + 2;
+        let stats = server.stats();
+        ensure!(
+            stats.spawned == all as u64 && !told.contains(&bye) && !told.contains(&stuck),
+            "one reap per worker forked ({all}): {stats:?}"
+        );
+        Ok(())
+    })
+}
+
+fn a_parent_that_never_reads_events_still_stops_promptly() -> Result<(), Failed> {
+    bounded(async {
+        let (listener, addr) = loopback()?;
+        let server = Prefork::builder(template("")?, &LINE_SERVER)
+            .listener(listener)
+            .workers(1)
+            .data_backlog(8)
+            .start()
+            .map_err(fail)?;
+        // Taken, and not read until the server has stopped.
+        let mut events = server.events().ok_or("the event stream")?;
+        server.wait_until(|s| s.idle == 1).await;
+        let (pid, _) = pid_and_generation(&ask(addr, b'z').await?)?;
+        // A thousand notes: eight wait, the rest are dropped and counted.
+        let seen = tokio::time::timeout(
+            Duration::from_secs(20),
+            server.wait_until(|s| s.data_dropped == 1000 - 8),
+        )
+        .await;
+        ensure!(seen.is_ok(), "992 dropped: {:?}", server.stats());
+        let stopped = tokio::time::timeout(Duration::from_secs(10), server.stop()).await;
+        ensure!(
+            matches!(stopped, Ok(Ok(()))),
+            "stopped, though nobody read: {stopped:?}"
+        );
+        let mut data = 0;
+        let mut reaps = Vec::new();
+        while let Some(event) = events.recv().await {
+            match event {
+                Event::Data(d) if reaps.is_empty() => {
+                    ensure!(d.pid == pid, "from the worker: {d:?}");
+                    data += 1;
+                }
+                Event::Reaped(r) => reaps.push(r.pid),
+                other => return Err(format!("data then a reap, got {other:?}").into()),
+            }
+        }
+        ensure!(
+            data == 8 && reaps == [pid],
+            "the backlog's eight notes, then the one reap: {data} {reaps:?}"
+        );
+        Ok(())
+    })
+}
+
 fn main() {
     fork_core::init();
     integration_tests::run(&[
@@ -739,6 +1021,14 @@ fn main() {
         (
             "killing_the_parent_leaves_no_worker",
             killing_the_parent_leaves_no_worker,
+        ),
+        (
+            "workers_yell_typed_data_and_every_reap_is_reported_once",
+            workers_yell_typed_data_and_every_reap_is_reported_once,
+        ),
+        (
+            "a_parent_that_never_reads_events_still_stops_promptly",
+            a_parent_that_never_reads_events_still_stops_promptly,
         ),
         (
             "reloads_and_crashes_under_keep_alive_load_lose_no_request",

@@ -10,6 +10,7 @@ use fork_core::Template;
 use tokio::sync::{mpsc, watch};
 
 use super::Prefork;
+use super::events;
 use super::listener::kind_of;
 use super::manager::{Manager, Parts};
 use crate::config::{Config, Sizing, Spare};
@@ -138,6 +139,12 @@ impl Builder {
         self
     }
 
+    /// Sets [`Config::data_backlog`].
+    pub fn data_backlog(mut self, values: usize) -> Self {
+        self.config.data_backlog = values;
+        self
+    }
+
     /// The callback [`Prefork::reload`] runs to prepare the next
     /// generation's template (Parallel::Prefork's `load_config()` between
     /// two `start` calls): typically a fresh [`Template::new`] with init
@@ -179,6 +186,7 @@ impl Builder {
         let (done_tx, done) = watch::channel(None);
         let (commands_tx, commands) = mpsc::channel(16);
         let (events_tx, events) = mpsc::channel(256);
+        let (sink, untaken) = events::channel(self.config.data_backlog);
         let manager = Manager::new(
             Parts {
                 config: self.config,
@@ -187,11 +195,18 @@ impl Builder {
                 template: self.template,
                 stats: stats_tx,
                 done: done_tx,
+                sink,
             },
             events_tx,
         );
         runtime.spawn(manager.run(commands, events));
         runtime.spawn(super::systemd::ready_when_started(stats.clone()));
-        Ok(Prefork::new(commands_tx, stats, done, self.on_reload))
+        Ok(Prefork::new(
+            commands_tx,
+            stats,
+            done,
+            self.on_reload,
+            untaken,
+        ))
     }
 }

@@ -13,6 +13,7 @@ use fork_core::{Template, WorkerHandle};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
+use super::events::{self as public, ExitReason, Sink};
 use super::monitor::{self, Event};
 use super::stats::{Stats, WorkerInfo, WorkerState};
 use crate::config::Config;
@@ -97,6 +98,7 @@ struct Counters {
     exited: u64,
     crashed: u64,
     boot_failures: u64,
+    data_dropped: u64,
 }
 
 /// How far the server is in stopping.
@@ -140,6 +142,8 @@ pub(crate) struct Manager {
     stops: Vec<oneshot::Sender<Result<()>>>,
     counters: Counters,
     events: mpsc::Sender<Event>,
+    /// The user's event stream.
+    sink: Sink,
     stats: watch::Sender<Stats>,
     done: watch::Sender<Option<Result<()>>>,
 }
@@ -152,6 +156,7 @@ pub(crate) struct Parts {
     pub(crate) template: Template,
     pub(crate) stats: watch::Sender<Stats>,
     pub(crate) done: watch::Sender<Option<Result<()>>>,
+    pub(crate) sink: Sink,
 }
 
 /// A random number in `0..=max`.
@@ -165,6 +170,41 @@ fn jitter(max: u64) -> u64 {
         .build_hasher()
         .finish();
     random % (max.saturating_add(1)).max(1)
+}
+
+/// What the manager knew of a worker when it was reaped.
+#[derive(Debug, Clone, Copy, Default)]
+struct Ended {
+    broken: bool,
+    timed_out: bool,
+    killed: bool,
+    stopping: bool,
+    ready: bool,
+}
+
+/// Why a worker ended, from what the manager did to it and its status: a
+/// kill counts only if a signal ended it (it may have exited first), and a
+/// worker that failed before it was ready is a boot failure even if it was
+/// told to stop meanwhile.
+fn exit_reason(w: Ended, status: Option<ExitStatus>) -> ExitReason {
+    use std::os::unix::process::ExitStatusExt;
+    let signalled = status.is_none_or(|s| s.signal().is_some());
+    let success = status.is_some_and(|s| s.success());
+    if w.broken {
+        ExitReason::Broken
+    } else if w.timed_out {
+        ExitReason::TimedOut
+    } else if w.killed && signalled {
+        ExitReason::Killed
+    } else if !w.ready && !success {
+        ExitReason::BootFailed
+    } else if w.stopping {
+        ExitReason::Stopped
+    } else if !w.ready {
+        ExitReason::BootFailed
+    } else {
+        ExitReason::Exited
+    }
 }
 
 /// Spare regulation's tick, kept within what tokio's timer takes.
@@ -202,6 +242,7 @@ impl Manager {
             stops: Vec::new(),
             counters: Counters::default(),
             events,
+            sink: parts.sink,
             stats: parts.stats,
             done: parts.done,
             config: parts.config,
@@ -484,10 +525,26 @@ impl Manager {
                         m.served = served;
                     }
                     Report::Failed(why) => m.failure = Some(why),
+                    Report::Data(bytes) => {
+                        let Some(pid) = m.pid else { return };
+                        let generation = m.generation;
+                        let data = public::Data {
+                            pid,
+                            generation,
+                            bytes,
+                        };
+                        if !self.sink.data(data) {
+                            self.counters.data_dropped += 1;
+                        }
+                    }
                 }
             }
             Event::Broken { id, why } => {
-                if let Some(m) = self.member(id) {
+                // A worker the manager killed may break off mid-frame: that
+                // is no protocol error.
+                if let Some(m) = self.member(id)
+                    && !m.killed
+                {
                     tracing::warn!(pid = m.pid, "worker sent what is no report ({why}): killed");
                     m.broken = true;
                 }
@@ -529,6 +586,7 @@ impl Manager {
             ?status,
             "worker reaped"
         );
+        self.report_reap(&m, &status);
         if m.stopping() {
             return;
         }
@@ -547,6 +605,28 @@ impl Manager {
             self.counters.crashed += 1;
             self.abnormal(now);
         }
+    }
+
+    /// Tells the event stream that `m` was reaped, and why.
+    fn report_reap(&self, m: &Member, status: &fork_core::Result<ExitStatus>) {
+        let Some(pid) = m.pid else { return };
+        let status = status.as_ref().ok().copied();
+        let reason = exit_reason(
+            Ended {
+                broken: m.broken,
+                timed_out: m.timed_out.is_some(),
+                killed: m.killed,
+                stopping: m.stopping(),
+                ready: m.ready,
+            },
+            status,
+        );
+        self.sink.reaped(public::Reaped {
+            pid,
+            generation: m.generation,
+            status,
+            reason,
+        });
     }
 
     /// Paces the next start after an abnormal exit.
@@ -609,6 +689,7 @@ impl Manager {
             exited: self.counters.exited,
             crashed: self.counters.crashed,
             boot_failures: self.counters.boot_failures,
+            data_dropped: self.counters.data_dropped,
             ..Stats::default()
         };
         for m in &self.members {
@@ -656,5 +737,79 @@ impl Manager {
         tracing::info!("stopped");
         self.done.send_replace(Some(outcome));
         // The listeners close here, with the last handle to the template.
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::ExitStatusExt;
+
+    use super::*;
+
+    fn code(c: i32) -> Option<ExitStatus> {
+        Some(ExitStatus::from_raw(c << 8))
+    }
+
+    fn signal(s: i32) -> Option<ExitStatus> {
+        Some(ExitStatus::from_raw(s))
+    }
+
+    #[test]
+    fn exit_reasons() {
+        let ready = Ended {
+            ready: true,
+            ..Ended::default()
+        };
+        let told = Ended {
+            stopping: true,
+            ..ready
+        };
+        let killed = Ended {
+            killed: true,
+            ..told
+        };
+        let starting = |e: Ended| Ended { ready: false, ..e };
+        let cases = [
+            (ready, code(0), ExitReason::Exited),
+            (ready, code(3), ExitReason::Exited),
+            (ready, signal(11), ExitReason::Exited),
+            (told, code(0), ExitReason::Stopped),
+            (killed, signal(9), ExitReason::Killed),
+            (killed, None, ExitReason::Killed),
+            // It exited before the kill landed.
+            (killed, code(0), ExitReason::Stopped),
+            (
+                Ended {
+                    timed_out: true,
+                    killed: true,
+                    ..ready
+                },
+                signal(6),
+                ExitReason::TimedOut,
+            ),
+            (
+                Ended {
+                    broken: true,
+                    killed: true,
+                    ..ready
+                },
+                signal(9),
+                ExitReason::Broken,
+            ),
+            (Ended::default(), code(1), ExitReason::BootFailed),
+            (Ended::default(), code(0), ExitReason::BootFailed),
+            // Failed before it was ready, told to stop and killed meanwhile.
+            (starting(killed), code(1), ExitReason::BootFailed),
+            // Told to stop before it was ready, and did.
+            (starting(told), code(0), ExitReason::Stopped),
+            (starting(killed), signal(9), ExitReason::Killed),
+        ];
+        for (i, (ended, status, reason)) in cases.into_iter().enumerate() {
+            assert_eq!(
+                exit_reason(ended, status),
+                reason,
+                "case {i}: {ended:?} {status:?}"
+            );
+        }
     }
 }

@@ -2,6 +2,7 @@
 //! [`Builder`], and the manager task behind them.
 //!
 //! - `builder`: [`Builder`], the knobs and `start`;
+//! - `events`: [`Events`], data from the workers and their reaps;
 //! - `listener`: checking the listening sockets;
 //! - `manager`: the task that keeps the workers;
 //! - `monitor`: one task per worker, reading its reports;
@@ -16,6 +17,7 @@ use fork_core::Template;
 use tokio::sync::{mpsc, oneshot, watch};
 
 mod builder;
+mod events;
 mod listener;
 mod manager;
 mod monitor;
@@ -24,9 +26,11 @@ mod stats;
 mod systemd;
 
 pub use self::builder::Builder;
+pub use self::events::{Data, Event, Events, ExitReason, Reaped};
 pub use self::stats::{Stats, WorkerInfo, WorkerState};
 
 use self::builder::ReloadFn;
+use self::events::Untaken;
 use self::manager::Command;
 use crate::entry::PreforkEntry;
 use crate::error::{Error, Result};
@@ -45,6 +49,7 @@ struct Inner {
     stats: watch::Receiver<Stats>,
     done: watch::Receiver<Option<Result<()>>>,
     on_reload: Option<ReloadFn>,
+    events: Untaken,
 }
 
 impl fmt::Debug for Prefork {
@@ -68,6 +73,7 @@ impl Prefork {
         stats: watch::Receiver<Stats>,
         done: watch::Receiver<Option<Result<()>>>,
         on_reload: Option<ReloadFn>,
+        events: Untaken,
     ) -> Prefork {
         Prefork {
             inner: Arc::new(Inner {
@@ -75,6 +81,7 @@ impl Prefork {
                 stats,
                 done,
                 on_reload,
+                events,
             }),
         }
     }
@@ -82,6 +89,41 @@ impl Prefork {
     /// The server's state now.
     pub fn stats(&self) -> Stats {
         self.inner.stats.borrow().clone()
+    }
+
+    /// Takes the stream of [`Event`]s: the data workers send
+    /// ([`Link::yell`](crate::Link::yell), Parallel::MPM::Prefork's
+    /// `pf_kid_yell`) and a [reap](Event::Reaped) for every worker, with its
+    /// pid, generation and exit status (Parallel::Prefork's
+    /// `on_child_reap`). Once: `None` afterwards.
+    ///
+    /// Events that happen before it is taken are dropped, so that a server
+    /// whose events nobody reads hoards nothing: take it right after
+    /// [`start`](Builder::start), before awaiting anything (no worker can
+    /// have sent anything by then: forking goes through the template). The
+    /// manager never waits for the reader: see [`Events`].
+    ///
+    /// ```no_run
+    /// # async fn doc(server: fork_prefork::Prefork) {
+    /// use fork_prefork::Event;
+    ///
+    /// let mut events = server.events().expect("taken once");
+    /// tokio::spawn(async move {
+    ///     while let Some(event) = events.recv().await {
+    ///         match event {
+    ///             Event::Data(data) => match data.decode::<String>() {
+    ///                 Ok(text) => println!("worker {} says {text}", data.pid),
+    ///                 Err(e) => eprintln!("worker {}: {e}", data.pid),
+    ///             },
+    ///             Event::Reaped(r) => println!("worker {} ended: {:?}", r.pid, r.status),
+    ///             _ => {}
+    ///         }
+    ///     }
+    /// });
+    /// # }
+    /// ```
+    pub fn events(&self) -> Option<Events> {
+        self.inner.events.take()
     }
 
     /// Waits until the server's state satisfies `condition` (checked now
@@ -193,4 +235,6 @@ fn _assert_send_sync() {
     fn is<T: Send + Sync>() {}
     is::<Prefork>();
     is::<PreforkEntry>();
+    is::<Events>();
+    is::<Event>();
 }

@@ -25,6 +25,10 @@ pub struct Stats {
     /// Workers that failed before they were ready (forks that failed
     /// included).
     pub boot_failures: u64,
+    /// Values workers sent ([`Link::yell`](crate::Link::yell)) that were
+    /// dropped because [`Config::data_backlog`](crate::Config::data_backlog)
+    /// values waited unread in the [event stream](crate::Prefork::events).
+    pub data_dropped: u64,
     /// The server stopped (every worker reaped).
     pub stopped: bool,
     /// Every worker, oldest first.

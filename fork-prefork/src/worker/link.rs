@@ -5,7 +5,11 @@ use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
+use serde::Serialize;
 use tokio::sync::{Notify, watch};
+
+use crate::error::{Error, Result};
+use crate::message;
 
 /// A worker's line to its manager (what Parallel::MPM::Prefork's
 /// `pf_kid_busy`/`pf_kid_idle` and Parallel::Prefork's scoreboard do): it
@@ -32,6 +36,8 @@ pub(crate) struct Shared {
     /// failed), then stop.
     pub(crate) finished: AtomicBool,
     pub(crate) failure: std::sync::Mutex<Option<String>>,
+    /// Data for the parent not written yet.
+    pub(crate) yells: std::sync::Mutex<Yells>,
     /// Wakes the reporting task.
     pub(crate) changed: Notify,
     pub(crate) draining: watch::Sender<bool>,
@@ -48,11 +54,33 @@ impl Shared {
             ready: AtomicBool::new(false),
             finished: AtomicBool::new(false),
             failure: std::sync::Mutex::new(None),
+            yells: std::sync::Mutex::new(Yells::default()),
             changed: Notify::new(),
             draining: watch::Sender::new(false),
             generation,
             max_requests,
         }
+    }
+}
+
+/// The most data, in bytes, that may wait in a worker unwritten: 4 MiB
+/// (64 of the largest values).
+pub(crate) const MAX_QUEUED: usize = 64 * message::MAX_FRAME;
+
+/// Data yelled and not written yet.
+#[derive(Debug, Default)]
+pub(crate) struct Yells {
+    /// Encoded, oldest first.
+    pub(crate) values: Vec<Vec<u8>>,
+    /// Their total size.
+    pub(crate) bytes: usize,
+}
+
+impl Yells {
+    /// Takes every value out, oldest first.
+    pub(crate) fn take(&mut self) -> Vec<Vec<u8>> {
+        self.bytes = 0;
+        std::mem::take(&mut self.values)
     }
 }
 
@@ -137,6 +165,69 @@ impl Link {
         self.shared.draining.send_replace(true);
     }
 
+    /// Sends `value` to the parent, where it arrives as an
+    /// [`Event::Data`](crate::Event::Data) with this worker's pid and
+    /// generation, to decode with [`Data::decode`](crate::Data::decode)
+    /// (Parallel::MPM::Prefork's `pf_kid_yell`). Call it at any time; to
+    /// send a result with the worker's exit (`pf_kid_exit`), yell, then
+    /// return from the worker function (or [`retire`](Link::retire)): what
+    /// was yelled before the function returned is written before the
+    /// worker exits, and reaches the parent's
+    /// [event stream](crate::Prefork::events) before its
+    /// [`Event::Reaped`](crate::Event::Reaped).
+    ///
+    /// It does not wait: the value is encoded (bincode) and queued for the
+    /// worker's reporting task, which writes values in order, when the
+    /// worker's runtime lets it run. Up to 4 MiB may wait in the worker;
+    /// past that, `yell` fails rather than grow without bound.
+    ///
+    /// ```
+    /// # fn doc(link: &fork_prefork::Link) -> fork_prefork::Result<()> {
+    /// #[derive(serde::Serialize)]
+    /// struct Done { jobs: u32 }
+    /// link.yell(&Done { jobs: 12 })?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::DataTooLarge`] if `value` encodes to more than
+    /// [`MAX_DATA`](crate::MAX_DATA) bytes; [`Error::Data`] if it cannot be
+    /// encoded (a `Serialize` implementation that fails);
+    /// [`Error::DataBacklog`] if 4 MiB of data already waits unwritten (the
+    /// worker yells in a loop that never awaits, or faster than its parent
+    /// reads): let the worker's tasks run, then yell again. Nothing is sent.
+    ///
+    /// # Caveats
+    ///
+    /// A worker killed (at the graceful timeout, the heartbeat timeout, or
+    /// by a signal) loses what it had not written yet. A value the parent
+    /// receives while more than [`Config::data_backlog`](crate::Config::data_backlog)
+    /// values wait unread is dropped there, and counted.
+    pub fn yell<T: Serialize + ?Sized>(&self, value: &T) -> Result<()> {
+        let data_error = |e| Error::Data(Arc::new(e));
+        let size = message::data_size(value).map_err(data_error)?;
+        if size > message::MAX_DATA as u64 {
+            return Err(Error::DataTooLarge {
+                size,
+                limit: message::MAX_DATA,
+            });
+        }
+        let bytes = message::encode_data(value).map_err(data_error)?;
+        let mut yells = self.shared.yells.lock().unwrap_or_else(|p| p.into_inner());
+        if yells.bytes + bytes.len() > MAX_QUEUED {
+            return Err(Error::DataBacklog {
+                queued: yells.bytes,
+            });
+        }
+        yells.bytes += bytes.len();
+        yells.values.push(bytes);
+        drop(yells);
+        self.shared.changed.notify_one();
+        Ok(())
+    }
+
     /// Resolves when the worker is told to stop accepting (at once if it
     /// was): see [`is_draining`](Link::is_draining).
     pub fn draining(&self) -> impl Future<Output = ()> + Send + 'static {
@@ -160,5 +251,67 @@ impl Drop for Busy {
         if self.link.shared.busy.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.link.shared.changed.notify_one();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link() -> Link {
+        Link {
+            shared: Arc::new(Shared::new(1, None)),
+        }
+    }
+
+    #[test]
+    fn yells_are_queued_in_order_and_encoded_as_data() {
+        let link = link();
+        link.yell(&1u32).unwrap();
+        link.yell("two").unwrap();
+        let yells = link.shared.yells.lock().unwrap().values.clone();
+        assert_eq!(
+            yells,
+            [vec![0, 0, 0, 1], message::encode_data("two").unwrap()]
+        );
+        assert_eq!(message::decode_data::<String>(&yells[1]).unwrap(), "two");
+    }
+
+    #[test]
+    fn a_yell_over_the_limit_is_an_error_and_sends_nothing() {
+        let link = link();
+        // A byte slice encodes as its length (8 bytes), then its bytes.
+        let fits = vec![0u8; message::MAX_DATA - 8];
+        link.yell(&fits[..]).unwrap();
+        let over = vec![0u8; message::MAX_DATA - 7];
+        match link.yell(&over[..]) {
+            Err(Error::DataTooLarge { size, limit }) => {
+                assert_eq!(
+                    (size, limit),
+                    (message::MAX_DATA as u64 + 1, message::MAX_DATA)
+                );
+            }
+            other => panic!("too large, got {other:?}"),
+        }
+        assert_eq!(link.shared.yells.lock().unwrap().values.len(), 1);
+    }
+
+    #[test]
+    fn yells_past_the_queue_bound_fail_until_written() {
+        let link = link();
+        let value = vec![0u8; message::MAX_DATA - 8];
+        for _ in 0..MAX_QUEUED / message::MAX_DATA {
+            link.yell(&value[..]).unwrap();
+        }
+        let queued = link.shared.yells.lock().unwrap().bytes;
+        match link.yell(&value[..]) {
+            Err(Error::DataBacklog { queued: q }) => assert_eq!(q, queued),
+            other => panic!("a full queue, got {other:?}"),
+        }
+        // The reporting task writes them out: room again.
+        let written = link.shared.yells.lock().unwrap().take();
+        assert_eq!(written.len(), MAX_QUEUED / message::MAX_DATA);
+        link.yell(&value[..]).unwrap();
+        assert_eq!(link.shared.yells.lock().unwrap().bytes, message::MAX_DATA);
     }
 }

@@ -13,7 +13,7 @@ use super::link::Shared;
 use crate::message::{self, Order, Report};
 
 /// Reports `Ready` once the worker is, then its state whenever it changes
-/// and at least every `heartbeat`; when the worker's function returned,
+/// and at least every `heartbeat`, and the data yelled, in order; when the worker's function returned,
 /// the last state (or, if it never was ready, why it failed), then ends.
 /// Ends early if the manager is gone.
 pub(crate) async fn report(shared: Arc<Shared>, mut out: OwnedWriteHalf, heartbeat: Duration) {
@@ -22,6 +22,16 @@ pub(crate) async fn report(shared: Arc<Shared>, mut out: OwnedWriteHalf, heartbe
     loop {
         let finished = shared.finished.load(Ordering::Acquire);
         buf.clear();
+        // Data first, taken after `finished`: what was yelled before the
+        // function returned goes out before the worker ends.
+        let yells = shared
+            .yells
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        for data in yells {
+            buf.extend(message::frame(&Report::Data(data)));
+        }
         if !said_ready && shared.ready.load(Ordering::Acquire) {
             buf.extend(message::frame(&Report::Ready));
             said_ready = true;
