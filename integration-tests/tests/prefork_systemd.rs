@@ -146,7 +146,9 @@ fn serves_on_the_sockets_socket_activation_passes() -> Result<(), Failed> {
 }
 
 /// Starts the signal-driven helper; returns it and its output.
-fn signalled() -> Result<
+fn signalled(
+    args: &[&str],
+) -> Result<
     (
         std::process::Child,
         std::io::BufReader<std::process::ChildStdout>,
@@ -154,6 +156,7 @@ fn signalled() -> Result<
     Failed,
 > {
     let mut server = Command::new(env!("CARGO_BIN_EXE_prefork-signals"))
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .spawn()
@@ -177,7 +180,7 @@ fn kill(server: &std::process::Child, signal: nix::sys::signal::Signal) -> Resul
 /// `SIGINT` stops at once. The program then ends as it chooses (exit 0).
 fn signals_reload_and_stop_the_server() -> Result<(), Failed> {
     use nix::sys::signal::Signal;
-    let (server, mut out) = signalled()?;
+    let (server, mut out) = signalled(&[])?;
     ensure!(line(&mut out)? == "ready", "not ready");
     for generation in 2..=3 {
         kill(&server, Signal::SIGHUP)?;
@@ -194,7 +197,7 @@ fn signals_reload_and_stop_the_server() -> Result<(), Failed> {
     let status = server.wait().map_err(fail)?;
     ensure!(status.success(), "after SIGTERM: {status}");
 
-    let (mut server, mut out) = signalled()?;
+    let (mut server, mut out) = signalled(&[])?;
     ensure!(line(&mut out)? == "ready", "not ready");
     kill(&server, Signal::SIGINT)?;
     let said = line(&mut out)?;
@@ -202,6 +205,73 @@ fn signals_reload_and_stop_the_server() -> Result<(), Failed> {
     let status = server.wait().map_err(fail)?;
     ensure!(status.success(), "after SIGINT: {status}");
     Ok(())
+}
+
+/// `SIGTTIN` adds a worker, `SIGTTOU` removes one, never the last; the
+/// number holds across a reload.
+fn ttin_and_ttou_resize_the_server() -> Result<(), Failed> {
+    use nix::sys::signal::Signal;
+    let (mut server, mut out) = signalled(&["resize"])?;
+    ensure!(line(&mut out)? == "ready", "not ready");
+    for (signal, workers) in [
+        (Signal::SIGTTIN, 3),
+        (Signal::SIGTTOU, 2),
+        (Signal::SIGTTOU, 1),
+    ] {
+        kill(&server, signal)?;
+        let said = line(&mut out)?;
+        ensure!(
+            said == format!("workers {workers}, generation 1"),
+            "after {signal}: {said:?}"
+        );
+    }
+    // (At one worker, SIGTTOU changes nothing: see
+    // `resize_never_goes_below_one`. Two signals sent at once may be
+    // handled in either order, so it is not shown with signals here.)
+    kill(&server, Signal::SIGTTIN)?;
+    let said = line(&mut out)?;
+    ensure!(said == "workers 2, generation 1", "after SIGTTIN: {said:?}");
+    // Three, then a reload: the new generation has three too.
+    kill(&server, Signal::SIGTTIN)?;
+    ensure!(line(&mut out)? == "workers 3, generation 1", "not three");
+    kill(&server, Signal::SIGHUP)?;
+    let said = line(&mut out)?;
+    ensure!(
+        said == "workers 3, generation 2",
+        "after the reload: {said:?}"
+    );
+    kill(&server, Signal::SIGTERM)?;
+    ensure!(line(&mut out)? == "stopped", "not stopped");
+    let status = server.wait().map_err(fail)?;
+    ensure!(status.success(), "after SIGTERM: {status}");
+    Ok(())
+}
+
+/// `resize` and `resize_by` never go below one worker.
+fn resize_never_goes_below_one() -> Result<(), Failed> {
+    use fork_prefork::{Context, Prefork, PreforkEntry};
+    async fn idle(ctx: Context) -> std::io::Result<()> {
+        ctx.serve(|_conn, _link| async {}).await
+    }
+    static IDLE: PreforkEntry = fork_prefork::entry!(idle);
+    integration_tests::block_on(async {
+        let server = Prefork::builder(fork_core::Template::new().map_err(fail)?, &IDLE)
+            .listener(std::net::TcpListener::bind("127.0.0.1:0").map_err(fail)?)
+            .workers(1)
+            .start()
+            .map_err(fail)?;
+        server.wait_until(|s| s.idle == 1).await;
+        ensure!(server.resize_by(-1).await.map_err(fail)? == 1, "below one");
+        ensure!(
+            server.resize(0).await.map_err(fail)? == 1,
+            "resized to none"
+        );
+        ensure!(server.resize(3).await.map_err(fail)? == 3, "not three");
+        let s = server.wait_until(|s| s.idle == 3).await;
+        ensure!(s.idle == 3 && !s.stopped, "{s:?}");
+        server.stop().await.map_err(fail)?;
+        Ok(())
+    })
 }
 
 fn main() {
@@ -219,5 +289,10 @@ fn main() {
             "signals_reload_and_stop_the_server",
             signals_reload_and_stop_the_server,
         ),
+        (
+            "ttin_and_ttou_resize_the_server",
+            ttin_and_ttou_resize_the_server,
+        ),
+        ("resize_never_goes_below_one", resize_never_goes_below_one),
     ]);
 }

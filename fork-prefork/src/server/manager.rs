@@ -34,6 +34,19 @@ pub(crate) enum Command {
     /// Stop gracefully; a second time, at once. Answer once every worker
     /// is reaped.
     Stop { reply: oneshot::Sender<Result<()>> },
+    /// Change the number of workers (see [`Resize`]); answer with the new
+    /// one at once.
+    Resize {
+        size: Resize,
+        reply: oneshot::Sender<usize>,
+    },
+}
+
+/// A new number of workers: fixed sizing's count, spare sizing's most.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Resize {
+    To(usize),
+    By(isize),
 }
 
 /// A worker as the manager keeps it.
@@ -456,7 +469,32 @@ impl Manager {
                 }
                 self.reload(template, reply);
             }
+            Command::Resize { size, reply } => {
+                let _ = reply.send(self.resize(size));
+            }
         }
+    }
+
+    /// Sets the number of workers (fixed sizing) or the most (spare
+    /// sizing), never below 1; the policy forks or retires (idle workers
+    /// only) from its next step on. The number is the manager's: it holds
+    /// across reloads.
+    fn resize(&mut self, size: Resize) -> usize {
+        let now = match self.knobs.mode {
+            policy::Mode::Fixed(n) => n,
+            policy::Mode::Spare { max, .. } => max,
+        };
+        let new = match size {
+            Resize::To(n) => n,
+            Resize::By(delta) => now.saturating_add_signed(delta),
+        }
+        .max(1);
+        match &mut self.knobs.mode {
+            policy::Mode::Fixed(n) => *n = new,
+            policy::Mode::Spare { max, .. } => *max = new,
+        }
+        tracing::info!(workers = new, "resized");
+        new
     }
 
     fn reload(&mut self, template: Template, reply: oneshot::Sender<Result<()>>) {

@@ -31,7 +31,7 @@ pub use self::stats::{Stats, WorkerInfo, WorkerState};
 
 use self::builder::ReloadFn;
 use self::events::Untaken;
-use self::manager::Command;
+use self::manager::{Command, Resize};
 use crate::entry::PreforkEntry;
 use crate::error::{Error, Result};
 
@@ -213,6 +213,39 @@ impl Prefork {
             Ok(outcome) => outcome,
             Err(_) => self.stopped().await,
         }
+    }
+
+    /// Sets the number of workers to `workers` (at least 1): with
+    /// [`Sizing::Fixed`](crate::Sizing::Fixed) the count, with
+    /// [`Sizing::Spare`](crate::Sizing::Spare) the most (`max_servers`).
+    /// Workers are forked at once; surplus ones leave as they turn idle,
+    /// never while busy. The number holds across reloads. Returns it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Stopped`] once the server has stopped.
+    pub async fn resize(&self, workers: usize) -> Result<usize> {
+        self.resize_as(Resize::To(workers)).await
+    }
+
+    /// [`resize`](Prefork::resize) by `delta` workers, never below 1
+    /// (gunicorn's `TTIN` and `TTOU`); returns the new number.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Stopped`] once the server has stopped.
+    pub async fn resize_by(&self, delta: isize) -> Result<usize> {
+        self.resize_as(Resize::By(delta)).await
+    }
+
+    async fn resize_as(&self, size: Resize) -> Result<usize> {
+        let (reply, answer) = oneshot::channel();
+        self.inner
+            .commands
+            .send(Command::Resize { size, reply })
+            .await
+            .map_err(|_| Error::Stopped)?;
+        answer.await.map_err(|_| Error::Stopped)
     }
 
     /// Waits until the server has stopped (after [`stop`](Prefork::stop),

@@ -38,10 +38,14 @@ impl Prefork {
     /// | `SIGTERM` | graceful [`stop`](Prefork::stop); a second one: quick |
     /// | `SIGINT`, `SIGQUIT` | quick stop (the workers are killed at once) |
     /// | `SIGHUP` | [`reload`](Prefork::reload) (with the reload callback; without one, logged) |
+    /// | `SIGTTIN`, `SIGTTOU` | one worker more, one fewer, never below 1 ([`resize_by`](Prefork::resize_by)) |
     /// | `SIGUSR1`, `SIGUSR2` | forwarded to every worker ([`signal_all_children`](Prefork::signal_all_children)) |
     ///
-    /// The handlers are tokio's, for the whole process, and in place when
-    /// this returns: a signal sent after it is handled even if the future
+    /// Signals noticed together are handled stops first, then a reload,
+    /// then resizes (each done before the next), then the forwarded ones;
+    /// two signals sent back to back may be noticed apart, in either order. The
+    /// handlers are tokio's, for the whole process, and in place when this
+    /// returns: a signal sent after it is handled even if the future
     /// has not been polled yet. Await the future, or spawn it.
     ///
     /// ```no_run
@@ -66,17 +70,29 @@ impl Prefork {
         let mut hup = install(SignalKind::hangup())?;
         let mut usr1 = install(SignalKind::user_defined1())?;
         let mut usr2 = install(SignalKind::user_defined2())?;
+        let mut ttin = install(SignalKind::from_raw(libc::SIGTTIN))?;
+        let mut ttou = install(SignalKind::from_raw(libc::SIGTTOU))?;
         let server = self.clone();
         Ok(async move {
             let stopped = server.stopped();
             tokio::pin!(stopped);
             loop {
+                // Several signals pending at once are handled in this
+                // order: stops first, then a reload, then resizes (one at
+                // a time, each done before the next), then forwarding.
                 tokio::select! {
+                    biased;
                     outcome = &mut stopped => return outcome,
                     _ = term.recv() => server.stop_in_background(),
                     _ = int.recv() => server.stop_quickly(),
                     _ = quit.recv() => server.stop_quickly(),
                     _ = hup.recv() => server.reload_in_background(),
+                    _ = ttou.recv() => {
+                        let _ = server.resize_by(-1).await;
+                    }
+                    _ = ttin.recv() => {
+                        let _ = server.resize_by(1).await;
+                    }
                     _ = usr1.recv() => {
                         server.signal_all_children(Signal::SIGUSR1);
                     }
