@@ -86,6 +86,7 @@ impl Client {
         let request = Request::get("/")
             .header(HOST, "localhost")
             .body(Empty::new())?;
+        self.sender.ready().await?;
         let response = self.sender.send_request(request).await?;
         let close = response
             .headers()

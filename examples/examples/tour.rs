@@ -439,6 +439,7 @@ async fn keep_alive_client(
             let request = hyper::Request::get("/")
                 .header(hyper::header::HOST, "localhost")
                 .body(http_body_util::Empty::<hyper::body::Bytes>::new())?;
+            sender.ready().await?;
             let response = sender.send_request(request).await?;
             let close = response
                 .headers()

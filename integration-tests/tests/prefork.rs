@@ -632,6 +632,12 @@ async fn keep_alive_client(
                 .header(HOST, "localhost")
                 .body(Empty::<Bytes>::new())
                 .expect("a request");
+            // (hyper sends on a connection only once it is ready for the
+            // next request; an error here is the connection's end.)
+            if let Err(e) = sender.ready().await {
+                seen.errors.push(format!("ready: {e}"));
+                continue 'connections;
+            }
             let response = match sender.send_request(request).await {
                 Ok(r) => r,
                 Err(e) => {
