@@ -104,6 +104,14 @@ pub struct Config {
     /// requests finish; shorter bounds a stop or reload. The default is
     /// 30 s (gunicorn's).
     pub graceful_timeout: Duration,
+    /// How long a worker may take from its fork until it is ready (its
+    /// function called [`Context::serve`](crate::Context::serve) or
+    /// [`Link::ready`](crate::Link::ready)); past it, the worker is killed
+    /// (`SIGKILL`) and counts as a boot failure
+    /// ([`BootFailure::StartTimeout`](crate::BootFailure::StartTimeout)).
+    /// Longer lets a slow start finish; shorter notices a hung one. The
+    /// default is 60 s.
+    pub start_timeout: Duration,
     /// How often a ready worker reports its state when nothing changed.
     /// The default is 1 s.
     pub heartbeat: Duration,
@@ -143,6 +151,7 @@ impl Default for Config {
             err_respawn_max: Duration::from_secs(30),
             max_boot_failures: 5,
             graceful_timeout: Duration::from_secs(30),
+            start_timeout: Duration::from_secs(60),
             heartbeat: Duration::from_secs(1),
             timeout: None,
             max_requests: None,

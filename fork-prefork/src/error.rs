@@ -88,6 +88,10 @@ pub enum BootFailure {
     /// It exited (or was killed) before it was ready, saying nothing.
     #[error("it exited before it was ready ({0})")]
     Exited(ExitStatus),
+    /// It was not ready within [`Config::start_timeout`](crate::Config::start_timeout)
+    /// and was killed.
+    #[error("it was not ready within {0:?} (Config::start_timeout) and was killed")]
+    StartTimeout(std::time::Duration),
 }
 
 impl Error {

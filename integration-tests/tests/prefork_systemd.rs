@@ -274,6 +274,38 @@ fn resize_never_goes_below_one() -> Result<(), Failed> {
     })
 }
 
+/// A worker that never gets ready is killed at the start timeout, and the
+/// server, after `max_boot_failures` of them, stops saying why.
+fn a_worker_that_never_gets_ready_is_killed_at_the_start_timeout() -> Result<(), Failed> {
+    use fork_prefork::{BootFailure, Context, Error, Prefork, PreforkEntry};
+    async fn never_ready(_ctx: Context) -> std::io::Result<()> {
+        std::future::pending().await
+    }
+    static NEVER_READY: PreforkEntry = fork_prefork::entry!(never_ready);
+    integration_tests::block_on(async {
+        let limit = Duration::from_millis(300);
+        let server = Prefork::builder(fork_core::Template::new().map_err(fail)?, &NEVER_READY)
+            .workers(1)
+            .start_timeout(limit)
+            .max_boot_failures(2)
+            .start()
+            .map_err(fail)?;
+        let outcome = tokio::time::timeout(Duration::from_secs(20), server.stopped())
+            .await
+            .map_err(|_| "the server kept a worker that never got ready")?;
+        ensure!(
+            matches!(
+                &outcome,
+                Err(Error::Boot { failures: 2, cause: BootFailure::StartTimeout(d) }) if *d == limit
+            ),
+            "the server ended with {outcome:?}"
+        );
+        let stats = server.stats();
+        ensure!(stats.total() == 0 && stats.boot_failures == 2, "{stats:?}");
+        Ok(())
+    })
+}
+
 fn main() {
     fork_core::init();
     integration_tests::run_quietly(&[
@@ -294,5 +326,9 @@ fn main() {
             ttin_and_ttou_resize_the_server,
         ),
         ("resize_never_goes_below_one", resize_never_goes_below_one),
+        (
+            "a_worker_that_never_gets_ready_is_killed_at_the_start_timeout",
+            a_worker_that_never_gets_ready_is_killed_at_the_start_timeout,
+        ),
     ]);
 }

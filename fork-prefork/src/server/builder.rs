@@ -120,6 +120,12 @@ impl Builder {
         self
     }
 
+    /// Sets [`Config::start_timeout`].
+    pub fn start_timeout(mut self, limit: Duration) -> Self {
+        self.config.start_timeout = limit;
+        self
+    }
+
     /// Sets [`Config::heartbeat`].
     pub fn heartbeat(mut self, period: Duration) -> Self {
         self.config.heartbeat = period;

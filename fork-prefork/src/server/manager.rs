@@ -75,6 +75,8 @@ struct Member {
     heard: Instant,
     /// It missed the heartbeat timeout: aborted, and killed at this time.
     timed_out: Option<Instant>,
+    /// It was not ready within the start timeout, and was killed.
+    start_timed_out: bool,
 }
 
 impl Member {
@@ -328,6 +330,24 @@ impl Manager {
                 _ => {}
             }
         }
+        let start_timeout = self.config.start_timeout;
+        for m in self
+            .members
+            .iter_mut()
+            .filter(|m| !m.ready && !m.killed && !m.stopping())
+        {
+            let at = after(m.born, start_timeout);
+            if at > now {
+                wake = Some(wake.map_or(at, |w: Instant| w.min(at)));
+            } else {
+                tracing::warn!(
+                    pid = m.pid,
+                    "worker not ready within its start timeout: killed"
+                );
+                m.start_timed_out = true;
+                m.kill();
+            }
+        }
         if let Some(timeout) = self.config.timeout {
             let grace = self.config.heartbeat;
             for m in self.members.iter_mut().filter(|m| m.ready && !m.killed) {
@@ -430,6 +450,7 @@ impl Manager {
             broken: false,
             heard: now,
             timed_out: None,
+            start_timed_out: false,
         });
         self.last_spawn = Some(now);
         self.counters.spawned += 1;
@@ -631,6 +652,7 @@ impl Manager {
         let clean = matches!(&status, Ok(s) if s.success()) && !m.broken;
         if !m.ready {
             let cause = match status {
+                _ if m.start_timed_out => BootFailure::StartTimeout(self.config.start_timeout),
                 Ok(status) => match m.failure {
                     Some(message) => BootFailure::Reported { message, status },
                     None => BootFailure::Exited(status),
