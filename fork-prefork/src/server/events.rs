@@ -107,8 +107,9 @@ pub enum ExitReason {
     /// quick stop) and a signal ended it. One that exited before the kill
     /// landed is reported by what it did (`Stopped`, `BootFailed`).
     Killed,
-    /// It missed the heartbeat [`timeout`](crate::Config::timeout): it got
-    /// `SIGABRT`, then `SIGKILL`.
+    /// It missed the heartbeat [`timeout`](crate::Config::timeout) (it got
+    /// `SIGABRT`, then `SIGKILL`), or was not ready within the
+    /// [`start_timeout`](crate::Config::start_timeout) (killed).
     TimedOut,
     /// It sent bytes that are no message: it was killed.
     Broken,

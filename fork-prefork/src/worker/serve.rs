@@ -76,7 +76,16 @@ impl Context {
                     Err(e) => {
                         tracing::warn!(pid = std::process::id(), "accept failed: {e}");
                         if is_limit(&e) {
-                            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                            // Out of descriptors or memory: accepting again
+                            // at once would spin. Wait for a connection to
+                            // end (freeing one), 10 ms at most, or a drain.
+                            let pause = tokio::time::sleep(std::time::Duration::from_millis(10));
+                            tokio::select! {
+                                biased;
+                                () = &mut draining => break,
+                                Some(done) = conns.join_next(), if !conns.is_empty() => log_panic(done),
+                                () = pause => {}
+                            }
                         }
                     }
                 },

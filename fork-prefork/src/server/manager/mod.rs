@@ -13,7 +13,7 @@ use fork_core::{Template, WorkerHandle};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
-use super::events::{self as public, ExitReason, Sink};
+use super::events::{self as public, Sink};
 use super::monitor::{self, Event};
 use super::stats::{Stats, WorkerInfo, WorkerState};
 use crate::config::Config;
@@ -21,6 +21,11 @@ use crate::entry::PreforkEntry;
 use crate::error::{BootFailure, Error, Result};
 use crate::message::{self, ListenerKind, Report, Setup};
 use crate::policy::{self, Knobs, Mode, Phase, Snapshot, View, after};
+
+use self::deadlines::earliest;
+
+mod deadlines;
+mod reap;
 
 /// What the handles ask of the manager.
 #[derive(Debug)]
@@ -187,41 +192,6 @@ fn jitter(max: u64) -> u64 {
     random % (max.saturating_add(1)).max(1)
 }
 
-/// What the manager knew of a worker when it was reaped.
-#[derive(Debug, Clone, Copy, Default)]
-struct Ended {
-    broken: bool,
-    timed_out: bool,
-    killed: bool,
-    stopping: bool,
-    ready: bool,
-}
-
-/// Why a worker ended, from what the manager did to it and its status: a
-/// kill counts only if a signal ended it (it may have exited first), and a
-/// worker that failed before it was ready is a boot failure even if it was
-/// told to stop meanwhile.
-fn exit_reason(w: Ended, status: Option<ExitStatus>) -> ExitReason {
-    use std::os::unix::process::ExitStatusExt;
-    let signalled = status.is_none_or(|s| s.signal().is_some());
-    let success = status.is_some_and(|s| s.success());
-    if w.broken {
-        ExitReason::Broken
-    } else if w.timed_out {
-        ExitReason::TimedOut
-    } else if w.killed && signalled {
-        ExitReason::Killed
-    } else if !w.ready && !success {
-        ExitReason::BootFailed
-    } else if w.stopping {
-        ExitReason::Stopped
-    } else if !w.ready {
-        ExitReason::BootFailed
-    } else {
-        ExitReason::Exited
-    }
-}
-
 /// Spare regulation's tick, kept within what tokio's timer takes.
 fn tick_period(d: Duration) -> Duration {
     d.clamp(
@@ -317,59 +287,7 @@ impl Manager {
             }
             wake = d.wake_at;
         }
-        for m in &mut self.members {
-            match m.deadline {
-                Some(at) if !m.killed && at <= now => {
-                    tracing::warn!(
-                        pid = m.pid,
-                        "worker still busy at the graceful timeout: killed"
-                    );
-                    m.kill();
-                }
-                Some(at) if !m.killed => wake = Some(wake.map_or(at, |w: Instant| w.min(at))),
-                _ => {}
-            }
-        }
-        let start_timeout = self.config.start_timeout;
-        for m in self
-            .members
-            .iter_mut()
-            .filter(|m| !m.ready && !m.killed && !m.stopping())
-        {
-            let at = after(m.born, start_timeout);
-            if at > now {
-                wake = Some(wake.map_or(at, |w: Instant| w.min(at)));
-            } else {
-                tracing::warn!(
-                    pid = m.pid,
-                    "worker not ready within its start timeout: killed"
-                );
-                m.start_timed_out = true;
-                m.kill();
-            }
-        }
-        if let Some(timeout) = self.config.timeout {
-            let grace = self.config.heartbeat;
-            for m in self.members.iter_mut().filter(|m| m.ready && !m.killed) {
-                let at = match m.timed_out {
-                    None => after(m.heard, timeout),
-                    Some(kill_at) => kill_at,
-                };
-                if at > now {
-                    wake = Some(wake.map_or(at, |w: Instant| w.min(at)));
-                } else if m.timed_out.is_none() {
-                    tracing::warn!(pid = m.pid, "worker missed its heartbeat timeout: aborted");
-                    if let Some(handle) = &m.handle {
-                        let _ = handle.signal(fork_core::Signal::SIGABRT);
-                    }
-                    let kill_at = after(now, grace);
-                    m.timed_out = Some(kill_at);
-                    wake = Some(wake.map_or(kill_at, |w: Instant| w.min(kill_at)));
-                } else {
-                    m.kill();
-                }
-            }
-        }
+        wake = earliest(wake, self.enforce_deadlines(now));
         let oldest = self.members.iter().map(|m| m.generation).min();
         let (done, waiting): (Vec<_>, Vec<_>) = self
             .reloads
@@ -667,28 +585,6 @@ impl Manager {
         }
     }
 
-    /// Tells the event stream that `m` was reaped, and why.
-    fn report_reap(&self, m: &Member, status: &fork_core::Result<ExitStatus>) {
-        let Some(pid) = m.pid else { return };
-        let status = status.as_ref().ok().copied();
-        let reason = exit_reason(
-            Ended {
-                broken: m.broken,
-                timed_out: m.timed_out.is_some(),
-                killed: m.killed,
-                stopping: m.stopping(),
-                ready: m.ready,
-            },
-            status,
-        );
-        self.sink.reaped(public::Reaped {
-            pid,
-            generation: m.generation,
-            status,
-            reason,
-        });
-    }
-
     /// Paces the next start after an abnormal exit.
     fn abnormal(&mut self, now: Instant) {
         self.abnormal_streak = self.abnormal_streak.saturating_add(1);
@@ -797,79 +693,5 @@ impl Manager {
         tracing::info!("stopped");
         self.done.send_replace(Some(outcome));
         // The listeners close here, with the last handle to the template.
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::os::unix::process::ExitStatusExt;
-
-    use super::*;
-
-    fn code(c: i32) -> Option<ExitStatus> {
-        Some(ExitStatus::from_raw(c << 8))
-    }
-
-    fn signal(s: i32) -> Option<ExitStatus> {
-        Some(ExitStatus::from_raw(s))
-    }
-
-    #[test]
-    fn exit_reasons() {
-        let ready = Ended {
-            ready: true,
-            ..Ended::default()
-        };
-        let told = Ended {
-            stopping: true,
-            ..ready
-        };
-        let killed = Ended {
-            killed: true,
-            ..told
-        };
-        let starting = |e: Ended| Ended { ready: false, ..e };
-        let cases = [
-            (ready, code(0), ExitReason::Exited),
-            (ready, code(3), ExitReason::Exited),
-            (ready, signal(11), ExitReason::Exited),
-            (told, code(0), ExitReason::Stopped),
-            (killed, signal(9), ExitReason::Killed),
-            (killed, None, ExitReason::Killed),
-            // It exited before the kill landed.
-            (killed, code(0), ExitReason::Stopped),
-            (
-                Ended {
-                    timed_out: true,
-                    killed: true,
-                    ..ready
-                },
-                signal(6),
-                ExitReason::TimedOut,
-            ),
-            (
-                Ended {
-                    broken: true,
-                    killed: true,
-                    ..ready
-                },
-                signal(9),
-                ExitReason::Broken,
-            ),
-            (Ended::default(), code(1), ExitReason::BootFailed),
-            (Ended::default(), code(0), ExitReason::BootFailed),
-            // Failed before it was ready, told to stop and killed meanwhile.
-            (starting(killed), code(1), ExitReason::BootFailed),
-            // Told to stop before it was ready, and did.
-            (starting(told), code(0), ExitReason::Stopped),
-            (starting(killed), signal(9), ExitReason::Killed),
-        ];
-        for (i, (ended, status, reason)) in cases.into_iter().enumerate() {
-            assert_eq!(
-                exit_reason(ended, status),
-                reason,
-                "case {i}: {ended:?} {status:?}"
-            );
-        }
     }
 }
