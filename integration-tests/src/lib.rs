@@ -179,3 +179,34 @@ pub fn first_request<Req: serde::de::DeserializeOwned>(
         },
     )
 }
+
+/// Starts helper binary `exe` with its stdout piped and reads the pids it
+/// announces, one a line (the last word of each), until a line `ready`.
+/// For tests that kill such a helper and look for what it left.
+///
+/// # Errors
+///
+/// If it cannot be started, or says something else.
+pub fn host_until_ready(exe: &str) -> Result<(std::process::Child, Vec<u32>), Failed> {
+    use std::io::BufRead;
+    let mut host = std::process::Command::new(exe)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .map_err(fail)?;
+    let mut out = std::io::BufReader::new(host.stdout.take().ok_or("no stdout")?);
+    let mut pids = Vec::new();
+    let mut line = String::new();
+    while out.read_line(&mut line).map_err(fail)? > 0 {
+        if line.trim() == "ready" {
+            break;
+        }
+        let pid: u32 = line
+            .split_whitespace()
+            .last()
+            .and_then(|p| p.parse().ok())
+            .ok_or_else(|| format!("the host said {line:?}"))?;
+        pids.push(pid);
+        line.clear();
+    }
+    Ok((host, pids))
+}

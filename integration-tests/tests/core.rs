@@ -1143,25 +1143,7 @@ fn stray_marker_is_ignored() -> Result<(), Failed> {
 
 fn no_orphans_when_the_parent_is_killed() -> Result<(), Failed> {
     fork_core::testing::set_child_subreaper().map_err(fail)?;
-    let mut host = std::process::Command::new(env!("CARGO_BIN_EXE_orphan-host"))
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .map_err(fail)?;
-    let mut pids = Vec::new();
-    let mut out = std::io::BufReader::new(host.stdout.take().ok_or("no stdout")?);
-    let mut line = String::new();
-    while std::io::BufRead::read_line(&mut out, &mut line).map_err(fail)? > 0 {
-        if line.trim() == "ready" {
-            break;
-        }
-        let pid: u32 = line
-            .split_whitespace()
-            .last()
-            .and_then(|p| p.parse().ok())
-            .ok_or("bad line")?;
-        pids.push(pid);
-        line.clear();
-    }
+    let (mut host, pids) = integration_tests::host_until_ready(env!("CARGO_BIN_EXE_orphan-host"))?;
     ensure!(pids.len() == 6, "host reported {pids:?}");
     for &pid in &pids {
         ensure!(

@@ -552,25 +552,7 @@ fn max_requests_recycles_workers_with_jitter() -> Result<(), Failed> {
 
 fn killing_the_parent_leaves_no_worker() -> Result<(), Failed> {
     fork_core::testing::set_child_subreaper().map_err(fail)?;
-    let mut host = std::process::Command::new(env!("CARGO_BIN_EXE_prefork-host"))
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .map_err(fail)?;
-    let mut pids = Vec::new();
-    let mut out = std::io::BufReader::new(host.stdout.take().ok_or("no stdout")?);
-    let mut line = String::new();
-    while std::io::BufRead::read_line(&mut out, &mut line).map_err(fail)? > 0 {
-        if line.trim() == "ready" {
-            break;
-        }
-        let pid: u32 = line
-            .split_whitespace()
-            .last()
-            .and_then(|p| p.parse().ok())
-            .ok_or("bad line")?;
-        pids.push(pid);
-        line.clear();
-    }
+    let (mut host, pids) = integration_tests::host_until_ready(env!("CARGO_BIN_EXE_prefork-host"))?;
     ensure!(
         pids.len() == 4,
         "host reported a template and three workers: {pids:?}"
