@@ -36,8 +36,13 @@ pub(crate) enum Report {
     /// The worker accepts connections now; it counts as idle.
     Ready,
     /// Its state: how many busy marks it holds (busy if any), how many
-    /// requests it served. Sent when it changes, and as the heartbeat.
-    State { busy: u32, served: u64 },
+    /// requests it served, how many connections `serve` accepted. Sent
+    /// when it changes, and as the heartbeat.
+    State {
+        busy: u32,
+        served: u64,
+        accepted: u64,
+    },
     /// It could not start (its function returned an error before it was
     /// ready): why.
     Failed(String),
@@ -187,8 +192,14 @@ mod tests {
     fn frames_byte_by_byte() {
         assert_eq!(frame(&Report::Ready), [0, 0, 0, 4, 0, 0, 0, 0]);
         assert_eq!(
-            frame(&Report::State { busy: 2, served: 7 }),
-            [0, 0, 0, 16, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 7]
+            frame(&Report::State {
+                busy: 2,
+                served: 7,
+                accepted: 5,
+            }),
+            [
+                0, 0, 0, 24, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0, 5
+            ]
         );
         assert_eq!(frame(&Order::Stop), [0, 0, 0, 4, 0, 0, 0, 0]);
     }
@@ -197,7 +208,11 @@ mod tests {
     async fn reads_back_what_it_wrote() {
         let msgs = [
             Report::Ready,
-            Report::State { busy: 1, served: 3 },
+            Report::State {
+                busy: 1,
+                served: 3,
+                accepted: 2,
+            },
             Report::Failed("no database".into()),
         ];
         let bytes: Vec<u8> = msgs.iter().flat_map(frame).collect();

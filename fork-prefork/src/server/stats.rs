@@ -41,6 +41,12 @@ impl Stats {
         self.starting + self.idle + self.busy + self.stopping
     }
 
+    /// Connections accepted by the workers now running
+    /// ([`WorkerInfo::accepted`] summed).
+    pub fn accepted(&self) -> u64 {
+        self.workers.iter().map(|w| w.accepted).sum()
+    }
+
     /// The pids of the workers of `generation` (forked ones only).
     pub fn pids_of(&self, generation: u64) -> Vec<u32> {
         self.workers
@@ -63,6 +69,9 @@ pub struct WorkerInfo {
     pub state: WorkerState,
     /// Requests it reported having served (busy marks taken).
     pub served: u64,
+    /// Connections [`Context::serve`](crate::Context::serve) accepted in
+    /// it.
+    pub accepted: u64,
 }
 
 /// Where a worker is in its life, in [`WorkerInfo`].

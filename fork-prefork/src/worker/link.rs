@@ -31,6 +31,8 @@ pub struct Link {
 pub(crate) struct Shared {
     pub(crate) busy: AtomicU32,
     pub(crate) served: AtomicU64,
+    /// Connections [`Context::serve`](crate::Context::serve) accepted.
+    pub(crate) accepted: AtomicU64,
     pub(crate) ready: AtomicBool,
     /// The worker's function returned: send the last state (or why it
     /// failed), then stop.
@@ -51,6 +53,7 @@ impl Shared {
         Shared {
             busy: AtomicU32::new(0),
             served: AtomicU64::new(0),
+            accepted: AtomicU64::new(0),
             ready: AtomicBool::new(false),
             finished: AtomicBool::new(false),
             failure: std::sync::Mutex::new(None),

@@ -1,8 +1,9 @@
 //! A worker's listening sockets and the connections accepted on them.
 
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::pin::Pin;
+use std::sync::OnceLock;
 use std::task::{Context as TaskContext, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -13,51 +14,166 @@ use crate::message::ListenerKind;
 /// A listening socket in a worker: a duplicate of one the server was built
 /// with (the same socket: connections queued on it go to whichever worker
 /// accepts first).
+///
+/// [`Context::serve`](crate::Context::serve) accepts on it without tokio
+/// (see the book's "accept strategy": one idle worker is woken per
+/// connection). [`accept`](Listener::accept) is tokio's: the listener is
+/// registered with the worker's runtime the first time it is called, and
+/// from then on every worker waiting there is woken for each connection
+/// (one gets it). It is there for a loop of your own; for many idle workers
+/// prefer `serve`.
 #[derive(Debug)]
-#[non_exhaustive]
-pub enum Listener {
-    /// A TCP listener.
+pub struct Listener {
+    socket: Socket,
+    /// The duplicate registered with tokio, made on the first `accept`.
+    tokio: OnceLock<Registered>,
+}
+
+/// The listening socket, as std has it (non-blocking: its file description
+/// is shared with every worker and the parent).
+#[derive(Debug)]
+pub(crate) enum Socket {
+    Tcp(std::net::TcpListener),
+    Unix(std::os::unix::net::UnixListener),
+}
+
+#[derive(Debug)]
+enum Registered {
     Tcp(TcpListener),
-    /// A unix stream listener.
     Unix(UnixListener),
 }
 
 impl Listener {
-    /// Wraps a received descriptor for tokio (non-blocking first).
+    /// Wraps a received descriptor (non-blocking first), without
+    /// registering it with tokio.
     pub(crate) fn from_fd(fd: OwnedFd, kind: ListenerKind) -> io::Result<Listener> {
-        Ok(match kind {
+        let socket = match kind {
             ListenerKind::Tcp => {
                 let l = std::net::TcpListener::from(fd);
                 l.set_nonblocking(true)?;
-                Listener::Tcp(TcpListener::from_std(l)?)
+                Socket::Tcp(l)
             }
             ListenerKind::Unix => {
                 let l = std::os::unix::net::UnixListener::from(fd);
                 l.set_nonblocking(true)?;
-                Listener::Unix(UnixListener::from_std(l)?)
+                Socket::Unix(l)
             }
+        };
+        Ok(Listener {
+            socket,
+            tokio: OnceLock::new(),
         })
     }
 
-    /// Accepts a connection.
+    pub(crate) fn socket(&self) -> &Socket {
+        &self.socket
+    }
+
+    /// Whether it is a TCP listener (else a unix one).
+    pub fn is_tcp(&self) -> bool {
+        matches!(self.socket, Socket::Tcp(_))
+    }
+
+    /// Accepts a connection, through tokio.
     ///
     /// # Errors
     ///
-    /// As `accept(2)`.
+    /// As `accept(2)`, and registering the listener with tokio.
+    ///
+    /// # Panics
+    ///
+    /// Outside the worker's runtime.
     pub async fn accept(&self) -> io::Result<Stream> {
         std::future::poll_fn(|cx| self.poll_accept(cx)).await
     }
 
-    /// Polls for a connection.
+    /// Polls for a connection, through tokio (see [`accept`](Listener::accept)).
     ///
     /// # Errors
     ///
-    /// As `accept(2)`.
+    /// As `accept(2)`, and registering the listener with tokio.
+    ///
+    /// # Panics
+    ///
+    /// Outside the worker's runtime.
     pub fn poll_accept(&self, cx: &mut TaskContext<'_>) -> Poll<io::Result<Stream>> {
-        match self {
-            Listener::Tcp(l) => l.poll_accept(cx).map_ok(|(s, _)| Stream::Tcp(s)),
-            Listener::Unix(l) => l.poll_accept(cx).map_ok(|(s, _)| Stream::Unix(s)),
+        let registered = match self.tokio.get() {
+            Some(r) => r,
+            None => match self.register() {
+                Ok(r) => self.tokio.get_or_init(|| r),
+                Err(e) => return Poll::Ready(Err(e)),
+            },
+        };
+        match registered {
+            Registered::Tcp(l) => l.poll_accept(cx).map_ok(|(s, _)| Stream::Tcp(s)),
+            Registered::Unix(l) => l.poll_accept(cx).map_ok(|(s, _)| Stream::Unix(s)),
         }
+    }
+
+    fn register(&self) -> io::Result<Registered> {
+        Ok(match &self.socket {
+            Socket::Tcp(l) => Registered::Tcp(TcpListener::from_std(l.try_clone()?)?),
+            Socket::Unix(l) => Registered::Unix(UnixListener::from_std(l.try_clone()?)?),
+        })
+    }
+}
+
+impl AsFd for Listener {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.socket.as_fd()
+    }
+}
+
+impl AsFd for Socket {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Socket::Tcp(l) => l.as_fd(),
+            Socket::Unix(l) => l.as_fd(),
+        }
+    }
+}
+
+impl Socket {
+    /// Accepts a connection that waits, or fails with `WouldBlock`; the
+    /// connection is non-blocking and close-on-exec.
+    pub(crate) fn try_accept(&self) -> io::Result<std::os::fd::OwnedFd> {
+        let fd = match self {
+            Socket::Tcp(l) => OwnedFd::from(l.accept()?.0),
+            Socket::Unix(l) => OwnedFd::from(l.accept()?.0),
+        };
+        Ok(fd)
+    }
+
+    pub(crate) fn kind(&self) -> ListenerKind {
+        match self {
+            Socket::Tcp(_) => ListenerKind::Tcp,
+            Socket::Unix(_) => ListenerKind::Unix,
+        }
+    }
+
+    pub(crate) fn try_clone(&self) -> io::Result<Socket> {
+        Ok(match self {
+            Socket::Tcp(l) => Socket::Tcp(l.try_clone()?),
+            Socket::Unix(l) => Socket::Unix(l.try_clone()?),
+        })
+    }
+}
+
+impl Stream {
+    /// Wraps an accepted connection for tokio (non-blocking first).
+    pub(crate) fn from_accepted(fd: OwnedFd, kind: ListenerKind) -> io::Result<Stream> {
+        Ok(match kind {
+            ListenerKind::Tcp => {
+                let s = std::net::TcpStream::from(fd);
+                s.set_nonblocking(true)?;
+                Stream::Tcp(TcpStream::from_std(s)?)
+            }
+            ListenerKind::Unix => {
+                let s = std::os::unix::net::UnixStream::from(fd);
+                s.set_nonblocking(true)?;
+                Stream::Unix(UnixStream::from_std(s)?)
+            }
+        })
     }
 }
 

@@ -10,6 +10,7 @@ use std::sync::atomic::Ordering;
 
 use serde::de::DeserializeOwned;
 
+mod accept;
 mod link;
 mod listener;
 mod report;

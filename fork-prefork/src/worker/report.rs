@@ -40,6 +40,7 @@ pub(crate) async fn report(shared: Arc<Shared>, mut out: OwnedWriteHalf, heartbe
             buf.extend(message::frame(&Report::State {
                 busy: shared.busy.load(Ordering::Acquire),
                 served: shared.served.load(Ordering::Relaxed),
+                accepted: shared.accepted.load(Ordering::Relaxed),
             }));
         } else if finished {
             let failure = shared

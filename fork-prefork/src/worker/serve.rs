@@ -2,11 +2,11 @@
 
 use std::future::Future;
 use std::io;
-use std::task::Poll;
 
 use tokio::task::JoinSet;
 
-use super::listener::{Listener, Stream};
+use super::accept::Acceptor;
+use super::listener::Stream;
 use super::{Context, Link};
 
 impl Context {
@@ -36,7 +36,7 @@ impl Context {
     /// [`io::ErrorKind::InvalidInput`] if the worker has no listener (they
     /// were taken). Errors of `accept` itself are logged and the loop goes
     /// on: after one that says a limit is reached (`EMFILE`, `ENFILE`,
-    /// `ENOBUFS`, `ENOMEM`) it pauses 10 ms, as connections wait in the
+    /// `ENOBUFS`, `ENOMEM`) the accepting thread pauses 10 ms, as connections wait in the
     /// queue meanwhile.
     ///
     /// # Panics
@@ -55,75 +55,49 @@ impl Context {
             ));
         }
         let link = self.link().clone();
+        let mut acceptor = Acceptor::start(&listeners, link.shared.clone())?;
         link.ready();
         let draining = link.draining();
         tokio::pin!(draining);
         let mut conns = JoinSet::new();
-        let mut next = 0;
+        let serve = |stream, conns: &mut JoinSet<()>| {
+            let busy = link.busy();
+            let conn = handler(stream, link.clone());
+            conns.spawn(async move {
+                conn.await;
+                drop(busy);
+            });
+        };
+        let mut serve = serve;
         loop {
             tokio::select! {
                 biased;
                 () = &mut draining => break,
-                accepted = accept_any(&listeners, &mut next) => match accepted {
-                    Ok(stream) => {
-                        let busy = link.busy();
-                        let conn = handler(stream, link.clone());
-                        conns.spawn(async move {
-                            conn.await;
-                            drop(busy);
-                        });
-                    }
-                    Err(e) => {
-                        tracing::warn!(pid = std::process::id(), "accept failed: {e}");
-                        if is_limit(&e) {
-                            // Out of descriptors or memory: accepting again
-                            // at once would spin. Wait for a connection to
-                            // end (freeing one), 10 ms at most, or a drain.
-                            let pause = tokio::time::sleep(std::time::Duration::from_millis(10));
-                            tokio::select! {
-                                biased;
-                                () = &mut draining => break,
-                                Some(done) = conns.join_next(), if !conns.is_empty() => log_panic(done),
-                                () = pause => {}
-                            }
-                        }
+                accepted = acceptor.next() => match accepted {
+                    Some(Ok(stream)) => serve(stream, &mut conns),
+                    Some(Err(e)) => tracing::warn!(pid = std::process::id(), "accept failed: {e}"),
+                    None => {
+                        return Err(io::Error::other("the accepting thread ended"));
                     }
                 },
                 Some(done) = conns.join_next(), if !conns.is_empty() => log_panic(done),
             }
         }
-        // Stop accepting: these are duplicates; the socket stays open in
-        // the parent and the other workers, with its queue.
+        // Stop accepting; serve what was accepted meanwhile. The listeners
+        // are duplicates: the socket stays open in the parent and the other
+        // workers, with its queue.
+        acceptor.stop();
+        while let Some(accepted) = acceptor.next().await {
+            if let Ok(stream) = accepted {
+                serve(stream, &mut conns);
+            }
+        }
         drop(listeners);
         while let Some(done) = conns.join_next().await {
             log_panic(done);
         }
         Ok(())
     }
-}
-
-/// The first connection ready on any listener, looking at them in turn
-/// from `next` so none is starved.
-async fn accept_any(listeners: &[Listener], next: &mut usize) -> io::Result<Stream> {
-    std::future::poll_fn(|cx| {
-        let n = listeners.len();
-        for i in 0..n {
-            let at = (*next + i) % n;
-            if let Poll::Ready(r) = listeners[at].poll_accept(cx) {
-                *next = (at + 1) % n;
-                return Poll::Ready(r);
-            }
-        }
-        Poll::Pending
-    })
-    .await
-}
-
-fn is_limit(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
-    )
 }
 
 fn log_panic(done: Result<(), tokio::task::JoinError>) {

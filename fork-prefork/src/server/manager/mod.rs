@@ -67,6 +67,7 @@ struct Member {
     busy: u32,
     idle_since: Instant,
     served: u64,
+    accepted: u64,
     /// Why it could not start, as it said.
     failure: Option<String>,
     /// Turned true to tell it to stop.
@@ -361,6 +362,7 @@ impl Manager {
             busy: 0,
             idle_since: now,
             served: 0,
+            accepted: 0,
             failure: None,
             stop: watch::channel(false).0,
             deadline: None,
@@ -494,12 +496,17 @@ impl Manager {
                         self.boot_streak = 0;
                         self.abnormal_streak = 0;
                     }
-                    Report::State { busy, served } => {
+                    Report::State {
+                        busy,
+                        served,
+                        accepted,
+                    } => {
                         if busy == 0 && m.busy > 0 {
                             m.idle_since = now;
                         }
                         m.busy = busy;
                         m.served = served;
+                        m.accepted = accepted;
                     }
                     Report::Failed(why) => m.failure = Some(why),
                     Report::Data(bytes) => {
@@ -666,6 +673,7 @@ impl Manager {
                 generation: m.generation,
                 state,
                 served: m.served,
+                accepted: m.accepted,
             });
         }
         self.stats.send_if_modified(|old| {
