@@ -213,6 +213,8 @@ enum Server {
     Prefork {
         addr: SocketAddr,
         pids: Vec<u32>,
+        /// A handle, for its stats.
+        handle: Prefork,
         /// The manager's thread, to read its CPU time.
         manager_tid: i32,
         stop: tokio::sync::oneshot::Sender<()>,
@@ -270,18 +272,20 @@ impl Server {
                     .heartbeat(heartbeat)
                     .start()?;
                 let stats = server.wait_until(|s| s.idle == workers).await;
-                let _ = started.send((stats.pids_of(1), nix::unistd::gettid().as_raw()));
+                let tid = nix::unistd::gettid().as_raw();
+                let _ = started.send((stats.pids_of(1), tid, server.clone()));
                 let _ = on_stop.await;
                 server.stop().await?;
                 Ok(())
             })
         });
-        let (pids, manager_tid) = on_start
+        let (pids, manager_tid, handle) = on_start
             .recv()
             .map_err(|_| "the prefork server did not start")?;
         Ok(Server::Prefork {
             addr,
             pids,
+            handle,
             manager_tid,
             stop,
             thread,
@@ -301,6 +305,23 @@ impl Server {
         }
     }
 
+    /// How many connections each worker accepted, for a prefork server
+    /// ("3+1"); "–" for the raw ones.
+    fn accepted_split(&self) -> String {
+        match self {
+            Server::Raw { .. } => "–".into(),
+            Server::Prefork { handle, .. } => {
+                let stats = handle.stats();
+                let counts: Vec<String> = stats
+                    .workers
+                    .iter()
+                    .map(|w| w.accepted.to_string())
+                    .collect();
+                counts.join("+")
+            }
+        }
+    }
+
     /// The CPU time of the manager's thread so far (zero for the raw
     /// servers, which have none).
     fn manager_cpu(&self) -> Duration {
@@ -317,7 +338,13 @@ impl Server {
                     child.kill().await?;
                 }
             }
-            Server::Prefork { stop, thread, .. } => {
+            Server::Prefork {
+                stop,
+                thread,
+                handle,
+                ..
+            } => {
+                drop(handle);
                 let _ = stop.send(());
                 tokio::task::spawn_blocking(move || thread.join())
                     .await?
@@ -461,6 +488,8 @@ struct Row {
     sample: Sample<2>,
     load: Load,
     manager_cpu: Duration,
+    /// Connections each worker accepted, over the rounds (prefork only).
+    split: String,
     /// Median of its rounds' ratios to the tokio raw limit's.
     to_tokio: Option<f64>,
 }
@@ -507,10 +536,15 @@ fn measure_throughput(rt: &Runtime, args: &Args, rows: &mut Vec<Row>) -> BoxResu
                 })?;
             let tokio_at = wanted.iter().position(|&k| k == Kind::RawTokio);
             let base = tokio_at.map(|i| samples[i].clone());
-            for (((kind, sample), load), manager_cpu) in
-                wanted.iter().zip(samples).zip(loads).zip(manager)
+            for ((((kind, sample), load), manager_cpu), (_, server)) in wanted
+                .iter()
+                .zip(samples)
+                .zip(loads)
+                .zip(manager)
+                .zip(&peers)
             {
                 rows.push(Row {
+                    split: server.accepted_split(),
                     kind: *kind,
                     workers,
                     connections,
@@ -630,7 +664,8 @@ fn print_throughput(rows: &mut [Row]) {
     println!(
         "Requests per second (median round, spread), against the raw tokio limit in the same run; \
          answers per connection over the rounds (least and most served connection); latency \
-         percentiles; CPU per request in the workers and in fork-prefork's manager. Load: {}.",
+         percentiles; how many connections each fork-prefork worker accepted over the \
+         rounds; CPU per request in the workers and in fork-prefork's manager. Load: {}.",
         benches::proc::load_average()
     );
     println!();
@@ -642,6 +677,7 @@ fn print_throughput(rows: &mut [Row]) {
         ("spread", Right),
         ("× tokio raw", Right),
         ("answers per conn, min–max", Right),
+        ("conns per worker", Right),
         ("p50", Right),
         ("p99", Right),
         ("worker CPU/req", Right),
@@ -672,6 +708,7 @@ fn print_throughput(rows: &mut [Row]) {
                 &spread(&row.sample),
                 &row.to_tokio.map_or("–".into(), ratio),
                 &format!("{min}–{max}"),
+                &row.split,
                 &format!("{p50:.0?}"),
                 &format!("{p99:.1?}"),
                 &worker_cpu,
