@@ -102,7 +102,7 @@ pub use crate::message::MAX_DATA;
 pub use crate::server::{
     Builder, Data, Event, Events, ExitReason, Prefork, Reaped, Stats, WorkerInfo, WorkerState,
 };
-pub use crate::worker::{Busy, Context, Link, Listener, Stream, WorkerResult};
+pub use crate::worker::{BlockingStream, Busy, Context, Link, Listener, Stream, WorkerResult};
 
 #[doc(hidden)]
 pub mod __private {

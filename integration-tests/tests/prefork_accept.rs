@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use fork_core::Template;
-use fork_prefork::{Context, Prefork, PreforkEntry, Stats};
+use fork_prefork::{Context, ExitReason, Prefork, PreforkEntry, Stats};
 use integration_tests::{Failed, block_on, ensure, fail};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -51,10 +51,47 @@ async fn pid_server(ctx: Context) -> std::io::Result<()> {
 }
 static PID_SERVER: PreforkEntry = fork_prefork::entry!(pid_server);
 
+// ANCHOR: blocking_loop
+/// A worker with a blocking loop of its own (Perl's `start(\&code)`), on a
+/// thread of its own: `p` answers the pid; `h` answers "holding\n", waits
+/// for one more byte, then answers the pid.
+async fn blocking_server(mut ctx: Context) -> std::io::Result<()> {
+    let listener = ctx.take_listeners().remove(0);
+    let link = ctx.link().clone();
+    link.ready();
+    tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        // `None` once the worker drains (a stop, a reload, a retirement).
+        while let Some(mut conn) = listener.accept_blocking()? {
+            let _busy = link.busy(); // pf_kid_busy; idle again when dropped
+            let mut command = [0u8; 1];
+            if conn.read_exact(&mut command).is_err() {
+                continue;
+            }
+            if command[0] == b'h' {
+                conn.write_all(b"holding\n")?;
+                conn.read_exact(&mut command)?;
+            }
+            conn.write_all(format!("{}\n", std::process::id()).as_bytes())?;
+        }
+        Ok(())
+    })
+    .await?
+}
+static BLOCKING_SERVER: PreforkEntry = fork_prefork::entry!(blocking_server);
+// ANCHOR_END: blocking_loop
+
 fn server(workers: usize) -> Result<(Prefork, SocketAddr), Failed> {
+    server_of(&PID_SERVER, workers)
+}
+
+fn server_of(
+    entry: &'static PreforkEntry,
+    workers: usize,
+) -> Result<(Prefork, SocketAddr), Failed> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(fail)?;
     let addr = listener.local_addr().map_err(fail)?;
-    let server = Prefork::builder(Template::new().map_err(fail)?, &PID_SERVER)
+    let server = Prefork::builder(Template::new().map_err(fail)?, entry)
         .listener(listener)
         .workers(workers)
         .start()
@@ -197,6 +234,58 @@ fn a_held_up_worker_leaves_connections_to_the_others() -> Result<(), Failed> {
     })
 }
 
+fn a_blocking_loop_of_its_own_serves_and_stops_gracefully() -> Result<(), Failed> {
+    bounded(async {
+        let (server, addr) = server_of(&BLOCKING_SERVER, 2)?;
+        let mut events = server.events().ok_or("the event stream")?;
+        let stats = server.wait_until(|s| s.idle == 2).await;
+        let pids = stats.pids_of(1);
+        let mut answered = std::collections::BTreeSet::new();
+        for _ in 0..20 {
+            let pid = ask(addr).await?;
+            ensure!(pids.contains(&pid), "answered by {pid}, one of {pids:?}");
+            answered.insert(pid);
+        }
+        ensure!(answered.len() == 2, "both workers answered: {answered:?}");
+        // A request in progress: the worker is busy, and a graceful stop
+        // lets it finish.
+        let mut held = TcpStream::connect(addr).await.map_err(fail)?;
+        held.write_all(b"h").await.map_err(fail)?;
+        let mut said = [0u8; 8];
+        held.read_exact(&mut said).await.map_err(fail)?;
+        ensure!(&said == b"holding\n", "holding: {said:?}");
+        server.wait_until(|s| s.busy == 1).await;
+        let stopping = tokio::spawn({
+            let server = server.clone();
+            async move { server.stop().await }
+        });
+        server.wait_until(|s| s.stopping == 2).await;
+        held.write_all(b".").await.map_err(fail)?;
+        let mut answer = String::new();
+        held.read_to_string(&mut answer).await.map_err(fail)?;
+        let pid: u32 = answer.trim().parse().map_err(fail)?;
+        ensure!(
+            pids.contains(&pid),
+            "the held request is answered: {answer:?}"
+        );
+        stopping.await.map_err(fail)?.map_err(fail)?;
+        // Both ended by themselves once told to stop (the idle one's
+        // accept_blocking returned None), not killed at the graceful
+        // timeout.
+        let mut reasons = Vec::new();
+        while let Some(event) = events.recv().await {
+            if let fork_prefork::Event::Reaped(r) = event {
+                reasons.push(r.reason);
+            }
+        }
+        ensure!(
+            reasons == [ExitReason::Stopped, ExitReason::Stopped],
+            "both workers stopped by themselves: {reasons:?}"
+        );
+        Ok(())
+    })
+}
+
 fn main() {
     fork_core::init();
     integration_tests::run(&[
@@ -207,6 +296,10 @@ fn main() {
         (
             "a_held_up_worker_leaves_connections_to_the_others",
             a_held_up_worker_leaves_connections_to_the_others,
+        ),
+        (
+            "a_blocking_loop_of_its_own_serves_and_stops_gracefully",
+            a_blocking_loop_of_its_own_serves_and_stops_gracefully,
         ),
     ])
 }

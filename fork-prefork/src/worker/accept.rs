@@ -47,12 +47,8 @@ impl Acceptor {
             .iter()
             .map(|l| l.socket().try_clone())
             .collect::<io::Result<Vec<_>>>()?;
-        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
-        for (i, socket) in sockets.iter().enumerate() {
-            epoll.add(socket, exclusive(i))?;
-        }
         let stop = Arc::new(EventFd::from_flags(EfdFlags::EFD_CLOEXEC)?);
-        epoll.add(&*stop, EpollEvent::new(EpollFlags::EPOLLIN, STOP))?;
+        let epoll = exclusive_epoll(&sockets.iter().collect::<Vec<_>>(), &stop)?;
         // One connection at a time waits for the runtime: while it does,
         // the thread does not wait in epoll, and the kernel wakes another
         // worker for the next one.
@@ -60,14 +56,7 @@ impl Acceptor {
         let runtime = tokio::runtime::Handle::current();
         std::thread::Builder::new()
             .name("fork-prefork-accept".into())
-            .spawn(move || {
-                Waiter {
-                    epoll,
-                    sockets,
-                    shared,
-                }
-                .run(&tx, &runtime);
-            })?;
+            .spawn(move || run(&epoll, &sockets, &shared, &tx, &runtime))?;
         Ok(Acceptor { connections, stop })
     }
 
@@ -92,99 +81,126 @@ impl Drop for Acceptor {
     }
 }
 
+/// The accepting thread: waits for room in the channel, then for a
+/// connection, accepts it and hands it over; until stopped, the runtime's
+/// side is gone, or epoll itself fails (logged).
+fn run(
+    epoll: &Epoll,
+    sockets: &[Socket],
+    shared: &Shared,
+    tx: &mpsc::Sender<Accepted>,
+    runtime: &tokio::runtime::Handle,
+) {
+    let sockets: Vec<&Socket> = sockets.iter().collect();
+    loop {
+        let Ok(permit) = runtime.block_on(tx.reserve()) else {
+            return;
+        };
+        match wait_and_accept(epoll, &sockets) {
+            Ok(Some(accepted)) => {
+                shared.accepted.fetch_add(1, Ordering::Relaxed);
+                permit.send(Ok(accepted));
+            }
+            Ok(None) => return,
+            Err(e)
+                if e.raw_os_error()
+                    .is_some_and(|n| n == libc::EBADF || n == libc::EINVAL) =>
+            {
+                tracing::error!(
+                    pid = std::process::id(),
+                    "epoll_wait: {e}; no more accepting"
+                );
+                return;
+            }
+            Err(e) => permit.send(Err(e)),
+        }
+    }
+}
+
+/// An epoll in which `sockets` are added with `EPOLLEXCLUSIVE` (token: their
+/// index) and `stop` without (token [`STOP`]).
+pub(crate) fn exclusive_epoll(sockets: &[&Socket], stop: &EventFd) -> io::Result<Epoll> {
+    let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+    for (i, socket) in sockets.iter().enumerate() {
+        epoll.add(socket, exclusive(i))?;
+    }
+    epoll.add(stop, EpollEvent::new(EpollFlags::EPOLLIN, STOP))?;
+    Ok(epoll)
+}
+
+/// Waits in `epoll` (made by [`exclusive_epoll`] over `sockets`) and
+/// accepts a connection: the connection and its kind, or `None` once the
+/// stop eventfd is readable.
+///
+/// # Errors
+///
+/// `epoll_wait`'s, and `accept`'s but for `EINTR`, `EAGAIN` (woken for a
+/// connection another worker took) and `ECONNABORTED` (the client gave up
+/// first), which it waits again after. After an error that says a limit is
+/// reached (`EMFILE`, `ENFILE`, `ENOBUFS`, `ENOMEM`) it pauses 10 ms first:
+/// the connection waits in the queue, and epoll (level-triggered) would say
+/// so again at once.
+pub(crate) fn wait_and_accept(
+    epoll: &Epoll,
+    sockets: &[&Socket],
+) -> io::Result<Option<(OwnedFd, ListenerKind)>> {
+    let mut events = [EpollEvent::empty(); 8];
+    loop {
+        let n = match epoll.wait(&mut events, EpollTimeout::NONE) {
+            Ok(n) => n,
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let ready = &events[..n];
+        if ready.iter().any(|e| e.data() == STOP) {
+            return Ok(None);
+        }
+        for event in ready {
+            let i = event.data() as usize;
+            let Some(socket) = sockets.get(i) else {
+                continue;
+            };
+            match socket.try_accept() {
+                Ok(fd) => {
+                    requeue(epoll, i, socket);
+                    return Ok(Some((fd, socket.kind())));
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock
+                            | io::ErrorKind::ConnectionAborted
+                            | io::ErrorKind::Interrupted
+                    ) => {}
+                Err(e) => {
+                    if is_limit(&e) {
+                        std::thread::sleep(std::time::Duration::from_millis(10));
+                    }
+                    return Err(e);
+                }
+            }
+        }
+    }
+}
+
+/// Puts this wait on listener `i` at the tail of the listener's queue of
+/// exclusive waiters, so the next connection wakes another idle worker
+/// first.
+fn requeue(epoll: &Epoll, i: usize, socket: &Socket) {
+    if let Err(e) = epoll
+        .delete(socket)
+        .and_then(|()| epoll.add(socket, exclusive(i)))
+    {
+        tracing::warn!(
+            pid = std::process::id(),
+            "re-adding a listener to epoll: {e}"
+        );
+    }
+}
+
 /// The epoll event of listener `i`: readable, exclusive wake-up.
 fn exclusive(i: usize) -> EpollEvent {
     EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLEXCLUSIVE, i as u64)
-}
-
-/// The accepting thread's state.
-struct Waiter {
-    epoll: Epoll,
-    sockets: Vec<Socket>,
-    shared: Arc<Shared>,
-}
-
-impl Waiter {
-    /// Waits for room in the channel, then for a connection, accepts it and
-    /// hands it over; until stopped or the runtime's side is gone.
-    fn run(self, tx: &mpsc::Sender<Accepted>, runtime: &tokio::runtime::Handle) {
-        loop {
-            let Ok(permit) = runtime.block_on(tx.reserve()) else {
-                return;
-            };
-            match self.accept() {
-                Some(accepted) => permit.send(accepted),
-                None => return,
-            }
-        }
-    }
-
-    /// The next connection or accept error; `None` when told to stop (or
-    /// if epoll itself fails, which ends the worker's accepting: logged).
-    fn accept(&self) -> Option<Accepted> {
-        let mut events = [EpollEvent::empty(); 8];
-        loop {
-            let n = match self.epoll.wait(&mut events, EpollTimeout::NONE) {
-                Ok(n) => n,
-                Err(Errno::EINTR) => continue,
-                Err(e) => {
-                    tracing::error!(
-                        pid = std::process::id(),
-                        "epoll_wait: {e}; no more accepting"
-                    );
-                    return None;
-                }
-            };
-            let ready = &events[..n];
-            if ready.iter().any(|e| e.data() == STOP) {
-                return None;
-            }
-            for event in ready {
-                let i = event.data() as usize;
-                let Some(socket) = self.sockets.get(i) else {
-                    continue;
-                };
-                match socket.try_accept() {
-                    Ok(fd) => {
-                        self.shared.accepted.fetch_add(1, Ordering::Relaxed);
-                        self.requeue(i, socket);
-                        return Some(Ok((fd, socket.kind())));
-                    }
-                    // Woken for a connection another worker took.
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    // The client gave up before it was accepted.
-                    Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => {}
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => {
-                        if is_limit(&e) {
-                            // Out of descriptors or memory: the connection
-                            // waits in the queue (level-triggered, so epoll
-                            // would say so again at once); pause rather
-                            // than spin.
-                            std::thread::sleep(std::time::Duration::from_millis(10));
-                        }
-                        return Some(Err(e));
-                    }
-                }
-            }
-        }
-    }
-
-    /// Puts this worker's wait on listener `i` at the tail of the
-    /// listener's queue of exclusive waiters, so the next connection wakes
-    /// another idle worker first.
-    fn requeue(&self, i: usize, socket: &Socket) {
-        if let Err(e) = self
-            .epoll
-            .delete(socket)
-            .and_then(|()| self.epoll.add(socket, exclusive(i)))
-        {
-            tracing::warn!(
-                pid = std::process::id(),
-                "re-adding a listener to epoll: {e}"
-            );
-        }
-    }
 }
 
 /// Whether an accept error says a limit is reached (`EMFILE`, `ENFILE`,

@@ -3,8 +3,11 @@
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::pin::Pin;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context as TaskContext, Poll};
+
+use nix::sys::epoll::Epoll;
+use nix::sys::eventfd::{EfdFlags, EventFd};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
@@ -21,12 +24,37 @@ use crate::message::ListenerKind;
 /// registered with the worker's runtime the first time it is called, and
 /// from then on every worker waiting there is woken for each connection
 /// (one gets it). It is there for a loop of your own; for many idle workers
-/// prefer `serve`.
+/// prefer `serve`. [`accept_blocking`](Listener::accept_blocking), for a
+/// blocking loop, waits as `serve` does.
 #[derive(Debug)]
 pub struct Listener {
     socket: Socket,
     /// The duplicate registered with tokio, made on the first `accept`.
     tokio: OnceLock<Registered>,
+    /// The exclusive wait of `accept_blocking`, made on its first call.
+    blocking: OnceLock<Epoll>,
+    drained: Drained,
+}
+
+/// An eventfd that becomes readable when the worker drains, shared by its
+/// listeners: it ends [`Listener::accept_blocking`].
+#[derive(Debug, Clone)]
+pub(crate) struct Drained(Arc<EventFd>);
+
+impl Drained {
+    pub(crate) fn new() -> io::Result<Drained> {
+        Ok(Drained(Arc::new(EventFd::from_flags(
+            EfdFlags::EFD_CLOEXEC,
+        )?)))
+    }
+
+    /// Makes it readable once `link` drains (a task of the worker's
+    /// runtime).
+    pub(crate) async fn on_drain(self, link: super::Link) {
+        link.draining().await;
+        // Fails only if the counter would overflow: it is readable.
+        let _ = self.0.write(1);
+    }
 }
 
 /// The listening socket, as std has it (non-blocking: its file description
@@ -46,7 +74,11 @@ enum Registered {
 impl Listener {
     /// Wraps a received descriptor (non-blocking first), without
     /// registering it with tokio.
-    pub(crate) fn from_fd(fd: OwnedFd, kind: ListenerKind) -> io::Result<Listener> {
+    pub(crate) fn from_fd(
+        fd: OwnedFd,
+        kind: ListenerKind,
+        drained: Drained,
+    ) -> io::Result<Listener> {
         let socket = match kind {
             ListenerKind::Tcp => {
                 let l = std::net::TcpListener::from(fd);
@@ -62,6 +94,8 @@ impl Listener {
         Ok(Listener {
             socket,
             tokio: OnceLock::new(),
+            blocking: OnceLock::new(),
+            drained,
         })
     }
 
@@ -110,6 +144,56 @@ impl Listener {
         }
     }
 
+    /// Waits for a connection and accepts it, blocking the calling thread,
+    /// for a blocking loop of your own (Perl's `start(\&code)`): run it on
+    /// a thread of its own (`tokio::task::spawn_blocking`), never on the
+    /// worker's runtime, whose tasks report the worker's state. Returns
+    /// `None` once the worker drains: finish the connection in progress and
+    /// return.
+    ///
+    /// It waits as [`Context::serve`](crate::Context::serve) does: the
+    /// kernel wakes one waiting worker per connection, in turn. The
+    /// connection is a blocking std stream.
+    ///
+    /// ```no_run
+    /// use std::io::Write;
+    ///
+    /// async fn blocking(mut ctx: fork_prefork::Context) -> std::io::Result<()> {
+    ///     let listener = ctx.take_listeners().remove(0);
+    ///     let link = ctx.link().clone();
+    ///     link.ready();
+    ///     tokio::task::spawn_blocking(move || {
+    ///         while let Some(mut conn) = listener.accept_blocking()? {
+    ///             let _busy = link.busy(); // idle again when dropped
+    ///             conn.write_all(b"hello\n")?;
+    ///         }
+    ///         Ok(())
+    ///     })
+    ///     .await?
+    /// }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As `accept(2)` and `epoll_wait(2)` (`EINTR` and connections aborted
+    /// before they were accepted are retried).
+    pub fn accept_blocking(&self) -> io::Result<Option<BlockingStream>> {
+        let epoll = match self.blocking.get() {
+            Some(e) => e,
+            None => {
+                let e = super::accept::exclusive_epoll(&[&self.socket], &self.drained.0)?;
+                self.blocking.get_or_init(|| e)
+            }
+        };
+        let Some((fd, kind)) = super::accept::wait_and_accept(epoll, &[&self.socket])? else {
+            return Ok(None);
+        };
+        Ok(Some(match kind {
+            ListenerKind::Tcp => BlockingStream::Tcp(std::net::TcpStream::from(fd)),
+            ListenerKind::Unix => BlockingStream::Unix(std::os::unix::net::UnixStream::from(fd)),
+        }))
+    }
+
     fn register(&self) -> io::Result<Registered> {
         Ok(match &self.socket {
             Socket::Tcp(l) => Registered::Tcp(TcpListener::from_std(l.try_clone()?)?),
@@ -135,7 +219,7 @@ impl AsFd for Socket {
 
 impl Socket {
     /// Accepts a connection that waits, or fails with `WouldBlock`; the
-    /// connection is non-blocking and close-on-exec.
+    /// connection is close-on-exec and blocking.
     pub(crate) fn try_accept(&self) -> io::Result<std::os::fd::OwnedFd> {
         let fd = match self {
             Socket::Tcp(l) => OwnedFd::from(l.accept()?.0),
@@ -174,6 +258,42 @@ impl Stream {
                 Stream::Unix(UnixStream::from_std(s)?)
             }
         })
+    }
+}
+
+/// A connection accepted by [`Listener::accept_blocking`]: a blocking std
+/// stream, TCP or unix, read and written with `std::io::{Read, Write}`.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum BlockingStream {
+    /// A TCP connection.
+    Tcp(std::net::TcpStream),
+    /// A unix stream connection.
+    Unix(std::os::unix::net::UnixStream),
+}
+
+impl io::Read for BlockingStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            BlockingStream::Tcp(s) => s.read(buf),
+            BlockingStream::Unix(s) => s.read(buf),
+        }
+    }
+}
+
+impl io::Write for BlockingStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            BlockingStream::Tcp(s) => s.write(buf),
+            BlockingStream::Unix(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            BlockingStream::Tcp(s) => s.flush(),
+            BlockingStream::Unix(s) => s.flush(),
+        }
     }
 }
 

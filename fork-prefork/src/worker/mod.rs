@@ -17,7 +17,7 @@ mod report;
 mod serve;
 
 pub use self::link::{Busy, Link};
-pub use self::listener::{Listener, Stream};
+pub use self::listener::{BlockingStream, Listener, Stream};
 
 use self::link::Shared;
 use crate::message::{self, Report};
@@ -157,9 +157,21 @@ where
         let shared = Arc::new(Shared::new(setup.generation, setup.max_requests));
         let orders = tokio::spawn(report::orders(input, shared.clone()));
         let reporter = tokio::spawn(report::report(shared.clone(), output, setup.heartbeat));
+        // Readable once the worker drains: ends `Listener::accept_blocking`.
+        let drained = match listener::Drained::new() {
+            Ok(d) => d,
+            Err(e) => {
+                *shared.failure.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some(format!("making an eventfd: {e}"));
+                return finish(&shared, reporter, 1).await;
+            }
+        };
+        tokio::spawn(drained.clone().on_drain(Link {
+            shared: shared.clone(),
+        }));
         let mut listeners = Vec::with_capacity(slot.fds.len());
         for (fd, kind) in slot.fds.into_iter().zip(setup.listeners) {
-            match Listener::from_fd(fd, kind) {
+            match Listener::from_fd(fd, kind, drained.clone()) {
                 Ok(l) => listeners.push(l),
                 Err(e) => {
                     *shared.failure.lock().unwrap_or_else(|p| p.into_inner()) =

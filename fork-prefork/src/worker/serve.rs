@@ -28,7 +28,7 @@ impl Context {
     ///
     /// A worker is busy while it holds a connection: a keep-alive
     /// connection keeps it busy between requests. For request-level busy
-    /// marks, run a loop of your own with [`Listener::accept`] and
+    /// marks, run a loop of your own with [`Listener::accept`](crate::Listener::accept) and
     /// [`Link::busy`].
     ///
     /// # Errors
