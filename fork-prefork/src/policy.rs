@@ -20,7 +20,10 @@
 //! - **Reload**: old-generation workers are retired, oldest first, as the
 //!   current generation's workers become ready: `replacing` of them (the
 //!   size of the old generation) are kept until as many new ones are
-//!   ready. They drain gracefully, busy or not.
+//!   ready. They drain gracefully, busy or not. Meanwhile no current
+//!   worker is retired as a surplus (spare or `Fixed`), or the new
+//!   generation could stay short of `replacing` and an old worker would
+//!   never be told to go.
 
 use std::time::Duration;
 
@@ -151,6 +154,12 @@ pub(crate) fn decide(k: &Knobs, s: &Snapshot, now: Instant) -> Decision {
             }
         }
         Mode::Spare { .. } => {}
+    }
+
+    if old > 0 {
+        // A reload is under way: the surplus waits until every old worker
+        // was told to go (see the doc).
+        surplus = 0;
     }
 
     // Pacing.
@@ -504,6 +513,60 @@ mod tests {
         s.workers[5].phase = idle;
         let d = decide(&fixed(3), &s, t0);
         assert_eq!((d.spawn, d.stop), (0, vec![3]));
+    }
+
+    #[test]
+    fn a_spare_reload_retires_every_old_worker_though_new_ones_ready_a_tick_apart() {
+        // Six old workers; the six new ones get ready a few at a time, with
+        // ticks in between at which the new idle ones are above max_spare.
+        let t0 = Instant::now();
+        let k = spare(2, 3, 8);
+        let idle = Phase::Idle { since: t0 };
+        let mut s = snapshot((0..6).map(|i| w(i, false, idle, t0)).collect());
+        (s.replacing, s.floor, s.tick) = (6, 6, false);
+        let mut next = 6;
+        let apply = |s: &mut Snapshot, d: &Decision, next: &mut u64| {
+            s.rate = d.rate;
+            s.floor = d.floor;
+            for v in &mut s.workers {
+                if d.stop.contains(&v.id) {
+                    v.phase = Phase::Stopping;
+                }
+            }
+            for _ in 0..d.spawn {
+                s.workers.push(w(*next, true, Phase::Starting, t0));
+                *next += 1;
+            }
+        };
+        let d = decide(&k, &s, t0);
+        assert_eq!(d.spawn, 6, "the new generation starts in full");
+        apply(&mut s, &d, &mut next);
+        // Readiness comes in steps of 4, 1, 1, each followed by a tick.
+        for ready in [4, 1, 1] {
+            let starting = s
+                .workers
+                .iter_mut()
+                .filter(|v| v.current && v.phase == Phase::Starting);
+            for v in starting.take(ready) {
+                v.phase = idle;
+            }
+            for tick in [false, true] {
+                s.tick = tick;
+                let d = decide(&k, &s, t0);
+                apply(&mut s, &d, &mut next);
+            }
+        }
+        let old_left: Vec<u64> = s
+            .workers
+            .iter()
+            .filter(|v| !v.current && v.phase != Phase::Stopping)
+            .map(|v| v.id)
+            .collect();
+        assert!(old_left.is_empty(), "old workers never told: {old_left:?}");
+        // Then the surplus spares go, one per tick.
+        s.tick = true;
+        let d = decide(&k, &s, t0);
+        assert_eq!(d.stop.len(), 1);
     }
 
     #[test]
