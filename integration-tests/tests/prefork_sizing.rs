@@ -49,6 +49,12 @@ async fn own_loop(mut ctx: Context) -> std::io::Result<()> {
         .into_iter()
         .next()
         .ok_or_else(|| std::io::Error::other("no listener"))?;
+    if let Ok(gate) = ctx.arg::<String>(0) {
+        // (For a test: a worker of a gated template waits until it is let
+        // through, as if its own start-up took that long.)
+        let mut gate = tokio::net::UnixStream::connect(gate).await?;
+        gate.read_exact(&mut [0u8; 1]).await?;
+    }
     let link = ctx.link().clone();
     link.ready();
     let draining = link.draining();
@@ -589,6 +595,99 @@ fn a_reload_under_spare_sizing_loses_nothing_and_keeps_the_bounds() -> Result<()
     })
 }
 
+/// A reload under spare regulation whose new workers get ready apart, with
+/// maintenance ticks in between at which the new generation has more idle
+/// workers than `max_spare_servers`: the reload still retires every old
+/// worker and completes (it used to trim the new generation below the old
+/// one's size, and an old worker was never told to go).
+fn a_spare_reload_whose_workers_get_ready_apart_completes() -> Result<(), Failed> {
+    const TICK: Duration = Duration::from_millis(50);
+    bounded(async {
+        let (listener, addr) = loopback()?;
+        let gate_path = std::env::temp_dir().join(format!("prefork-gate-{}", std::process::id()));
+        let _ = std::fs::remove_file(&gate_path);
+        let gate = tokio::net::UnixListener::bind(&gate_path).map_err(fail)?;
+        let server = Prefork::builder(Template::new().map_err(fail)?, &OWN_LOOP)
+            .listener(listener)
+            .spare(spare(2, 2, 3, 12))
+            .maintenance_interval(TICK)
+            .graceful_timeout(Duration::from_secs(60))
+            .start()
+            .map_err(fail)?;
+        until(&server, "two idle", |s| s.idle == 2).await?;
+        // Four slow clients: six workers or so.
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            held.push(hold(addr).await?);
+        }
+        let before = until(&server, "four busy and the spares", |s| {
+            s.busy == 4 && s.idle >= 2 && s.starting == 0
+        })
+        .await?;
+        let old = before.pids_of(1).len();
+
+        let gated = Template::new().map_err(fail)?;
+        gated.arg(&gate_path.to_string_lossy().into_owned());
+        let reload = tokio::spawn({
+            let server = server.clone();
+            async move { server.reload_with(gated).await }
+        });
+        // The new generation starts in full, and waits at the gate.
+        let mut waiting = Vec::new();
+        for _ in 0..old {
+            let accepted = tokio::time::timeout(Duration::from_secs(30), gate.accept()).await;
+            waiting.push(
+                accepted
+                    .map_err(|_| "a new worker at the gate")?
+                    .map_err(fail)?
+                    .0,
+            );
+        }
+        // All but two are let through; then ticks pass (with more idle new
+        // workers than max_spare_servers, two of them still starting).
+        for mut conn in waiting.drain(..old - 2) {
+            conn.write_all(b"go").await.map_err(fail)?;
+        }
+        until(&server, "the first new workers ready", |s| {
+            s.workers
+                .iter()
+                .filter(|w| w.generation == 2 && w.state == WorkerState::Idle)
+                .count()
+                == old - 2
+        })
+        .await?;
+        // (No event marks a tick that did nothing: four are given.)
+        tokio::time::sleep(4 * TICK).await;
+        for mut conn in waiting {
+            conn.write_all(b"go").await.map_err(fail)?;
+        }
+        // Every old worker is told to go: the held requests finish on
+        // them, and the reload completes.
+        until(&server, "every old worker told to go", |s| {
+            s.workers
+                .iter()
+                .filter(|w| w.generation == 1)
+                .all(|w| w.state == WorkerState::Stopping)
+        })
+        .await?;
+        for h in held {
+            let (_, generation) = h.release().await?;
+            ensure!(generation == 1, "finished by its old worker");
+        }
+        let done = tokio::time::timeout(Duration::from_secs(30), reload).await;
+        ensure!(
+            matches!(done, Ok(Ok(Ok(())))),
+            "the reload completed: {done:?}, {:?}",
+            server.stats()
+        );
+        let (_, generation) = ask(addr).await?;
+        ensure!(generation == 2, "the new generation serves");
+        server.stop().await.map_err(fail)?;
+        let _ = std::fs::remove_file(&gate_path);
+        Ok(())
+    })
+}
+
 /// Dropping the last handle without `stop()` stops the server gracefully
 /// in the background, as `stop()` would: the request in progress gets its
 /// answer, every worker and the template exit and are reaped (no orphan,
@@ -726,6 +825,10 @@ fn main() {
         (
             "a_reload_under_spare_sizing_loses_nothing_and_keeps_the_bounds",
             a_reload_under_spare_sizing_loses_nothing_and_keeps_the_bounds,
+        ),
+        (
+            "a_spare_reload_whose_workers_get_ready_apart_completes",
+            a_spare_reload_whose_workers_get_ready_apart_completes,
         ),
         (
             "dropping_the_last_handle_stops_the_server_gracefully",
