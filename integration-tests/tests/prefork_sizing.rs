@@ -6,7 +6,11 @@
 //!
 //! Every worker here runs [`own_loop`]: it accepts one connection at a
 //! time and holds a busy mark per request, so a client holding its request
-//! keeps exactly one worker busy, as in a blocking prefork server.
+//! keeps exactly one worker busy, as in a blocking prefork server. The
+//! counts and durations are small so that each test takes a few seconds;
+//! every wait is on the server's state, its events or a client's answer,
+//! bounded, except where a test gives the policy ticks to do what it must
+//! not (it says so).
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -49,12 +53,6 @@ async fn own_loop(mut ctx: Context) -> std::io::Result<()> {
         .into_iter()
         .next()
         .ok_or_else(|| std::io::Error::other("no listener"))?;
-    if let Ok(gate) = ctx.arg::<String>(0) {
-        // (For a test: a worker of a gated template waits until it is let
-        // through, as if its own start-up took that long.)
-        let mut gate = tokio::net::UnixStream::connect(gate).await?;
-        gate.read_exact(&mut [0u8; 1]).await?;
-    }
     let link = ctx.link().clone();
     link.ready();
     let draining = link.draining();
@@ -120,6 +118,18 @@ async fn serve_connection(mut conn: Stream, link: &Link) {
 static OWN_LOOP: PreforkEntry = fork_prefork::entry!(own_loop);
 // ANCHOR_END: own_loop
 
+/// [`own_loop`], but a worker of a template given a unix socket's path
+/// (argument 0) first connects to it and waits for a byte: the test lets
+/// each through, as if its start-up took that long.
+async fn gated_loop(ctx: Context) -> std::io::Result<()> {
+    if let Ok(gate) = ctx.arg::<String>(0) {
+        let mut gate = tokio::net::UnixStream::connect(gate).await?;
+        gate.read_exact(&mut [0u8; 1]).await?;
+    }
+    own_loop(ctx).await
+}
+static GATED_LOOP: PreforkEntry = fork_prefork::entry!(gated_loop);
+
 // ===== clients =====
 
 fn loopback() -> Result<(std::net::TcpListener, SocketAddr), Failed> {
@@ -184,8 +194,14 @@ impl Held {
     /// Lets the request finish: its answer, which must come from the
     /// worker that held it. Keeps the connection open.
     async fn finish(&mut self) -> Result<(u32, u64), Failed> {
-        self.conn.write_all(b"r").await.map_err(fail)?;
-        let (pid, generation) = answer(&line(&mut self.conn).await?)?;
+        let said = async {
+            self.conn.write_all(b"r").await.map_err(fail)?;
+            line(&mut self.conn).await
+        };
+        let said = said
+            .await
+            .map_err(|e| format!("no answer from worker {}: {e:?}", self.pid))?;
+        let (pid, generation) = answer(&said)?;
         ensure!(pid == self.pid, "answered by {pid}, held by {}", self.pid);
         Ok((pid, generation))
     }
@@ -607,7 +623,7 @@ fn a_spare_reload_whose_workers_get_ready_apart_completes() -> Result<(), Failed
         let gate_path = std::env::temp_dir().join(format!("prefork-gate-{}", std::process::id()));
         let _ = std::fs::remove_file(&gate_path);
         let gate = tokio::net::UnixListener::bind(&gate_path).map_err(fail)?;
-        let server = Prefork::builder(Template::new().map_err(fail)?, &OWN_LOOP)
+        let server = Prefork::builder(Template::new().map_err(fail)?, &GATED_LOOP)
             .listener(listener)
             .spare(spare(2, 2, 3, 12))
             .maintenance_interval(TICK)
