@@ -12,7 +12,9 @@
 //!   workers (starting ones count as idle) than `min_spare`, start
 //!   `min(rate, deficit)` and double `rate` up to `max_rate`; with more
 //!   than `max_spare`, retire the one idle the longest and reset `rate` to
-//!   1; otherwise reset `rate` to 1. Never more than `max` workers in all.
+//!   1; otherwise reset `rate` to 1. Never more than `max` workers in all:
+//!   above it (after a resize down), the idle workers beyond it are
+//!   retired, the longest idle first.
 //! - **Surplus** (`Fixed` after a resize down): idle workers beyond `n` are
 //!   retired, the longest idle first; a busy one never.
 //! - **Pacing**: nothing starts before `backoff_until` (after abnormal
@@ -152,6 +154,8 @@ pub(crate) fn decide(k: &Knobs, s: &Snapshot, now: Instant) -> Decision {
                 }
                 d.rate = 1;
             }
+            // Above `max` (after a resize down): the idle ones beyond it.
+            surplus = surplus.max(current.saturating_sub(max));
         }
         Mode::Spare { .. } => {}
     }
@@ -471,6 +475,29 @@ mod tests {
             w(3, true, Phase::Busy, t0),
         ]);
         assert!(decide(&fixed(2), &s, t0).stop.is_empty());
+    }
+
+    #[test]
+    fn spare_above_max_after_a_resize_retires_idle_workers_never_busy_ones() {
+        let t0 = Instant::now();
+        // max 2, four workers: two idle (well within max_spare), two busy.
+        let k = spare(1, 6, 2);
+        let mut s = snapshot(vec![
+            w(1, true, Phase::Busy, t0),
+            w(2, true, Phase::Idle { since: t0 + SEC }, t0),
+            w(3, true, Phase::Idle { since: t0 }, t0),
+            w(4, true, Phase::Busy, t0),
+        ]);
+        let mut d = decide(&k, &s, t0 + 10 * SEC);
+        d.stop.sort();
+        assert_eq!((d.spawn, d.stop), (0, vec![2, 3]));
+        // Busy ones only: they stay (until they turn idle).
+        s.workers.retain(|v| v.phase == Phase::Busy);
+        assert!(decide(&k, &s, t0 + 10 * SEC).stop.is_empty());
+        // Not on a tick: nothing yet.
+        s.workers.push(w(5, true, Phase::Idle { since: t0 }, t0));
+        s.tick = false;
+        assert!(decide(&k, &s, t0 + 10 * SEC).stop.is_empty());
     }
 
     #[test]
