@@ -704,6 +704,78 @@ fn a_spare_reload_whose_workers_get_ready_apart_completes() -> Result<(), Failed
     })
 }
 
+/// `resize(n)` under spare regulation lowers `max_servers`: the idle
+/// workers above it leave at the next tick, the busy ones stay until their
+/// requests are done (as `resize` says), and a reload afterwards starts
+/// `n` new workers, retires every old one and completes.
+fn resizing_a_spare_server_down_retires_idle_workers_and_a_reload_then_completes()
+-> Result<(), Failed> {
+    bounded(async {
+        let (listener, addr) = loopback()?;
+        let server = Prefork::builder(Template::new().map_err(fail)?, &OWN_LOOP)
+            .listener(listener)
+            .spare(spare(2, 1, 3, 8))
+            .maintenance_interval(Duration::from_millis(50))
+            .graceful_timeout(Duration::from_secs(60))
+            .start()
+            .map_err(fail)?;
+        until(&server, "two idle", |s| s.idle == 2).await?;
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            held.push(hold(addr).await?);
+        }
+        until(&server, "three busy and a spare", |s| {
+            s.busy == 3 && s.idle >= 1 && s.starting == 0
+        })
+        .await?;
+        ensure!(server.resize(2).await.map_err(fail)? == 2, "resized to 2");
+        // The spare leaves; the three busy workers stay.
+        let stats = until(&server, "the idle surplus gone", |s| {
+            s.idle == 0 && s.stopping == 0 && s.starting == 0
+        })
+        .await?;
+        ensure!(
+            stats.busy == 3 && held.iter().all(|h| stats.pids_of(1).contains(&h.pid)),
+            "the busy workers stay: {stats:?}"
+        );
+
+        let reload = tokio::spawn({
+            let (server, next) = (server.clone(), Template::new().map_err(fail)?);
+            async move { server.reload_with(next).await }
+        });
+        until(&server, "every old worker told to go", |s| {
+            s.generation == 2
+                && s.workers
+                    .iter()
+                    .filter(|w| w.generation == 1)
+                    .all(|w| w.state == WorkerState::Stopping)
+        })
+        .await?;
+        for h in held {
+            let (_, generation) = h.release().await?;
+            ensure!(generation == 1, "finished by its old worker");
+        }
+        let done = tokio::time::timeout(Duration::from_secs(30), reload).await;
+        ensure!(
+            matches!(done, Ok(Ok(Ok(())))),
+            "the reload completed: {done:?}, {:?}",
+            server.stats()
+        );
+        let stats = until(&server, "generation 2 settled", |s| {
+            s.starting == 0 && s.stopping == 0
+        })
+        .await?;
+        ensure!(
+            stats.total() <= 2 && stats.workers.iter().all(|w| w.generation == 2),
+            "at most two workers, of generation 2: {stats:?}"
+        );
+        let (_, generation) = ask(addr).await?;
+        ensure!(generation == 2, "the new generation serves");
+        server.stop().await.map_err(fail)?;
+        Ok(())
+    })
+}
+
 /// Dropping the last handle without `stop()` stops the server gracefully
 /// in the background, as `stop()` would: the request in progress gets its
 /// answer, every worker and the template exit and are reaped (no orphan,
@@ -845,6 +917,10 @@ fn main() {
         (
             "a_spare_reload_whose_workers_get_ready_apart_completes",
             a_spare_reload_whose_workers_get_ready_apart_completes,
+        ),
+        (
+            "resizing_a_spare_server_down_retires_idle_workers_and_a_reload_then_completes",
+            resizing_a_spare_server_down_retires_idle_workers_and_a_reload_then_completes,
         ),
         (
             "dropping_the_last_handle_stops_the_server_gracefully",
