@@ -1,8 +1,9 @@
 //! fork-prefork's sizing, end to end (issue #13): spare regulation under
 //! slow clients (growth, the `max_servers` cap, shrinking, and no busy
-//! worker ever retired), a reload under `Sizing::Spare`, dropping the last
-//! handle without `stop()`, and a worker that runs its own accept loop
-//! (Perl's `start(\&code)` with `pf_kid_busy`/`pf_kid_idle`).
+//! worker ever retired), reloads under `Sizing::Spare` (with clients
+//! asking all along, with new workers ready apart, after a resize down),
+//! dropping the last handle without `stop()`, and a worker that runs its
+//! own accept loop (Perl's `start(\&code)` with `pf_kid_busy`/`pf_kid_idle`).
 //!
 //! Every worker here runs [`own_loop`]: it accepts one connection at a
 //! time and holds a busy mark per request, so a client holding its request
