@@ -12,7 +12,9 @@
 //!   workers (starting ones count as idle) than `min_spare`, start
 //!   `min(rate, deficit)` and double `rate` up to `max_rate`; with more
 //!   than `max_spare`, retire the one idle the longest and reset `rate` to
-//!   1; otherwise reset `rate` to 1. Never more than `max` workers in all.
+//!   1; otherwise reset `rate` to 1. Never more than `max` workers in all:
+//!   above it (after a resize down), the idle workers beyond it are
+//!   retired, the longest idle first.
 //! - **Surplus** (`Fixed` after a resize down): idle workers beyond `n` are
 //!   retired, the longest idle first; a busy one never.
 //! - **Pacing**: nothing starts before `backoff_until` (after abnormal
@@ -20,7 +22,10 @@
 //! - **Reload**: old-generation workers are retired, oldest first, as the
 //!   current generation's workers become ready: `replacing` of them (the
 //!   size of the old generation) are kept until as many new ones are
-//!   ready. They drain gracefully, busy or not.
+//!   ready. They drain gracefully, busy or not. Meanwhile no current
+//!   worker is retired as a surplus (spare or `Fixed`), or the new
+//!   generation could stay short of `replacing` and an old worker would
+//!   never be told to go.
 
 use std::time::Duration;
 
@@ -149,8 +154,16 @@ pub(crate) fn decide(k: &Knobs, s: &Snapshot, now: Instant) -> Decision {
                 }
                 d.rate = 1;
             }
+            // Above `max` (after a resize down): the idle ones beyond it.
+            surplus = surplus.max(current.saturating_sub(max));
         }
         Mode::Spare { .. } => {}
+    }
+
+    if old > 0 {
+        // A reload is under way: the surplus waits until every old worker
+        // was told to go (see the doc).
+        surplus = 0;
     }
 
     // Pacing.
@@ -465,6 +478,29 @@ mod tests {
     }
 
     #[test]
+    fn spare_above_max_after_a_resize_retires_idle_workers_never_busy_ones() {
+        let t0 = Instant::now();
+        // max 2, four workers: two idle (well within max_spare), two busy.
+        let k = spare(1, 6, 2);
+        let mut s = snapshot(vec![
+            w(1, true, Phase::Busy, t0),
+            w(2, true, Phase::Idle { since: t0 + SEC }, t0),
+            w(3, true, Phase::Idle { since: t0 }, t0),
+            w(4, true, Phase::Busy, t0),
+        ]);
+        let mut d = decide(&k, &s, t0 + 10 * SEC);
+        d.stop.sort();
+        assert_eq!((d.spawn, d.stop), (0, vec![2, 3]));
+        // Busy ones only: they stay (until they turn idle).
+        s.workers.retain(|v| v.phase == Phase::Busy);
+        assert!(decide(&k, &s, t0 + 10 * SEC).stop.is_empty());
+        // Not on a tick: nothing yet.
+        s.workers.push(w(5, true, Phase::Idle { since: t0 }, t0));
+        s.tick = false;
+        assert!(decide(&k, &s, t0 + 10 * SEC).stop.is_empty());
+    }
+
+    #[test]
     fn spare_floor_starts_start_servers_at_once_then_drops() {
         let mut world = World::new(spare(1, 3, 10), 5);
         world.s.tick = false;
@@ -504,6 +540,60 @@ mod tests {
         s.workers[5].phase = idle;
         let d = decide(&fixed(3), &s, t0);
         assert_eq!((d.spawn, d.stop), (0, vec![3]));
+    }
+
+    #[test]
+    fn a_spare_reload_retires_every_old_worker_though_new_ones_ready_a_tick_apart() {
+        // Six old workers; the six new ones get ready a few at a time, with
+        // ticks in between at which the new idle ones are above max_spare.
+        let t0 = Instant::now();
+        let k = spare(2, 3, 8);
+        let idle = Phase::Idle { since: t0 };
+        let mut s = snapshot((0..6).map(|i| w(i, false, idle, t0)).collect());
+        (s.replacing, s.floor, s.tick) = (6, 6, false);
+        let mut next = 6;
+        let apply = |s: &mut Snapshot, d: &Decision, next: &mut u64| {
+            s.rate = d.rate;
+            s.floor = d.floor;
+            for v in &mut s.workers {
+                if d.stop.contains(&v.id) {
+                    v.phase = Phase::Stopping;
+                }
+            }
+            for _ in 0..d.spawn {
+                s.workers.push(w(*next, true, Phase::Starting, t0));
+                *next += 1;
+            }
+        };
+        let d = decide(&k, &s, t0);
+        assert_eq!(d.spawn, 6, "the new generation starts in full");
+        apply(&mut s, &d, &mut next);
+        // Readiness comes in steps of 4, 1, 1, each followed by a tick.
+        for ready in [4, 1, 1] {
+            let starting = s
+                .workers
+                .iter_mut()
+                .filter(|v| v.current && v.phase == Phase::Starting);
+            for v in starting.take(ready) {
+                v.phase = idle;
+            }
+            for tick in [false, true] {
+                s.tick = tick;
+                let d = decide(&k, &s, t0);
+                apply(&mut s, &d, &mut next);
+            }
+        }
+        let old_left: Vec<u64> = s
+            .workers
+            .iter()
+            .filter(|v| !v.current && v.phase != Phase::Stopping)
+            .map(|v| v.id)
+            .collect();
+        assert!(old_left.is_empty(), "old workers never told: {old_left:?}");
+        // Then the surplus spares go, one per tick.
+        s.tick = true;
+        let d = decide(&k, &s, t0);
+        assert_eq!(d.stop.len(), 1);
     }
 
     #[test]

@@ -448,7 +448,12 @@ impl Manager {
         let serving = self.members.iter().filter(|m| !m.stopping()).count();
         (self.replacing, self.floor) = match self.knobs.mode {
             Mode::Fixed(n) => (n, n),
-            Mode::Spare { max, .. } => (serving, serving.max(self.config.start_servers()).min(max)),
+            Mode::Spare { max, .. } => {
+                let floor = serving.max(self.config.start_servers()).min(max);
+                // More serving than `max` (after a resize down): no more than
+                // `floor` new ones may be ready before the last old one goes.
+                (serving.min(floor), floor)
+            }
         };
         self.rate = 1;
         self.boot_streak = 0;
