@@ -692,6 +692,9 @@ impl Manager {
 
     /// Every worker is reaped: say how the server ended.
     fn finish(mut self) {
+        // The listeners close before anyone hears the server stopped: a
+        // connection made after `stop()` returned is refused.
+        self.listeners.clear();
         let outcome = match self.halted.take() {
             Some(e) => Err(e),
             None => Ok(()),
@@ -705,6 +708,5 @@ impl Manager {
         }
         tracing::info!("stopped");
         self.done.send_replace(Some(outcome));
-        // The listeners close here, with the last handle to the template.
     }
 }
