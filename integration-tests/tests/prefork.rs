@@ -539,7 +539,7 @@ fn max_requests_recycles_workers_with_jitter() -> Result<(), Failed> {
             let expected = if alive.contains(&r.pid) {
                 ExitReason::Stopped
             } else {
-                ExitReason::Exited
+                ExitReason::Recycled
             };
             ensure!(
                 r.reason == expected && r.status.is_some_and(|s| s.success()),
@@ -850,8 +850,8 @@ fn workers_yell_typed_data_and_every_reap_is_reported_once() -> Result<(), Faile
         }
         // ANCHOR_END: events
 
-        // A worker yells with its exit: its data comes before its reap,
-        // which has its exit code.
+        // A worker yells as it leaves: its data comes before its reap,
+        // which has its exit code (an error after it retired: a crash).
         let (bye, _) = pid_and_generation(&ask(addr, b'x').await?)?;
         match (next(&mut events).await?, next(&mut events).await?) {
             (Event::Data(data), Event::Reaped(reaped)) => {
@@ -863,7 +863,7 @@ fn workers_yell_typed_data_and_every_reap_is_reported_once() -> Result<(), Faile
                 ensure!(
                     reaped.pid == bye
                         && reaped.generation == 1
-                        && reaped.reason == ExitReason::Exited
+                        && reaped.reason == ExitReason::Crashed
                         && reaped.status.and_then(|s| s.code()) == Some(1),
                     "reaped with its exit code: {reaped:?}"
                 );

@@ -32,6 +32,7 @@ pub use self::stats::{Stats, WorkerInfo, WorkerState};
 use self::builder::ReloadFn;
 use self::events::Untaken;
 use self::manager::{Command, Resize};
+use self::signals::Sent;
 use crate::entry::PreforkEntry;
 use crate::error::{Error, Result};
 
@@ -50,6 +51,8 @@ struct Inner {
     done: watch::Receiver<Option<Result<()>>>,
     on_reload: Option<ReloadFn>,
     events: Untaken,
+    /// The signals sent to workers, shared with the manager.
+    sent: Sent,
 }
 
 impl fmt::Debug for Prefork {
@@ -66,24 +69,6 @@ impl Prefork {
     /// run `entry`.
     pub fn builder(template: Template, entry: &PreforkEntry) -> Builder {
         Builder::new(template, entry)
-    }
-
-    fn new(
-        commands: mpsc::Sender<Command>,
-        stats: watch::Receiver<Stats>,
-        done: watch::Receiver<Option<Result<()>>>,
-        on_reload: Option<ReloadFn>,
-        events: Untaken,
-    ) -> Prefork {
-        Prefork {
-            inner: Arc::new(Inner {
-                commands,
-                stats,
-                done,
-                on_reload,
-                events,
-            }),
-        }
     }
 
     /// The server's state now.

@@ -10,11 +10,18 @@ use tokio::signal::unix::{SignalKind, signal};
 use super::Prefork;
 use crate::error::{Error, Result};
 
+mod sent;
+
+pub(crate) use self::sent::Sent;
+
 impl Prefork {
     /// Sends `signal` to every worker now running (Parallel::Prefork's
     /// `signal_all_children`); returns how many it was sent to. A worker
     /// that does not handle the signal gets its default action, which for
-    /// most signals ends it (and the server replaces it).
+    /// most signals ends it; the server replaces it, and its reap says
+    /// [`Killed`](crate::ExitReason::Killed) (not a crash). A worker that
+    /// gets `SIGTERM` finishes its connections and exits: its reap says
+    /// [`Stopped`](crate::ExitReason::Stopped).
     pub fn signal_all_children(&self, signal: Signal) -> usize {
         let pids = self
             .stats()
@@ -23,9 +30,7 @@ impl Prefork {
             .filter_map(|w| w.pid)
             .collect::<Vec<_>>();
         pids.into_iter()
-            .filter(|&pid| {
-                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal).is_ok()
-            })
+            .filter(|&pid| self.inner.sent.send(pid, signal))
             .count()
     }
 
