@@ -100,9 +100,11 @@ pub use crate::entry::PreforkEntry;
 pub use crate::error::{BootFailure, Error, Result};
 pub use crate::message::MAX_DATA;
 pub use crate::server::{
-    Builder, Data, Event, Events, ExitReason, Prefork, Reaped, Stats, WorkerInfo, WorkerState,
+    Builder, Data, Event, Events, ExitReason, Prefork, Reaped, SignalAction, Signals, Stats,
+    WorkerInfo, WorkerState,
 };
 pub use crate::worker::{Busy, Context, Link, Listener, Stream, WorkerResult};
+pub use fork_core::Signal;
 
 #[doc(hidden)]
 pub mod __private {

@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::os::fd::OwnedFd;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fork_core::Template;
@@ -195,6 +195,7 @@ impl Builder {
         let (events_tx, events) = mpsc::channel(256);
         let (sink, untaken) = events::channel(self.config.data_backlog);
         let sent = Sent::default();
+        let graceful_timeout = self.config.graceful_timeout;
         let manager = Manager::new(
             Parts {
                 config: self.config,
@@ -218,6 +219,8 @@ impl Builder {
                 on_reload: self.on_reload,
                 events: untaken,
                 sent,
+                received: Mutex::new(None),
+                graceful_timeout,
             }),
         })
     }

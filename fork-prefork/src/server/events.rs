@@ -145,7 +145,8 @@ pub enum ExitReason {
     /// It was told to stop and exited by itself (within the graceful
     /// timeout): by the manager (a [stop](crate::Prefork::stop), a
     /// [reload](crate::Prefork::reload), a surplus spare), or by a
-    /// `SIGTERM` (one forwarded to every worker, or anyone's).
+    /// `SIGTERM` (a rolling restart's, one forwarded to every worker, or
+    /// anyone's).
     Stopped,
     /// It exited with a non-zero code, or a signal the server did not send
     /// ended it, after it was ready, and without being told to stop: a
@@ -155,6 +156,7 @@ pub enum ExitReason {
     Crashed,
     /// A signal the server sent ended it: the manager's `SIGKILL` (still
     /// running at the graceful timeout, or a quick stop), or the signal
+    /// a [rolling restart](crate::SignalAction::Rolling) or
     /// [`signal_all_children`](crate::Prefork::signal_all_children) sent
     /// it. One that exited before the signal landed is reported by what it
     /// did (`Stopped`, `BootFailed`, ...).

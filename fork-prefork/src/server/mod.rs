@@ -6,14 +6,16 @@
 //! - `listener`: checking the listening sockets;
 //! - `manager`: the task that keeps the workers;
 //! - `monitor`: one task per worker, reading its reports;
-//! - `signals`: trapping the parent's signals, and signalling the workers;
+//! - `signals`: trapping the parent's signals ([`Signals`]), and
+//!   signalling the workers;
 //! - `stats`: [`Stats`];
 //! - `systemd`: the service manager's notifications (`sd_notify`).
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use fork_core::Template;
+use fork_core::{Signal, Template};
 use tokio::sync::{mpsc, oneshot, watch};
 
 mod builder;
@@ -27,6 +29,7 @@ mod systemd;
 
 pub use self::builder::Builder;
 pub use self::events::{Data, Event, Events, ExitReason, Reaped};
+pub use self::signals::{SignalAction, Signals};
 pub use self::stats::{Stats, WorkerInfo, WorkerState};
 
 use self::builder::ReloadFn;
@@ -53,6 +56,10 @@ struct Inner {
     events: Untaken,
     /// The signals sent to workers, shared with the manager.
     sent: Sent,
+    /// The last signal the trap acted on.
+    received: Mutex<Option<Signal>>,
+    /// How long a rolling restart waits for a worker it signalled.
+    graceful_timeout: Duration,
 }
 
 impl fmt::Debug for Prefork {
