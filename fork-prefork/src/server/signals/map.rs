@@ -30,8 +30,8 @@ pub enum SignalAction {
     /// Parallel::Prefork's `HUP => 'TERM'`).
     Forward(Signal),
     /// A rolling restart (Parallel::Prefork's `HUP => ['TERM', 5]`): sends
-    /// `signal` to the workers serving when it arrives, **one at a time**,
-    /// oldest first. The next one gets it once the previous one has exited,
+    /// `signal` to the workers running when it arrives, **one at a time**,
+    /// oldest first (one still starting once it is ready). The next one gets it once the previous one has exited,
     /// no worker is starting (its replacement is ready), and `interval` has
     /// passed since the previous signal; so at most one worker is down at
     /// any time, and a worker that takes long to finish its connections

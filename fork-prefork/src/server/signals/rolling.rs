@@ -31,8 +31,9 @@ pub(crate) enum Step {
 ///    worker is starting (its replacement is ready), or at most `patience`
 ///    after its signal (it ignored it);
 /// 3. then until `interval` after that signal;
-/// 4. then the next queued worker still serving (not stopping, not gone)
-///    gets the signal; with none left, it is done.
+/// 4. then the next queued worker still there and not stopping gets the
+///    signal, once it is ready (a worker still starting has no handler for
+///    the signal yet); with none left, it is done.
 #[derive(Debug)]
 pub(crate) struct Rolling {
     signal: Signal,
@@ -109,13 +110,17 @@ impl Rolling {
             self.current = None;
         }
         while let Some(pid) = self.queue.pop_front() {
-            let serves = stats
-                .workers
-                .iter()
-                .any(|w| w.pid == Some(pid) && w.state != WorkerState::Stopping);
-            if serves {
-                self.current = Some((pid, now));
-                return Step::Signal(pid);
+            match stats.workers.iter().find(|w| w.pid == Some(pid)) {
+                None => {}
+                Some(w) if w.state == WorkerState::Stopping => {}
+                Some(w) if w.state == WorkerState::Starting => {
+                    self.queue.push_front(pid);
+                    return Step::Wait(None);
+                }
+                Some(_) => {
+                    self.current = Some((pid, now));
+                    return Step::Signal(pid);
+                }
             }
         }
         Step::Done
@@ -213,6 +218,16 @@ mod tests {
         let mut stopped = stats(&[3], 0);
         stopped.stopped = true;
         assert_eq!(r.step(&stopped, t0), Step::Done);
+    }
+
+    #[test]
+    fn a_worker_still_starting_is_signalled_once_ready() {
+        let t0 = Instant::now();
+        let mut s = stats(&[2], 0);
+        s.workers.insert(0, worker(1, WorkerState::Starting));
+        let mut r = Rolling::new(Signal::SIGTERM, MS, MS, &s);
+        assert_eq!(r.step(&s, t0), Step::Wait(None));
+        assert_eq!(r.step(&stats(&[1, 2], 0), t0), Step::Signal(1));
     }
 
     #[test]
