@@ -125,7 +125,9 @@ pub struct Config {
     /// [`Context::serve`](crate::Context::serve), connections), plus a
     /// random `0..=max_requests_jitter` picked per worker so that workers
     /// do not all restart together: it stops accepting, finishes its open
-    /// connections, exits 0 and is replaced. Bounds leaks in worker code.
+    /// connections, exits 0 and is replaced; its reap says
+    /// [`Recycled`](crate::ExitReason::Recycled). Bounds leaks in worker
+    /// code.
     /// The default is `None` (never).
     pub max_requests: Option<u64>,
     /// The random extra requests before recycling (see `max_requests`).

@@ -20,7 +20,9 @@ pub enum Error {
         /// Why the last one failed.
         cause: BootFailure,
     },
-    /// The server is stopping or stopped: it takes no reload.
+    /// The server is stopping or stopped: it takes no reload. In a worker,
+    /// [`Link::yell_wait`](crate::Link::yell_wait) found that nothing more
+    /// can be written to the manager (it is gone).
     #[error("the prefork server is stopped")]
     Stopped,
     /// [`reload`](crate::Prefork::reload) was called on a server built
@@ -50,7 +52,8 @@ pub enum Error {
         limit: usize,
     },
     /// [`Link::yell`](crate::Link::yell) found 4 MiB of data waiting in
-    /// the worker, unwritten: the value was not queued.
+    /// the worker, unwritten: the value was not queued
+    /// ([`Link::yell_wait`](crate::Link::yell_wait) waits instead).
     #[error("{queued} bytes of data wait unwritten in the worker")]
     DataBacklog {
         /// The bytes waiting.

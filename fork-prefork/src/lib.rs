@@ -27,11 +27,19 @@
 //!   their connections within [`Config::graceful_timeout`] (a second stop
 //!   kills at once); [`Prefork::reload`] starts the new generation first,
 //!   then retires the old one oldest first, listeners open throughout.
-//! - **Data from workers and reap events**: [`Link::yell`] sends a typed
-//!   value to the parent at any time or with the worker's exit; the
-//!   parent's [`Prefork::events`] stream gets it as [`Event::Data`], and an
-//!   [`Event::Reaped`] with pid, generation and exit status for every
-//!   worker, once. The manager never waits for the reader.
+//! - **Signals**: [`Prefork::trap_signals`] (gunicorn's meanings) or
+//!   [`Prefork::trap_signals_with`] a [`Signals`] table of your own
+//!   (Parallel::Prefork's `trap_signals`): stop, reload, resize, forward a
+//!   signal to every worker, or a rolling restart, one worker at a time;
+//!   [`Prefork::signal_received`], [`Prefork::wait_all_children`].
+//! - **Data from workers and reap events**: [`Link::yell`] (or
+//!   [`Link::yell_wait`]) sends a typed value to the parent at any time,
+//!   [`Link::exit_with`] one with the worker's exit; the parent's
+//!   [`Prefork::events`] stream gets them as [`Event::Data`], and an
+//!   [`Event::Reaped`] with pid, generation, exit status, why it ended
+//!   ([`ExitReason`]: recycled, retired, stopped, crashed, killed ...) and
+//!   the exit value, for every worker, once. The manager never waits for
+//!   the reader.
 //! - **systemd**: with `NOTIFY_SOCKET` set, `READY=1`, `RELOADING=1` (with
 //!   `MONOTONIC_USEC=`) and `STOPPING=1` as the server starts, reloads and
 //!   stops (`Type=notify-reload`).
@@ -100,9 +108,11 @@ pub use crate::entry::PreforkEntry;
 pub use crate::error::{BootFailure, Error, Result};
 pub use crate::message::MAX_DATA;
 pub use crate::server::{
-    Builder, Data, Event, Events, ExitReason, Prefork, Reaped, Stats, WorkerInfo, WorkerState,
+    Builder, Data, Event, Events, ExitReason, Prefork, Reaped, SignalAction, Signals, Stats,
+    WorkerInfo, WorkerState,
 };
 pub use crate::worker::{BlockingStream, Busy, Context, Link, Listener, Stream, WorkerResult};
+pub use fork_core::Signal;
 
 #[doc(hidden)]
 pub mod __private {

@@ -49,6 +49,50 @@ pub(crate) enum Report {
     /// Data for the parent ([`Link::yell`](crate::Link::yell)): a value the
     /// worker encoded with [`encode_data`], at most [`MAX_DATA`] bytes.
     Data(Vec<u8>),
+    /// Why the worker stopped accepting, with its last state: sent once,
+    /// as its function has returned, if something asked it to.
+    Leaving(Leave),
+    /// The value the worker leaves with ([`Link::exit_with`](crate::Link::exit_with)),
+    /// encoded as [`Report::Data`]'s: sent once, as its function has
+    /// returned, before [`Report::Leaving`].
+    ExitData(Vec<u8>),
+}
+
+/// Why a worker stopped accepting, as it knows it: the first cause wins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum Leave {
+    /// The manager told it to stop (or is gone).
+    Told,
+    /// It got `SIGTERM`.
+    Terminated,
+    /// Its function asked ([`Link::retire`](crate::Link::retire),
+    /// [`Link::exit_with`](crate::Link::exit_with)).
+    Retired,
+    /// It reached [`max_requests`](crate::Config::max_requests).
+    Recycled,
+}
+
+impl Leave {
+    /// Its code in a worker's `leaving` cell (0 is none).
+    pub(crate) fn code(self) -> u8 {
+        match self {
+            Leave::Told => 1,
+            Leave::Terminated => 2,
+            Leave::Retired => 3,
+            Leave::Recycled => 4,
+        }
+    }
+
+    /// The cause a code stands for.
+    pub(crate) fn from_code(code: u8) -> Option<Leave> {
+        match code {
+            1 => Some(Leave::Told),
+            2 => Some(Leave::Terminated),
+            3 => Some(Leave::Retired),
+            4 => Some(Leave::Recycled),
+            _ => None,
+        }
+    }
 }
 
 /// Manager → worker.
@@ -303,6 +347,34 @@ mod tests {
         assert!(decode_data::<Vec<u8>>(&[0xff; 8]).is_err());
         // A Data report whose length claims more than its body.
         assert!(decode::<Report>(&[0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 9, 1]).is_err());
+    }
+
+    #[test]
+    fn leaving_frames_byte_by_byte() {
+        // Tag 4, then the cause's tag.
+        assert_eq!(
+            frame(&Report::Leaving(Leave::Recycled)),
+            [0, 0, 0, 8, 0, 0, 0, 4, 0, 0, 0, 3]
+        );
+        // Tag 5, then the value as Data's: it fits in a frame as Data does.
+        assert_eq!(
+            frame(&Report::ExitData(vec![9])),
+            [0, 0, 0, 13, 0, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0, 1, 9]
+        );
+        assert!(
+            options()
+                .serialize(&Report::ExitData(vec![0; MAX_DATA]))
+                .is_ok()
+        );
+        for leave in [
+            Leave::Told,
+            Leave::Terminated,
+            Leave::Retired,
+            Leave::Recycled,
+        ] {
+            assert_eq!(Leave::from_code(leave.code()), Some(leave));
+        }
+        assert_eq!(Leave::from_code(0), None);
     }
 
     #[test]

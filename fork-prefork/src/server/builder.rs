@@ -3,16 +3,17 @@
 use std::future::Future;
 use std::os::fd::OwnedFd;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fork_core::Template;
 use tokio::sync::{mpsc, watch};
 
-use super::Prefork;
 use super::events;
 use super::listener::kind_of;
 use super::manager::{Manager, Parts};
+use super::signals::Sent;
+use super::{Inner, Prefork};
 use crate::config::{Config, Sizing, Spare};
 use crate::entry::PreforkEntry;
 use crate::error::{Error, Result};
@@ -193,6 +194,8 @@ impl Builder {
         let (commands_tx, commands) = mpsc::channel(16);
         let (events_tx, events) = mpsc::channel(256);
         let (sink, untaken) = events::channel(self.config.data_backlog);
+        let sent = Sent::default();
+        let graceful_timeout = self.config.graceful_timeout;
         let manager = Manager::new(
             Parts {
                 config: self.config,
@@ -202,17 +205,23 @@ impl Builder {
                 stats: stats_tx,
                 done: done_tx,
                 sink,
+                sent: sent.clone(),
             },
             events_tx,
         );
         runtime.spawn(manager.run(commands, events));
         runtime.spawn(super::systemd::ready_when_started(stats.clone()));
-        Ok(Prefork::new(
-            commands_tx,
-            stats,
-            done,
-            self.on_reload,
-            untaken,
-        ))
+        Ok(Prefork {
+            inner: Arc::new(Inner {
+                commands: commands_tx,
+                stats,
+                done,
+                on_reload: self.on_reload,
+                events: untaken,
+                sent,
+                received: Mutex::new(None),
+                graceful_timeout,
+            }),
+        })
     }
 }

@@ -89,23 +89,77 @@ pub struct Reaped {
     pub status: Option<ExitStatus>,
     /// Why it ended, as the manager saw it.
     pub reason: ExitReason,
+    /// The value it left with ([`Link::exit_with`](crate::Link::exit_with),
+    /// Parallel::MPM::Prefork's `pf_kid_exit` data), encoded as
+    /// [`Data::bytes`]; `None` if it set none (or was killed before its
+    /// function returned).
+    pub data: Option<Vec<u8>>,
+}
+
+impl Reaped {
+    /// Decodes the value the worker left with
+    /// ([`Link::exit_with`](crate::Link::exit_with)) as a `T`; `None` if
+    /// it left with none.
+    ///
+    /// ```
+    /// # fn doc(reaped: &fork_prefork::Reaped) -> fork_prefork::Result<()> {
+    /// #[derive(serde::Deserialize)]
+    /// struct Summary { served: u64 }
+    /// if let Some(summary) = reaped.decode::<Summary>()? {
+    ///     println!("worker {} served {}", reaped.pid, summary.served);
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Data`] if the bytes are not a `T`, as
+    /// [`Data::decode`]. Never panics, whatever the worker sent.
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<Option<T>> {
+        self.data
+            .as_deref()
+            .map(|bytes| message::decode_data(bytes).map_err(|e| Error::Data(Arc::new(e))))
+            .transpose()
+    }
 }
 
 /// Why a worker ended, in [`Reaped`]. The exit status says how.
+///
+/// A worker that was ready and ended by itself is `Recycled`, `Retired`,
+/// `Stopped` or `Exited` if it exited 0, `Crashed` otherwise; the others
+/// say what the manager did to it, or that it never got ready.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ExitReason {
-    /// It exited on its own after it was ready: its function returned
-    /// (it [retired](crate::Link::retire), or reached
-    /// [`max_requests`](crate::Config::max_requests)), or it crashed.
+    /// It exited 0 on its own after it was ready, without being asked: its
+    /// function returned.
     Exited,
-    /// It was told to stop (a [stop](crate::Prefork::stop), a
-    /// [reload](crate::Prefork::reload), a surplus spare) and exited by
-    /// itself (within the graceful timeout).
+    /// It exited 0 after serving [`max_requests`](crate::Config::max_requests)
+    /// (plus its jitter): recycled.
+    Recycled,
+    /// It exited 0 after its function asked to leave
+    /// ([`Link::retire`](crate::Link::retire),
+    /// [`Link::exit_with`](crate::Link::exit_with)).
+    Retired,
+    /// It was told to stop and exited by itself (within the graceful
+    /// timeout): by the manager (a [stop](crate::Prefork::stop), a
+    /// [reload](crate::Prefork::reload), a surplus spare), or by a
+    /// `SIGTERM` (a rolling restart's, one forwarded to every worker, or
+    /// anyone's).
     Stopped,
-    /// The manager killed it (still running at the graceful timeout, or a
-    /// quick stop) and a signal ended it. One that exited before the kill
-    /// landed is reported by what it did (`Stopped`, `BootFailed`).
+    /// It exited with a non-zero code, or a signal the server did not send
+    /// ended it, after it was ready, and without being told to stop: a
+    /// crash, counted in [`Stats::crashed`](crate::Stats::crashed) and
+    /// followed by a pause before the next start
+    /// ([`err_respawn_interval`](crate::Config::err_respawn_interval)).
+    Crashed,
+    /// A signal the server sent ended it: the manager's `SIGKILL` (still
+    /// running at the graceful timeout, or a quick stop), or the signal
+    /// a [rolling restart](crate::SignalAction::Rolling) or
+    /// [`signal_all_children`](crate::Prefork::signal_all_children) sent
+    /// it. One that exited before the signal landed is reported by what it
+    /// did (`Stopped`, `BootFailed`, ...).
     Killed,
     /// It missed the heartbeat [`timeout`](crate::Config::timeout) (it got
     /// `SIGABRT`, then `SIGKILL`), or was not ready within the
@@ -253,6 +307,7 @@ mod tests {
             generation: 1,
             status: None,
             reason: ExitReason::Stopped,
+            data: None,
         }
     }
 
@@ -297,6 +352,18 @@ mod tests {
             });
         }
         assert_eq!(rest, ["data 2", "reaped 7", "data 4"]);
+    }
+
+    #[test]
+    fn a_reap_decodes_the_value_it_left_with() {
+        let mut r = reaped(1);
+        assert_eq!(r.decode::<u8>().unwrap(), None);
+        r.data = Some(message::encode_data(&(7u8, "bye")).unwrap());
+        assert_eq!(
+            r.decode::<(u8, String)>().unwrap(),
+            Some((7, "bye".to_string()))
+        );
+        assert!(matches!(r.decode::<u64>(), Err(Error::Data(_))));
     }
 
     #[test]

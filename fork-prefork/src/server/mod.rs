@@ -6,14 +6,16 @@
 //! - `listener`: checking the listening sockets;
 //! - `manager`: the task that keeps the workers;
 //! - `monitor`: one task per worker, reading its reports;
-//! - `signals`: trapping the parent's signals, and signalling the workers;
+//! - `signals`: trapping the parent's signals ([`Signals`]), and
+//!   signalling the workers;
 //! - `stats`: [`Stats`];
 //! - `systemd`: the service manager's notifications (`sd_notify`).
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use fork_core::Template;
+use fork_core::{Signal, Template};
 use tokio::sync::{mpsc, oneshot, watch};
 
 mod builder;
@@ -27,11 +29,13 @@ mod systemd;
 
 pub use self::builder::Builder;
 pub use self::events::{Data, Event, Events, ExitReason, Reaped};
+pub use self::signals::{SignalAction, Signals};
 pub use self::stats::{Stats, WorkerInfo, WorkerState};
 
 use self::builder::ReloadFn;
 use self::events::Untaken;
 use self::manager::{Command, Resize};
+use self::signals::Sent;
 use crate::entry::PreforkEntry;
 use crate::error::{Error, Result};
 
@@ -50,6 +54,12 @@ struct Inner {
     done: watch::Receiver<Option<Result<()>>>,
     on_reload: Option<ReloadFn>,
     events: Untaken,
+    /// The signals sent to workers, shared with the manager.
+    sent: Sent,
+    /// The last signal the trap acted on.
+    received: Mutex<Option<Signal>>,
+    /// How long a rolling restart waits for a worker it signalled.
+    graceful_timeout: Duration,
 }
 
 impl fmt::Debug for Prefork {
@@ -66,24 +76,6 @@ impl Prefork {
     /// run `entry`.
     pub fn builder(template: Template, entry: &PreforkEntry) -> Builder {
         Builder::new(template, entry)
-    }
-
-    fn new(
-        commands: mpsc::Sender<Command>,
-        stats: watch::Receiver<Stats>,
-        done: watch::Receiver<Option<Result<()>>>,
-        on_reload: Option<ReloadFn>,
-        events: Untaken,
-    ) -> Prefork {
-        Prefork {
-            inner: Arc::new(Inner {
-                commands,
-                stats,
-                done,
-                on_reload,
-                events,
-            }),
-        }
     }
 
     /// The server's state now.

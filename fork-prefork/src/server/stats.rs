@@ -18,9 +18,11 @@ pub struct Stats {
     pub spawned: u64,
     /// Workers reaped since the server started.
     pub exited: u64,
-    /// Of those, the ones that exited abnormally (a non-zero code or a
-    /// signal) without being told to stop or killed at a deadline, after
-    /// they were ready.
+    /// Of those, the ones that ended abnormally after they were ready:
+    /// reaped as [`Crashed`](crate::ExitReason::Crashed) (a non-zero code,
+    /// or a signal the server did not send, without being told to stop),
+    /// [`TimedOut`](crate::ExitReason::TimedOut) or
+    /// [`Broken`](crate::ExitReason::Broken).
     pub crashed: u64,
     /// Workers that failed before they were ready (forks that failed
     /// included).

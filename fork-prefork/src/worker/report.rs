@@ -10,13 +10,28 @@ use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::signal::unix::{SignalKind, signal};
 
 use super::link::Shared;
-use crate::message::{self, Order, Report};
+use crate::message::{self, Leave, Order, Report};
+
+/// Says the reporting task ended, however it ends: yells waiting for room
+/// give up.
+struct Closed<'a>(&'a Shared);
+
+impl Drop for Closed<'_> {
+    fn drop(&mut self) {
+        self.0
+            .closed
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.0.room.notify_waiters();
+    }
+}
 
 /// Reports `Ready` once the worker is, then its state whenever it changes
-/// and at least every `heartbeat`, and the data yelled, in order; when the worker's function returned,
-/// the last state (or, if it never was ready, why it failed), then ends.
+/// and at least every `heartbeat`, and the data yelled, in order; when the
+/// worker's function returned, the last state (or, if it never was ready,
+/// why it failed), the value it leaves with and why it left, then ends.
 /// Ends early if the manager is gone.
 pub(crate) async fn report(shared: Arc<Shared>, mut out: OwnedWriteHalf, heartbeat: Duration) {
+    let _closed = Closed(&shared);
     let mut said_ready = false;
     let mut buf = Vec::new();
     loop {
@@ -29,6 +44,7 @@ pub(crate) async fn report(shared: Arc<Shared>, mut out: OwnedWriteHalf, heartbe
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
+        shared.room.notify_waiters();
         for data in yells {
             buf.extend(message::frame(&Report::Data(data)));
         }
@@ -52,6 +68,19 @@ pub(crate) async fn report(shared: Arc<Shared>, mut out: OwnedWriteHalf, heartbe
                 buf.extend(message::frame(&Report::Failed(message::cut(why))));
             }
         }
+        if finished {
+            let data = shared
+                .exit_data
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+            if let Some(data) = data {
+                buf.extend(message::frame(&Report::ExitData(data)));
+            }
+            if let Some(why) = shared.leaving() {
+                buf.extend(message::frame(&Report::Leaving(why)));
+            }
+        }
         if !buf.is_empty() && out.write_all(&buf).await.is_err() {
             return;
         }
@@ -67,9 +96,8 @@ pub(crate) async fn report(shared: Arc<Shared>, mut out: OwnedWriteHalf, heartbe
 
 /// Reads the manager's orders: `Stop` (or the end of the connection: the
 /// manager is gone, or a frame that makes no sense), or `SIGTERM` sent to
-/// the worker, set `draining`.
+/// the worker, make it leave.
 pub(crate) async fn orders(mut input: OwnedReadHalf, shared: Arc<Shared>) {
-    let draining = &shared.draining;
     let mut term = signal(SignalKind::terminate()).ok();
     let mut buf = Vec::new();
     loop {
@@ -85,14 +113,12 @@ pub(crate) async fn orders(mut input: OwnedReadHalf, shared: Arc<Shared>) {
                     Ok(true) => message::decode::<Order>(&buf).ok(),
                     _ => None,
                 };
-                draining.send_replace(true);
+                shared.leave(Leave::Told);
                 if order.is_none() {
                     return;
                 }
             }
-            _ = terminated => {
-                draining.send_replace(true);
-            }
+            _ = terminated => shared.leave(Leave::Terminated),
         }
     }
 }

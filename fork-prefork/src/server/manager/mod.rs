@@ -13,13 +13,14 @@ use fork_core::{Template, WorkerHandle};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
-use super::events::{self as public, Sink};
+use super::events::{self as public, ExitReason, Sink};
 use super::monitor::{self, Event};
+use super::signals::Sent;
 use super::stats::{Stats, WorkerInfo, WorkerState};
 use crate::config::Config;
 use crate::entry::PreforkEntry;
 use crate::error::{BootFailure, Error, Result};
-use crate::message::{self, ListenerKind, Report, Setup};
+use crate::message::{self, Leave, ListenerKind, Report, Setup};
 use crate::policy::{self, Knobs, Mode, Phase, Snapshot, View, after};
 
 use self::deadlines::earliest;
@@ -83,6 +84,10 @@ struct Member {
     timed_out: Option<Instant>,
     /// It was not ready within the start timeout, and was killed.
     start_timed_out: bool,
+    /// Why it stopped accepting, as it said as it left.
+    leave: Option<Leave>,
+    /// The value it left with, as it sent it.
+    exit_data: Option<Vec<u8>>,
 }
 
 impl Member {
@@ -165,6 +170,8 @@ pub(crate) struct Manager {
     events: mpsc::Sender<Event>,
     /// The user's event stream.
     sink: Sink,
+    /// The signals the handles sent to workers.
+    sent: Sent,
     stats: watch::Sender<Stats>,
     done: watch::Sender<Option<Result<()>>>,
 }
@@ -178,6 +185,7 @@ pub(crate) struct Parts {
     pub(crate) stats: watch::Sender<Stats>,
     pub(crate) done: watch::Sender<Option<Result<()>>>,
     pub(crate) sink: Sink,
+    pub(crate) sent: Sent,
 }
 
 /// A random number in `0..=max`.
@@ -229,6 +237,7 @@ impl Manager {
             counters: Counters::default(),
             events,
             sink: parts.sink,
+            sent: parts.sent,
             stats: parts.stats,
             done: parts.done,
             config: parts.config,
@@ -371,6 +380,8 @@ impl Manager {
             heard: now,
             timed_out: None,
             start_timed_out: false,
+            leave: None,
+            exit_data: None,
         });
         self.last_spawn = Some(now);
         self.counters.spawned += 1;
@@ -514,6 +525,8 @@ impl Manager {
                         m.accepted = accepted;
                     }
                     Report::Failed(why) => m.failure = Some(why),
+                    Report::Leaving(why) => m.leave = Some(why),
+                    Report::ExitData(bytes) => m.exit_data = Some(bytes),
                     Report::Data(bytes) => {
                         let Some(pid) = m.pid else { return };
                         let generation = m.generation;
@@ -547,6 +560,9 @@ impl Manager {
         match result {
             Ok(worker) => {
                 let events = self.events.clone();
+                // A signal sent to an earlier process with this pid is not
+                // this worker's.
+                self.sent.forget(worker.id());
                 let Some(m) = self.member(id) else { return };
                 m.pid = Some(worker.id());
                 m.handle = Some(worker.handle());
@@ -567,19 +583,20 @@ impl Manager {
         let Some(i) = self.members.iter().position(|m| m.id == id) else {
             return;
         };
-        let m = self.members.remove(i);
+        let mut m = self.members.remove(i);
         self.counters.exited += 1;
+        let reason = self.report_reap(&mut m, &status);
         tracing::debug!(
             pid = m.pid,
             generation = m.generation,
             ?status,
+            ?reason,
             "worker reaped"
         );
-        self.report_reap(&m, &status);
-        if m.stopping() {
+        // Told to stop, or ended by a signal the server sent: as asked.
+        if m.stopping() || reason == ExitReason::Killed {
             return;
         }
-        let clean = matches!(&status, Ok(s) if s.success()) && !m.broken;
         if !m.ready {
             let cause = match status {
                 _ if m.start_timed_out => BootFailure::StartTimeout(self.config.start_timeout),
@@ -590,8 +607,11 @@ impl Manager {
                 Err(e) => BootFailure::Spawn(Arc::new(e)),
             };
             self.boot_failure(cause, now);
-        } else if !clean {
-            tracing::warn!(pid = m.pid, ?status, "worker exited abnormally");
+        } else if matches!(
+            reason,
+            ExitReason::Crashed | ExitReason::Broken | ExitReason::TimedOut
+        ) {
+            tracing::warn!(pid = m.pid, ?status, ?reason, "worker exited abnormally");
             self.counters.crashed += 1;
             self.abnormal(now);
         }
