@@ -709,8 +709,8 @@ fn print_throughput(rows: &mut [Row]) {
                 &row.to_tokio.map_or("–".into(), ratio),
                 &format!("{min}–{max}"),
                 &row.split,
-                &format!("{p50:.0?}"),
-                &format!("{p99:.1?}"),
+                &latency(p50),
+                &latency(p99),
                 &worker_cpu,
                 &manager_cpu,
             ])
@@ -734,6 +734,15 @@ fn print_throughput(rows: &mut [Row]) {
                 }
             );
         }
+    }
+}
+
+/// A latency: "850 µs", "4.1 ms".
+fn latency(d: Duration) -> String {
+    if d < Duration::from_millis(1) {
+        format!("{} µs", d.as_micros())
+    } else {
+        format!("{:.1} ms", d.as_secs_f64() * 1e3)
     }
 }
 
