@@ -49,6 +49,7 @@ use tokio::runtime::Runtime;
 
 // ===== the handler, the same in every server =====
 
+// ANCHOR: handler
 /// The answer to every request.
 const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 13\r\n\r\nHello, world!";
 
@@ -105,6 +106,8 @@ async fn serve_async<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mu
         }
     }
 }
+
+// ANCHOR_END: handler
 
 // ===== the servers =====
 
