@@ -17,6 +17,9 @@
 //! - **fork-prefork**: a [`fork_prefork::Prefork`] server whose workers
 //!   run [`Context::serve`](fork_prefork::Context::serve) with the same
 //!   handler, its manager a task on a thread of its own in this process.
+//! - **fork-prefork, FirstIdle**: the same with
+//!   [`AcceptOrder::FirstIdle`](fork_prefork::AcceptOrder::FirstIdle)
+//!   instead of the default round robin.
 //! - **fork-prefork + hyper**: the same server with hyper's HTTP/1.1 in
 //!   each connection, as the `prefork_http` example (for information).
 //!
@@ -42,7 +45,7 @@ use benches::Align::{Left, Right};
 use benches::measure::side_by_side;
 use benches::{Args, BoxResult, Rounds, Sample, Table, ratio, spread, verdict};
 use fork_core::{Context, Entry, Template, Worker};
-use fork_prefork::{Prefork, PreforkEntry};
+use fork_prefork::{AcceptOrder, Prefork, PreforkEntry};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::runtime::Runtime;
@@ -191,6 +194,7 @@ enum Kind {
     RawBlocking,
     RawTokio,
     Prefork,
+    PreforkFirstIdle,
     PreforkHyper,
 }
 
@@ -200,6 +204,7 @@ impl Kind {
             Kind::RawBlocking => "raw limit, blocking children",
             Kind::RawTokio => "raw limit, tokio loop per child",
             Kind::Prefork => "fork-prefork, same handler",
+            Kind::PreforkFirstIdle => "fork-prefork, same handler, FirstIdle",
             Kind::PreforkHyper => "fork-prefork + hyper (as prefork_http)",
         }
     }
@@ -238,13 +243,18 @@ impl Server {
         let raw = match kind {
             Kind::RawBlocking => &RAW_BLOCKING,
             Kind::RawTokio => &RAW_TOKIO,
-            Kind::Prefork | Kind::PreforkHyper => {
-                let entry = if kind == Kind::Prefork {
-                    &PREFORK
-                } else {
+            Kind::Prefork | Kind::PreforkFirstIdle | Kind::PreforkHyper => {
+                let entry = if kind == Kind::PreforkHyper {
                     &PREFORK_HYPER
+                } else {
+                    &PREFORK
                 };
-                return Server::prefork(listener, entry, workers, heartbeat);
+                let order = if kind == Kind::PreforkFirstIdle {
+                    AcceptOrder::FirstIdle
+                } else {
+                    AcceptOrder::RoundRobin
+                };
+                return Server::prefork(listener, entry, workers, heartbeat, order);
             }
         };
         let template = Template::new()?;
@@ -260,6 +270,7 @@ impl Server {
         entry: &'static PreforkEntry,
         workers: usize,
         heartbeat: Duration,
+        order: AcceptOrder,
     ) -> BoxResult<Server> {
         let addr = listener.local_addr()?;
         let (started, on_start) = mpsc::channel();
@@ -273,6 +284,7 @@ impl Server {
                     .listener(listener)
                     .workers(workers)
                     .heartbeat(heartbeat)
+                    .accept_order(order)
                     .start()?;
                 let stats = server.wait_until(|s| s.idle == workers).await;
                 let tid = nix::unistd::gettid().as_raw();
@@ -507,6 +519,7 @@ fn measure_throughput(rt: &Runtime, args: &Args, rows: &mut Vec<Row>) -> BoxResu
         Kind::RawBlocking,
         Kind::RawTokio,
         Kind::Prefork,
+        Kind::PreforkFirstIdle,
         Kind::PreforkHyper,
     ];
     for workers in [2, 8] {
@@ -696,7 +709,7 @@ fn print_throughput(rows: &mut [Row]) {
         let worker_cpu =
             row.sample.costs.cpu[1].map_or("?".into(), |c| format!("{:.1} µs", c * 1e6 / ops));
         let manager_cpu = match row.kind {
-            Kind::Prefork | Kind::PreforkHyper => {
+            Kind::Prefork | Kind::PreforkFirstIdle | Kind::PreforkHyper => {
                 format!("{:.0} ns", row.manager_cpu.as_secs_f64() * 1e9 / ops)
             }
             _ => "–".into(),
@@ -721,13 +734,18 @@ fn print_throughput(rows: &mut [Row]) {
     }
     println!();
     for row in rows.iter() {
-        if row.kind == Kind::Prefork && row.connections == 64 {
+        if matches!(row.kind, Kind::Prefork | Kind::PreforkFirstIdle) && row.connections == 64 {
             let served = row.load.per_connection.iter().all(|&n| n > 0);
             let to = row.to_tokio.unwrap_or(f64::NAN);
             println!(
                 "- target ≥ 0.90× the tokio raw limit at 64 connections, every connection \
-                 served, {} workers: {} ({}, {})",
+                 served, {} workers, {}: {} ({}, {})",
                 row.workers,
+                if row.kind == Kind::Prefork {
+                    "RoundRobin"
+                } else {
+                    "FirstIdle"
+                },
                 verdict(to >= 0.9 && served),
                 ratio(to),
                 if served {

@@ -103,7 +103,7 @@ mod policy;
 mod server;
 mod worker;
 
-pub use crate::config::{Config, Sizing, Spare};
+pub use crate::config::{AcceptOrder, Config, Sizing, Spare};
 pub use crate::entry::PreforkEntry;
 pub use crate::error::{BootFailure, Error, Result};
 pub use crate::message::MAX_DATA;

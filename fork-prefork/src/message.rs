@@ -13,6 +13,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
+use crate::config::AcceptOrder;
+
 /// The largest frame body either side accepts.
 pub(crate) const MAX_FRAME: usize = 64 * 1024;
 
@@ -114,6 +116,8 @@ pub(crate) struct Setup {
     pub(crate) listeners: Vec<ListenerKind>,
     /// Retire after this many requests (busy marks).
     pub(crate) max_requests: Option<u64>,
+    /// Which waiting worker gets the next connection.
+    pub(crate) accept_order: AcceptOrder,
 }
 
 /// The kind of a listening socket, so the worker wraps it in the right
@@ -384,6 +388,7 @@ mod tests {
             heartbeat: Duration::from_millis(250),
             listeners: vec![ListenerKind::Tcp, ListenerKind::Unix],
             max_requests: Some(12),
+            accept_order: AcceptOrder::FirstIdle,
         };
         assert_eq!(decode_setup(&encode_setup(&s)).unwrap(), s);
     }

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use fork_core::Template;
-use fork_prefork::{Context, ExitReason, Prefork, PreforkEntry, Stats};
+use fork_prefork::{AcceptOrder, Context, ExitReason, Prefork, PreforkEntry, Stats};
 use integration_tests::{Failed, block_on, ensure, fail};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -82,18 +82,20 @@ static BLOCKING_SERVER: PreforkEntry = fork_prefork::entry!(blocking_server);
 // ANCHOR_END: blocking_loop
 
 fn server(workers: usize) -> Result<(Prefork, SocketAddr), Failed> {
-    server_of(&PID_SERVER, workers)
+    server_of(&PID_SERVER, workers, AcceptOrder::RoundRobin)
 }
 
 fn server_of(
     entry: &'static PreforkEntry,
     workers: usize,
+    order: AcceptOrder,
 ) -> Result<(Prefork, SocketAddr), Failed> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(fail)?;
     let addr = listener.local_addr().map_err(fail)?;
     let server = Prefork::builder(Template::new().map_err(fail)?, entry)
         .listener(listener)
         .workers(workers)
+        .accept_order(order)
         .start()
         .map_err(fail)?;
     Ok((server, addr))
@@ -178,6 +180,27 @@ fn one_idle_worker_is_woken_per_connection() -> Result<(), Failed> {
     })
 }
 
+fn first_idle_gives_connections_to_the_first_waiting_worker() -> Result<(), Failed> {
+    bounded(async {
+        const CONNECTIONS: u64 = 100;
+        let (server, addr) = server_of(&PID_SERVER, 4, AcceptOrder::FirstIdle)?;
+        server.wait_until(|s| s.idle == 4).await;
+        // One at a time: the worker that took the first is waiting again,
+        // first in the socket's queue, when the next one comes.
+        let mut answered = std::collections::BTreeMap::<u32, u64>::new();
+        for _ in 0..CONNECTIONS {
+            *answered.entry(ask(addr).await?).or_default() += 1;
+        }
+        let most = answered.values().copied().max().unwrap_or(0);
+        ensure!(
+            most >= CONNECTIONS * 9 / 10,
+            "one worker took (nearly) all of them: {answered:?}"
+        );
+        server.stop().await.map_err(fail)?;
+        Ok(())
+    })
+}
+
 fn a_held_up_worker_leaves_connections_to_the_others() -> Result<(), Failed> {
     bounded(async {
         let (server, addr) = server(2)?;
@@ -236,7 +259,7 @@ fn a_held_up_worker_leaves_connections_to_the_others() -> Result<(), Failed> {
 
 fn a_blocking_loop_of_its_own_serves_and_stops_gracefully() -> Result<(), Failed> {
     bounded(async {
-        let (server, addr) = server_of(&BLOCKING_SERVER, 2)?;
+        let (server, addr) = server_of(&BLOCKING_SERVER, 2, AcceptOrder::RoundRobin)?;
         let mut events = server.events().ok_or("the event stream")?;
         let stats = server.wait_until(|s| s.idle == 2).await;
         let pids = stats.pids_of(1);
@@ -296,6 +319,10 @@ fn main() {
         (
             "a_held_up_worker_leaves_connections_to_the_others",
             a_held_up_worker_leaves_connections_to_the_others,
+        ),
+        (
+            "first_idle_gives_connections_to_the_first_waiting_worker",
+            first_idle_gives_connections_to_the_first_waiting_worker,
         ),
         (
             "a_blocking_loop_of_its_own_serves_and_stops_gracefully",

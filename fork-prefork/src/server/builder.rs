@@ -14,7 +14,7 @@ use super::listener::kind_of;
 use super::manager::{Manager, Parts};
 use super::signals::Sent;
 use super::{Inner, Prefork};
-use crate::config::{Config, Sizing, Spare};
+use crate::config::{AcceptOrder, Config, Sizing, Spare};
 use crate::entry::PreforkEntry;
 use crate::error::{Error, Result};
 
@@ -124,6 +124,12 @@ impl Builder {
     /// Sets [`Config::start_timeout`].
     pub fn start_timeout(mut self, limit: Duration) -> Self {
         self.config.start_timeout = limit;
+        self
+    }
+
+    /// Sets [`Config::accept_order`].
+    pub fn accept_order(mut self, order: AcceptOrder) -> Self {
+        self.config.accept_order = order;
         self
     }
 

@@ -7,8 +7,10 @@
 //! socket, and all but one find nothing to accept (the thundering herd). Here
 //! each worker has an epoll of its own in which the listeners are added with
 //! `EPOLLEXCLUSIVE`: the kernel wakes the first of those waiting in
-//! `epoll_wait` (the waiter that was woken is added again at the tail after
-//! each accept, so idle workers take connections in turn). A worker whose
+//! `epoll_wait`. In [`AcceptOrder::RoundRobin`] the waiter that was woken
+//! is added again at the tail after each accept, so idle workers take
+//! connections in turn; in [`AcceptOrder::FirstIdle`] it keeps its place.
+//! A worker whose
 //! runtime has not taken the last connection yet does not wait at all, so a
 //! loaded worker leaves new connections to the others.
 
@@ -24,6 +26,7 @@ use tokio::sync::mpsc;
 
 use super::link::Shared;
 use super::listener::{Listener, Socket, Stream};
+use crate::config::AcceptOrder;
 use crate::message::ListenerKind;
 
 /// The token of the stop eventfd in the epoll (listeners are 0, 1, ...).
@@ -54,9 +57,12 @@ impl Acceptor {
         // worker for the next one.
         let (tx, connections) = mpsc::channel(1);
         let runtime = tokio::runtime::Handle::current();
+        let order = listeners
+            .first()
+            .map_or(AcceptOrder::RoundRobin, Listener::order);
         std::thread::Builder::new()
             .name("fork-prefork-accept".into())
-            .spawn(move || run(&epoll, &sockets, &shared, &tx, &runtime))?;
+            .spawn(move || run(&epoll, &sockets, order, &shared, &tx, &runtime))?;
         Ok(Acceptor { connections, stop })
     }
 
@@ -87,6 +93,7 @@ impl Drop for Acceptor {
 fn run(
     epoll: &Epoll,
     sockets: &[Socket],
+    order: AcceptOrder,
     shared: &Shared,
     tx: &mpsc::Sender<Accepted>,
     runtime: &tokio::runtime::Handle,
@@ -96,7 +103,7 @@ fn run(
         let Ok(permit) = runtime.block_on(tx.reserve()) else {
             return;
         };
-        match wait_and_accept(epoll, &sockets) {
+        match wait_and_accept(epoll, &sockets, order) {
             Ok(Some(accepted)) => {
                 shared.accepted.fetch_add(1, Ordering::Relaxed);
                 permit.send(Ok(accepted));
@@ -130,7 +137,8 @@ pub(crate) fn exclusive_epoll(sockets: &[&Socket], stop: &EventFd) -> io::Result
 
 /// Waits in `epoll` (made by [`exclusive_epoll`] over `sockets`) and
 /// accepts a connection: the connection and its kind, or `None` once the
-/// stop eventfd is readable.
+/// stop eventfd is readable. In [`AcceptOrder::RoundRobin`], the wait on the
+/// listener that gave one goes to the tail of its queue of waiters.
 ///
 /// # Errors
 ///
@@ -143,6 +151,7 @@ pub(crate) fn exclusive_epoll(sockets: &[&Socket], stop: &EventFd) -> io::Result
 pub(crate) fn wait_and_accept(
     epoll: &Epoll,
     sockets: &[&Socket],
+    order: AcceptOrder,
 ) -> io::Result<Option<(OwnedFd, ListenerKind)>> {
     let mut events = [EpollEvent::empty(); 8];
     loop {
@@ -162,7 +171,9 @@ pub(crate) fn wait_and_accept(
             };
             match socket.try_accept() {
                 Ok(fd) => {
-                    requeue(epoll, i, socket);
+                    if order == AcceptOrder::RoundRobin {
+                        requeue(epoll, i, socket);
+                    }
                     return Ok(Some((fd, socket.kind())));
                 }
                 Err(e)

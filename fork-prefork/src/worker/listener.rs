@@ -12,6 +12,7 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 
+use crate::config::AcceptOrder;
 use crate::message::ListenerKind;
 
 /// A listening socket in a worker: a duplicate of one the server was built
@@ -34,6 +35,7 @@ pub struct Listener {
     /// The exclusive wait of `accept_blocking`, made on its first call.
     blocking: OnceLock<Epoll>,
     drained: Drained,
+    order: AcceptOrder,
 }
 
 /// An eventfd that becomes readable when the worker drains, shared by its
@@ -78,6 +80,7 @@ impl Listener {
         fd: OwnedFd,
         kind: ListenerKind,
         drained: Drained,
+        order: AcceptOrder,
     ) -> io::Result<Listener> {
         let socket = match kind {
             ListenerKind::Tcp => {
@@ -96,11 +99,16 @@ impl Listener {
             tokio: OnceLock::new(),
             blocking: OnceLock::new(),
             drained,
+            order,
         })
     }
 
     pub(crate) fn socket(&self) -> &Socket {
         &self.socket
+    }
+
+    pub(crate) fn order(&self) -> AcceptOrder {
+        self.order
     }
 
     /// Whether it is a TCP listener (else a unix one).
@@ -152,8 +160,9 @@ impl Listener {
     /// return.
     ///
     /// It waits as [`Context::serve`](crate::Context::serve) does: the
-    /// kernel wakes one waiting worker per connection, in turn. The
-    /// connection is a blocking std stream.
+    /// kernel wakes one waiting worker per connection, in the server's
+    /// [`AcceptOrder`](crate::AcceptOrder). The connection is a blocking
+    /// std stream.
     ///
     /// ```no_run
     /// use std::io::Write;
@@ -185,7 +194,8 @@ impl Listener {
                 self.blocking.get_or_init(|| e)
             }
         };
-        let Some((fd, kind)) = super::accept::wait_and_accept(epoll, &[&self.socket])? else {
+        let Some((fd, kind)) = super::accept::wait_and_accept(epoll, &[&self.socket], self.order)?
+        else {
             return Ok(None);
         };
         Ok(Some(match kind {

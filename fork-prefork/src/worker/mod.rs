@@ -171,7 +171,7 @@ where
         }));
         let mut listeners = Vec::with_capacity(slot.fds.len());
         for (fd, kind) in slot.fds.into_iter().zip(setup.listeners) {
-            match Listener::from_fd(fd, kind, drained.clone()) {
+            match Listener::from_fd(fd, kind, drained.clone(), setup.accept_order) {
                 Ok(l) => listeners.push(l),
                 Err(e) => {
                     *shared.failure.lock().unwrap_or_else(|p| p.into_inner()) =

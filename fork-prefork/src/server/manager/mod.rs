@@ -349,6 +349,7 @@ impl Manager {
                 .config
                 .max_requests
                 .map(|n| n.saturating_add(jitter(self.config.max_requests_jitter))),
+            accept_order: self.config.accept_order,
         };
         let fds: Vec<_> = self.listeners.iter().map(|(fd, _)| fd.as_fd()).collect();
         let mut fork = self.template.fork();
