@@ -71,6 +71,22 @@ pub fn block_on<F: Future<Output = Result<(), Failed>>>(f: F) -> Result<(), Fail
     RT.block_on(f)
 }
 
+/// Reads one line from `conn`, without its newline (to the end if there is
+/// no newline).
+///
+/// # Errors
+///
+/// If reading fails or the line is not UTF-8.
+pub async fn read_line(conn: &mut tokio::net::TcpStream) -> Result<String, Failed> {
+    use tokio::io::AsyncReadExt;
+    let mut bytes = Vec::new();
+    let mut byte = [0u8; 1];
+    while conn.read(&mut byte).await.map_err(fail)? == 1 && byte[0] != b'\n' {
+        bytes.push(byte[0]);
+    }
+    String::from_utf8(bytes).map_err(fail)
+}
+
 /// Turns any error into a test failure with its `Debug` form.
 pub fn fail(e: impl std::fmt::Debug) -> Failed {
     format!("{e:?}").into()

@@ -18,7 +18,9 @@ use hyper::body::{Bytes, Incoming};
 use hyper::header::{CONNECTION, HOST, HeaderValue};
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use integration_tests::{Failed, all_exit, block_on, children_of, ensure, fail, parent_of};
+use integration_tests::{
+    Failed, all_exit, block_on, children_of, ensure, fail, parent_of, read_line,
+};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -176,16 +178,6 @@ async fn ask(addr: SocketAddr, command: u8) -> Result<String, Failed> {
     Ok(answer)
 }
 
-/// Reads one line.
-async fn line(conn: &mut TcpStream) -> Result<String, Failed> {
-    let mut bytes = Vec::new();
-    let mut byte = [0u8; 1];
-    while conn.read(&mut byte).await.map_err(fail)? == 1 && byte[0] != b'\n' {
-        bytes.push(byte[0]);
-    }
-    String::from_utf8(bytes).map_err(fail)
-}
-
 fn workers_serve_a_shared_listener() -> Result<(), Failed> {
     bounded(async {
         let (listener, addr) = loopback()?;
@@ -252,7 +244,7 @@ fn graceful_stop_finishes_open_requests() -> Result<(), Failed> {
         let pids = server.stats().pids_of(1);
         let mut held = TcpStream::connect(addr).await.map_err(fail)?;
         held.write_all(b"h").await.map_err(fail)?;
-        ensure!(line(&mut held).await? == "holding", "held");
+        ensure!(read_line(&mut held).await? == "holding", "held");
         let stopping = tokio::spawn({
             let server = server.clone();
             async move { server.stop().await }
@@ -263,7 +255,7 @@ fn graceful_stop_finishes_open_requests() -> Result<(), Failed> {
             .await;
         // The request in progress still gets its answer.
         held.write_all(b"g").await.map_err(fail)?;
-        let answer = line(&mut held).await?;
+        let answer = read_line(&mut held).await?;
         ensure!(
             answer.ends_with(" 1"),
             "answered while stopping: {answer:?}"
@@ -294,7 +286,7 @@ fn a_request_past_the_graceful_timeout_is_killed() -> Result<(), Failed> {
         let pids = server.stats().pids_of(1);
         let mut stuck = TcpStream::connect(addr).await.map_err(fail)?;
         stuck.write_all(b"f").await.map_err(fail)?;
-        ensure!(line(&mut stuck).await? == "forever", "stuck");
+        ensure!(read_line(&mut stuck).await? == "forever", "stuck");
         let started = tokio::time::Instant::now();
         server.stop().await.map_err(fail)?;
         ensure!(
@@ -334,7 +326,7 @@ fn a_second_stop_kills_at_once() -> Result<(), Failed> {
         server.wait_until(|s| s.idle == 1).await;
         let mut stuck = TcpStream::connect(addr).await.map_err(fail)?;
         stuck.write_all(b"f").await.map_err(fail)?;
-        ensure!(line(&mut stuck).await? == "forever", "stuck");
+        ensure!(read_line(&mut stuck).await? == "forever", "stuck");
         let first = tokio::spawn({
             let server = server.clone();
             async move { server.stop().await }

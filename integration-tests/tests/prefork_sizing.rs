@@ -24,7 +24,7 @@ use fork_prefork::{
     Context, Event, Events, ExitReason, Link, Prefork, PreforkEntry, Reaped, Spare, Stats, Stream,
     WorkerState,
 };
-use integration_tests::{Failed, block_on, ensure, fail, state_of};
+use integration_tests::{Failed, block_on, ensure, fail, read_line, state_of};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -139,16 +139,6 @@ fn loopback() -> Result<(std::net::TcpListener, SocketAddr), Failed> {
     Ok((listener, addr))
 }
 
-/// Reads one line (without its newline).
-async fn line(conn: &mut TcpStream) -> Result<String, Failed> {
-    let mut bytes = Vec::new();
-    let mut byte = [0u8; 1];
-    while conn.read(&mut byte).await.map_err(fail)? == 1 && byte[0] != b'\n' {
-        bytes.push(byte[0]);
-    }
-    String::from_utf8(bytes).map_err(fail)
-}
-
 /// The pid and generation of an answer "<pid> <generation>".
 fn answer(text: &str) -> Result<(u32, u64), Failed> {
     let mut words = text.split_whitespace();
@@ -178,7 +168,7 @@ struct Held {
 /// Starts a held request on `conn`; returns once a worker took it.
 async fn hold_on(mut conn: TcpStream) -> Result<Held, Failed> {
     conn.write_all(b"h").await.map_err(fail)?;
-    let said = line(&mut conn).await?;
+    let said = read_line(&mut conn).await?;
     let pid = said
         .strip_prefix("holding ")
         .and_then(|p| p.parse().ok())
@@ -197,7 +187,7 @@ impl Held {
     async fn finish(&mut self) -> Result<(u32, u64), Failed> {
         let said = async {
             self.conn.write_all(b"r").await.map_err(fail)?;
-            line(&mut self.conn).await
+            read_line(&mut self.conn).await
         };
         let said = said
             .await
@@ -217,6 +207,26 @@ impl Held {
 
 /// Waits until the server's state satisfies `condition`, failing with the
 /// last state after 30 s.
+/// Starts a reload of generation 1 to 2 with a fresh template, and waits
+/// until every old worker is told to go; returns the reload's task.
+async fn reload_until_old_drain(
+    server: &Prefork,
+) -> Result<tokio::task::JoinHandle<Result<(), fork_prefork::Error>>, Failed> {
+    let reload = tokio::spawn({
+        let (server, next) = (server.clone(), Template::new().map_err(fail)?);
+        async move { server.reload_with(next).await }
+    });
+    until(server, "every old worker told to go", |s| {
+        s.generation == 2
+            && s.workers
+                .iter()
+                .filter(|w| w.generation == 1)
+                .all(|w| w.state == WorkerState::Stopping)
+    })
+    .await?;
+    Ok(reload)
+}
+
 async fn until(
     server: &Prefork,
     what: &str,
@@ -527,19 +537,8 @@ fn a_reload_under_spare_sizing_loses_nothing_and_keeps_the_bounds() -> Result<()
         answered.wait_for(|&n| n >= 50).await.map_err(fail)?;
 
         let log = record(&server);
-        let reload = tokio::spawn({
-            let (server, next) = (server.clone(), Template::new().map_err(fail)?);
-            async move { server.reload_with(next).await }
-        });
         // Every old worker is told to drain; the held requests go on.
-        until(&server, "the old generation draining", |s| {
-            s.generation == 2
-                && s.workers
-                    .iter()
-                    .filter(|w| w.generation == 1)
-                    .all(|w| w.state == WorkerState::Stopping)
-        })
-        .await?;
+        let reload = reload_until_old_drain(&server).await?;
         for h in held {
             let (_, generation) = h.release().await?;
             ensure!(generation == 1, "finished by its old worker");
@@ -740,18 +739,7 @@ fn resizing_a_spare_server_down_retires_idle_workers_and_a_reload_then_completes
             "the busy workers stay: {stats:?}"
         );
 
-        let reload = tokio::spawn({
-            let (server, next) = (server.clone(), Template::new().map_err(fail)?);
-            async move { server.reload_with(next).await }
-        });
-        until(&server, "every old worker told to go", |s| {
-            s.generation == 2
-                && s.workers
-                    .iter()
-                    .filter(|w| w.generation == 1)
-                    .all(|w| w.state == WorkerState::Stopping)
-        })
-        .await?;
+        let reload = reload_until_old_drain(&server).await?;
         for h in held {
             let (_, generation) = h.release().await?;
             ensure!(generation == 1, "finished by its old worker");
@@ -874,7 +862,7 @@ fn a_worker_with_its_own_loop_reports_busy_per_request_and_drains() -> Result<()
         // stops: it is answered, then the worker leaves.
         held.conn.write_all(b"h").await.map_err(fail)?;
         ensure!(
-            line(&mut held.conn).await? == format!("holding {}", held.pid),
+            read_line(&mut held.conn).await? == format!("holding {}", held.pid),
             "held again by the same worker"
         );
         until(&server, "busy again", |s| s.busy == 1).await?;
