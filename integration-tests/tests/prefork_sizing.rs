@@ -207,6 +207,26 @@ impl Held {
 
 /// Waits until the server's state satisfies `condition`, failing with the
 /// last state after 30 s.
+/// Releases the `held` requests (each answered by generation 1), then waits
+/// for `reload` to complete (30 s at most).
+async fn old_requests_finish_and_the_reload_completes(
+    server: &Prefork,
+    held: Vec<Held>,
+    reload: tokio::task::JoinHandle<Result<(), fork_prefork::Error>>,
+) -> Result<(), Failed> {
+    for h in held {
+        let (_, generation) = h.release().await?;
+        ensure!(generation == 1, "finished by its old worker");
+    }
+    let done = tokio::time::timeout(Duration::from_secs(30), reload).await;
+    ensure!(
+        matches!(done, Ok(Ok(Ok(())))),
+        "the reload completed: {done:?}, {:?}",
+        server.stats()
+    );
+    Ok(())
+}
+
 /// Starts a reload of generation 1 to 2 with a fresh template, and waits
 /// until every old worker is told to go; returns the reload's task.
 async fn reload_until_old_drain(
@@ -686,16 +706,7 @@ fn a_spare_reload_whose_workers_get_ready_apart_completes() -> Result<(), Failed
                 .all(|w| w.state == WorkerState::Stopping)
         })
         .await?;
-        for h in held {
-            let (_, generation) = h.release().await?;
-            ensure!(generation == 1, "finished by its old worker");
-        }
-        let done = tokio::time::timeout(Duration::from_secs(30), reload).await;
-        ensure!(
-            matches!(done, Ok(Ok(Ok(())))),
-            "the reload completed: {done:?}, {:?}",
-            server.stats()
-        );
+        old_requests_finish_and_the_reload_completes(&server, held, reload).await?;
         let (_, generation) = ask(addr).await?;
         ensure!(generation == 2, "the new generation serves");
         server.stop().await.map_err(fail)?;
@@ -740,16 +751,7 @@ fn resizing_a_spare_server_down_retires_idle_workers_and_a_reload_then_completes
         );
 
         let reload = reload_until_old_drain(&server).await?;
-        for h in held {
-            let (_, generation) = h.release().await?;
-            ensure!(generation == 1, "finished by its old worker");
-        }
-        let done = tokio::time::timeout(Duration::from_secs(30), reload).await;
-        ensure!(
-            matches!(done, Ok(Ok(Ok(())))),
-            "the reload completed: {done:?}, {:?}",
-            server.stats()
-        );
+        old_requests_finish_and_the_reload_completes(&server, held, reload).await?;
         let stats = until(&server, "generation 2 settled", |s| {
             s.starting == 0 && s.stopping == 0
         })
