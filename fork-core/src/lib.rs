@@ -105,6 +105,7 @@ pub mod fuzzing;
 mod init;
 mod process;
 mod proto;
+mod remote;
 pub mod shm;
 #[allow(unsafe_code)]
 mod sys;
