@@ -277,7 +277,10 @@ pub fn remote_stream(data: &[u8]) -> usize {
             },
             (0, _) | (_, Frame::Hello(_)) => false,
             (_, Frame::Control(msg)) => replies(msg).is_some(),
-            (_, Frame::Data { .. } | Frame::Eof { .. } | Frame::Credit { .. }) => true,
+            (
+                _,
+                Frame::Data { .. } | Frame::Eof { .. } | Frame::Credit { .. } | Frame::Close { .. },
+            ) => true,
         };
         if !ok {
             break;

@@ -127,6 +127,7 @@ async fn read_replies(mut frames: FrameReader, ctrl: &Ctrl, mux: &Mux) -> Result
             }
             Owned::Data { channel, bytes } => mux.data(channel, bytes).map_err(|e| e.0)?,
             Owned::Eof { channel } => mux.eof(channel),
+            Owned::Close { channel } => mux.close_channel(channel),
             Owned::Credit { channel, bytes } => mux.credit(channel, bytes).map_err(|e| e.0)?,
             Owned::Hello(_) => return Err("a second greeting".into()),
         }

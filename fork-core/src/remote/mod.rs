@@ -64,11 +64,13 @@
 //!
 //! # Protocol
 //!
-//! One byte stream carries frames of five kinds, `[kind u8][channel u64
+//! One byte stream carries frames of six kinds, `[kind u8][channel u64
 //! LE][len u32 LE][payload]`: a greeting each way first (magic string,
 //! protocol version, build id, the template's pid), then control messages
 //! (the local control protocol's requests and replies), and the workers'
-//! streams as numbered channels (`Data`, `Eof`, `Credit`). Every length is
+//! streams as numbered channels (`Data`, `Eof`, `Credit`, and `Close` when
+//! one side's end is gone: the other side closes its end, so a write there
+//! fails with `EPIPE` as on a local socket). Every length is
 //! bounded before anything is buffered: 32 KiB for data, 4 KiB for
 //! greetings, 4 MiB for replies, 64 MiB for requests. A malformed frame
 //! from the remote side fails the template with [`Error::Protocol`].

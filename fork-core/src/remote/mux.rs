@@ -30,9 +30,12 @@
 //! Credit is granted back in batches of at least [`GRANT`] bytes, or when
 //! the drain has nothing more to write, to keep the frames few.
 //!
-//! If the local socket cannot be written (its reader is gone), the drain
-//! discards what comes and still grants it back, so the sender never
-//! stalls on a channel no one reads.
+//! If the local socket cannot be written (its reader is gone: the worker
+//! exited, or the parent dropped the worker's stream), the drain sends
+//! `Close` and stops; the other side then closes its own end of the
+//! channel both ways, so the process there sees `EPIPE` on its next write
+//! and EOF, as on a local socket whose peer is gone. What was still on the
+//! way for the channel is dropped.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -72,6 +75,9 @@ struct Chan {
     /// Bytes received and not yet delivered.
     buffered: Arc<Mutex<usize>>,
     credit: Arc<Credit>,
+    /// Set when the other side's end is gone (`Close`): pump and drain
+    /// stop, and the local socket closes.
+    gone: watch::Sender<bool>,
     /// Tasks still running (pump and drain); removed at zero.
     tasks: u8,
 }
@@ -134,6 +140,8 @@ impl Mux {
             more: Notify::new(),
         });
         let buffered = Arc::new(Mutex::new(0));
+        let gone = watch::channel(false).0;
+        let (pump_gone, drain_gone) = (gone.subscribe(), gone.subscribe());
         {
             let mut chans = lock(&self.chans);
             if *self.closed.borrow() || chans.contains_key(&id) {
@@ -145,13 +153,14 @@ impl Mux {
                     inbound,
                     buffered: buffered.clone(),
                     credit: credit.clone(),
+                    gone,
                     tasks: 2,
                 },
             );
         }
         let (r, w) = socket.into_split();
-        tokio::spawn(pump(self.clone(), id, r, credit));
-        tokio::spawn(drain(self.clone(), id, w, rx, buffered));
+        tokio::spawn(pump(self.clone(), id, r, credit, pump_gone));
+        tokio::spawn(drain(self.clone(), id, w, rx, buffered, drain_gone));
     }
 
     /// `Data` came for channel `id`.
@@ -165,6 +174,10 @@ impl Mux {
         let Some(chan) = chans.get(&id) else {
             return Ok(());
         };
+        if chan.inbound.is_closed() {
+            // Its drain stopped (the local end is gone): dropped.
+            return Ok(());
+        }
         let mut buffered = lock(&chan.buffered);
         if *buffered + bytes.len() > WINDOW {
             return Err(ProtoError(format!(
@@ -181,6 +194,13 @@ impl Mux {
     pub(crate) fn eof(&self, id: u64) {
         if let Some(chan) = lock(&self.chans).get(&id) {
             let _ = chan.inbound.send(None);
+        }
+    }
+
+    /// `Close` came for channel `id`: its local end closes, both ways.
+    pub(crate) fn close_channel(&self, id: u64) {
+        if let Some(chan) = lock(&self.chans).get(&id) {
+            chan.gone.send_replace(true);
         }
     }
 
@@ -228,12 +248,19 @@ async fn closed(rx: &mut watch::Receiver<bool>) {
 }
 
 /// Local socket → `Data` frames, within the credit.
-async fn pump(mux: Arc<Mux>, id: u64, mut r: OwnedReadHalf, credit: Arc<Credit>) {
+async fn pump(
+    mux: Arc<Mux>,
+    id: u64,
+    mut r: OwnedReadHalf,
+    credit: Arc<Credit>,
+    mut gone: watch::Receiver<bool>,
+) {
     let mut stop = mux.closed.subscribe();
     let mut buf = vec![0u8; MAX_DATA];
     loop {
         let n = tokio::select! {
             () = closed(&mut stop) => break,
+            () = closed(&mut gone) => break,
             n = async {
                 let avail = credit.wait().await.min(MAX_DATA);
                 // A reset (the local peer died with unread bytes) ends the
@@ -264,23 +291,26 @@ async fn drain(
     mut w: OwnedWriteHalf,
     mut rx: mpsc::UnboundedReceiver<Option<Vec<u8>>>,
     buffered: Arc<Mutex<usize>>,
+    mut gone: watch::Receiver<bool>,
 ) {
     let mut stop = mux.closed.subscribe();
-    let mut broken = false;
     let mut owed = 0usize;
     loop {
         let item = tokio::select! {
             () = closed(&mut stop) => break,
+            () = closed(&mut gone) => break,
             item = rx.recv() => item,
         };
         let Some(Some(bytes)) = item else { break };
-        if !broken {
-            let written = tokio::select! {
-                () = closed(&mut stop) => break,
-                r = w.write_all(&bytes) => r,
-            };
-            // Its reader is gone: discard from now on, still granting credit.
-            broken = written.is_err();
+        let written = tokio::select! {
+            () = closed(&mut stop) => break,
+            () = closed(&mut gone) => break,
+            r = w.write_all(&bytes) => r,
+        };
+        if written.is_err() {
+            // Its reader is gone: the other side closes its end too.
+            mux.out.send(&Frame::Close { channel: id }).await;
+            break;
         }
         *lock(&buffered) -= bytes.len();
         owed += bytes.len();
@@ -296,6 +326,7 @@ async fn drain(
         }
     }
     // Dropping the writing half shuts it down: the local reader sees EOF.
+    rx.close();
     drop(w);
     mux.finished(id);
 }
@@ -439,20 +470,43 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_gone_reader_is_discarded_and_still_credited() {
+    async fn a_gone_reader_closes_the_channel_on_the_other_side() {
         let (mux, mut rx) = mux();
         let (local, user) = UnixStream::pair().unwrap();
         mux.open(4, local);
         drop(user);
-        let mut credited = 0;
         for _ in 0..3 {
             mux.data(4, vec![1; MAX_DATA]).unwrap();
         }
-        while credited < 3 * MAX_DATA {
-            if let F::Credit { bytes, .. } = decoded(&next(&mut rx).await) {
-                credited += bytes as usize;
-            }
+        // The pump sees EOF, the drain cannot write: Eof and Close, in
+        // either order; what comes after is dropped, not an error.
+        let mut got = vec![decoded(&next(&mut rx).await), decoded(&next(&mut rx).await)];
+        got.sort_by_key(|f| matches!(f, F::Close { .. }));
+        assert_eq!(got, [F::Eof { channel: 4 }, F::Close { channel: 4 }]);
+        for _ in 0..20 {
+            mux.data(4, vec![1; MAX_DATA]).unwrap();
         }
-        assert_eq!(credited, 3 * MAX_DATA);
+    }
+
+    #[tokio::test]
+    async fn close_closes_the_local_end_both_ways() {
+        let (mux, _rx) = mux();
+        let (local, mut user) = UnixStream::pair().unwrap();
+        mux.open(6, local);
+        mux.close_channel(6);
+        let mut rest = Vec::new();
+        user.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty());
+        // The pump's half is gone too: writing fails once the socket is
+        // closed (the first write may still be buffered).
+        let mut failed = false;
+        for _ in 0..100 {
+            if user.write_all(&[0; 1024]).await.is_err() {
+                failed = true;
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert!(failed, "the local end is still open for writing");
     }
 }

@@ -26,6 +26,7 @@ pub(crate) enum Owned {
     Data { channel: u64, bytes: Vec<u8> },
     Eof { channel: u64 },
     Credit { channel: u64, bytes: u32 },
+    Close { channel: u64 },
 }
 
 impl From<Frame<'_>> for Owned {
@@ -39,6 +40,7 @@ impl From<Frame<'_>> for Owned {
             },
             Frame::Eof { channel } => Owned::Eof { channel },
             Frame::Credit { channel, bytes } => Owned::Credit { channel, bytes },
+            Frame::Close { channel } => Owned::Close { channel },
         }
     }
 }

@@ -16,6 +16,7 @@
 //! | 3    | Data    | worker  | bytes of a worker's stream, 1..=32 KiB   |
 //! | 4    | Eof     | worker  | empty: the sender's side of it ended     |
 //! | 5    | Credit  | worker  | u32 LE: bytes the receiver has delivered |
+//! | 6    | Close   | worker  | empty: the sender's end of it is gone    |
 //!
 //! A header is checked as soon as its 13 bytes are there, before any of its
 //! payload is buffered: an oversized length, an unknown kind, a channel
@@ -36,6 +37,7 @@ const CONTROL: u8 = 2;
 const DATA: u8 = 3;
 const EOF: u8 = 4;
 const CREDIT: u8 = 5;
+const CLOSE: u8 = 6;
 
 /// One frame, borrowing its payload from the buffer it was decoded from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +54,11 @@ pub(crate) enum Frame<'a> {
     /// The receiver delivered `bytes` more bytes of `channel`: the sender
     /// may send that many more.
     Credit { channel: u64, bytes: u32 },
+    /// The sender's local end of `channel` is closed for good (nothing
+    /// reads it any more): the receiver closes its own end at once, both
+    /// ways, so the process there sees `EPIPE` and EOF as it would on a
+    /// local socket whose peer is gone.
+    Close { channel: u64 },
 }
 
 /// Decodes the frame at the start of `buf`: the frame and how many bytes it
@@ -77,7 +84,7 @@ pub(crate) fn decode(
         HELLO => (0, MAX_HELLO),
         CONTROL => (0, max_control),
         DATA => (1, MAX_DATA),
-        EOF => (0, 0),
+        EOF | CLOSE => (0, 0),
         CREDIT => (4, 4),
         k => return Err(ProtoError(format!("unknown frame kind {k:#04x}"))),
     };
@@ -102,6 +109,7 @@ pub(crate) fn decode(
             bytes: payload,
         },
         EOF => Frame::Eof { channel },
+        CLOSE => Frame::Close { channel },
         _ => Frame::Credit {
             channel,
             bytes: u32::from_le_bytes(payload.try_into().expect("4 bytes")),
@@ -123,6 +131,7 @@ pub(crate) fn encode(frame: &Frame<'_>, out: &mut Vec<u8>) {
         Frame::Control(p) => (CONTROL, 0, p),
         Frame::Data { channel, bytes } => (DATA, channel, bytes),
         Frame::Eof { channel } => (EOF, channel, &[]),
+        Frame::Close { channel } => (CLOSE, channel, &[]),
         Frame::Credit { channel, bytes } => {
             credit = bytes.to_le_bytes();
             (CREDIT, channel, &credit)
@@ -177,6 +186,7 @@ mod tests {
                 bytes: &[1; MAX_DATA],
             },
             Frame::Eof { channel: 3 },
+            Frame::Close { channel: 4 },
             Frame::Credit {
                 channel: 0,
                 bytes: u32::MAX,
@@ -233,6 +243,8 @@ mod tests {
         assert!(decode(&header(3, 1, 0), LIMIT).is_err());
         assert!(decode(&header(5, 1, 3), LIMIT).is_err());
         assert!(decode(&header(4, 1, 1), LIMIT).is_err());
+        assert!(decode(&header(6, 1, 1), LIMIT).is_err());
+        assert!(decode(&header(7, 1, 0), LIMIT).is_err());
         // Control and greetings belong to no channel.
         let e = decode(&header(2, 5, 0), LIMIT).unwrap_err();
         assert!(e.0.contains("has none"), "{e}");
