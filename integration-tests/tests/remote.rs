@@ -63,6 +63,21 @@ fn sleep_forever(_: Context) {
 }
 static SLEEP_FOREVER: Entry = fork_core::entry!(sleep_forever);
 
+/// Writes until writing fails; exits with the errno (0 if none).
+fn write_until_error(ctx: Context) -> i32 {
+    let mut socket = ctx.socket();
+    loop {
+        if let Err(e) = socket.write_all(&[b'w'; 4096]) {
+            return e.raw_os_error().unwrap_or(0);
+        }
+    }
+}
+static WRITE_UNTIL_ERROR: Entry = fork_core::entry!(write_until_error);
+
+/// Exits at once, reading nothing.
+fn exit_at_once(_: Context) {}
+static EXIT_AT_ONCE: Entry = fork_core::entry!(exit_at_once);
+
 #[tarpc::service]
 trait Calc {
     async fn add(a: i64, b: i64) -> i64;
@@ -166,6 +181,50 @@ fn a_remote_worker_talks_and_exits_with_its_status() -> Result<(), Failed> {
         let status = worker.wait().await.map_err(fail)?;
         ensure!(status.signal() == Some(libc::SIGKILL), "status {status:?}");
         ensure!(state_of(pid).is_none(), "killed worker {pid} not reaped");
+        Ok(())
+    }))
+}
+
+/// A closed stream looks the same on both sides as with a local worker:
+/// the parent drops a worker's stream, the worker's next writes fail
+/// (`EPIPE`, or `ECONNRESET` when unread bytes were left behind, as a local
+/// socket says); a worker exits, the parent's writes to it fail.
+fn a_closed_stream_is_a_broken_pipe_on_both_sides() -> Result<(), Failed> {
+    block_on(bounded(async {
+        let local = Template::new().map_err(fail)?;
+        let remote = remote().await?;
+        for (side, template) in [("local", &local), ("remote", &remote)] {
+            let mut worker = template
+                .fork()
+                .run(&WRITE_UNTIL_ERROR)
+                .await
+                .map_err(fail)?;
+            let mut stream = worker.take_stream().ok_or("no stream")?;
+            let mut first = [0u8; 100];
+            stream.read_exact(&mut first).await.map_err(fail)?;
+            drop(stream);
+            let status = worker.wait().await.map_err(fail)?;
+            ensure!(
+                matches!(status.code(), Some(libc::EPIPE | libc::ECONNRESET)),
+                "{side}: the worker ended with {status:?}, not EPIPE or ECONNRESET"
+            );
+
+            let mut worker = template.fork().run(&EXIT_AT_ONCE).await.map_err(fail)?;
+            let mut stream = worker.take_stream().ok_or("no stream")?;
+            ensure!(worker.wait().await.map_err(fail)?.success(), "{side}: exit");
+            let error = loop {
+                if let Err(e) = stream.write_all(&[0; 4096]).await {
+                    break e;
+                }
+            };
+            ensure!(
+                matches!(
+                    error.kind(),
+                    std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+                ),
+                "{side}: writing to an exited worker gave {error:?}"
+            );
+        }
         Ok(())
     }))
 }
@@ -527,6 +586,10 @@ fn main() {
         (
             "a_remote_template_is_preloaded",
             a_remote_template_is_preloaded,
+        ),
+        (
+            "a_closed_stream_is_a_broken_pipe_on_both_sides",
+            a_closed_stream_is_a_broken_pipe_on_both_sides,
         ),
         ("rpc_over_a_remote_worker", rpc_over_a_remote_worker),
         ("descriptors_cannot_cross", descriptors_cannot_cross),
