@@ -91,8 +91,9 @@ impl<C: Connector> RemoteBuilder<C> {
     /// workers' streams are ordinary tokio sockets here. Descriptors cannot
     /// cross: [`Fork::fd`](crate::Fork::fd), [`Template::fd`] and the
     /// standard streams of a [`Command`](crate::Command) fail with
-    /// [`Error::RemoteUnsupported`], as do [`Fork::template`](crate::Fork::template)
-    /// and [`Template::into_fd`].
+    /// [`Error::RemoteUnsupported`], as does
+    /// [`Fork::template`](crate::Fork::template); [`Template::into_fd`]
+    /// fails with [`Error::HandOver`].
     ///
     /// # Errors
     ///
