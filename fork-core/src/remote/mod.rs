@@ -105,9 +105,13 @@ mod connector;
 mod ctrl;
 pub(crate) mod hello;
 mod mux;
+#[cfg(feature = "openssh")]
+mod ssh;
 mod stream;
 pub(crate) mod wire;
 
 pub use self::builder::RemoteBuilder;
 pub use self::command::CommandConnector;
 pub use self::connector::{BoxFuture, Connection, Connector, RemoteCommand, Session};
+#[cfg(feature = "openssh")]
+pub use self::ssh::SshConnector;
