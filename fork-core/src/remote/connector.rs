@@ -60,6 +60,26 @@ pub trait Connector: Send + Sync + fmt::Debug {
     fn connect<'a>(&'a self, command: &'a RemoteCommand) -> BoxFuture<'a, io::Result<Connection>>;
 }
 
+/// A shared connector: several templates through one connector (one ssh
+/// connection for all of them, with [`SshConnector`](super::SshConnector)).
+impl<C: Connector + ?Sized> Connector for &C {
+    fn connect<'a>(&'a self, command: &'a RemoteCommand) -> BoxFuture<'a, io::Result<Connection>> {
+        (**self).connect(command)
+    }
+}
+
+impl<C: Connector + ?Sized> Connector for std::sync::Arc<C> {
+    fn connect<'a>(&'a self, command: &'a RemoteCommand) -> BoxFuture<'a, io::Result<Connection>> {
+        (**self).connect(command)
+    }
+}
+
+impl<C: Connector + ?Sized> Connector for Box<C> {
+    fn connect<'a>(&'a self, command: &'a RemoteCommand) -> BoxFuture<'a, io::Result<Connection>> {
+        (**self).connect(command)
+    }
+}
+
 /// The command a [`Connector`] runs: the program's path on the other side
 /// and its arguments.
 #[derive(Debug, Clone, PartialEq, Eq)]
