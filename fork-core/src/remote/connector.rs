@@ -182,6 +182,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn handles_are_send_and_sync() {
+        fn send_sync<T: Send + Sync>() {}
+        fn send<T: Send>() {}
+        send_sync::<crate::remote::CommandConnector>();
+        send_sync::<&crate::remote::CommandConnector>();
+        send_sync::<std::sync::Arc<dyn Connector>>();
+        send::<Connection>();
+        send::<crate::remote::RemoteBuilder<crate::remote::CommandConnector>>();
+    }
+
+    #[test]
     fn shell_lines_quote_every_word() {
         let c = RemoteCommand {
             program: "/opt/my app/bin".into(),
