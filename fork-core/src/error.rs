@@ -131,6 +131,53 @@ pub enum Error {
         source: io::Error,
     },
 
+    /// A [remote template](crate::remote) could not be started: the
+    /// connector failed to run its command.
+    #[error("failed to start a remote template: {0}")]
+    RemoteConnect(#[source] io::Error),
+
+    /// What a [connector](crate::remote::Connector) started is not a
+    /// fork-core remote template, or did not greet in time: the message
+    /// says what came instead.
+    #[error("remote template handshake failed: {0}")]
+    RemoteHandshake(String),
+
+    /// The remote template speaks another protocol version (another
+    /// release of fork-core). The high byte is the stream protocol's, the
+    /// low byte the control protocol's.
+    #[error(
+        "the remote template speaks protocol {theirs:#06x}, this program {ours:#06x}: \
+         deploy the same build on both sides"
+    )]
+    RemoteVersion {
+        /// This side's version.
+        ours: u16,
+        /// The remote side's.
+        theirs: u16,
+    },
+
+    /// The remote template runs another build of the program (its build id
+    /// differs), and the same build was required
+    /// ([`RemoteBuilder::same_build`](crate::remote::RemoteBuilder::same_build)).
+    #[error(
+        "the remote template runs another build of this program (build id {theirs}, here \
+         {ours}): deploy the same binary, or allow it with RemoteBuilder::same_build(false)"
+    )]
+    RemoteBuild {
+        /// This binary's build id, in hex.
+        ours: String,
+        /// The remote binary's.
+        theirs: String,
+    },
+
+    /// What was asked cannot be done with a remote template: `what` says
+    /// what (passing file descriptors, forking a template from it).
+    #[error("{what} is not possible with a remote template")]
+    RemoteUnsupported {
+        /// What was asked.
+        what: &'static str,
+    },
+
     /// An I/O error in the parent.
     #[error("I/O error: {0}{hint}", hint = hint(.0))]
     Io(#[from] io::Error),
@@ -207,6 +254,20 @@ impl Error {
     pub fn is_protocol(&self) -> bool {
         matches!(self, Error::Protocol(_))
     }
+
+    /// The remote side runs another protocol version or another build.
+    pub fn is_remote_mismatch(&self) -> bool {
+        matches!(
+            self,
+            Error::RemoteVersion { .. } | Error::RemoteBuild { .. }
+        )
+    }
+
+    /// What was asked cannot be done with a remote template (passing
+    /// descriptors, among others).
+    pub fn is_remote_unsupported(&self) -> bool {
+        matches!(self, Error::RemoteUnsupported { .. })
+    }
 }
 
 /// `Result` with fork-core's [`Error`].
@@ -226,6 +287,8 @@ pub(crate) enum Failure {
     },
     Protocol(String),
     Io(io::ErrorKind, String),
+    /// Not possible with a remote template.
+    RemoteUnsupported(&'static str),
 }
 
 impl Failure {
@@ -239,6 +302,7 @@ impl Failure {
             },
             Failure::Protocol(m) => Error::Protocol(m.clone()),
             Failure::Io(kind, m) => Error::Io(io::Error::new(*kind, m.clone())),
+            Failure::RemoteUnsupported(what) => Error::RemoteUnsupported { what },
         }
     }
 

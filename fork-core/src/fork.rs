@@ -76,7 +76,16 @@ impl Fork {
 
     /// Sends a duplicate of `fd` to the new process (the caller keeps its
     /// own). It arrives close-on-exec, after the template's descriptors.
+    ///
+    /// Descriptors cannot be sent to a [remote](crate::remote) template's
+    /// process: [`run`](Fork::run) then fails with
+    /// [`Error::RemoteUnsupported`].
     pub fn fd(&mut self, fd: impl AsFd) -> &mut Self {
+        if self.template.is_remote() {
+            return self.record(Error::RemoteUnsupported {
+                what: "passing file descriptors",
+            });
+        }
         match sys::dup_cloexec(fd.as_fd()) {
             Ok(fd) => {
                 self.ops.push(Op::Fd);
@@ -94,7 +103,9 @@ impl Fork {
     /// [`arg`](Fork::arg) and [`fd`](Fork::fd) to themselves. The worker
     /// takes it with [`Context::take_slot`](crate::Context::take_slot).
     /// Calling it again adds to the slot. The descriptors are duplicated
-    /// (the caller keeps its own), as with [`fd`](Fork::fd).
+    /// (the caller keeps its own), as with [`fd`](Fork::fd). For a
+    /// [remote](crate::remote) template they cannot cross: the process gets,
+    /// in their place, sockets whose peer is closed.
     pub fn slot(&mut self, data: impl Into<Vec<u8>>, fds: &[BorrowedFd<'_>]) -> &mut Self {
         self.ops.push(Op::SlotData(data.into()));
         for fd in fds {
@@ -211,8 +222,14 @@ impl Fork {
     /// # Errors
     ///
     /// As [`Fork::run`]; a failing init function queued here fails the new
-    /// template (see [`Template::ready`]).
+    /// template (see [`Template::ready`]). [`Error::RemoteUnsupported`] from
+    /// a [remote](crate::remote) template.
     pub async fn template(&mut self) -> Result<Template> {
+        if self.template.is_remote() {
+            return Err(Error::RemoteUnsupported {
+                what: "forking a template from a remote template",
+            });
+        }
         let (ops, fds) = self.take()?;
         let (ours, theirs) = sys::seqpacket_pair()
             .map_err(Error::os("creating the new template's control socket pair"))?;

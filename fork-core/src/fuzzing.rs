@@ -10,6 +10,8 @@
 //!   count check against `fds_needed`);
 //! - [`template_replies`]: what the parent reads from a template
 //!   (`template/conn.rs`: `read_loop` and `dispatch`, with `Reader::reply`);
+//! - [`remote_stream`]: what the parent reads from a remote template's
+//!   byte stream (`remote/bridge.rs`: frames, the greeting, replies);
 //! - [`worker_ack`]: the report a forked process writes on its socket before
 //!   it starts (`template/mod.rs`: `read_ack`, with `Ack::decode_header` and
 //!   `Ack::decode_body`).
@@ -242,6 +244,52 @@ impl Iterator for Deliveries<'_> {
 /// `cargo test -p fork-core --features fuzzing fuzzing` checks that each
 /// seed is accepted and that the files in `fuzz/corpus/` are up to date;
 /// with `FORK_FUZZ_WRITE_CORPUS=1` it writes them instead.
+/// Drives what a parent does with the byte stream of a remote template
+/// (`remote/builder.rs`'s greeting, then `remote/bridge.rs`'s reader): the
+/// input is the stream itself. Frames are cut by `wire::decode` (with
+/// [`MESSAGE_LIMIT`] for control messages instead of the real 4 MiB); the
+/// first must be a greeting that decodes, each control message must decode
+/// as replies (as the template's connection dispatches them). Returns how
+/// many frames were accepted; stops at the first error, as the reader does.
+///
+/// # Panics
+///
+/// If a decoded frame or greeting does not encode back to the same bytes.
+pub fn remote_stream(data: &[u8]) -> usize {
+    use crate::remote::hello::Hello;
+    use crate::remote::wire::{self, Frame};
+    let mut at = 0;
+    let mut accepted = 0;
+    while let Ok(Some((frame, used))) = wire::decode(&data[at..], MESSAGE_LIMIT) {
+        assert_eq!(
+            wire::to_vec(&frame),
+            data[at..at + used],
+            "a frame encodes differently"
+        );
+        at += used;
+        let ok = match (accepted, frame) {
+            (0, Frame::Hello(payload)) => match Hello::decode(payload) {
+                Ok(hello) => {
+                    assert_eq!(hello.encode(), payload, "a greeting encodes differently");
+                    true
+                }
+                Err(_) => false,
+            },
+            (0, _) | (_, Frame::Hello(_)) => false,
+            (_, Frame::Control(msg)) => replies(msg).is_some(),
+            (
+                _,
+                Frame::Data { .. } | Frame::Eof { .. } | Frame::Credit { .. } | Frame::Close { .. },
+            ) => true,
+        };
+        if !ok {
+            break;
+        }
+        accepted += 1;
+    }
+    accepted
+}
+
 #[cfg(test)]
 mod corpus {
     use super::*;
@@ -432,7 +480,49 @@ mod corpus {
                 "seed-exec-failed",
                 Ack::ExecFailed(2).encode(),
             ),
+            ("remote_stream", "seed-greeting-and-a-worker", remote_seed()),
         ]
+    }
+
+    /// A remote template's stream: its greeting, a spawn's reply, the
+    /// worker's bytes, credit for the parent's, the worker's EOF and exit.
+    fn remote_seed() -> Vec<u8> {
+        use crate::remote::hello::{Hello, VERSION};
+        use crate::remote::wire::{Frame, encode};
+        let hello = Hello {
+            version: VERSION,
+            same_build: false,
+            pid: 4242,
+            build_id: vec![0xab; 20],
+        };
+        let mut out = Vec::new();
+        encode(&Frame::Hello(&hello.encode()), &mut out);
+        let mut w = Writer::default();
+        w.reply(&Reply::Ready);
+        w.reply(&Reply::Spawned { id: 0, pid: 4243 });
+        encode(&Frame::Control(&w.buf), &mut out);
+        encode(
+            &Frame::Data {
+                channel: 0,
+                bytes: b"HELLO",
+            },
+            &mut out,
+        );
+        encode(
+            &Frame::Credit {
+                channel: 0,
+                bytes: 5,
+            },
+            &mut out,
+        );
+        encode(&Frame::Eof { channel: 0 }, &mut out);
+        let mut w = Writer::default();
+        w.reply(&Reply::Exited {
+            pid: 4243,
+            status: 0,
+        });
+        encode(&Frame::Control(&w.buf), &mut out);
+        out
     }
 
     #[test]
@@ -444,6 +534,7 @@ mod corpus {
                 "template_requests" => template_requests(&bytes) > 0,
                 "template_replies" => template_replies(&bytes) > 0,
                 "worker_ack" => worker_ack(&bytes),
+                "remote_stream" => remote_stream(&bytes) > 0,
                 _ => unreachable!("{target}"),
             };
             assert!(accepted, "{target}/{name} is not accepted");
@@ -483,6 +574,21 @@ mod corpus {
             [(vec![1, 2], vec![])]
         );
         assert_eq!(Deliveries(&[CTL_RAW, 0, 0, 0, 5]).count(), 0);
+    }
+
+    #[test]
+    fn a_forged_remote_stream_is_refused() {
+        // No greeting first; an unknown kind; a length past the limit.
+        assert_eq!(remote_stream(&[4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]), 0);
+        assert_eq!(remote_stream(&[0x7f; 13]), 0);
+        assert_eq!(
+            remote_stream(&[2, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff]),
+            0
+        );
+        // The seed with its last byte cut off: all but its last frame.
+        let seed = remote_seed();
+        assert_eq!(remote_stream(&seed), 6);
+        assert_eq!(remote_stream(&seed[..seed.len() - 1]), 5);
     }
 
     #[test]

@@ -84,6 +84,9 @@ impl Init {
     /// [`Error::InitOrder`] if threads are running or a tokio runtime was
     /// entered; [`Error::Io`] if the early template cannot be forked.
     pub fn try_init(self) -> Result<()> {
+        if crate::remote::agent::requested() {
+            crate::remote::agent::main();
+        }
         if std::env::var_os(serve::MARKER).is_some() && stdin_is_control_socket() {
             serve::exec_main();
         }

@@ -52,6 +52,8 @@
 //!   socket, [`wait`](Worker::wait), [`kill`](Worker::kill).
 //! - [`Context`]: what the entry function receives in the worker.
 //! - [`Command`]: `fork` + `exec` of an external program through a template.
+//! - [`remote`]: templates on other hosts, reached over ssh or any command
+//!   that gives stdio ([`Template::remote`]).
 //! - [`shm`]: sealed shared memory, bytes another process maps without a
 //!   copy and can trust not to change.
 //!
@@ -105,6 +107,7 @@ pub mod fuzzing;
 mod init;
 mod process;
 mod proto;
+pub mod remote;
 pub mod shm;
 #[allow(unsafe_code)]
 mod sys;

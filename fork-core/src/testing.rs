@@ -100,3 +100,16 @@ pub fn on_exit(handler: extern "C" fn()) -> io::Result<()> {
 /// The environment variable that marks a process started as a template, for
 /// tests that start one by hand to feed it bad input.
 pub const TEMPLATE_MARKER: &str = crate::template::serve::MARKER;
+
+/// The greeting a remote template of this very build sends first, framed
+/// as on the stream (see [`remote`](crate::remote)), with the pid `pid`
+/// and, if given, `version` instead of the real protocol version: for tests
+/// that pose as a remote template (a command that prints these bytes and
+/// then whatever the test wants the parent to read).
+pub fn remote_greeting(pid: u32, version: Option<u16>) -> Vec<u8> {
+    let mut hello = crate::remote::hello::Hello::ours(pid, false);
+    if let Some(v) = version {
+        hello.version = v;
+    }
+    crate::remote::wire::to_vec(&crate::remote::wire::Frame::Hello(&hello.encode()))
+}

@@ -172,6 +172,21 @@ pub(crate) fn take_stdin() -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
+/// Takes standard input and output for a stream of the process's own
+/// (moved to new close-on-exec numbers) and leaves `/dev/null` on standard
+/// input and standard error on standard output, so that nothing printed
+/// reaches the stream: `(input, output)`.
+pub(crate) fn take_stdio() -> io::Result<(OwnedFd, OwnedFd)> {
+    let input = take_stdin()?;
+    // SAFETY: fcntl(F_DUPFD_CLOEXEC) only creates a new descriptor; fd 1 is
+    // checked to exist by the call itself.
+    let output = cvt(unsafe { libc::fcntl(1, libc::F_DUPFD_CLOEXEC, 3) })?;
+    // SAFETY: `output` was just returned by fcntl and is owned by nobody else.
+    let output = unsafe { OwnedFd::from_raw_fd(output) };
+    nix::unistd::dup2_stdout(std::io::stderr()).map_err(io::Error::from)?;
+    Ok((input, output))
+}
+
 /// Replaces the process's standard input with `/dev/null`.
 pub(crate) fn null_stdin() -> io::Result<()> {
     let null = std::fs::File::open("/dev/null")?;

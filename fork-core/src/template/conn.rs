@@ -27,6 +27,18 @@ use crate::sys::{self, scm};
 pub(crate) type ExitWatch = watch::Receiver<Option<Result<ExitStatus, Failure>>>;
 type ExitSender = watch::Sender<Option<Result<ExitStatus, Failure>>>;
 
+/// Where a template's exit status comes from once its connection ends.
+#[derive(Debug)]
+pub(crate) enum Reap {
+    /// Nowhere: it is not this process's child.
+    None,
+    /// It is this process's child: reap it.
+    Child(i32),
+    /// Someone else reports it, as a raw wait status (a remote
+    /// template's relay, from its transport).
+    Status(oneshot::Receiver<Option<i32>>),
+}
+
 /// A process the template forked.
 #[derive(Debug)]
 pub(crate) struct Spawned {
@@ -82,8 +94,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Conn {
     /// Takes over the parent's end of a control socket and starts its reader.
-    /// `reap` is the template's pid when it is our own child.
-    pub(crate) fn start(fd: OwnedFd, reap: Option<i32>) -> Result<Arc<Conn>> {
+    /// `reap` says where the template's exit status comes from.
+    pub(crate) fn start(fd: OwnedFd, reap: Reap) -> Result<Arc<Conn>> {
         let rt = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
         sys::set_nonblocking(fd.as_fd(), true).map_err(Error::os(
             "making the template's control socket non-blocking",
@@ -107,7 +119,7 @@ impl Conn {
     /// Takes over a control socket another process handed over
     /// ([`Conn::hand_over`]): the template served there already.
     pub(crate) fn adopt(fd: OwnedFd) -> Result<Arc<Conn>> {
-        let conn = Conn::start(fd, None)?;
+        let conn = Conn::start(fd, Reap::None)?;
         lock(&conn.state).ready = true;
         Ok(conn)
     }
@@ -458,7 +470,7 @@ impl Drop for GoneOnDrop {
     }
 }
 
-async fn read_loop(conn: Arc<Conn>, reap: Option<i32>) {
+async fn read_loop(conn: Arc<Conn>, reap: Reap) {
     let mut gone = GoneOnDrop {
         conn: conn.clone(),
         armed: true,
@@ -505,9 +517,12 @@ async fn read_loop(conn: Arc<Conn>, reap: Option<i32>) {
         }
     };
     let end = match (end, reap) {
-        (Failure::Gone(_), Some(pid)) => {
+        (Failure::Gone(_), Reap::Child(pid)) => {
             let status = reap_child(pid).await.ok().map(ExitStatus::from_raw);
             Failure::Gone(status)
+        }
+        (Failure::Gone(_), Reap::Status(status)) => {
+            Failure::Gone(status.await.ok().flatten().map(ExitStatus::from_raw))
         }
         (end, _) => end,
     };

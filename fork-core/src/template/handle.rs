@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::conn::{Conn, ExitWatch};
+use super::conn::{Conn, ExitWatch, Reap};
 use super::serve;
 use crate::entry::InitFn;
 use crate::error::{Error, Failure, Result};
@@ -79,6 +79,8 @@ struct Handle {
     /// This process started it (and reaps it); not so for a template forked
     /// from another, or taken over from another process.
     child: bool,
+    /// It runs on the other side of a [connector](crate::remote::Connector).
+    remote: bool,
 }
 
 impl Drop for Handle {
@@ -150,9 +152,9 @@ impl Template {
         parent: Option<(Template, ExitWatch)>,
     ) -> Result<Template> {
         let reap = if parent.is_none() {
-            Some(pid as i32)
+            Reap::Child(pid as i32)
         } else {
-            None
+            Reap::None
         };
         let conn = Conn::start(fd, reap)?;
         Ok(Template {
@@ -161,8 +163,34 @@ impl Template {
                 pid,
                 child: parent.is_none(),
                 parent,
+                remote: false,
             }),
         })
+    }
+
+    /// A remote template, reached through the relay on the other end of
+    /// `fd`, which reports the transport's exit status on `status`.
+    pub(crate) fn from_remote(
+        fd: OwnedFd,
+        pid: u32,
+        status: tokio::sync::oneshot::Receiver<Option<i32>>,
+    ) -> Result<Template> {
+        let conn = Conn::start(fd, Reap::Status(status))?;
+        Ok(Template {
+            inner: Arc::new(Handle {
+                conn,
+                pid,
+                parent: None,
+                child: false,
+                remote: true,
+            }),
+        })
+    }
+
+    /// Whether this is a [remote template](crate::remote), started with
+    /// [`Template::remote`].
+    pub fn is_remote(&self) -> bool {
+        self.inner.remote
     }
 
     /// Hands the template to another process, as a descriptor to send there
@@ -198,6 +226,11 @@ impl Template {
     /// template (it cannot outlive that one). The error of a failed
     /// preparation step, or [`Error::TemplateGone`].
     pub async fn into_fd(self) -> Result<OwnedFd> {
+        if self.inner.remote {
+            return Err(Error::HandOver(
+                "it is a remote template, reached through this process's connection",
+            ));
+        }
         if self.inner.parent.is_some() {
             return Err(Error::HandOver(
                 "it was forked from another template, which it cannot outlive",
@@ -247,11 +280,13 @@ impl Template {
                 pid,
                 parent: None,
                 child: false,
+                remote: false,
             }),
         })
     }
 
-    /// The template's process id.
+    /// The template's process id (for a [remote](crate::remote) template,
+    /// on its host).
     pub fn id(&self) -> u32 {
         self.inner.pid
     }
@@ -362,7 +397,16 @@ impl Template {
     /// Sends a duplicate of `fd` to the template; every worker forked
     /// afterwards holds it (see [`Context::fds`](crate::Context::fds)). The
     /// caller keeps its own descriptor.
+    ///
+    /// A [remote](crate::remote) template cannot receive descriptors: it is
+    /// failed with [`Error::RemoteUnsupported`].
     pub fn fd(&self, fd: impl AsFd) -> &Self {
+        if self.is_remote() {
+            self.inner
+                .conn
+                .fail(Failure::RemoteUnsupported("passing file descriptors"));
+            return self;
+        }
         match sys::dup_cloexec(fd.as_fd()) {
             Ok(fd) => self.prepare(vec![Op::Fd], vec![fd]),
             Err(e) => {

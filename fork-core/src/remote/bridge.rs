@@ -1,0 +1,217 @@
+//! The parent's side of a remote template: a relay between the local
+//! control socket of the template's [`Conn`](crate::template::conn) (which
+//! works exactly as for a local template) and the byte stream.
+//!
+//! Requests from the `Conn` go out as `Control` frames; the socket each
+//! spawn request carries (the far end of the socket pair whose near end
+//! becomes the [`Worker`](crate::Worker)'s stream) becomes a channel of the
+//! [`Mux`]; any other descriptor is closed here (descriptors cannot cross:
+//! [`Fork::fd`](crate::Fork::fd) refuses them before, and a slot's are
+//! replaced on the other side). Replies come back as `Control` frames and
+//! go to the `Conn` as they are; it decodes and checks them.
+
+use std::os::fd::OwnedFd;
+use std::os::unix::process::ExitStatusExt;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::connector::Session;
+use super::ctrl::Ctrl;
+use super::mux::Mux;
+use super::stream::{BoxWrite, FrameReader, OUT_QUEUE, Outbox, Owned, ReadError, write_loop};
+use super::wire::Frame;
+use crate::error::Failure;
+use crate::proto::{self, Assembler, Reader, Request, Then};
+use crate::template::conn::Conn;
+
+/// How long the other side may take to end after its input was closed, and
+/// to be reaped after it was killed.
+const GRACE: Duration = Duration::from_secs(5);
+
+/// Runs the relay until the stream ends; then reports the transport's exit
+/// status on `status` and closes `conn_side` (the `Conn` sees EOF).
+pub(crate) async fn run(
+    conn_side: OwnedFd,
+    frames: FrameReader,
+    writer: BoxWrite,
+    mut session: Box<dyn Session>,
+    conn: Weak<Conn>,
+    status: oneshot::Sender<Option<i32>>,
+) {
+    let ctrl = match Ctrl::new(conn_side) {
+        Ok(c) => Arc::new(c),
+        Err(e) => {
+            fail(&conn, format!("cannot relay to the remote template: {e}"));
+            end_session(&mut session, status).await;
+            return;
+        }
+    };
+    let (tx, rx) = mpsc::channel(OUT_QUEUE);
+    let out = Outbox(tx);
+    let writer = tokio::spawn(write_loop(rx, writer));
+    let mux = Mux::new(out.clone());
+    let (closed_tx, closed_rx) = oneshot::channel();
+    let requests = tokio::spawn(forward_requests(ctrl.clone(), mux.clone(), out, closed_tx));
+    let reading = read_replies(frames, &ctrl, &mux);
+    tokio::pin!(reading);
+    let end = tokio::select! {
+        end = &mut reading => end,
+        () = async {
+            // The handle closed: the other side ends on EOF of its input;
+            // if it does not within the grace period, end the transport.
+            match closed_rx.await {
+                Ok(()) => tokio::time::sleep(GRACE).await,
+                Err(_) => std::future::pending().await,
+            }
+        } => {
+            let _ = session.start_kill();
+            tokio::time::timeout(GRACE, &mut reading).await.unwrap_or(Ok(()))
+        }
+    };
+    if let Err(message) = end {
+        fail(
+            &conn,
+            format!("malformed data from the remote template: {message}"),
+        );
+    }
+    mux.close();
+    requests.abort();
+    let _ = requests.await;
+    // The stream is over: closing our side ends the other side if it still
+    // reads.
+    writer.abort();
+    let _ = writer.await;
+    end_session(&mut session, status).await;
+    // `ctrl` drops here: the `Conn` reads EOF and takes the status.
+}
+
+fn fail(conn: &Weak<Conn>, message: String) {
+    if let Some(conn) = conn.upgrade() {
+        conn.fail(Failure::Protocol(message));
+    }
+}
+
+/// Waits for the transport to end (killing it after the grace period) and
+/// sends its exit status.
+async fn end_session(session: &mut Box<dyn Session>, status: oneshot::Sender<Option<i32>>) {
+    let ended = match tokio::time::timeout(GRACE, session.wait()).await {
+        Ok(ended) => ended,
+        Err(_) => {
+            let _ = session.start_kill();
+            tokio::time::timeout(GRACE, session.wait())
+                .await
+                .unwrap_or(Ok(None))
+        }
+    };
+    let _ = status.send(ended.ok().flatten().map(ExitStatusExt::into_raw));
+}
+
+/// Stream → `Conn` and channels, until the stream ends (`Ok`) or breaks the
+/// protocol (`Err`, what was wrong).
+async fn read_replies(mut frames: FrameReader, ctrl: &Ctrl, mux: &Mux) -> Result<(), String> {
+    loop {
+        let frame = match frames.next().await {
+            Ok(Some(frame)) => frame,
+            Ok(None) | Err(ReadError::Io(_)) => return Ok(()),
+            Err(ReadError::Protocol(e)) => return Err(e.0),
+        };
+        match frame {
+            Owned::Control(msg) => {
+                if ctrl.send(&msg, Vec::new()).await.is_err() {
+                    // The `Conn` stopped reading (it found the message
+                    // malformed, and says so itself).
+                    return Ok(());
+                }
+            }
+            Owned::Data { channel, bytes } => mux.data(channel, bytes).map_err(|e| e.0)?,
+            Owned::Eof { channel } => mux.eof(channel),
+            Owned::Close { channel } => mux.close_channel(channel),
+            Owned::Credit { channel, bytes } => mux.credit(channel, bytes).map_err(|e| e.0)?,
+            Owned::Hello(_) => return Err("a second greeting".into()),
+        }
+    }
+}
+
+/// `Conn` → stream: forwards each request message, and opens a channel for
+/// each spawn's socket once the request is queued (so that the other side
+/// knows the channel before its first bytes).
+async fn forward_requests(
+    ctrl: Arc<Ctrl>,
+    mux: Arc<Mux>,
+    out: Outbox,
+    closed: oneshot::Sender<()>,
+) {
+    let mut asm = Assembler::new(proto::DEFAULT_MAX_MESSAGE);
+    while let Ok(Some((msg, fds))) = ctrl.recv(&mut asm).await {
+        let sockets = spawn_sockets(&msg, fds);
+        if !out.send(&Frame::Control(&msg)).await {
+            break;
+        }
+        for (id, socket) in sockets {
+            match stream(socket) {
+                Ok(s) => mux.open(id, s),
+                // The socket is closed: the worker sees EOF.
+                Err(e) => tracing::warn!("cannot relay a remote worker's stream: {e}"),
+            }
+        }
+    }
+    // EOF: every handle to the template is gone. Close the stream's
+    // writing side once what was queued is out; the other side ends.
+    out.close().await;
+    let _ = closed.send(());
+}
+
+/// The socket of each spawn request of a message, by request id; every
+/// other descriptor is closed.
+pub(crate) fn spawn_sockets<F>(msg: &[u8], fds: Vec<F>) -> Vec<(u64, F)> {
+    let mut fds = fds.into_iter();
+    let mut sockets = Vec::new();
+    let mut reader = Reader::new(msg);
+    while !reader.is_empty() {
+        let Ok(request) = reader.request() else { break };
+        let mut own = fds.by_ref().take(proto::fds_needed(&request));
+        if let Request::Spawn { id, then, .. } = &request
+            && *then != Then::Template
+            && let Some(socket) = own.next()
+        {
+            sockets.push((*id, socket));
+        }
+        own.for_each(drop);
+    }
+    sockets
+}
+
+fn stream(fd: OwnedFd) -> std::io::Result<tokio::net::UnixStream> {
+    let s = std::os::unix::net::UnixStream::from(fd);
+    s.set_nonblocking(true)?;
+    tokio::net::UnixStream::from_std(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::{Op, Writer};
+
+    #[test]
+    fn each_spawn_keeps_its_socket_and_closes_the_rest() {
+        let mut w = Writer::default();
+        w.request(&Request::Prepare(vec![Op::Arg(vec![1])]));
+        w.request(&Request::Spawn {
+            id: 7,
+            ack: false,
+            ops: vec![Op::SlotData(vec![]), Op::SlotFd, Op::SlotFd],
+            then: Then::Run("e".into()),
+        });
+        w.request(&Request::Ping { id: 8 });
+        w.request(&Request::Spawn {
+            id: 9,
+            ack: true,
+            ops: vec![],
+            then: Then::Run("e".into()),
+        });
+        let got = spawn_sockets(&w.buf, vec!["s7", "slot", "slot", "s9"]);
+        assert_eq!(got, [(7, "s7"), (9, "s9")]);
+    }
+}

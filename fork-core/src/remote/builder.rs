@@ -1,0 +1,221 @@
+//! [`Template::remote`] and its builder: connect, greet, check, relay.
+
+use std::ffi::OsString;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::sync::oneshot;
+
+use super::agent::FLAG;
+use super::bridge;
+use super::connector::{Connection, Connector, RemoteCommand, Session};
+use super::hello::{Hello, Mismatch};
+use super::stream::{BoxWrite, FrameReader, Owned, ReadError};
+use super::wire::{self, Frame};
+use crate::error::{Error, Result};
+use crate::sys;
+use crate::template::Template;
+
+/// Largest control message accepted from a remote template (its replies are
+/// small: pids, statuses, error messages).
+const MAX_REPLY: usize = 4 * 1024 * 1024;
+
+impl Template {
+    /// Starts building a **remote template**: this program's binary run by
+    /// `connector` (on another host over ssh, in a container, or as a local
+    /// command), serving fork requests from there. See the
+    /// [`remote`](crate::remote) module.
+    ///
+    /// ```no_run
+    /// use fork_core::Template;
+    /// use fork_core::remote::CommandConnector;
+    ///
+    /// # async fn demo() -> fork_core::Result<()> {
+    /// let ssh = CommandConnector::new("ssh").args(["-T", "build-1"]).shell_line(true);
+    /// let template = Template::remote(ssh).program("/opt/app/bin/app").start().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn remote<C: Connector>(connector: C) -> RemoteBuilder<C> {
+        RemoteBuilder {
+            connector,
+            program: None,
+            same_build: true,
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A remote template being configured: made by [`Template::remote`],
+/// started with [`start`](RemoteBuilder::start).
+#[derive(Debug)]
+#[must_use = "a RemoteBuilder does nothing until start() is awaited"]
+pub struct RemoteBuilder<C> {
+    connector: C,
+    program: Option<OsString>,
+    same_build: bool,
+    timeout: Duration,
+}
+
+impl<C: Connector> RemoteBuilder<C> {
+    /// The path of this program's binary on the other side. The default is
+    /// this binary's own path here (right for a local command, or a host
+    /// where the program is installed at the same place).
+    pub fn program(mut self, path: impl Into<OsString>) -> Self {
+        self.program = Some(path.into());
+        self
+    }
+
+    /// Whether the other side must run the very same build as this one:
+    /// the same build id (the linker's GNU build id, or a hash of the
+    /// binary). Arguments and replies are encoded by both sides' code, so a
+    /// different build can misread them; turn it off only for builds you
+    /// know to be compatible. The default is `true`. The protocol versions
+    /// must match either way.
+    pub fn same_build(mut self, required: bool) -> Self {
+        self.same_build = required;
+        self
+    }
+
+    /// How long the connection and the greeting may take (an ssh login, a
+    /// container start). The default is 30 s.
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Runs the program through the connector, checks its greeting, and
+    /// returns the template. It then works as a local one: prepare it,
+    /// fork workers from it (their pids are the remote host's; their exit
+    /// statuses are reported, so [`Worker::wait`](crate::Worker::wait) and
+    /// [`Worker::kill`](crate::Worker::kill) behave the same), and its
+    /// workers' streams are ordinary tokio sockets here. Descriptors cannot
+    /// cross: [`Fork::fd`](crate::Fork::fd), [`Template::fd`] and the
+    /// standard streams of a [`Command`](crate::Command) fail with
+    /// [`Error::RemoteUnsupported`], as does
+    /// [`Fork::template`](crate::Fork::template); [`Template::into_fd`]
+    /// fails with [`Error::HandOver`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NoRuntime`] outside a tokio runtime;
+    /// [`Error::RemoteConnect`] if the connector fails;
+    /// [`Error::RemoteHandshake`] if what answers is not a fork-core
+    /// remote template (its first bytes are in the message), ends before
+    /// greeting, or does not greet within the timeout;
+    /// [`Error::RemoteVersion`] and [`Error::RemoteBuild`] on a mismatch.
+    /// The command is ended in each case.
+    pub async fn start(self) -> Result<Template> {
+        tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
+        let program = match self.program {
+            Some(p) => p,
+            None => std::fs::read_link("/proc/self/exe")
+                .map_err(Error::RemoteConnect)?
+                .into_os_string(),
+        };
+        let command = RemoteCommand {
+            program,
+            args: vec![FLAG.into()],
+        };
+        let ours = Hello::ours(std::process::id(), self.same_build);
+        let timeout = self.timeout;
+        let connected = tokio::time::timeout(timeout, self.connector.connect(&command)).await;
+        let Connection {
+            reader,
+            mut writer,
+            session,
+        } = match connected {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return Err(Error::RemoteConnect(e)),
+            Err(_) => {
+                return Err(Error::RemoteHandshake(format!(
+                    "the connector did not connect within {timeout:?}"
+                )));
+            }
+        };
+        let mut frames = FrameReader::new(reader, MAX_REPLY);
+        let greeted = tokio::time::timeout(timeout, greet(&mut frames, &mut writer, &ours)).await;
+        let theirs = match greeted {
+            Ok(Ok(theirs)) => theirs,
+            Ok(Err(e)) => return Err(abandon(session, e).await),
+            Err(_) => {
+                let e = Error::RemoteHandshake(format!(
+                    "no greeting within {timeout:?} (is the program's path right, and does its \
+                     main call fork_core::init() first?)"
+                ));
+                return Err(abandon(session, e).await);
+            }
+        };
+        let (ours_fd, bridge_fd) = match sys::seqpacket_pair() {
+            Ok(pair) => pair,
+            Err(e) => {
+                let e = Error::os("creating a remote template's control socket pair")(e);
+                return Err(abandon(session, e).await);
+            }
+        };
+        let (status_tx, status_rx) = oneshot::channel();
+        let template = Template::from_remote(ours_fd, theirs.pid, status_rx)?;
+        tokio::spawn(bridge::run(
+            bridge_fd,
+            frames,
+            writer,
+            session,
+            std::sync::Arc::downgrade(template.conn()),
+            status_tx,
+        ));
+        Ok(template)
+    }
+}
+
+/// Reads the other side's greeting, checks it, and greets back.
+async fn greet(frames: &mut FrameReader, writer: &mut BoxWrite, ours: &Hello) -> Result<Hello> {
+    let theirs = match frames.next().await {
+        Ok(Some(Owned::Hello(payload))) => Hello::decode(&payload)
+            .map_err(|e| Error::RemoteHandshake(format!("a malformed greeting: {e}")))?,
+        Ok(Some(_)) => {
+            return Err(Error::RemoteHandshake(
+                "the other side sent frames before greeting".into(),
+            ));
+        }
+        Ok(None) => {
+            return Err(Error::RemoteHandshake(
+                "the command ended without greeting (is the program's path right, and does \
+                 its main call fork_core::init() first?)"
+                    .into(),
+            ));
+        }
+        Err(ReadError::Protocol(_)) => {
+            let pending = frames.pending();
+            let shown = &pending[..pending.len().min(200)];
+            return Err(Error::RemoteHandshake(format!(
+                "the command wrote {:?}, which is not a fork-core remote template's greeting",
+                String::from_utf8_lossy(shown)
+            )));
+        }
+        Err(ReadError::Io(e)) => {
+            return Err(Error::RemoteHandshake(format!(
+                "reading the greeting failed: {e}"
+            )));
+        }
+    };
+    ours.check(&theirs).map_err(|m| match m {
+        Mismatch::Version { ours, theirs } => Error::RemoteVersion { ours, theirs },
+        Mismatch::Build { ours, theirs } => Error::RemoteBuild { ours, theirs },
+    })?;
+    let greeting = wire::to_vec(&Frame::Hello(&ours.encode()));
+    writer
+        .write_all(&greeting)
+        .await
+        .and(writer.flush().await)
+        .map_err(|e| Error::RemoteHandshake(format!("greeting it failed: {e}")))?;
+    Ok(theirs)
+}
+
+/// Ends a transport whose template was refused, reaping it in the
+/// background; returns `e`.
+async fn abandon(mut session: Box<dyn Session>, e: Error) -> Error {
+    let _ = session.start_kill();
+    tokio::spawn(async move {
+        let _ = session.wait().await;
+    });
+    e
+}

@@ -1,0 +1,117 @@
+//! Remote templates: a template on another host (or in a container), its
+//! workers forked there, their streams carried back over one connection.
+//!
+//! A **remote template** is this program's own binary, started through a
+//! [`Connector`] (ssh, `docker exec`, `kubectl exec`, any command that
+//! gives stdio; [`CommandConnector`] runs such a command) with one
+//! argument that makes [`init`](crate::init) serve as the remote side. It
+//! forks a local template there (preloaded by [`Template::init`] and
+//! [`Template::arg`] as usual, copy-on-write on that host), which forks the
+//! workers. The parent gets an ordinary [`Template`]: forks, [`Worker`]s
+//! with pids (the remote host's), exit statuses, [`Worker::kill`], and each
+//! worker's stream an ordinary tokio socket, so fork-rpc works on it
+//! unchanged.
+//!
+//! ```no_run
+//! use std::io::Write;
+//! use fork_core::{Context, Entry, Template};
+//! use fork_core::remote::CommandConnector;
+//!
+//! fn hello(ctx: Context) -> std::io::Result<()> {
+//!     write!(ctx.socket(), "hello from {}", std::process::id())
+//! }
+//! static HELLO: Entry = fork_core::entry!(hello);
+//!
+//! #[fork_core::main]
+//! async fn main() -> fork_core::Result<()> {
+//!     let ssh = CommandConnector::new("ssh").args(["-T", "build-1"]).shell_line(true);
+//!     let template = Template::remote(ssh).program("/opt/app/bin/app").start().await?;
+//!     let mut worker = template.fork().run(&HELLO).await?;
+//!     let mut text = String::new();
+//!     let mut stream = worker.take_stream().unwrap();
+//!     tokio::io::AsyncReadExt::read_to_string(&mut stream, &mut text).await?;
+//!     assert!(worker.wait().await?.success());
+//!     Ok(())
+//! }
+//! ```
+//!
+//! # What differs from a local template
+//!
+//! - **No descriptors cross.** [`Fork::fd`], [`Template::fd`], a
+//!   [`Command`](crate::Command)'s standard streams, [`Fork::template`] and
+//!   [`Template::into_fd`] fail with [`Error::RemoteUnsupported`] (or
+//!   [`Error::HandOver`]). Descriptors a layer puts in a
+//!   [slot](crate::Fork::slot) are replaced on the remote host by sockets
+//!   whose peer is closed (fork-rpc's descriptor channel then never
+//!   delivers, and its shared payloads, which need memory files, fail).
+//! - **The same build on both sides**, checked when connecting: the
+//!   protocol versions must match ([`Error::RemoteVersion`]) and, unless
+//!   [`RemoteBuilder::same_build`] says otherwise, the build ids
+//!   ([`Error::RemoteBuild`]).
+//! - **Standard output** of the remote template and its workers is its
+//!   standard error (standard output carries the protocol); ssh and
+//!   [`CommandConnector`] pass it to this process's standard error.
+//!
+//! # Lifetimes
+//!
+//! The remote side exits at EOF of its input: when the last handle to the
+//! template (and its workers) is dropped here, when
+//! [`Template::shutdown`] is called, or when this process dies (even by
+//! `SIGKILL`, since the kernel closes its end of the pipe or ssh
+//! connection). The remote template then kills and reaps its workers and
+//! exits, as a local one does. A remote side that does not end within 5 s
+//! after its input was closed is killed through its [`Session`].
+//!
+//! # Protocol
+//!
+//! One byte stream carries frames of six kinds, `[kind u8][channel u64
+//! LE][len u32 LE][payload]`: a greeting each way first (magic string,
+//! protocol version, build id, the template's pid), then control messages
+//! (the local control protocol's requests and replies), and the workers'
+//! streams as numbered channels (`Data`, `Eof`, `Credit`, and `Close` when
+//! one side's end is gone: the other side closes its end, so a write there
+//! fails with `EPIPE` as on a local socket). Every length is
+//! bounded before anything is buffered: 32 KiB for data, 4 KiB for
+//! greetings, 4 MiB for replies, 64 MiB for requests. A malformed frame
+//! from the remote side fails the template with [`Error::Protocol`].
+//!
+//! Each channel is flow-controlled: a sender may have at most 256 KiB on a
+//! channel that the receiver has not delivered yet, so a worker that does
+//! not read its stream (or a parent that does not read a worker's) stops
+//! only that channel, and the memory a channel buffers is bounded.
+//!
+//! [`Template`]: crate::Template
+//! [`Template::init`]: crate::Template::init
+//! [`Template::arg`]: crate::Template::arg
+//! [`Template::fd`]: crate::Template::fd
+//! [`Template::into_fd`]: crate::Template::into_fd
+//! [`Template::shutdown`]: crate::Template::shutdown
+//! [`Worker`]: crate::Worker
+//! [`Worker::kill`]: crate::Worker::kill
+//! [`Fork::fd`]: crate::Fork::fd
+//! [`Fork::template`]: crate::Fork::template
+//! [`Error::RemoteUnsupported`]: crate::Error::RemoteUnsupported
+//! [`Error::HandOver`]: crate::Error::HandOver
+//! [`Error::RemoteVersion`]: crate::Error::RemoteVersion
+//! [`Error::RemoteBuild`]: crate::Error::RemoteBuild
+//! [`Error::Protocol`]: crate::Error::Protocol
+
+pub(crate) mod agent;
+mod bridge;
+mod build_id;
+mod builder;
+mod command;
+mod connector;
+mod ctrl;
+pub(crate) mod hello;
+mod mux;
+#[cfg(feature = "openssh")]
+mod ssh;
+mod stream;
+pub(crate) mod wire;
+
+pub use self::builder::RemoteBuilder;
+pub use self::command::CommandConnector;
+pub use self::connector::{BoxFuture, Connection, Connector, RemoteCommand, Session};
+#[cfg(feature = "openssh")]
+pub use self::ssh::SshConnector;

@@ -1,0 +1,39 @@
+//! Test helper: starts a remote template (this binary, run by a local
+//! command through `CommandConnector`) with two workers that ignore EOF,
+//! prints the pids of the remote side, its template and the workers, then
+//! waits forever, to be killed with SIGKILL. Also a binary of another build
+//! than the test's, for the build check.
+
+use fork_core::remote::CommandConnector;
+use fork_core::{Context, Entry, Template};
+
+fn sleep_forever(_: Context) {
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(3600));
+    }
+}
+static SLEEP_FOREVER: Entry = fork_core::entry!(sleep_forever);
+
+#[fork_core::main]
+async fn main() -> fork_core::Result<()> {
+    let template = Template::remote(CommandConnector::new("env").arg("-i"))
+        .start()
+        .await?;
+    let agent = std::fs::read_to_string(format!("/proc/{}/stat", template.id()))?
+        .rsplit(')')
+        .next()
+        .and_then(|rest| rest.split_whitespace().nth(1))
+        .and_then(|ppid| ppid.parse::<u32>().ok())
+        .expect("the template's parent pid");
+    println!("remote side {agent}");
+    println!("template {}", template.id());
+    let mut workers = Vec::new();
+    for _ in 0..2 {
+        let w = template.fork().run(&SLEEP_FOREVER).await?;
+        println!("worker {}", w.id());
+        workers.push(w);
+    }
+    println!("ready");
+    std::future::pending::<()>().await;
+    Ok(())
+}

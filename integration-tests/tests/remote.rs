@@ -1,0 +1,623 @@
+//! Remote templates through the command connector: the "remote" side is
+//! this same test binary, started by a local command (`env -i`, `sh`), so
+//! everything but ssh is exercised: the greeting and its checks, the
+//! relay, the channels and their flow control, exit statuses, lifetimes,
+//! and bad bytes from the other side. A `harness = false` target, because
+//! `main` must call `fork_core::init` first (the remote side starts there).
+
+use std::io::{Read, Write};
+use std::os::unix::process::ExitStatusExt;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use fork_core::remote::CommandConnector;
+use fork_core::testing::wait_exit;
+use fork_core::{Context, Entry, Error, InitFn, Template};
+use fork_rpc::{RpcEntry, RpcWorker, Setup};
+use integration_tests::{Failed, block_on, ensure, fail, parent_of, state_of};
+use tarpc::context;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+// ===== entries, init functions and a service used by the tests =====
+
+/// Echoes what it reads in upper case until EOF, then exits with the code
+/// in argument 0 (after the template's arguments, if any: the last one).
+fn shout(ctx: Context) -> i32 {
+    let code: i32 = ctx.arg(ctx.args().len() - 1).expect("an exit code");
+    let mut socket = ctx.socket();
+    let mut buf = [0u8; 4096];
+    loop {
+        match socket.read(&mut buf) {
+            Ok(0) | Err(_) => return code,
+            Ok(n) => {
+                if socket.write_all(&buf[..n].to_ascii_uppercase()).is_err() {
+                    return code;
+                }
+            }
+        }
+    }
+}
+static SHOUT: Entry = fork_core::entry!(shout);
+
+/// Writes what the template preloaded and its arguments, then exits.
+fn report(ctx: Context) -> std::io::Result<()> {
+    let first: String = ctx.arg(0).expect("a preloaded argument");
+    let preloaded = PRELOADED.get().cloned().unwrap_or_default();
+    write!(ctx.socket(), "{first}|{preloaded}|{}", std::process::id())
+}
+static REPORT: Entry = fork_core::entry!(report);
+
+static PRELOADED: OnceLock<String> = OnceLock::new();
+fn preload(text: String) -> Result<(), String> {
+    PRELOADED
+        .set(text)
+        .map_err(|_| "preloaded twice".to_string())
+}
+static PRELOAD: InitFn<String> = fork_core::init_fn!(preload);
+
+/// Never reads, never exits by itself.
+fn sleep_forever(_: Context) {
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+static SLEEP_FOREVER: Entry = fork_core::entry!(sleep_forever);
+
+/// Writes until writing fails; exits with the errno (0 if none).
+fn write_until_error(ctx: Context) -> i32 {
+    let mut socket = ctx.socket();
+    loop {
+        if let Err(e) = socket.write_all(&[b'w'; 4096]) {
+            return e.raw_os_error().unwrap_or(0);
+        }
+    }
+}
+static WRITE_UNTIL_ERROR: Entry = fork_core::entry!(write_until_error);
+
+/// Exits at once, reading nothing.
+fn exit_at_once(_: Context) {}
+static EXIT_AT_ONCE: Entry = fork_core::entry!(exit_at_once);
+
+#[tarpc::service]
+trait Calc {
+    async fn add(a: i64, b: i64) -> i64;
+    async fn echo(s: String) -> String;
+    async fn pid() -> u32;
+}
+
+#[derive(Clone)]
+struct CalcServer;
+
+impl Calc for CalcServer {
+    async fn add(self, _: context::Context, a: i64, b: i64) -> i64 {
+        a + b
+    }
+    async fn echo(self, _: context::Context, s: String) -> String {
+        s
+    }
+    async fn pid(self, _: context::Context) -> u32 {
+        std::process::id()
+    }
+}
+
+fn calc(_: &mut Setup<()>) -> Result<ServeCalc<CalcServer>, String> {
+    Ok(CalcServer.serve())
+}
+static CALC: RpcEntry<CalcRequest, CalcResponse> = fork_rpc::entry!(calc);
+
+// ===== helpers =====
+
+/// A remote template: this binary, run by `env -i` (an empty environment:
+/// nothing is inherited the way a local template inherits it).
+async fn remote() -> Result<Template, Failed> {
+    Template::remote(CommandConnector::new("env").arg("-i"))
+        .start()
+        .await
+        .map_err(fail)
+}
+
+/// Bounds a test's async part: a hang is a failure, not a stuck run.
+async fn bounded<T>(f: impl std::future::Future<Output = Result<T, Failed>>) -> Result<T, Failed> {
+    tokio::time::timeout(Duration::from_secs(60), f)
+        .await
+        .map_err(|_| Failed::from("timed out after 60 s"))?
+}
+
+/// A command connector that poses as a remote template: `sh` prints the
+/// file `bytes` were written to, then reads its input to EOF.
+fn fake_remote(name: &str, bytes: &[u8]) -> Result<CommandConnector, Failed> {
+    let path = std::env::temp_dir().join(format!("fork-remote-{}-{name}", std::process::id()));
+    std::fs::write(&path, bytes).map_err(fail)?;
+    Ok(CommandConnector::new("sh").args([
+        "-c".into(),
+        r#"cat "$1"; exec cat >/dev/null"#.into(),
+        "sh".into(),
+        path.into_os_string(),
+    ]))
+}
+
+/// A frame header as the stream protocol lays it out.
+fn header(kind: u8, channel: u64, len: u32) -> Vec<u8> {
+    let mut h = vec![kind];
+    h.extend_from_slice(&channel.to_le_bytes());
+    h.extend_from_slice(&len.to_le_bytes());
+    h
+}
+
+// ===== tests =====
+
+/// A worker forked remotely: the bytes, its exit status, `kill`, and that
+/// it runs where it should (under the remote template, under the command).
+fn a_remote_worker_talks_and_exits_with_its_status() -> Result<(), Failed> {
+    block_on(bounded(async {
+        let template = remote().await?;
+        ensure!(template.is_remote(), "not a remote template");
+        let agent = parent_of(template.id()).ok_or("no remote side")?;
+        ensure!(
+            parent_of(agent) == Some(std::process::id()),
+            "the remote side {agent} is not the command this process started"
+        );
+        let mut worker = template.fork().arg(&7i32).run(&SHOUT).await.map_err(fail)?;
+        ensure!(
+            parent_of(worker.id()) == Some(template.id()),
+            "worker {} is not the remote template's child",
+            worker.id()
+        );
+        let mut stream = worker.take_stream().ok_or("no stream")?;
+        stream.write_all(b"hello, remote").await.map_err(fail)?;
+        let mut reply = [0u8; 13];
+        stream.read_exact(&mut reply).await.map_err(fail)?;
+        ensure!(&reply == b"HELLO, REMOTE", "reply {reply:?}");
+        stream.shutdown().await.map_err(fail)?;
+        let mut rest = Vec::new();
+        stream.read_to_end(&mut rest).await.map_err(fail)?;
+        ensure!(rest.is_empty(), "more after EOF: {rest:?}");
+        let status = worker.wait().await.map_err(fail)?;
+        ensure!(status.code() == Some(7), "status {status:?}");
+
+        let mut worker = template.fork().run(&SLEEP_FOREVER).await.map_err(fail)?;
+        let pid = worker.id();
+        worker.kill().await.map_err(fail)?;
+        let status = worker.wait().await.map_err(fail)?;
+        ensure!(status.signal() == Some(libc::SIGKILL), "status {status:?}");
+        ensure!(state_of(pid).is_none(), "killed worker {pid} not reaped");
+        Ok(())
+    }))
+}
+
+/// A closed stream looks the same on both sides as with a local worker:
+/// the parent drops a worker's stream, the worker's next writes fail
+/// (`EPIPE`, or `ECONNRESET` when unread bytes were left behind, as a local
+/// socket says); a worker exits, the parent's writes to it fail.
+fn a_closed_stream_is_a_broken_pipe_on_both_sides() -> Result<(), Failed> {
+    block_on(bounded(async {
+        let local = Template::new().map_err(fail)?;
+        let remote = remote().await?;
+        for (side, template) in [("local", &local), ("remote", &remote)] {
+            let mut worker = template
+                .fork()
+                .run(&WRITE_UNTIL_ERROR)
+                .await
+                .map_err(fail)?;
+            let mut stream = worker.take_stream().ok_or("no stream")?;
+            let mut first = [0u8; 100];
+            stream.read_exact(&mut first).await.map_err(fail)?;
+            drop(stream);
+            let status = worker.wait().await.map_err(fail)?;
+            ensure!(
+                matches!(status.code(), Some(libc::EPIPE | libc::ECONNRESET)),
+                "{side}: the worker ended with {status:?}, not EPIPE or ECONNRESET"
+            );
+
+            let mut worker = template.fork().run(&EXIT_AT_ONCE).await.map_err(fail)?;
+            let mut stream = worker.take_stream().ok_or("no stream")?;
+            ensure!(worker.wait().await.map_err(fail)?.success(), "{side}: exit");
+            let error = loop {
+                if let Err(e) = stream.write_all(&[0; 4096]).await {
+                    break e;
+                }
+            };
+            ensure!(
+                matches!(
+                    error.kind(),
+                    std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+                ),
+                "{side}: writing to an exited worker gave {error:?}"
+            );
+        }
+        Ok(())
+    }))
+}
+
+/// Preparation reaches the remote template: arguments and init functions
+/// run there, and every worker forked afterwards has them.
+fn a_remote_template_is_preloaded() -> Result<(), Failed> {
+    block_on(bounded(async {
+        let template = remote().await?;
+        template
+            .arg("first")
+            .init(&PRELOAD, &"loaded once".to_string());
+        template.ready().await.map_err(fail)?;
+        for _ in 0..3 {
+            let mut worker = template.fork().run(&REPORT).await.map_err(fail)?;
+            let mut text = String::new();
+            worker
+                .take_stream()
+                .ok_or("no stream")?
+                .read_to_string(&mut text)
+                .await
+                .map_err(fail)?;
+            ensure!(
+                text == format!("first|loaded once|{}", worker.id()),
+                "worker said {text:?}"
+            );
+            ensure!(
+                worker.wait().await.map_err(fail)?.success(),
+                "worker failed"
+            );
+        }
+        Ok(())
+    }))
+}
+
+/// fork-rpc, unchanged, over a remote worker: single and pipelined calls,
+/// and the graceful close.
+fn rpc_over_a_remote_worker() -> Result<(), Failed> {
+    block_on(bounded(async {
+        let template = remote().await?;
+        let (client, mut worker) = RpcWorker::builder(&mut template.fork(), &CALC)
+            .spawn()
+            .await
+            .map_err(fail)?;
+        let calc = CalcClient::from(client);
+        ensure!(
+            calc.add(context::current(), 2, 3).await.map_err(fail)? == 5,
+            "2 + 3"
+        );
+        let pid = calc.pid(context::current()).await.map_err(fail)?;
+        ensure!(
+            pid == worker.id(),
+            "served by {pid}, not worker {}",
+            worker.id()
+        );
+        let calls = (0..500i64).map(|i| {
+            let calc = calc.clone();
+            async move { calc.add(context::current(), i, i).await }
+        });
+        let sums = futures::future::join_all(calls).await;
+        for (i, sum) in sums.into_iter().enumerate() {
+            ensure!(sum.map_err(fail)? == 2 * i as i64, "call {i}");
+        }
+        // A reply bigger than a channel's window and the stream's frames.
+        let big = "x".repeat(3 * 256 * 1024 + 17);
+        ensure!(
+            calc.echo(context::current(), big.clone())
+                .await
+                .map_err(fail)?
+                == big,
+            "big echo"
+        );
+        drop(calc);
+        let status = worker.wait().await.map_err(fail)?;
+        ensure!(status.success(), "worker ended with {status:?}");
+        Ok(())
+    }))
+}
+
+/// Descriptors cannot cross: every way to send one is a typed error, and
+/// the template works on.
+fn descriptors_cannot_cross() -> Result<(), Failed> {
+    block_on(bounded(async {
+        let template = remote().await?;
+        let (reader, _writer) = std::io::pipe().map_err(fail)?;
+        let e = template.fork().fd(&reader).run(&SHOUT).await.unwrap_err();
+        ensure!(e.is_remote_unsupported(), "Fork::fd gave {e:?}");
+        let e = template.fork().template().await.unwrap_err();
+        ensure!(e.is_remote_unsupported(), "Fork::template gave {e:?}");
+        let e = template
+            .command("true")
+            .stdout(&_writer)
+            .spawn()
+            .await
+            .unwrap_err();
+        ensure!(e.is_remote_unsupported(), "Command::stdout gave {e:?}");
+        // The template still forks.
+        let mut worker = template.fork().arg(&3i32).run(&SHOUT).await.map_err(fail)?;
+        drop(worker.take_stream());
+        ensure!(
+            worker.wait().await.map_err(fail)?.code() == Some(3),
+            "worker"
+        );
+        // A command without descriptors runs there.
+        let mut child = template.command("true").spawn().await.map_err(fail)?;
+        ensure!(child.wait().await.map_err(fail)?.success(), "true failed");
+        let e = template.clone().into_fd().await.unwrap_err();
+        ensure!(matches!(e, Error::HandOver(_)), "into_fd gave {e:?}");
+        // A descriptor for the template itself fails the template, typed.
+        template.fd(&reader);
+        let e = template.ready().await.unwrap_err();
+        ensure!(e.is_remote_unsupported(), "Template::fd gave {e:?}");
+        Ok(())
+    }))
+}
+
+/// Another build of the program is refused (the build ids differ); allowed
+/// explicitly, it connects, and an entry only this build has is a typed
+/// error from the other side.
+fn another_build_is_refused() -> Result<(), Failed> {
+    block_on(bounded(async {
+        let other = env!("CARGO_BIN_EXE_remote-host");
+        let connector = CommandConnector::new("env").arg("-i");
+        let e = Template::remote(connector.clone())
+            .program(other)
+            .start()
+            .await
+            .unwrap_err();
+        ensure!(
+            matches!(e, Error::RemoteBuild { .. }) && e.is_remote_mismatch(),
+            "got {e:?}"
+        );
+        let template = Template::remote(connector)
+            .program(other)
+            .same_build(false)
+            .start()
+            .await
+            .map_err(fail)?;
+        let e = template.fork().arg(&0i32).run(&SHOUT).await.unwrap_err();
+        ensure!(
+            matches!(&e, Error::UnknownEntry(name) if name == SHOUT.name()),
+            "got {e:?}"
+        );
+        template.shutdown().await.map_err(fail)?;
+        Ok(())
+    }))
+}
+
+/// A remote side of another protocol version is refused, typed.
+fn another_protocol_version_is_refused() -> Result<(), Failed> {
+    block_on(bounded(async {
+        let ours = fork_core::testing::remote_greeting(1, None);
+        // The version follows the 16-byte magic string in the payload.
+        let at = 13 + 16;
+        let version = u16::from_le_bytes([ours[at], ours[at + 1]]);
+        let theirs = fork_core::testing::remote_greeting(1, Some(version + 1));
+        let e = Template::remote(fake_remote("version", &theirs)?)
+            .start()
+            .await
+            .unwrap_err();
+        ensure!(
+            matches!(e, Error::RemoteVersion { ours, theirs } if ours == version && theirs == version + 1),
+            "got {e:?}"
+        );
+        Ok(())
+    }))
+}
+
+/// What is not a remote template is a typed error naming what came: text
+/// instead of a greeting, a command that ends, one that cannot start.
+fn not_a_remote_template() -> Result<(), Failed> {
+    block_on(bounded(async {
+        let motd = fake_remote("motd", b"Welcome to build-1! Have a nice day.\n")?;
+        let e = Template::remote(motd).start().await.unwrap_err();
+        ensure!(
+            matches!(&e, Error::RemoteHandshake(m) if m.contains("Welcome to build-1")),
+            "got {e:?}"
+        );
+        let e = Template::remote(CommandConnector::new("true"))
+            .start()
+            .await
+            .unwrap_err();
+        ensure!(matches!(e, Error::RemoteHandshake(_)), "got {e:?}");
+        let e = Template::remote(CommandConnector::new("/nonexistent/ssh"))
+            .start()
+            .await
+            .unwrap_err();
+        ensure!(matches!(e, Error::RemoteConnect(_)), "got {e:?}");
+        Ok(())
+    }))
+}
+
+/// Malformed frames after a good greeting fail the template with a
+/// protocol error: no panic, no hang.
+fn malformed_frames_fail_the_template() -> Result<(), Failed> {
+    block_on(bounded(async {
+        let greeting = fork_core::testing::remote_greeting(1, None);
+        let cases: [(&str, Vec<u8>); 5] = [
+            ("unknown-kind", header(0x7f, 0, 0)),
+            ("oversized-control", header(2, 0, u32::MAX)),
+            ("oversized-data", header(3, 1, 1 << 20)),
+            ("control-on-a-channel", header(2, 9, 0)),
+            ("bad-reply-record", {
+                let mut f = header(2, 0, 1);
+                f.push(0xee);
+                f
+            }),
+        ];
+        for (name, frame) in cases {
+            let mut bytes = greeting.clone();
+            bytes.extend_from_slice(&frame);
+            let template = Template::remote(fake_remote(name, &bytes)?)
+                .start()
+                .await
+                .map_err(fail)?;
+            let e = template.ready().await.unwrap_err();
+            ensure!(e.is_protocol(), "{name}: ready() gave {e:?}");
+            let e = template.fork().arg(&0i32).run(&SHOUT).await.unwrap_err();
+            ensure!(
+                e.is_protocol() || e.is_template_gone(),
+                "{name}: run() gave {e:?}"
+            );
+        }
+        Ok(())
+    }))
+}
+
+/// The pids of a remote template's side: (remote side, template, workers).
+async fn remote_with_workers(
+    n: usize,
+) -> Result<(Template, Vec<fork_core::Worker>, Vec<u32>), Failed> {
+    let template = remote().await?;
+    let agent = parent_of(template.id()).ok_or("no remote side")?;
+    let mut workers = Vec::new();
+    for _ in 0..n {
+        workers.push(template.fork().run(&SLEEP_FOREVER).await.map_err(fail)?);
+    }
+    let mut pids = vec![agent, template.id()];
+    pids.extend(workers.iter().map(fork_core::Worker::id));
+    Ok((template, workers, pids))
+}
+
+fn all_gone_within(pids: &[u32], limit: Duration) -> Result<(), Failed> {
+    for &pid in pids {
+        ensure!(
+            wait_exit(pid, limit).map_err(fail)?,
+            "process {pid} lives on more than {limit:?} after its parent went"
+        );
+    }
+    Ok(())
+}
+
+/// Dropping every handle ends the remote side, its template and its
+/// workers (which ignore EOF: the template kills them) within 2 s.
+fn dropping_the_template_ends_everything_remote() -> Result<(), Failed> {
+    block_on(bounded(async {
+        let (template, workers, pids) = remote_with_workers(2).await?;
+        drop(workers);
+        drop(template);
+        tokio::task::spawn_blocking(move || all_gone_within(&pids, Duration::from_secs(2)))
+            .await
+            .map_err(fail)?
+    }))
+}
+
+/// `shutdown` ends it all too and returns the remote side's exit status.
+fn shutdown_returns_the_remote_status() -> Result<(), Failed> {
+    block_on(bounded(async {
+        let (template, workers, pids) = remote_with_workers(1).await?;
+        drop(workers);
+        let status = template.shutdown().await.map_err(fail)?;
+        ensure!(status.success(), "the remote side ended with {status:?}");
+        tokio::task::spawn_blocking(move || all_gone_within(&pids, Duration::from_secs(2)))
+            .await
+            .map_err(fail)?
+    }))
+}
+
+/// The parent killed with SIGKILL: nothing remote survives it by 2 s.
+fn no_survivors_when_the_parent_is_killed() -> Result<(), Failed> {
+    fork_core::testing::set_child_subreaper().map_err(fail)?;
+    let (mut host, pids) = integration_tests::host_until_ready(env!("CARGO_BIN_EXE_remote-host"))?;
+    ensure!(pids.len() == 4, "host reported {pids:?}");
+    for &pid in &pids {
+        ensure!(
+            state_of(pid).is_some_and(|s| s != 'Z'),
+            "{pid} not running before the kill"
+        );
+    }
+    host.kill().map_err(fail)?;
+    host.wait().map_err(fail)?;
+    all_gone_within(&pids, Duration::from_secs(2))?;
+    // The remote side was re-parented to us (subreaper): reap it.
+    for &pid in &pids {
+        let _ = fork_core::testing::reap(pid);
+    }
+    Ok(())
+}
+
+/// A worker that does not read stops only its own channel: another worker
+/// answers meanwhile, the writer to the stalled one is held back (the
+/// bytes are not buffered without bound on the way), and once the stalled
+/// worker is gone the writer is released.
+fn a_stalled_worker_does_not_stall_others() -> Result<(), Failed> {
+    block_on(bounded(async {
+        let template = remote().await?;
+        let agent = parent_of(template.id()).ok_or("no remote side")?;
+        let mut stalled = template.fork().run(&SLEEP_FOREVER).await.map_err(fail)?;
+        let mut to_stalled = stalled.take_stream().ok_or("no stream")?;
+        const FLOOD: usize = 32 << 20;
+        let flood = tokio::spawn(async move {
+            let bytes = vec![b'x'; FLOOD];
+            let r = to_stalled.write_all(&bytes).await;
+            (r, to_stalled)
+        });
+        let mut live = template.fork().arg(&0i32).run(&SHOUT).await.map_err(fail)?;
+        let mut stream = live.take_stream().ok_or("no stream")?;
+        for i in 0..100u32 {
+            let text = format!("ping {i}");
+            stream.write_all(text.as_bytes()).await.map_err(fail)?;
+            let mut reply = vec![0u8; text.len()];
+            stream.read_exact(&mut reply).await.map_err(fail)?;
+            ensure!(reply == text.to_uppercase().as_bytes(), "round trip {i}");
+        }
+        ensure!(
+            !flood.is_finished(),
+            "32 MiB went to a worker that reads nothing"
+        );
+        let rss = std::fs::read_to_string(format!("/proc/{agent}/status"))
+            .map_err(fail)?
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
+            .ok_or("no VmRSS")?;
+        ensure!(
+            rss < 24 * 1024,
+            "the remote side holds {rss} kB while a worker does not read"
+        );
+        stalled.kill().await.map_err(fail)?;
+        // The rest is discarded on the far side, and credited: the writer
+        // finishes (or fails, if the stream is closed first), never hangs.
+        let (_written, _stream) = flood.await.map_err(fail)?;
+        drop(stream);
+        ensure!(
+            live.wait().await.map_err(fail)?.success(),
+            "live worker failed"
+        );
+        Ok(())
+    }))
+}
+
+fn main() {
+    fork_core::init();
+    integration_tests::run(&[
+        (
+            "a_remote_worker_talks_and_exits_with_its_status",
+            a_remote_worker_talks_and_exits_with_its_status,
+        ),
+        (
+            "a_remote_template_is_preloaded",
+            a_remote_template_is_preloaded,
+        ),
+        (
+            "a_closed_stream_is_a_broken_pipe_on_both_sides",
+            a_closed_stream_is_a_broken_pipe_on_both_sides,
+        ),
+        ("rpc_over_a_remote_worker", rpc_over_a_remote_worker),
+        ("descriptors_cannot_cross", descriptors_cannot_cross),
+        ("another_build_is_refused", another_build_is_refused),
+        (
+            "another_protocol_version_is_refused",
+            another_protocol_version_is_refused,
+        ),
+        ("not_a_remote_template", not_a_remote_template),
+        (
+            "malformed_frames_fail_the_template",
+            malformed_frames_fail_the_template,
+        ),
+        (
+            "dropping_the_template_ends_everything_remote",
+            dropping_the_template_ends_everything_remote,
+        ),
+        (
+            "shutdown_returns_the_remote_status",
+            shutdown_returns_the_remote_status,
+        ),
+        (
+            "no_survivors_when_the_parent_is_killed",
+            no_survivors_when_the_parent_is_killed,
+        ),
+        (
+            "a_stalled_worker_does_not_stall_others",
+            a_stalled_worker_does_not_stall_others,
+        ),
+    ]);
+}
