@@ -204,8 +204,21 @@ pub fn first_request<Req: serde::de::DeserializeOwned>(
 ///
 /// If it cannot be started, or says something else.
 pub fn host_until_ready(exe: &str) -> Result<(std::process::Child, Vec<u32>), Failed> {
+    host_until_ready_with(exe, &[])
+}
+
+/// As [`host_until_ready`], the host started with `args`.
+///
+/// # Errors
+///
+/// As [`host_until_ready`].
+pub fn host_until_ready_with(
+    exe: &str,
+    args: &[&str],
+) -> Result<(std::process::Child, Vec<u32>), Failed> {
     use std::io::BufRead;
     let mut host = std::process::Command::new(exe)
+        .args(args)
         .stdout(std::process::Stdio::piped())
         .spawn()
         .map_err(fail)?;

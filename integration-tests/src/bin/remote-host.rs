@@ -2,7 +2,9 @@
 //! command through `CommandConnector`) with two workers that ignore EOF,
 //! prints the pids of the remote side, its template and the workers, then
 //! waits forever, to be killed with SIGKILL. Also a binary of another build
-//! than the test's, for the build check.
+//! than the test's, for the build check. With the arguments `ssh CONFIG`,
+//! the command is `ssh -F CONFIG fork-test` (the throwaway sshd of
+//! `.ci/sshd`).
 
 use fork_core::remote::CommandConnector;
 use fork_core::{Context, Entry, Template};
@@ -16,9 +18,14 @@ static SLEEP_FOREVER: Entry = fork_core::entry!(sleep_forever);
 
 #[fork_core::main]
 async fn main() -> fork_core::Result<()> {
-    let template = Template::remote(CommandConnector::new("env").arg("-i"))
-        .start()
-        .await?;
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let connector = match args.as_slice() {
+        [ssh, config] if ssh == "ssh" => CommandConnector::new("ssh")
+            .args(["-F", config, "fork-test"])
+            .shell_line(true),
+        _ => CommandConnector::new("env").arg("-i"),
+    };
+    let template = Template::remote(connector).start().await?;
     let agent = std::fs::read_to_string(format!("/proc/{}/stat", template.id()))?
         .rsplit(')')
         .next()

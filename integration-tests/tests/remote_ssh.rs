@@ -1,0 +1,247 @@
+//! Remote templates through a real sshd: the throwaway one `.ci/sshd`
+//! starts on 127.0.0.1 (`bash .ci/test` starts it and sets
+//! `FORK_TEST_SSH_CONFIG` to an ssh_config whose host `fork-test` reaches
+//! it, with strict host-key checking against a throwaway `known_hosts`).
+//! Without that variable every test here fails and says how to run them:
+//! they never pass silently.
+//!
+//! Both connectors: `ssh` itself as a command (`CommandConnector`), and
+//! the `openssh` crate's ControlMaster (`SshConnector`). The other host is
+//! this machine, so the same binary is there; the workers run under sshd.
+
+use std::io::{Read, Write};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fork_core::remote::{CommandConnector, SshConnector};
+use fork_core::testing::wait_exit;
+use fork_core::{Context, Entry, Template};
+use fork_rpc::{RpcEntry, RpcWorker, Setup};
+use integration_tests::{Failed, block_on, ensure, fail, parent_of, state_of};
+use tarpc::context;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Echoes what it reads in upper case until EOF, then exits with code 7.
+fn shout(ctx: Context) -> i32 {
+    let mut socket = ctx.socket();
+    let mut buf = [0u8; 4096];
+    loop {
+        match socket.read(&mut buf) {
+            Ok(0) | Err(_) => return 7,
+            Ok(n) => {
+                if socket.write_all(&buf[..n].to_ascii_uppercase()).is_err() {
+                    return 7;
+                }
+            }
+        }
+    }
+}
+static SHOUT: Entry = fork_core::entry!(shout);
+
+#[tarpc::service]
+trait Calc {
+    async fn add(a: i64, b: i64) -> i64;
+    async fn pid() -> u32;
+}
+
+#[derive(Clone)]
+struct CalcServer;
+
+impl Calc for CalcServer {
+    async fn add(self, _: context::Context, a: i64, b: i64) -> i64 {
+        a + b
+    }
+    async fn pid(self, _: context::Context) -> u32 {
+        std::process::id()
+    }
+}
+
+fn calc(_: &mut Setup<()>) -> Result<ServeCalc<CalcServer>, String> {
+    Ok(CalcServer.serve())
+}
+static CALC: RpcEntry<CalcRequest, CalcResponse> = fork_rpc::entry!(calc);
+
+/// The ssh_config of the throwaway sshd, or why the test cannot run.
+fn ssh_config() -> Result<String, Failed> {
+    std::env::var("FORK_TEST_SSH_CONFIG").map_err(|_| {
+        "FORK_TEST_SSH_CONFIG is not set: run the suite with `bash .ci/test`, which starts \
+         the throwaway sshd these tests log in to (.ci/sshd)"
+            .into()
+    })
+}
+
+/// `ssh -F CONFIG fork-test`, as a command connector.
+fn ssh_command() -> Result<CommandConnector, Failed> {
+    Ok(CommandConnector::new("ssh")
+        .args(["-F".to_string(), ssh_config()?, "fork-test".to_string()])
+        .shell_line(true))
+}
+
+/// The command names of `pid`'s ancestors, nearest first.
+fn ancestors(mut pid: u32) -> Vec<String> {
+    let mut names = Vec::new();
+    while let Some(parent) = parent_of(pid) {
+        if parent <= 1 {
+            break;
+        }
+        let comm = std::fs::read_to_string(format!("/proc/{parent}/comm")).unwrap_or_default();
+        names.push(comm.trim().to_string());
+        pid = parent;
+    }
+    names
+}
+
+async fn bounded<T>(f: impl std::future::Future<Output = Result<T, Failed>>) -> Result<T, Failed> {
+    tokio::time::timeout(Duration::from_secs(60), f)
+        .await
+        .map_err(|_| Failed::from("timed out after 60 s"))?
+}
+
+/// Through `ssh` as a command: the template runs under sshd, forks a
+/// worker there, the worker's bytes come back, and its exit status.
+fn a_template_over_ssh_forks_its_workers_there() -> Result<(), Failed> {
+    block_on(bounded(async {
+        let template = Template::remote(ssh_command()?)
+            .start()
+            .await
+            .map_err(fail)?;
+        let up = ancestors(template.id());
+        ensure!(
+            up.iter().any(|name| name == "sshd"),
+            "the remote template runs under sshd: its ancestors are {up:?}"
+        );
+        let mut worker = template.fork().run(&SHOUT).await.map_err(fail)?;
+        ensure!(
+            parent_of(worker.id()) == Some(template.id()),
+            "the worker is the remote template's child"
+        );
+        let mut stream = worker.take_stream().ok_or("no stream")?;
+        stream.write_all(b"over ssh").await.map_err(fail)?;
+        let mut reply = [0u8; 8];
+        stream.read_exact(&mut reply).await.map_err(fail)?;
+        ensure!(&reply == b"OVER SSH", "reply {reply:?}");
+        drop(stream);
+        let status = worker.wait().await.map_err(fail)?;
+        ensure!(status.code() == Some(7), "exit status {status:?}");
+        let pid = template.id();
+        let status = template.shutdown().await.map_err(fail)?;
+        ensure!(status.success(), "the remote side ended with {status:?}");
+        ensure!(
+            tokio::task::spawn_blocking(move || wait_exit(pid, Duration::from_secs(2)))
+                .await
+                .map_err(fail)?
+                .map_err(fail)?,
+            "the remote template {pid} is gone after the shutdown"
+        );
+        Ok(())
+    }))
+}
+
+/// Through the `openssh` crate (one ControlMaster for two templates): a
+/// typed fork-rpc client over a remote worker, unchanged, one call and 200
+/// in flight.
+fn rpc_over_ssh_through_one_control_master() -> Result<(), Failed> {
+    block_on(bounded(async {
+        let session = openssh::SessionBuilder::default()
+            .config_file(ssh_config()?)
+            .known_hosts_check(openssh::KnownHosts::Strict)
+            .connect_mux("fork-test")
+            .await
+            .map_err(fail)?;
+        let ssh = Arc::new(SshConnector::from_session(Arc::new(session)));
+        let first = Template::remote(ssh.clone()).start().await.map_err(fail)?;
+        let second = Template::remote(ssh).start().await.map_err(fail)?;
+        ensure!(first.id() != second.id(), "two templates");
+        for template in [&first, &second] {
+            let (client, mut worker) = RpcWorker::builder(&mut template.fork(), &CALC)
+                .spawn()
+                .await
+                .map_err(fail)?;
+            let client = CalcClient::from(client);
+            let pid = client.pid(context::current()).await.map_err(fail)?;
+            ensure!(pid == worker.id(), "answered by the worker {pid}");
+            let calls = (0..200i64).map(|i| {
+                let client = client.clone();
+                async move { client.add(context::current(), i, 1).await }
+            });
+            let sums = futures::future::try_join_all(calls).await.map_err(fail)?;
+            ensure!(
+                sums == (1..=200).collect::<Vec<i64>>(),
+                "200 sums in order"
+            );
+            drop(client);
+            let status = worker.wait().await.map_err(fail)?;
+            ensure!(status.success(), "the worker closed cleanly: {status:?}");
+        }
+        for template in [first, second] {
+            let status = template.shutdown().await.map_err(fail)?;
+            ensure!(status.success(), "the remote side ended with {status:?}");
+        }
+        Ok(())
+    }))
+}
+
+/// The parent killed with `SIGKILL`: the ssh client it started sees its
+/// input end, so the remote side, its template and the workers (which
+/// ignore EOF: the template kills them) are all gone within 2 s.
+fn no_survivors_over_ssh_when_the_parent_is_killed() -> Result<(), Failed> {
+    fork_core::testing::set_child_subreaper().map_err(fail)?;
+    let config = ssh_config()?;
+    let (mut host, pids) = integration_tests::host_until_ready_with(
+        env!("CARGO_BIN_EXE_remote-host"),
+        &["ssh", &config],
+    )?;
+    // Checked while the host lives, judged once it is killed (a failed
+    // check must not leave it running).
+    let checked = if pids.len() != 4 {
+        Err(format!("host reported {pids:?}"))
+    } else {
+        let up = ancestors(pids[1]);
+        if up.iter().any(|name| name == "sshd") {
+            Ok(())
+        } else {
+            Err(format!("the remote template runs under sshd: {up:?}"))
+        }
+    };
+    host.kill().map_err(fail)?;
+    host.wait().map_err(fail)?;
+    checked?;
+    for &pid in &pids {
+        ensure!(
+            wait_exit(pid, Duration::from_secs(2)).map_err(fail)?,
+            "process {pid} lives on more than 2 s after the parent was killed"
+        );
+    }
+    // The host's ssh client was re-parented to this process (subreaper):
+    // it ends once the remote side has; reap it.
+    for child in integration_tests::children_of(std::process::id()).map_err(fail)? {
+        if std::fs::read_to_string(format!("/proc/{child}/comm")).is_ok_and(|c| c.trim() == "ssh")
+        {
+            ensure!(
+                wait_exit(child, Duration::from_secs(2)).map_err(fail)?,
+                "the ssh client {child} ended"
+            );
+            let _ = fork_core::testing::reap(child);
+            ensure!(state_of(child).is_none(), "the ssh client {child} reaped");
+        }
+    }
+    Ok(())
+}
+
+fn main() {
+    fork_core::init();
+    integration_tests::run_serially(&[
+        (
+            "a_template_over_ssh_forks_its_workers_there",
+            a_template_over_ssh_forks_its_workers_there,
+        ),
+        (
+            "rpc_over_ssh_through_one_control_master",
+            rpc_over_ssh_through_one_control_master,
+        ),
+        (
+            "no_survivors_over_ssh_when_the_parent_is_killed",
+            no_survivors_over_ssh_when_the_parent_is_killed,
+        ),
+    ])
+}
