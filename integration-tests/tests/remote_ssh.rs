@@ -165,10 +165,7 @@ fn rpc_over_ssh_through_one_control_master() -> Result<(), Failed> {
                 async move { client.add(context::current(), i, 1).await }
             });
             let sums = futures::future::try_join_all(calls).await.map_err(fail)?;
-            ensure!(
-                sums == (1..=200).collect::<Vec<i64>>(),
-                "200 sums in order"
-            );
+            ensure!(sums == (1..=200).collect::<Vec<i64>>(), "200 sums in order");
             drop(client);
             let status = worker.wait().await.map_err(fail)?;
             ensure!(status.success(), "the worker closed cleanly: {status:?}");
@@ -215,8 +212,7 @@ fn no_survivors_over_ssh_when_the_parent_is_killed() -> Result<(), Failed> {
     // The host's ssh client was re-parented to this process (subreaper):
     // it ends once the remote side has; reap it.
     for child in integration_tests::children_of(std::process::id()).map_err(fail)? {
-        if std::fs::read_to_string(format!("/proc/{child}/comm")).is_ok_and(|c| c.trim() == "ssh")
-        {
+        if std::fs::read_to_string(format!("/proc/{child}/comm")).is_ok_and(|c| c.trim() == "ssh") {
             ensure!(
                 wait_exit(child, Duration::from_secs(2)).map_err(fail)?,
                 "the ssh client {child} ended"
