@@ -207,6 +207,52 @@ pub fn host_until_ready(exe: &str) -> Result<(std::process::Child, Vec<u32>), Fa
     host_until_ready_with(exe, &[])
 }
 
+/// The test of "the parent killed with `kill -9` leaves nothing behind":
+/// makes this process a subreaper, starts the host binary `exe` with
+/// `args` ([`host_until_ready_with`]), checks that it reported `count`
+/// processes, all running, and whatever `check` says of them, then kills
+/// the host with `SIGKILL` (whatever the checks said: a failed test leaves
+/// no host behind) and requires every process it reported gone within
+/// `limit`. Reaps those that were re-parented here, leaving no zombie.
+///
+/// # Errors
+///
+/// The first check that fails.
+pub fn killed_host_leaves_nothing(
+    exe: &str,
+    args: &[&str],
+    count: usize,
+    limit: std::time::Duration,
+    check: impl FnOnce(&[u32]) -> Result<(), Failed>,
+) -> Result<(), Failed> {
+    fork_core::testing::set_child_subreaper().map_err(fail)?;
+    let (mut host, pids) = host_until_ready_with(exe, args)?;
+    let checked = (|| {
+        if pids.len() != count {
+            return Err(format!("the host reported {count} processes: {pids:?}").into());
+        }
+        for &pid in &pids {
+            if state_of(pid).is_none_or(|s| s == 'Z') {
+                return Err(format!("{pid} not running before the kill").into());
+            }
+        }
+        check(&pids)
+    })();
+    host.kill().map_err(fail)?;
+    host.wait().map_err(fail)?;
+    checked?;
+    for &pid in &pids {
+        if !fork_core::testing::wait_exit(pid, limit).map_err(fail)? {
+            return Err(format!("process {pid} survived its parent by more than {limit:?}").into());
+        }
+    }
+    // Re-parented to us (subreaper): reap them.
+    for &pid in &pids {
+        let _ = fork_core::testing::reap(pid);
+    }
+    Ok(())
+}
+
 /// As [`host_until_ready`], the host started with `args`.
 ///
 /// # Errors

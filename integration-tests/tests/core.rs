@@ -1142,28 +1142,13 @@ fn stray_marker_is_ignored() -> Result<(), Failed> {
 }
 
 fn no_orphans_when_the_parent_is_killed() -> Result<(), Failed> {
-    fork_core::testing::set_child_subreaper().map_err(fail)?;
-    let (mut host, pids) = integration_tests::host_until_ready(env!("CARGO_BIN_EXE_orphan-host"))?;
-    ensure!(pids.len() == 6, "host reported {pids:?}");
-    for &pid in &pids {
-        ensure!(
-            state_of(pid).is_some_and(|s| s != 'Z'),
-            "{pid} not running before the kill"
-        );
-    }
-    host.kill().map_err(fail)?;
-    host.wait().map_err(fail)?;
-    for &pid in &pids {
-        ensure!(
-            wait_exit(pid, Duration::from_secs(1)).map_err(fail)?,
-            "process {pid} survived its parent by more than a second"
-        );
-    }
-    // They were re-parented to us (subreaper): reap them, leaving no zombie.
-    for &pid in &pids {
-        let _ = fork_core::testing::reap(pid);
-    }
-    Ok(())
+    integration_tests::killed_host_leaves_nothing(
+        env!("CARGO_BIN_EXE_orphan-host"),
+        &[],
+        6,
+        Duration::from_secs(1),
+        |_| Ok(()),
+    )
 }
 
 fn init_order_is_checked() -> Result<(), Failed> {

@@ -551,25 +551,14 @@ fn max_requests_recycles_workers_with_jitter() -> Result<(), Failed> {
 }
 
 fn killing_the_parent_leaves_no_worker() -> Result<(), Failed> {
-    fork_core::testing::set_child_subreaper().map_err(fail)?;
-    let (mut host, pids) = integration_tests::host_until_ready(env!("CARGO_BIN_EXE_prefork-host"))?;
-    ensure!(
-        pids.len() == 4,
-        "host reported a template and three workers: {pids:?}"
-    );
-    host.kill().map_err(fail)?;
-    host.wait().map_err(fail)?;
-    for &pid in &pids {
-        ensure!(
-            fork_core::testing::wait_exit(pid, Duration::from_secs(1)).map_err(fail)?,
-            "process {pid} survived its parent by more than a second"
-        );
-    }
-    // Re-parented to us (subreaper): reap them, leaving no zombie.
-    for &pid in &pids {
-        let _ = fork_core::testing::reap(pid);
-    }
-    Ok(())
+    // A template and three workers.
+    integration_tests::killed_host_leaves_nothing(
+        env!("CARGO_BIN_EXE_prefork-host"),
+        &[],
+        4,
+        Duration::from_secs(1),
+        |_| Ok(()),
+    )
 }
 
 /// What one keep-alive client saw.

@@ -505,23 +505,14 @@ fn shutdown_returns_the_remote_status() -> Result<(), Failed> {
 
 /// The parent killed with SIGKILL: nothing remote survives it by 2 s.
 fn no_survivors_when_the_parent_is_killed() -> Result<(), Failed> {
-    fork_core::testing::set_child_subreaper().map_err(fail)?;
-    let (mut host, pids) = integration_tests::host_until_ready(env!("CARGO_BIN_EXE_remote-host"))?;
-    ensure!(pids.len() == 4, "host reported {pids:?}");
-    for &pid in &pids {
-        ensure!(
-            state_of(pid).is_some_and(|s| s != 'Z'),
-            "{pid} not running before the kill"
-        );
-    }
-    host.kill().map_err(fail)?;
-    host.wait().map_err(fail)?;
-    all_gone_within(&pids, Duration::from_secs(2))?;
-    // The remote side was re-parented to us (subreaper): reap it.
-    for &pid in &pids {
-        let _ = fork_core::testing::reap(pid);
-    }
-    Ok(())
+    // The remote side, its template and two workers.
+    integration_tests::killed_host_leaves_nothing(
+        env!("CARGO_BIN_EXE_remote-host"),
+        &[],
+        4,
+        Duration::from_secs(2),
+        |_| Ok(()),
+    )
 }
 
 /// A worker that does not read stops only its own channel: another worker

@@ -182,33 +182,22 @@ fn rpc_over_ssh_through_one_control_master() -> Result<(), Failed> {
 /// input end, so the remote side, its template and the workers (which
 /// ignore EOF: the template kills them) are all gone within 2 s.
 fn no_survivors_over_ssh_when_the_parent_is_killed() -> Result<(), Failed> {
-    fork_core::testing::set_child_subreaper().map_err(fail)?;
     let config = ssh_config()?;
-    let (mut host, pids) = integration_tests::host_until_ready_with(
+    // The remote side, its template and two workers.
+    integration_tests::killed_host_leaves_nothing(
         env!("CARGO_BIN_EXE_remote-host"),
         &["ssh", &config],
-    )?;
-    // Checked while the host lives, judged once it is killed (a failed
-    // check must not leave it running).
-    let checked = if pids.len() != 4 {
-        Err(format!("host reported {pids:?}"))
-    } else {
-        let up = ancestors(pids[1]);
-        if up.iter().any(|name| name == "sshd") {
+        4,
+        Duration::from_secs(2),
+        |pids| {
+            let up = ancestors(pids[1]);
+            ensure!(
+                up.iter().any(|name| name == "sshd"),
+                "the remote template runs under sshd: {up:?}"
+            );
             Ok(())
-        } else {
-            Err(format!("the remote template runs under sshd: {up:?}"))
-        }
-    };
-    host.kill().map_err(fail)?;
-    host.wait().map_err(fail)?;
-    checked?;
-    for &pid in &pids {
-        ensure!(
-            wait_exit(pid, Duration::from_secs(2)).map_err(fail)?,
-            "process {pid} lives on more than 2 s after the parent was killed"
-        );
-    }
+        },
+    )?;
     // The host's ssh client was re-parented to this process (subreaper):
     // it ends once the remote side has; reap it.
     for child in integration_tests::children_of(std::process::id()).map_err(fail)? {
