@@ -96,6 +96,13 @@ impl Fork {
         }
     }
 
+    /// Whether this fork goes to a [remote template](crate::remote), where
+    /// descriptors cannot travel: a layer that would pass some (in its
+    /// [`slot`](Fork::slot)) does without them.
+    pub fn is_remote(&self) -> bool {
+        self.template.is_remote()
+    }
+
     /// Sends data and descriptors to the code that runs the entry in the new
     /// process, apart from its arguments and descriptors: for a layer built
     /// on fork-core that wraps entries (fork-rpc sends its configuration and

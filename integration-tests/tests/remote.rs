@@ -83,6 +83,7 @@ trait Calc {
     async fn add(a: i64, b: i64) -> i64;
     async fn echo(s: String) -> String;
     async fn pid() -> u32;
+    async fn echo_shared(data: fork_rpc::SharedBytes) -> fork_rpc::SharedBytes;
 }
 
 #[derive(Clone)]
@@ -97,6 +98,13 @@ impl Calc for CalcServer {
     }
     async fn pid(self, _: context::Context) -> u32 {
         std::process::id()
+    }
+    async fn echo_shared(
+        self,
+        _: context::Context,
+        data: fork_rpc::SharedBytes,
+    ) -> fork_rpc::SharedBytes {
+        data
     }
 }
 
@@ -296,6 +304,17 @@ fn rpc_over_a_remote_worker() -> Result<(), Failed> {
                 .map_err(fail)?
                 == big,
             "big echo"
+        );
+        // A payload that would be a shared memory file locally (1 MiB, over
+        // the 256 KiB threshold) travels as bytes: descriptors cannot cross.
+        let payload: Vec<u8> = (0..1024 * 1024).map(|i| (i % 251) as u8).collect();
+        let back = calc
+            .echo_shared(context::current(), payload.clone().into())
+            .await
+            .map_err(fail)?;
+        ensure!(
+            back[..] == payload[..] && !back.is_shared(),
+            "a 1 MiB SharedBytes comes back whole, as bytes"
         );
         drop(calc);
         let status = worker.wait().await.map_err(fail)?;

@@ -88,10 +88,16 @@ where
     let (side_ours, side_theirs) = fork_core::fdpass::seqpacket_pair()?;
     let (shared_ours, shared_theirs) = fork_core::fdpass::seqpacket_pair()?;
     let config_bytes = bincode::serialize(config).map_err(|e| Error::Protocol(e.to_string()))?;
-    let mut worker = fork
-        .slot(config_bytes, &[side_theirs.as_fd(), shared_theirs.as_fd()])
-        .run(entry.entry())
-        .await?;
+    // Descriptors cannot reach a worker of a remote template: it gets no
+    // channel for shared payloads (so it sends them as bytes), and this
+    // side sends none either.
+    let remote = fork.is_remote();
+    let slot_fds: &[_] = if remote {
+        &[side_theirs.as_fd()]
+    } else {
+        &[side_theirs.as_fd(), shared_theirs.as_fd()]
+    };
+    let mut worker = fork.slot(config_bytes, slot_fds).run(entry.entry()).await?;
     if let Ok(mut f) = forked.lock() {
         *f = Some(worker.handle());
     }
@@ -124,7 +130,10 @@ where
     }
     let (read, write) = stream.into_split();
     let (format, limit) = (config.format, config.max_frame as u64);
-    let limits = shm::Limits::of(config);
+    let mut limits = shm::Limits::of(config);
+    if remote {
+        limits.threshold = usize::MAX;
+    }
     let (shared_out, shared_in) = shm::channel::channel(shared_ours, limits)?;
     let frames = FrameRead::new(
         EofWatch::new(read, lost.clone()),
