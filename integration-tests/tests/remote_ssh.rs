@@ -72,9 +72,12 @@ fn ssh_config() -> Result<String, Failed> {
 
 /// `ssh -F CONFIG fork-test`, as a command connector.
 fn ssh_command() -> Result<CommandConnector, Failed> {
-    Ok(CommandConnector::new("ssh")
+    // ANCHOR: command
+    let ssh = CommandConnector::new("ssh")
         .args(["-F".to_string(), ssh_config()?, "fork-test".to_string()])
-        .shell_line(true))
+        .shell_line(true); // ssh hands the command line to a shell
+    // ANCHOR_END: command
+    Ok(ssh)
 }
 
 /// The command names of `pid`'s ancestors, nearest first.
@@ -101,10 +104,12 @@ async fn bounded<T>(f: impl std::future::Future<Output = Result<T, Failed>>) -> 
 /// worker there, the worker's bytes come back, and its exit status.
 fn a_template_over_ssh_forks_its_workers_there() -> Result<(), Failed> {
     block_on(bounded(async {
+        // ANCHOR: start
         let template = Template::remote(ssh_command()?)
             .start()
             .await
             .map_err(fail)?;
+        // ANCHOR_END: start
         let up = ancestors(template.id());
         ensure!(
             up.iter().any(|name| name == "sshd"),
@@ -142,6 +147,7 @@ fn a_template_over_ssh_forks_its_workers_there() -> Result<(), Failed> {
 /// in flight.
 fn rpc_over_ssh_through_one_control_master() -> Result<(), Failed> {
     block_on(bounded(async {
+        // ANCHOR: openssh
         let session = openssh::SessionBuilder::default()
             .config_file(ssh_config()?)
             .known_hosts_check(openssh::KnownHosts::Strict)
@@ -151,6 +157,7 @@ fn rpc_over_ssh_through_one_control_master() -> Result<(), Failed> {
         let ssh = Arc::new(SshConnector::from_session(Arc::new(session)));
         let first = Template::remote(ssh.clone()).start().await.map_err(fail)?;
         let second = Template::remote(ssh).start().await.map_err(fail)?;
+        // ANCHOR_END: openssh
         ensure!(first.id() != second.id(), "two templates");
         for template in [&first, &second] {
             let (client, mut worker) = RpcWorker::builder(&mut template.fork(), &CALC)
