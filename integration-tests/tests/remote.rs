@@ -282,6 +282,13 @@ fn rpc_over_a_remote_worker() -> Result<(), Failed> {
             calc.add(context::current(), 2, 3).await.map_err(fail)? == 5,
             "2 + 3"
         );
+        // Descriptors cannot reach it: a typed error, and the worker serves
+        // on.
+        let (reader, _writer) = std::io::pipe().map_err(fail)?;
+        match worker.send_fd(&reader).await {
+            Err(fork_rpc::Error::Core(e)) if e.is_remote_unsupported() => {}
+            other => return Err(format!("send_fd gave {other:?}").into()),
+        }
         let pid = calc.pid(context::current()).await.map_err(fail)?;
         ensure!(
             pid == worker.id(),

@@ -57,8 +57,16 @@ impl<Ev> RpcWorker<Ev> {
     /// # Errors
     ///
     /// I/O errors (for example the worker is gone), or more than
-    /// [`fork_core::fdpass::MAX_FDS`] descriptors.
+    /// [`fork_core::fdpass::MAX_FDS`] descriptors;
+    /// [`fork_core::Error::RemoteUnsupported`] (in [`Error::Core`](crate::Error::Core))
+    /// for a worker of a remote template: descriptors cannot cross hosts.
     pub async fn send_fds(&self, fds: &[BorrowedFd<'_>]) -> Result<()> {
+        if self.process.template().is_remote() {
+            return Err(fork_core::Error::RemoteUnsupported {
+                what: "sending descriptors to a worker",
+            }
+            .into());
+        }
         self.fds
             .async_io(tokio::io::Interest::WRITABLE, || {
                 fork_core::fdpass::send_fds(self.fds.as_fd(), b"f", fds)
