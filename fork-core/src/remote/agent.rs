@@ -197,10 +197,8 @@ async fn read_requests(
     out: &Outbox,
 ) -> Result<(), String> {
     loop {
-        let frame = match frames.next().await {
-            Ok(Some(frame)) => frame,
-            Ok(None) | Err(ReadError::Io(_)) => return Ok(()),
-            Err(ReadError::Protocol(e)) => return Err(e.0),
+        let Some(frame) = frames.next_or_end().await? else {
+            return Ok(());
         };
         match frame {
             Owned::Control(msg) => {

@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::connector::Session;
 use super::ctrl::Ctrl;
 use super::mux::Mux;
-use super::stream::{BoxWrite, FrameReader, OUT_QUEUE, Outbox, Owned, ReadError, write_loop};
+use super::stream::{BoxWrite, FrameReader, OUT_QUEUE, Outbox, Owned, write_loop};
 use super::wire::Frame;
 use crate::error::Failure;
 use crate::proto::{self, Assembler, Reader, Request, Then};
@@ -112,10 +112,8 @@ async fn end_session(session: &mut Box<dyn Session>, status: oneshot::Sender<Opt
 /// protocol (`Err`, what was wrong).
 async fn read_replies(mut frames: FrameReader, ctrl: &Ctrl, mux: &Mux) -> Result<(), String> {
     loop {
-        let frame = match frames.next().await {
-            Ok(Some(frame)) => frame,
-            Ok(None) | Err(ReadError::Io(_)) => return Ok(()),
-            Err(ReadError::Protocol(e)) => return Err(e.0),
+        let Some(frame) = frames.next_or_end().await? else {
+            return Ok(());
         };
         match frame {
             Owned::Control(msg) => {

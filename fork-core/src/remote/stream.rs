@@ -83,6 +83,17 @@ impl FrameReader {
         &self.buf[self.start..]
     }
 
+    /// The next frame of a relay loop: `Ok(None)` once the stream ends or
+    /// breaks (nothing more comes: the loop ends quietly), `Err` with what
+    /// was wrong if the other side broke the protocol.
+    pub(crate) async fn next_or_end(&mut self) -> Result<Option<Owned>, String> {
+        match self.next().await {
+            Ok(frame) => Ok(frame),
+            Err(ReadError::Io(_)) => Ok(None),
+            Err(ReadError::Protocol(e)) => Err(e.0),
+        }
+    }
+
     /// The next frame; `Ok(None)` at the end of the stream between frames.
     ///
     /// # Errors

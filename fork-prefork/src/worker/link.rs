@@ -478,13 +478,20 @@ mod tests {
         assert!(link.shared.exit_data.lock().unwrap().is_none());
     }
 
-    #[tokio::test]
-    async fn yell_wait_waits_for_room_instead_of_failing() {
+    /// A link whose worker queue is full of the largest values, and one of
+    /// them.
+    fn full_queue() -> (Link, Vec<u8>) {
         let link = link();
         let value = vec![0u8; message::MAX_DATA - 8];
         for _ in 0..MAX_QUEUED / message::MAX_DATA {
             link.yell(&value[..]).unwrap();
         }
+        (link, value)
+    }
+
+    #[tokio::test]
+    async fn yell_wait_waits_for_room_instead_of_failing() {
+        let (link, value) = full_queue();
         let waiting = tokio::spawn({
             let link = link.clone();
             let value = value.clone();
@@ -502,11 +509,7 @@ mod tests {
 
     #[tokio::test]
     async fn yell_wait_fails_once_nothing_more_is_written() {
-        let link = link();
-        let value = vec![0u8; message::MAX_DATA - 8];
-        for _ in 0..MAX_QUEUED / message::MAX_DATA {
-            link.yell(&value[..]).unwrap();
-        }
+        let (link, value) = full_queue();
         let waiting = tokio::spawn({
             let link = link.clone();
             async move { link.yell_wait(&value[..]).await }
@@ -519,11 +522,7 @@ mod tests {
 
     #[test]
     fn yells_past_the_queue_bound_fail_until_written() {
-        let link = link();
-        let value = vec![0u8; message::MAX_DATA - 8];
-        for _ in 0..MAX_QUEUED / message::MAX_DATA {
-            link.yell(&value[..]).unwrap();
-        }
+        let (link, value) = full_queue();
         let queued = link.shared.yells.lock().unwrap().bytes;
         match link.yell(&value[..]) {
             Err(Error::DataBacklog { queued: q }) => assert_eq!(q, queued),
