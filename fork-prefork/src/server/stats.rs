@@ -31,6 +31,12 @@ pub struct Stats {
     /// dropped because [`Config::data_backlog`](crate::Config::data_backlog)
     /// values waited unread in the [event stream](crate::Prefork::events).
     pub data_dropped: u64,
+    /// Maintenance ticks done (every
+    /// [`Config::maintenance_interval`](crate::Config::maintenance_interval)):
+    /// each one applies the sizing policy once. Await it with
+    /// [`Prefork::wait_until`](crate::Prefork::wait_until) to let the
+    /// policy act (or not) a given number of times.
+    pub ticks: u64,
     /// The server stopped (every worker reaped).
     pub stopped: bool,
     /// Every worker, oldest first.

@@ -125,6 +125,7 @@ struct Counters {
     crashed: u64,
     boot_failures: u64,
     data_dropped: u64,
+    ticks: u64,
 }
 
 /// How far the server is in stopping.
@@ -285,6 +286,9 @@ impl Manager {
     /// deadline, answers finished reloads; returns when to look again.
     fn step(&mut self, now: Instant, tick: bool) -> Option<Instant> {
         let mut wake = None;
+        if tick {
+            self.counters.ticks += 1;
+        }
         if self.stopping.is_none() {
             let d = policy::decide(&self.knobs, &self.snapshot(tick), now);
             self.rate = d.rate;
@@ -679,6 +683,7 @@ impl Manager {
             crashed: self.counters.crashed,
             boot_failures: self.counters.boot_failures,
             data_dropped: self.counters.data_dropped,
+            ticks: self.counters.ticks,
             ..Stats::default()
         };
         for m in &self.members {
