@@ -3,30 +3,34 @@
 //! and reaps workers, paces restarts after crashes, halts on boot loops,
 //! reloads and stops. It is never in the data path: workers accept on
 //! their own; the manager only reads their small reports.
+//!
+//! This file holds its state, its loop and a tick (the policy applied,
+//! forks, stats); `commands` what the handles ask, `workers` what happens
+//! to workers, `deadlines` the timeouts, `reap` how an exit is classified.
 
 use std::os::fd::{AsFd, OwnedFd};
-use std::process::ExitStatus;
-use std::sync::Arc;
 use std::time::Duration;
 
 use fork_core::{Template, WorkerHandle};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
-use super::events::{self as public, ExitReason, Sink};
-use super::monitor::{self, Event};
+use super::events::Sink;
+use super::monitor::Event;
 use super::signals::Sent;
 use super::stats::{Stats, WorkerInfo, WorkerState};
 use crate::config::Config;
 use crate::entry::PreforkEntry;
-use crate::error::{BootFailure, Error, Result};
-use crate::message::{self, Leave, ListenerKind, Report, Setup};
-use crate::policy::{self, Knobs, Mode, Phase, Snapshot, View, after};
+use crate::error::{Error, Result};
+use crate::message::{self, Leave, ListenerKind, Setup};
+use crate::policy::{self, Knobs, Phase, Snapshot, View, after};
 
 use self::deadlines::earliest;
 
+mod commands;
 mod deadlines;
 mod reap;
+mod workers;
 
 /// What the handles ask of the manager.
 #[derive(Debug)]
@@ -409,269 +413,6 @@ impl Manager {
             if quick {
                 m.kill();
             }
-        }
-    }
-
-    fn command(&mut self, command: Command) {
-        let now = Instant::now();
-        match command {
-            Command::Stop { reply } => {
-                self.stops.push(reply);
-                self.stop(now);
-            }
-            Command::Reload { template, reply } => {
-                if self.stopping.is_some() {
-                    let _ = reply.send(Err(Error::Stopped));
-                    return;
-                }
-                self.reload(template, reply);
-            }
-            Command::Resize { size, reply } => {
-                let _ = reply.send(self.resize(size));
-            }
-        }
-    }
-
-    /// Sets the number of workers (fixed sizing) or the most (spare
-    /// sizing), never below 1; the policy forks or retires (idle workers
-    /// only) from its next step on. The number is the manager's: it holds
-    /// across reloads.
-    fn resize(&mut self, size: Resize) -> usize {
-        let now = match self.knobs.mode {
-            policy::Mode::Fixed(n) => n,
-            policy::Mode::Spare { max, .. } => max,
-        };
-        let new = match size {
-            Resize::To(n) => n,
-            Resize::By(delta) => now.saturating_add_signed(delta),
-        }
-        .max(1);
-        match &mut self.knobs.mode {
-            policy::Mode::Fixed(n) => *n = new,
-            policy::Mode::Spare { max, .. } => *max = new,
-        }
-        tracing::info!(workers = new, "resized");
-        new
-    }
-
-    fn reload(&mut self, template: Template, reply: oneshot::Sender<Result<()>>) {
-        let old = std::mem::replace(&mut self.template, template);
-        if self.previous.is_none() {
-            self.previous = Some((self.generation, old));
-        }
-        self.newest += 1;
-        self.generation = self.newest;
-        let serving = self.members.iter().filter(|m| !m.stopping()).count();
-        (self.replacing, self.floor) = match self.knobs.mode {
-            Mode::Fixed(n) => (n, n),
-            Mode::Spare { max, .. } => {
-                let floor = serving.max(self.config.start_servers()).min(max);
-                // More serving than `max` (after a resize down): no more than
-                // `floor` new ones may be ready before the last old one goes.
-                (serving.min(floor), floor)
-            }
-        };
-        self.rate = 1;
-        self.boot_streak = 0;
-        self.abnormal_streak = 0;
-        self.backoff_until = None;
-        tracing::info!(generation = self.generation, "reloading");
-        self.reloads.push((self.generation, reply));
-    }
-
-    fn stop(&mut self, now: Instant) {
-        match self.stopping {
-            None => {
-                tracing::info!("stopping gracefully");
-                self.stopping = Some(Stopping::Graceful);
-                for (_, reply) in self.reloads.drain(..) {
-                    let _ = reply.send(Err(Error::Stopped));
-                }
-                let ids: Vec<u64> = self.members.iter().map(|m| m.id).collect();
-                for id in ids {
-                    self.ask_to_stop(id, now);
-                }
-            }
-            Some(Stopping::Graceful) => {
-                tracing::info!("stopping at once");
-                self.stopping = Some(Stopping::Quick);
-                for m in &mut self.members {
-                    m.kill();
-                }
-            }
-            Some(Stopping::Quick) => {}
-        }
-    }
-
-    fn event(&mut self, event: Event) {
-        let now = Instant::now();
-        match event {
-            Event::Spawned { id, result } => self.spawned(id, result, now),
-            Event::Report { id, report } => {
-                let Some(m) = self.member(id) else { return };
-                m.heard = now;
-                match report {
-                    Report::Ready => {
-                        m.ready = true;
-                        m.idle_since = now;
-                        self.boot_streak = 0;
-                        self.abnormal_streak = 0;
-                    }
-                    Report::State {
-                        busy,
-                        served,
-                        accepted,
-                    } => {
-                        if busy == 0 && m.busy > 0 {
-                            m.idle_since = now;
-                        }
-                        m.busy = busy;
-                        m.served = served;
-                        m.accepted = accepted;
-                    }
-                    Report::Failed(why) => m.failure = Some(why),
-                    Report::Leaving(why) => m.leave = Some(why),
-                    Report::ExitData(bytes) => m.exit_data = Some(bytes),
-                    Report::Data(bytes) => {
-                        let Some(pid) = m.pid else { return };
-                        let generation = m.generation;
-                        let data = public::Data {
-                            pid,
-                            generation,
-                            bytes,
-                        };
-                        if !self.sink.data(data) {
-                            self.counters.data_dropped += 1;
-                        }
-                    }
-                }
-            }
-            Event::Broken { id, why } => {
-                // A worker the manager killed may break off mid-frame: that
-                // is no protocol error.
-                if let Some(m) = self.member(id)
-                    && !m.killed
-                {
-                    tracing::warn!(pid = m.pid, "worker sent what is no report ({why}): killed");
-                    m.broken = true;
-                }
-            }
-            Event::Exited { id, status } => self.exited(id, status, now),
-        }
-    }
-
-    fn spawned(&mut self, id: u64, result: fork_core::Result<fork_core::Worker>, now: Instant) {
-        let quick = self.stopping == Some(Stopping::Quick);
-        match result {
-            Ok(worker) => {
-                let events = self.events.clone();
-                // A signal sent to an earlier process with this pid is not
-                // this worker's.
-                self.sent.forget(worker.id());
-                let Some(m) = self.member(id) else { return };
-                m.pid = Some(worker.id());
-                m.handle = Some(worker.handle());
-                if quick {
-                    m.kill();
-                }
-                let stop = m.stop.subscribe();
-                tokio::spawn(monitor::monitor(id, worker, stop, events));
-            }
-            Err(e) => {
-                self.members.retain(|m| m.id != id);
-                self.boot_failure(BootFailure::Spawn(Arc::new(e)), now);
-            }
-        }
-    }
-
-    fn exited(&mut self, id: u64, status: fork_core::Result<ExitStatus>, now: Instant) {
-        let Some(i) = self.members.iter().position(|m| m.id == id) else {
-            return;
-        };
-        let mut m = self.members.remove(i);
-        self.counters.exited += 1;
-        let reason = self.report_reap(&mut m, &status);
-        tracing::debug!(
-            pid = m.pid,
-            generation = m.generation,
-            ?status,
-            ?reason,
-            "worker reaped"
-        );
-        // Told to stop, or ended by a signal the server sent: as asked.
-        if m.stopping() || reason == ExitReason::Killed {
-            return;
-        }
-        if !m.ready {
-            let cause = match status {
-                _ if m.start_timed_out => BootFailure::StartTimeout(self.config.start_timeout),
-                Ok(status) => match m.failure {
-                    Some(message) => BootFailure::Reported { message, status },
-                    None => BootFailure::Exited(status),
-                },
-                Err(e) => BootFailure::Spawn(Arc::new(e)),
-            };
-            self.boot_failure(cause, now);
-        } else if matches!(
-            reason,
-            ExitReason::Crashed | ExitReason::Broken | ExitReason::TimedOut
-        ) {
-            tracing::warn!(pid = m.pid, ?status, ?reason, "worker exited abnormally");
-            self.counters.crashed += 1;
-            self.abnormal(now);
-        }
-    }
-
-    /// Paces the next start after an abnormal exit.
-    fn abnormal(&mut self, now: Instant) {
-        self.abnormal_streak = self.abnormal_streak.saturating_add(1);
-        let doubling = 1u32 << (self.abnormal_streak - 1).min(20);
-        let delay = self
-            .config
-            .err_respawn_interval
-            .saturating_mul(doubling)
-            .min(
-                self.config
-                    .err_respawn_max
-                    .max(self.config.err_respawn_interval),
-            );
-        self.backoff_until = Some(after(now, delay));
-    }
-
-    fn boot_failure(&mut self, cause: BootFailure, now: Instant) {
-        tracing::warn!("a worker failed before it was ready: {cause}");
-        self.counters.boot_failures += 1;
-        self.boot_streak = self.boot_streak.saturating_add(1);
-        self.abnormal(now);
-        if self.stopping.is_some() || self.boot_streak < self.config.max_boot_failures.max(1) {
-            return;
-        }
-        let error = Error::Boot {
-            failures: self.boot_streak,
-            cause,
-        };
-        self.boot_streak = 0;
-        if let Some((generation, template)) = self.previous.take() {
-            // A reload that cannot boot: back to the generation it replaces,
-            // which still serves; the new one's workers leave.
-            tracing::error!("{error}: the reload failed, generation {generation} keeps serving");
-            self.template = template;
-            self.generation = generation;
-            self.replacing = 0;
-            self.floor = match self.knobs.mode {
-                Mode::Fixed(n) => n,
-                Mode::Spare { .. } => 0,
-            };
-            self.backoff_until = None;
-            self.publish();
-            for (_, reply) in self.reloads.drain(..) {
-                let _ = reply.send(Err(error.clone()));
-            }
-        } else {
-            tracing::error!("{error}: the server stops");
-            self.halted = Some(error);
-            self.stop(now);
-            self.stop(now);
         }
     }
 
