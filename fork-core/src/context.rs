@@ -78,14 +78,7 @@ impl Context {
     ///
     /// [`Error::Arg`] if there is no such argument or it does not decode as `T`.
     pub fn arg<T: DeserializeOwned>(&self, index: usize) -> Result<T> {
-        let bytes = self.args.get(index).ok_or_else(|| Error::Arg {
-            index,
-            message: format!("no such argument ({} sent)", self.args.len()),
-        })?;
-        bincode::deserialize(bytes).map_err(|e| Error::Arg {
-            index,
-            message: e.to_string(),
-        })
+        decode_arg(&self.args, index)
     }
 
     /// The descriptors sent to this process, in order.
@@ -113,4 +106,29 @@ impl Context {
         self.socket.set_nonblocking(true)?;
         Ok(tokio::net::UnixStream::from_std(self.socket)?)
     }
+}
+
+/// Decodes argument `index` of `args`, the raw arguments a worker got (as
+/// [`Context::args`] gives them): what [`Context::arg`] does, for layers
+/// that keep the arguments themselves (fork-rpc's `Setup`, fork-prefork's
+/// `Context`).
+///
+/// ```
+/// let args = vec![bincode::serialize(&42u32).unwrap()];
+/// assert_eq!(fork_core::decode_arg::<u32>(&args, 0).unwrap(), 42);
+/// assert!(fork_core::decode_arg::<u32>(&args, 1).is_err());
+/// ```
+///
+/// # Errors
+///
+/// [`Error::Arg`] if there is no such argument or it does not decode as `T`.
+pub fn decode_arg<T: DeserializeOwned>(args: &[Vec<u8>], index: usize) -> Result<T> {
+    let bytes = args.get(index).ok_or_else(|| Error::Arg {
+        index,
+        message: format!("no such argument ({} sent)", args.len()),
+    })?;
+    bincode::deserialize(bytes).map_err(|e| Error::Arg {
+        index,
+        message: e.to_string(),
+    })
 }

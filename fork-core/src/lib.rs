@@ -118,7 +118,7 @@ mod worker;
 
 pub use crate::activation::{ListenFd, take_listen_fds};
 pub use crate::command::Command;
-pub use crate::context::{Context, Slot};
+pub use crate::context::{Context, Slot, decode_arg};
 pub use crate::entry::{Entry, EntryResult, InitFn, PANIC_EXIT_CODE};
 pub use crate::error::{Error, Result};
 pub use crate::fork::Fork;

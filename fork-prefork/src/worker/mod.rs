@@ -68,14 +68,7 @@ impl Context {
     /// [`fork_core::Error::Arg`] if there is no such argument or it does not
     /// decode as `T`.
     pub fn arg<T: DeserializeOwned>(&self, index: usize) -> fork_core::Result<T> {
-        let bytes = self.args.get(index).ok_or_else(|| fork_core::Error::Arg {
-            index,
-            message: format!("no such argument ({} sent)", self.args.len()),
-        })?;
-        bincode::deserialize(bytes).map_err(|e| fork_core::Error::Arg {
-            index,
-            message: e.to_string(),
-        })
+        fork_core::decode_arg(&self.args, index)
     }
 
     /// The descriptors the worker inherited from its template

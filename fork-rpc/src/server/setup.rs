@@ -8,7 +8,7 @@ use serde::de::DeserializeOwned;
 
 use super::events::EventSender;
 use super::fds::FdReceiver;
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// What a worker's init hook gets: its arguments and descriptors, a sender
 /// for events, the receiver of descriptors sent later, and a place for the
@@ -47,12 +47,7 @@ impl<Ev: Serialize> Setup<Ev> {
     ///
     /// If there is no such argument or it does not decode as `T`.
     pub fn arg<T: DeserializeOwned>(&self, index: usize) -> Result<T> {
-        let arg_error = |message: String| Error::Core(fork_core::Error::Arg { index, message });
-        let bytes = self
-            .args
-            .get(index)
-            .ok_or_else(|| arg_error(format!("no such argument ({} sent)", self.args.len())))?;
-        bincode::deserialize(bytes).map_err(|e| arg_error(e.to_string()))
+        Ok(fork_core::decode_arg(&self.args, index)?)
     }
 
     /// Takes the descriptors sent with the fork (and inherited from the
