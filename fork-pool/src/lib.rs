@@ -133,6 +133,7 @@
 
 mod config;
 mod error;
+mod hosts;
 mod pool;
 mod scale;
 #[cfg(feature = "tower")]
@@ -140,4 +141,6 @@ mod tower;
 
 pub use crate::config::{Config, Overflow};
 pub use crate::error::{Error, Result};
-pub use crate::pool::{Builder, JobPool, Pool, PoolEvents, Stats};
+pub use crate::pool::{
+    Builder, Host, HostEvent, HostEvents, HostStats, JobPool, Pool, PoolEvents, Stats,
+};

@@ -9,15 +9,17 @@ use serde::de::DeserializeOwned;
 use tarpc::RequestName;
 
 use super::Pool;
+use super::host::Host;
 use super::metrics::Metrics;
 use super::retry::Retry;
 use super::shared::Shared;
-use super::spawn::RpcSpawn;
+use super::spawn::{HostTemplate, RpcSpawn};
 use crate::config::{Config, Overflow};
 
 /// Builds a [`Pool`]; see [`Config`] for every knob.
 pub struct Builder<Req, Resp, Ev> {
-    pub(super) template: fork_core::Template,
+    /// Where workers run (at least one).
+    pub(super) hosts: Vec<Host>,
     pub(super) entry: fork_rpc::RpcEntry<Req, Resp, Ev>,
     pub(super) config: Config,
     /// Which requests may run again.
@@ -44,6 +46,17 @@ where
     Resp: Serialize + DeserializeOwned + Send + Sync + 'static,
     Ev: DeserializeOwned + Send + Sync + 'static,
 {
+    /// Adds a host to fork workers on: another template (local, or
+    /// remote), with its own limits. Workers are placed across all hosts,
+    /// the first one (the template the pool was built with) included, and
+    /// calls go to the least-loaded worker wherever it runs; see [`Host`]
+    /// for placement and what happens when a host is lost. The pool's
+    /// [`max`](Builder::max) caps the workers of all hosts together.
+    pub fn host(mut self, host: Host) -> Self {
+        self.hosts.push(host);
+        self
+    }
+
     /// Replaces the whole configuration.
     pub fn config(mut self, config: Config) -> Self {
         self.config = config;
@@ -189,11 +202,22 @@ where
         );
         #[cfg(not(feature = "metrics"))]
         let metrics = Metrics::none();
+        let slots = self.hosts.iter().map(Host::slot).collect();
         let spawner = RpcSpawn {
-            template: self.template,
+            hosts: self
+                .hosts
+                .into_iter()
+                .map(|host| HostTemplate::new(host.source))
+                .collect(),
             entry: self.entry,
             rpc: self.config.rpc.clone(),
         };
-        Pool::from_shared(Shared::start(self.config, spawner, retry, metrics))
+        Pool::from_shared(Shared::start(
+            self.config,
+            slots,
+            spawner,
+            retry,
+            metrics,
+        ))
     }
 }

@@ -200,15 +200,16 @@ impl<S: Spawn> Shared<S> {
             // (A call past its deadline or answered with an error says
             // nothing of the connection: the next job will, if it broke.)
             let mut st = self.lock();
-            if st
+            if let Some(host) = st
                 .dispatch
                 .members
                 .iter()
-                .any(|m| m.id == id && m.client.is_closed())
+                .find(|m| m.id == id && m.client.is_closed())
+                .map(|m| m.host)
             {
                 // It sent what cannot be read: it serves nothing more.
                 // (Counted once, by the first of its jobs to see it.)
-                st.stats.crashed += 1;
+                st.crashed_on(host);
                 if let Some(pid) = self.kill(st, id) {
                     tracing::warn!(pid, error = %e, "worker's connection broke; killing it");
                 }

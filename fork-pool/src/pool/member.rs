@@ -41,6 +41,8 @@ pub(crate) enum AfterJob {
 pub(crate) struct Member<K: Kind> {
     pub(crate) id: u64,
     pub(crate) pid: u32,
+    /// The host it runs on (its index).
+    pub(crate) host: usize,
     /// Shared with the jobs running on it (one reference to count per job,
     /// where a client clone has three).
     pub(crate) client: Arc<K::Conn>,
@@ -68,6 +70,7 @@ impl<K: Kind> Member<K> {
     pub(crate) fn new(
         id: u64,
         pid: u32,
+        host: usize,
         client: K::Conn,
         process: K::Process,
         limit: Option<u64>,
@@ -76,6 +79,7 @@ impl<K: Kind> Member<K> {
         Member {
             id,
             pid,
+            host,
             client: Arc::new(client),
             process,
             load: 0,

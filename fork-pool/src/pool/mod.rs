@@ -40,6 +40,7 @@ mod batch;
 mod builder;
 pub(crate) mod deadline;
 mod dispatch;
+mod host;
 mod job;
 mod jobs;
 mod lease;
@@ -56,6 +57,7 @@ mod supervisor;
 mod testing;
 
 pub use self::builder::Builder;
+pub use self::host::{Host, HostEvent, HostEvents, HostStats};
 pub use self::jobs::JobPool;
 pub use self::stats::Stats;
 
@@ -115,12 +117,25 @@ where
     /// Starts building a pool of workers forked from `template` (prepared as
     /// you like: preloaded state, arguments, descriptors), each serving
     /// `entry`.
+    ///
+    /// The template is the pool's first [`Host`], named `local` (more can
+    /// be added with [`Builder::host`]).
     pub fn builder(
         template: fork_core::Template,
         entry: &fork_rpc::RpcEntry<Req, Resp, Ev>,
     ) -> Builder<Req, Resp, Ev> {
+        Pool::builder_on(Host::new("local", template), entry)
+    }
+
+    /// Starts building a pool whose first host is `host` (a remote
+    /// template that connects when needed, for example), each worker
+    /// serving `entry`. More hosts can be added with [`Builder::host`].
+    pub fn builder_on(
+        host: Host,
+        entry: &fork_rpc::RpcEntry<Req, Resp, Ev>,
+    ) -> Builder<Req, Resp, Ev> {
         Builder {
-            template,
+            hosts: vec![host],
             entry: *entry,
             config: Config::default(),
             idempotent: None,
@@ -189,6 +204,13 @@ where
     /// dropped, so that a pool whose events nobody reads does not hoard them.
     pub fn events(&self) -> Option<PoolEvents<Ev>> {
         self.handle.shared.take_events()
+    }
+
+    /// Takes the stream of [`HostEvent`]s: hosts going down and coming up
+    /// (once; `None` afterwards). As with [`events`](Pool::events), only
+    /// what happens after it is taken is kept.
+    pub fn host_events(&self) -> Option<HostEvents> {
+        self.handle.shared.take_host_events()
     }
 
     /// Waits until the pool's [`Stats`] satisfy `condition`, re-checking

@@ -13,12 +13,14 @@ use tokio::time::Instant;
 
 use super::PoolEvents;
 use super::dispatch::{Dispatch, Room, Seat};
+use super::host::{HostEvent, HostEvents, Link, Slot};
 use super::life::Life;
 use super::metrics::{Locked, Metrics};
 use super::retry::Retry;
 use super::spawn::{Kind, Spawn};
 use super::stats::Stats;
 use crate::config::Config;
+use crate::hosts::{self, Place};
 use crate::scale::{Knobs, Snapshot};
 
 /// Events of all workers, each with its worker's pid.
@@ -50,6 +52,20 @@ pub(crate) struct Shared<K: Kind> {
     events_rx: Mutex<Option<PoolEvents<K::Ev>>>,
     /// Events are kept only once somebody took the stream.
     events_taken: AtomicBool,
+    host_events_tx: mpsc::UnboundedSender<HostEvent>,
+    host_events_rx: Mutex<Option<HostEvents>>,
+    host_events_taken: AtomicBool,
+    /// Set when the pool is shut down for good (its last handle dropped):
+    /// the tasks watching its hosts end.
+    pub(crate) for_good: watch::Sender<bool>,
+}
+
+/// A worker placed on a host, on its way.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Placed {
+    pub(crate) host: usize,
+    /// The host is to be connected first.
+    pub(crate) connect: bool,
 }
 
 pub(crate) struct State<K: Kind> {
@@ -66,14 +82,31 @@ pub(crate) struct State<K: Kind> {
     /// stopped, so that a pool opened again has one supervisor.
     pub(crate) supervising: bool,
     pub(crate) last_spawn: Option<Instant>,
-    pub(crate) consecutive_failures: u32,
-    pub(crate) backoff_until: Option<Instant>,
+    /// The hosts, as the builder listed them.
+    pub(crate) hosts: Vec<Slot>,
     pub(crate) stats: Stats,
     /// When the supervisor will look again on its own.
     pub(crate) next_wake: Option<Instant>,
     /// The counters of `stats` as the metrics last showed them.
     #[cfg(feature = "metrics")]
     pub(crate) published: Stats,
+}
+
+// ===== impl State =====
+
+impl<K: Kind> State<K> {
+    /// A worker placed on `host` is no longer starting (it joined, failed,
+    /// or was given up on).
+    pub(crate) fn started(&mut self, host: usize) {
+        self.starting -= 1;
+        self.hosts[host].starting -= 1;
+    }
+
+    /// A worker of `host` died, or left the pool with its host.
+    pub(crate) fn crashed_on(&mut self, host: usize) {
+        self.stats.crashed += 1;
+        self.hosts[host].stats.lost += 1;
+    }
 }
 
 // ===== impl Shared =====
@@ -87,12 +120,22 @@ impl<S: Spawn> Shared<S> {
     /// Outside a tokio runtime.
     pub(crate) fn start(
         config: Config,
+        hosts: Vec<Slot>,
         spawner: S,
         retry: Option<Retry<S::Req>>,
         metrics: Metrics,
     ) -> Arc<Self> {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
-        let knobs = config.knobs();
+        let (host_events_tx, host_events_rx) = mpsc::unbounded_channel();
+        let mut knobs = config.knobs();
+        // Hosts that all have a limit of their own cap the pool too.
+        if let Some(sum) = hosts
+            .iter()
+            .map(Slot::max)
+            .try_fold(0usize, |sum, max| Some(sum.saturating_add(max?)))
+        {
+            knobs.max = knobs.max.min(sum);
+        }
         let shared = Arc::new(Shared {
             knobs,
             room: Room::new(config.queue_limit, config.overflow),
@@ -110,8 +153,7 @@ impl<S: Spawn> Shared<S> {
                 life: Life::new(),
                 supervising: false,
                 last_spawn: None,
-                consecutive_failures: 0,
-                backoff_until: None,
+                hosts,
                 stats: Stats::default(),
                 next_wake: None,
                 #[cfg(feature = "metrics")]
@@ -125,8 +167,16 @@ impl<S: Spawn> Shared<S> {
             events_tx,
             events_rx: Mutex::new(Some(events_rx)),
             events_taken: AtomicBool::new(false),
+            host_events_tx,
+            host_events_rx: Mutex::new(Some(host_events_rx)),
+            host_events_taken: AtomicBool::new(false),
+            for_good: watch::Sender::new(false),
         });
         let spares = shared.count_launch(&mut shared.lock());
+        let hosts = shared.lock().hosts.len();
+        for host in 0..hosts {
+            shared.watch_host(host);
+        }
         shared.launch(spares);
         shared
     }
@@ -134,23 +184,77 @@ impl<S: Spawn> Shared<S> {
     /// Counts, under the lock, what an open pool starts with: the `idle`
     /// workers (up front, before any job can queue) and the supervisor.
     /// Their number, for [`launch`](Self::launch).
-    pub(crate) fn count_launch(&self, st: &mut State<S>) -> usize {
-        let spares = self.knobs.idle;
-        if spares > 0 {
-            st.starting += spares;
-            st.last_spawn = Some(Instant::now());
+    pub(crate) fn count_launch(&self, st: &mut State<S>) -> Vec<Placed> {
+        let now = Instant::now();
+        let spares: Vec<Placed> = (0..self.knobs.idle)
+            .map_while(|_| self.place(st, now))
+            .collect();
+        if !spares.is_empty() {
+            st.last_spawn = Some(now);
         }
         st.supervising = true;
         spares
     }
 
-    /// Starts the supervisor and `spares` workers, as counted by
+    /// Starts the supervisor and the `spares` placed by
     /// [`count_launch`](Self::count_launch).
-    pub(crate) fn launch(self: &Arc<Self>, spares: usize) {
-        for _ in 0..spares {
-            tokio::spawn(self.clone().spawn_worker());
+    pub(crate) fn launch(self: &Arc<Self>, spares: Vec<Placed>) {
+        for placed in spares {
+            tokio::spawn(self.clone().spawn_worker(placed));
         }
         tokio::spawn(self.clone().supervise());
+    }
+
+    /// Places one new worker on a host ([`hosts::place`]) and counts it as
+    /// starting there; `None` if no host can take one now.
+    pub(crate) fn place(&self, st: &mut State<S>, now: Instant) -> Option<Placed> {
+        let Place::On(host) = hosts::place(&self.host_views(st), now) else {
+            return None;
+        };
+        st.starting += 1;
+        let slot = &mut st.hosts[host];
+        slot.starting += 1;
+        let connect = slot.link == Link::Down;
+        if connect {
+            slot.link = Link::Connecting;
+        }
+        Some(Placed { host, connect })
+    }
+
+    /// The hosts as placement sees them.
+    fn host_views(&self, st: &State<S>) -> Vec<hosts::HostView> {
+        let mut ready = vec![0; st.hosts.len()];
+        for m in st.dispatch.members.iter().filter(|m| m.leaving.is_none()) {
+            ready[m.host] += 1;
+        }
+        st.hosts
+            .iter()
+            .zip(ready)
+            .map(|(slot, ready)| slot.view(ready))
+            .collect()
+    }
+
+    /// When a host may take a worker, if none can now: the scaling
+    /// policy's back-off.
+    fn hosts_backoff(&self, st: &State<S>, now: Instant) -> Option<Instant> {
+        match hosts::place(&self.host_views(st), now) {
+            Place::On(_) => None,
+            Place::Wait(at) => at,
+        }
+    }
+
+    /// Takes the stream of host events (once).
+    pub(crate) fn take_host_events(&self) -> Option<HostEvents> {
+        let rx = self.host_events_rx.lock().ok().and_then(|mut rx| rx.take());
+        self.host_events_taken.store(true, Ordering::Release);
+        rx
+    }
+
+    /// Passes on a host event, if somebody took the stream.
+    pub(crate) fn host_event(&self, event: HostEvent) {
+        if self.host_events_taken.load(Ordering::Acquire) {
+            let _ = self.host_events_tx.send(event);
+        }
     }
 
     /// The state, locked (changes show in the metrics once it is let go).
@@ -166,6 +270,24 @@ impl<S: Spawn> Shared<S> {
         stats.idle = st.dispatch.idle();
         stats.busy = st.dispatch.members.len() - stats.idle;
         stats.queued = st.dispatch.queued();
+        stats.hosts = st
+            .hosts
+            .iter()
+            .map(|slot| {
+                let mut host = slot.stats.clone();
+                host.up = slot.link == Link::Up;
+                host.starting = slot.starting;
+                host
+            })
+            .collect();
+        for m in &st.dispatch.members {
+            let host = &mut stats.hosts[m.host];
+            if m.load == 0 {
+                host.idle += 1;
+            } else {
+                host.busy += 1;
+            }
+        }
         stats
     }
 
@@ -198,13 +320,13 @@ impl<S: Spawn> Shared<S> {
     }
 
     /// What the scaling policy sees.
-    pub(crate) fn snapshot(&self, st: &State<S>) -> Snapshot {
+    pub(crate) fn snapshot(&self, st: &State<S>, now: Instant) -> Snapshot {
         let mut s = Snapshot {
             starting: st.starting,
             queued: st.dispatch.queued(),
             oldest_queued: st.dispatch.oldest_queued(),
             last_spawn: st.last_spawn,
-            backoff_until: st.backoff_until,
+            backoff_until: self.hosts_backoff(st, now),
             ..Snapshot::default()
         };
         for m in st.dispatch.members.iter().filter(|m| m.leaving.is_none()) {

@@ -11,7 +11,8 @@ use tokio::time::Instant;
 
 use super::deadline::after;
 use super::life::Shutdown;
-use super::shared::{Shared, State};
+use super::host::Link;
+use super::shared::{Placed, Shared, State};
 use super::spawn::{Process, Spawn};
 use crate::error::Error;
 
@@ -135,7 +136,7 @@ impl<S: Spawn> Shared<S> {
     /// nothing given up on), with its stats, its events stream and its
     /// count of shutdowns as they were. The number of spare workers to
     /// [`launch`](Self::launch) then, if it opened it.
-    pub(crate) fn reopen(&self, st: &mut State<S>) -> Option<usize> {
+    pub(crate) fn reopen(&self, st: &mut State<S>) -> Option<Vec<Placed>> {
         if !st.life.reopen() {
             return None;
         }
@@ -143,8 +144,13 @@ impl<S: Spawn> Shared<S> {
         self.room.open();
         self.abandon.send_replace(false);
         st.last_spawn = None;
-        st.consecutive_failures = 0;
-        st.backoff_until = None;
+        for slot in &mut st.hosts {
+            // Spawns back off no more; a host down stays so.
+            slot.spawn_failures = 0;
+            if slot.link == Link::Up {
+                slot.not_before = None;
+            }
+        }
         st.next_wake = None;
         tracing::debug!("pool opened again");
         Some(self.count_launch(st))

@@ -7,7 +7,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::process::ExitStatus;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use fork_core::Signal;
 use futures::Stream;
@@ -17,6 +17,8 @@ use serde::de::DeserializeOwned;
 use tarpc::RequestName;
 use tarpc::client::RpcError;
 use tarpc::context::Context;
+
+use super::host::{Connect, Source};
 
 /// The types a pool is made of. No bounds, so that every struct of the pool
 /// can name them; [`Spawn`] adds the behaviour.
@@ -91,7 +93,8 @@ pub(crate) struct Started<K: Kind> {
     pub(crate) watch: Box<dyn Watch<K::Ev>>,
 }
 
-/// Starts workers: the pool's one way to make processes.
+/// Starts workers: the pool's one way to make processes, on its hosts
+/// (numbered as the builder listed them).
 pub(crate) trait Spawn:
     Kind<
         Req: Send + Sync + 'static,
@@ -104,21 +107,59 @@ pub(crate) trait Spawn:
     + Sized
     + 'static
 {
-    /// Starts one worker, giving up (and leaving nothing of it) when
-    /// `give_up` resolves first: then [`fork_rpc::Error::StartAbandoned`].
+    /// Starts one worker on `host`, giving up (and leaving nothing of it)
+    /// when `give_up` resolves first: then
+    /// [`fork_rpc::Error::StartAbandoned`].
     fn spawn(
         &self,
+        host: usize,
         give_up: BoxFuture<'static, ()>,
     ) -> impl Future<Output = fork_rpc::Result<Started<Self>>> + Send;
+
+    /// Makes `host`'s template anew (a remote one: connects it).
+    fn connect(&self, host: usize) -> impl Future<Output = fork_rpc::Result<()>> + Send;
+
+    /// Resolves when the connection to `host`'s template (as it is now) is
+    /// lost, with why; `None` for a template that cannot be lost (a local
+    /// one).
+    fn lost(&self, host: usize) -> Option<BoxFuture<'static, fork_rpc::Error>>;
 }
 
 // ===== impl RpcSpawn =====
 
-/// Workers forked from a template, each serving an entry over fork-rpc.
+/// Workers forked from templates, each serving an entry over fork-rpc.
 pub(crate) struct RpcSpawn<Req, Resp, Ev> {
-    pub(crate) template: fork_core::Template,
+    pub(crate) hosts: Vec<HostTemplate>,
     pub(crate) entry: fork_rpc::RpcEntry<Req, Resp, Ev>,
     pub(crate) rpc: fork_rpc::Config,
+}
+
+/// A host's template as it is now, and how to make it anew.
+pub(crate) struct HostTemplate {
+    template: Mutex<Option<fork_core::Template>>,
+    connect: Option<Connect>,
+}
+
+impl HostTemplate {
+    pub(crate) fn new(source: Source) -> Self {
+        match source {
+            Source::Template(template) => HostTemplate {
+                template: Mutex::new(Some(template)),
+                connect: None,
+            },
+            Source::Connect(connect) => HostTemplate {
+                template: Mutex::new(None),
+                connect: Some(connect),
+            },
+        }
+    }
+
+    fn current(&self) -> Option<fork_core::Template> {
+        self.template
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
 }
 
 impl<Req, Resp, Ev> Kind for RpcSpawn<Req, Resp, Ev> {
@@ -135,8 +176,15 @@ where
     Resp: Serialize + DeserializeOwned + Send + Sync + 'static,
     Ev: DeserializeOwned + Send + Sync + 'static,
 {
-    async fn spawn(&self, give_up: BoxFuture<'static, ()>) -> fork_rpc::Result<Started<Self>> {
-        let mut fork = self.template.fork();
+    async fn spawn(
+        &self,
+        host: usize,
+        give_up: BoxFuture<'static, ()>,
+    ) -> fork_rpc::Result<Started<Self>> {
+        let template = self.hosts[host]
+            .current()
+            .ok_or(fork_core::Error::TemplateGone { status: None })?;
+        let mut fork = template.fork();
         // The same entry, its clients sending requests as `Wire`s (which
         // serialise as the requests themselves).
         let entry = fork_rpc::RpcEntry::<Wire<Req>, Resp, Ev>::from_entry(*self.entry.entry());
@@ -150,6 +198,22 @@ where
             process: worker.handle(),
             watch: Box::new(worker),
         })
+    }
+
+    async fn connect(&self, host: usize) -> fork_rpc::Result<()> {
+        let host = &self.hosts[host];
+        let Some(connect) = &host.connect else {
+            // Given as a template, which was lost: nothing makes it again.
+            return Err(fork_core::Error::TemplateGone { status: None }.into());
+        };
+        let template = connect().await?;
+        *host.template.lock().unwrap_or_else(PoisonError::into_inner) = Some(template);
+        Ok(())
+    }
+
+    fn lost(&self, host: usize) -> Option<BoxFuture<'static, fork_rpc::Error>> {
+        let _template = self.hosts[host].current()?;
+        None // MERGE-NETNS: template.host()?; Some(template.lost().map(fork_rpc::Error::from).boxed())
     }
 }
 

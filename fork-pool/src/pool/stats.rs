@@ -1,5 +1,7 @@
 //! The pool's counters, as [`Pool::stats`](super::Pool::stats) shows them.
 
+use super::host::HostStats;
+
 /// A snapshot of a pool's state and counters.
 ///
 /// The state (`starting` to `queued`) is the pool's now; the counters
@@ -29,6 +31,10 @@ pub struct Stats {
     pub timed_out: u64,
     /// Jobs answered successfully (failed attempts not counted).
     pub completed: u64,
-    /// Failed attempts to start a worker.
+    /// Failed attempts to start a worker (or to connect its host).
     pub spawn_failures: u64,
+    /// Each host's part, in the order the builder listed them (one, named
+    /// after its template, unless [`Builder::host`](super::Builder::host)
+    /// added more).
+    pub hosts: Vec<HostStats>,
 }

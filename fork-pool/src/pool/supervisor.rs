@@ -11,23 +11,13 @@ use futures::FutureExt;
 use futures::StreamExt;
 use tokio::time::Instant;
 
+use super::host::{HostEvent, Link};
 use super::member::{Leave, Member, pick_jitter};
 use super::metrics::Locked;
-use super::shared::{Shared, State};
+use super::shared::{Placed, Shared, State};
 use super::spawn::{Process, Spawn, Started, Watch};
 use crate::error::Error;
-use crate::scale;
-
-/// Back-off after failed spawns: first delay and ceiling.
-pub(crate) const BACKOFF_FIRST: Duration = Duration::from_millis(50);
-pub(crate) const BACKOFF_MAX: Duration = Duration::from_secs(5);
-
-/// The back-off after `failures` failed spawns in a row (at least one).
-pub(crate) fn backoff(failures: u32) -> Duration {
-    BACKOFF_FIRST
-        .saturating_mul(1 << failures.clamp(1, 17).saturating_sub(1))
-        .min(BACKOFF_MAX)
-}
+use crate::{hosts, scale};
 
 /// The supervisor's task, counted in `State::supervising` until it ends.
 struct Supervising<S: Spawn>(Arc<Shared<S>>);
@@ -49,12 +39,12 @@ impl<S: Spawn> Shared<S> {
         let _running = Supervising(self.clone());
         loop {
             let now = Instant::now();
-            let (decision, stopped) = {
+            let (decision, stopped, placed) = {
                 let mut st = self.lock();
                 if !st.life.supervised() {
                     return;
                 }
-                let snapshot = self.snapshot(&st);
+                let snapshot = self.snapshot(&st, now);
                 let mut decision = scale::decide(&self.knobs, &snapshot, now);
                 if st.dispatch.is_closed() {
                     // Draining: only start workers for jobs still queued.
@@ -74,19 +64,21 @@ impl<S: Spawn> Shared<S> {
                         stopped.push(self.take_leaving(&mut st, i));
                     }
                 }
-                if decision.spawn > 0 {
-                    st.starting += decision.spawn;
+                let placed: Vec<Placed> = (0..decision.spawn)
+                    .map_while(|_| self.place(&mut st, now))
+                    .collect();
+                if !placed.is_empty() {
                     st.last_spawn = Some(now);
                 }
                 st.next_wake = decision.wake_at;
-                (decision, stopped)
+                (decision, stopped, placed)
             };
             for m in stopped {
                 tracing::debug!(pid = m.pid, "stopping an idle worker");
                 self.leave(m);
             }
-            for _ in 0..decision.spawn {
-                tokio::spawn(self.clone().spawn_worker());
+            for placed in placed {
+                tokio::spawn(self.clone().spawn_worker(placed));
             }
             match decision.wake_at {
                 Some(at) => {
@@ -97,17 +89,22 @@ impl<S: Spawn> Shared<S> {
         }
     }
 
-    /// Starts one worker (counted in `starting` by the caller); on success
-    /// it joins the pool and takes queued jobs.
-    pub(crate) async fn spawn_worker(self: Arc<Self>) {
+    /// Starts one worker on the host it was placed on (counted in
+    /// `starting` by [`place`](Self::place)), connecting the host first if
+    /// it is to be; on success it joins the pool and takes queued jobs.
+    pub(crate) async fn spawn_worker(self: Arc<Self>, placed: Placed) {
+        let Placed { host, connect } = placed;
+        if connect && !self.connect_host(host).await {
+            return;
+        }
         let mut abandon = self.abandon.subscribe();
         let give_up = async move {
             let _ = abandon.wait_for(|given_up| *given_up).await;
         };
-        let result = self.spawner.spawn(give_up.boxed()).await;
+        let result = self.spawner.spawn(host, give_up.boxed()).await;
         if let Err(fork_rpc::Error::StartAbandoned { pid }) = result {
             // Killed, and gone.
-            self.lock().starting -= 1;
+            self.lock().started(host);
             self.changed.notify_waiters();
             tracing::warn!(?pid, "gave up on a worker still starting at shutdown");
             return;
@@ -127,25 +124,25 @@ impl<S: Spawn> Shared<S> {
             tokio::spawn(async move {
                 process.signal(Signal::SIGKILL);
                 let _ = process.wait().await;
-                shared.lock().starting -= 1;
+                shared.lock().started(host);
                 shared.changed.notify_waiters();
             });
             return;
         }
-        st.starting -= 1;
+        st.started(host);
         match result {
-            Ok(started) => self.join(&mut st, started),
+            Ok(started) => self.join(&mut st, host, started),
             Err(e) => {
                 st.stats.spawn_failures += 1;
-                st.consecutive_failures += 1;
-                let backoff = backoff(st.consecutive_failures);
-                st.backoff_until = Some(Instant::now() + backoff);
-                tracing::warn!(error = %e, ?backoff, "could not start a worker");
-                if st.dispatch.members.is_empty() && st.starting == 0 {
-                    // Nothing will serve the queue soon: tell the callers.
-                    let e = Arc::new(e);
-                    st.dispatch.fail_queued(|| Error::Spawn(e.clone()));
+                let slot = &mut st.hosts[host];
+                slot.spawn_failures += 1;
+                let backoff = hosts::spawn_backoff(slot.spawn_failures);
+                if slot.link == Link::Up {
+                    // (A host lost meanwhile keeps its longer back-off.)
+                    slot.not_before = Some(Instant::now() + backoff);
                 }
+                tracing::warn!(host = slot.name(), error = %e, ?backoff, "could not start a worker");
+                self.fail_queued_if_stuck(&mut st, Arc::new(e));
             }
         }
         drop(st);
@@ -153,16 +150,128 @@ impl<S: Spawn> Shared<S> {
         self.changed.notify_waiters();
     }
 
+    /// Fails the queued jobs with `e` if nothing will serve them soon: no
+    /// worker in the pool and none starting.
+    fn fail_queued_if_stuck(&self, st: &mut State<S>, e: Arc<fork_rpc::Error>) {
+        if st.dispatch.members.is_empty() && st.starting == 0 {
+            st.dispatch.fail_queued(|| Error::Spawn(e.clone()));
+        }
+    }
+
+    /// Connects `host` (placed on while down, so marked connecting); true
+    /// if it is up. If not, the worker placed there is not started: the
+    /// host stays down, with back-off.
+    async fn connect_host(self: &Arc<Self>, host: usize) -> bool {
+        let result = self.spawner.connect(host).await;
+        let mut st = self.lock();
+        let slot = &mut st.hosts[host];
+        match result {
+            Ok(()) => {
+                slot.link = Link::Up;
+                slot.generation += 1;
+                slot.down_failures = 0;
+                slot.not_before = None;
+                slot.stats.connects += 1;
+                let name = slot.name().to_owned();
+                drop(st);
+                tracing::info!(host = name, "host up");
+                self.host_event(HostEvent::Up { host: name });
+                self.watch_host(host);
+                true
+            }
+            Err(e) => {
+                let backoff = slot.down(&mut rand::rng());
+                // Down news only the first time: a host lost was
+                // reported when it was.
+                let news = slot.stats.connects == 0 && slot.down_failures == 1;
+                let name = slot.name().to_owned();
+                st.started(host);
+                st.stats.spawn_failures += 1;
+                tracing::warn!(host = name, error = %e, ?backoff, "could not connect a host");
+                let e = Arc::new(e);
+                if news {
+                    self.host_event(HostEvent::Down {
+                        host: name,
+                        error: e.clone(),
+                    });
+                }
+                self.fail_queued_if_stuck(&mut st, e);
+                drop(st);
+                self.wake.notify_one();
+                self.changed.notify_waiters();
+                false
+            }
+        }
+    }
+
+    /// Watches the connection of `host`'s template as it is now, if it can
+    /// be lost, until it is or the pool is shut down for good.
+    pub(crate) fn watch_host(self: &Arc<Self>, host: usize) {
+        let Some(lost) = self.spawner.lost(host) else {
+            return;
+        };
+        let generation = self.lock().hosts[host].generation;
+        let mut for_good = self.for_good.subscribe();
+        let shared = Arc::downgrade(self);
+        tokio::spawn(async move {
+            tokio::select! {
+                error = lost => {
+                    if let Some(shared) = shared.upgrade() {
+                        shared.host_lost(host, generation, error);
+                    }
+                }
+                _ = for_good.wait_for(|&gone| gone) => {}
+            }
+        });
+    }
+
+    /// The connection of `host` (as it was at `generation`) was lost: the
+    /// host is down, its workers leave the pool (their running calls fail
+    /// as their streams end), and it is tried again after a back-off.
+    fn host_lost(&self, host: usize, generation: u64, error: fork_rpc::Error) {
+        let mut st = self.lock();
+        let slot = &mut st.hosts[host];
+        if slot.generation != generation || slot.link != Link::Up {
+            return;
+        }
+        slot.stats.downs += 1;
+        let backoff = slot.down(&mut rand::rng());
+        let name = slot.name().to_owned();
+        let gone: Vec<u64> = st
+            .dispatch
+            .members
+            .iter()
+            .filter(|m| m.host == host)
+            .map(|m| m.id)
+            .collect();
+        for id in &gone {
+            if let Some(m) = st.dispatch.remove(*id) {
+                st.crashed_on(host);
+                m.process.signal(Signal::SIGKILL);
+            }
+        }
+        tracing::warn!(host = name, %error, workers = gone.len(), ?backoff, "host lost");
+        drop(st);
+        self.host_event(HostEvent::Down {
+            host: name,
+            error: Arc::new(error),
+        });
+        self.wake.notify_one();
+        self.changed.notify_waiters();
+    }
+
     /// A started worker joins the pool, takes queued jobs, and is watched.
-    fn join(self: &Arc<Self>, st: &mut State<S>, started: Started<S>) {
+    fn join(self: &Arc<Self>, st: &mut State<S>, host: usize, started: Started<S>) {
         let Started {
             pid,
             conn,
             process,
             watch,
         } = started;
-        st.consecutive_failures = 0;
-        st.backoff_until = None;
+        let slot = &mut st.hosts[host];
+        slot.spawn_failures = 0;
+        slot.not_before = None;
+        slot.stats.spawned += 1;
         st.stats.spawned += 1;
         let id = st.next_id;
         st.next_id += 1;
@@ -178,12 +287,13 @@ impl<S: Spawn> Shared<S> {
         st.dispatch.members.push(Member::new(
             id,
             pid,
+            host,
             conn,
             process.clone(),
             limit,
             Instant::now(),
         ));
-        tracing::debug!(pid, "worker started");
+        tracing::debug!(pid, host = st.hosts[host].name(), "worker started");
         self.hand_out(st);
         tokio::spawn(self.clone().monitor(id, pid, process, watch));
     }
@@ -222,9 +332,9 @@ impl<S: Spawn> Shared<S> {
             }
         }
         let mut st = self.lock();
-        if st.dispatch.remove(id).is_some() {
-            st.stats.crashed += 1;
-            tracing::warn!(pid, ?status, "worker died");
+        if let Some(m) = st.dispatch.remove(id) {
+            st.crashed_on(m.host);
+            tracing::warn!(pid, host = st.hosts[m.host].name(), ?status, "worker died");
             self.wake.notify_one();
         }
         // Reaped (or its template is gone): nothing of it is left.
@@ -309,9 +419,9 @@ impl<S: Spawn> Shared<S> {
     /// a replacement if one is needed).
     pub(crate) fn lost(&self, id: u64, lost: &fork_rpc::WorkerLost) {
         let mut st = self.lock();
-        if st.dispatch.remove(id).is_some() {
-            st.stats.crashed += 1;
-            tracing::warn!(pid = lost.pid(), status = ?lost.status(), "worker lost");
+        if let Some(m) = st.dispatch.remove(id) {
+            st.crashed_on(m.host);
+            tracing::warn!(pid = lost.pid(), host = st.hosts[m.host].name(), status = ?lost.status(), "worker lost");
             self.wake.notify_one();
             self.changed.notify_waiters();
         }
@@ -357,21 +467,11 @@ mod tests {
 
     use tokio::time::Instant;
 
-    use super::*;
     use crate::config::Config;
     use crate::pool::testing::{self, World, ctx, exit_0, grow, settle, work};
 
     const MS: Duration = Duration::from_millis(1);
     const SEC: Duration = Duration::from_secs(1);
-
-    #[test]
-    fn backoff_doubles_up_to_its_ceiling() {
-        assert_eq!(backoff(1), 50 * MS);
-        assert_eq!(backoff(2), 100 * MS);
-        assert_eq!(backoff(3), 200 * MS);
-        assert_eq!(backoff(8), BACKOFF_MAX);
-        assert_eq!(backoff(u32::MAX), BACKOFF_MAX);
-    }
 
     #[tokio::test(start_paused = true)]
     async fn idle_workers_stop_after_stop() {

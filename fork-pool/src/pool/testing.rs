@@ -18,6 +18,7 @@ use tarpc::context::Context;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::host::Slot;
 use super::member::Member;
 use super::metrics::Metrics;
 use super::shared::Shared;
@@ -46,6 +47,50 @@ pub(crate) struct World {
     pub(crate) rss: u64,
     /// Every worker started.
     pub(crate) workers: Vec<FakeProcess>,
+    /// The hosts (one local host if none is given).
+    pub(crate) hosts: Vec<FakeHost>,
+}
+
+/// A host of the double.
+pub(crate) struct FakeHost {
+    pub(crate) name: &'static str,
+    pub(crate) max: Option<usize>,
+    pub(crate) weight: u32,
+    /// Remote: it connects when first needed, and it can be lost.
+    pub(crate) remote: bool,
+    /// Unreachable: connecting fails, and so do spawns.
+    pub(crate) down: bool,
+    /// When it was connected, or tried.
+    pub(crate) connects: Vec<Instant>,
+    /// Counts its losses.
+    pub(crate) losses: Arc<watch::Sender<u64>>,
+}
+
+impl FakeHost {
+    /// A local host.
+    pub(crate) fn local(name: &'static str) -> Self {
+        FakeHost {
+            name,
+            max: None,
+            weight: 1,
+            remote: false,
+            down: false,
+            connects: Vec::new(),
+            losses: Arc::new(watch::Sender::new(0)),
+        }
+    }
+
+    /// A remote host, connected when first needed.
+    pub(crate) fn remote(name: &'static str) -> Self {
+        FakeHost {
+            remote: true,
+            ..FakeHost::local(name)
+        }
+    }
+
+    fn slot(&self) -> Slot {
+        Slot::new(self.name.to_owned(), self.max, self.weight, !self.remote)
+    }
 }
 
 /// A job for the double's workers.
@@ -74,6 +119,8 @@ pub(crate) fn grow(rss: u64) -> Work {
 #[derive(Clone)]
 pub(crate) struct FakeProcess {
     pub(crate) pid: u32,
+    /// Its host.
+    pub(crate) host: usize,
     exit: Arc<watch::Sender<Option<ExitStatus>>>,
     /// Signals received, and when.
     pub(crate) signals: Arc<Mutex<Vec<(Signal, Instant)>>>,
@@ -95,6 +142,27 @@ impl Fake {
     pub(crate) fn world(&self) -> std::sync::MutexGuard<'_, World> {
         self.world.lock().unwrap()
     }
+
+    /// Host `host` is lost: unreachable, its workers dead, its connection
+    /// reported lost.
+    pub(crate) fn lose(&self, host: usize) {
+        let mut w = self.world();
+        w.hosts[host].down = true;
+        for worker in w.workers.iter().filter(|p| p.host == host) {
+            worker.crash();
+        }
+        w.hosts[host].losses.send_modify(|n| *n += 1);
+    }
+
+    /// Host `host` is reachable again.
+    pub(crate) fn heal(&self, host: usize) {
+        self.world().hosts[host].down = false;
+    }
+
+    /// The hosts of the workers started, in order.
+    pub(crate) fn worker_hosts(&self) -> Vec<usize> {
+        self.world().workers.iter().map(|p| p.host).collect()
+    }
 }
 
 impl Kind for Fake {
@@ -106,10 +174,17 @@ impl Kind for Fake {
 }
 
 impl Spawn for Fake {
-    async fn spawn(&self, give_up: BoxFuture<'static, ()>) -> fork_rpc::Result<Started<Self>> {
+    async fn spawn(
+        &self,
+        host: usize,
+        give_up: BoxFuture<'static, ()>,
+    ) -> fork_rpc::Result<Started<Self>> {
         let (fail, start_time) = {
             let mut w = self.world();
             w.attempts.push(Instant::now());
+            if w.hosts[host].down {
+                return Err(fork_core::Error::TemplateGone { status: None }.into());
+            }
             let fail = w.failures > 0;
             w.failures = w.failures.saturating_sub(1);
             (fail, w.start_time)
@@ -122,7 +197,8 @@ impl Spawn for Fake {
             return Err(fork_rpc::Error::Init("the double's init failed".into()));
         }
         let mut w = self.world();
-        let process = FakeProcess::new(1000 + w.workers.len() as u32, w.stuck);
+        let mut process = FakeProcess::new(1000 + w.workers.len() as u32, w.stuck);
+        process.host = host;
         process.rss.store(w.rss, Ordering::Relaxed);
         w.workers.push(process.clone());
         Ok(Started {
@@ -135,6 +211,33 @@ impl Spawn for Fake {
             watch: Box::new(FakeWatch),
         })
     }
+
+    async fn connect(&self, host: usize) -> fork_rpc::Result<()> {
+        let mut w = self.world();
+        let host = &mut w.hosts[host];
+        host.connects.push(Instant::now());
+        if host.down {
+            return Err(fork_core::Error::RemoteConnect(std::io::ErrorKind::TimedOut.into()).into());
+        }
+        Ok(())
+    }
+
+    fn lost(&self, host: usize) -> Option<BoxFuture<'static, fork_rpc::Error>> {
+        let w = self.world();
+        let host = &w.hosts[host];
+        if !host.remote {
+            return None;
+        }
+        let mut losses = host.losses.subscribe();
+        losses.mark_unchanged();
+        Some(
+            async move {
+                let _ = losses.changed().await;
+                fork_core::Error::TemplateGone { status: None }.into()
+            }
+            .boxed(),
+        )
+    }
 }
 
 // ===== impl FakeProcess =====
@@ -143,6 +246,7 @@ impl FakeProcess {
     fn new(pid: u32, stuck: bool) -> Self {
         FakeProcess {
             pid,
+            host: 0,
             exit: Arc::new(watch::Sender::new(None)),
             signals: Arc::default(),
             stuck,
@@ -260,7 +364,7 @@ pub(crate) fn member(id: u64) -> Member<Fake> {
         process: process.clone(),
         retire: AtomicBool::new(false),
     };
-    Member::new(id, process.pid, conn, process, None, Instant::now())
+    Member::new(id, process.pid, 0, conn, process, None, Instant::now())
 }
 
 /// A pool of the double's workers, and the double.
@@ -274,10 +378,18 @@ pub(crate) fn pool_with(
     world: World,
     metrics: Metrics,
 ) -> (Arc<Shared<Fake>>, Fake) {
+    let mut world = world;
+    if world.hosts.is_empty() {
+        world.hosts.push(FakeHost::local("local"));
+    }
+    let slots = world.hosts.iter().map(FakeHost::slot).collect();
     let fake = Fake {
         world: Arc::new(Mutex::new(world)),
     };
-    (Shared::start(config, fake.clone(), None, metrics), fake)
+    (
+        Shared::start(config, slots, fake.clone(), None, metrics),
+        fake,
+    )
 }
 
 /// A context whose deadline is far (an hour).
