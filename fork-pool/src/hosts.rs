@@ -5,8 +5,9 @@
 //! - **Placement**: a new worker goes to the host, among those that can take
 //!   one now, with the fewest workers (ready and starting) per unit of
 //!   weight once it is there; ties go to the host listed first. A host can
-//!   take one when it is below its own `max`, is not waiting out a back-off,
-//!   is not being connected and was not lost for good.
+//!   take one when it is below its own `max`, is not waiting out a back-off
+//!   and was not lost for good (a host being connected takes workers: they
+//!   wait for the connection).
 //! - **Spawns that fail** on a host back it off: 50 ms, doubling up to 5 s
 //!   (a failing init hook, `fork` at the process limit). The other hosts go
 //!   on.
@@ -39,8 +40,7 @@ pub(crate) struct HostView {
     pub(crate) weight: u32,
     /// It takes no worker before this (a back-off).
     pub(crate) not_before: Option<Instant>,
-    /// It takes no worker at all now: it is being connected (no other
-    /// worker goes there meanwhile), or it was lost for good.
+    /// It takes no worker at all: it was lost for good.
     pub(crate) unavailable: bool,
 }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use rand::RngExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::hosts::{self, HostView};
@@ -206,8 +206,8 @@ pub(crate) enum Link {
     /// Not connected (not yet, or lost): the next worker placed there
     /// connects first.
     Down,
-    /// Being connected (one worker placed there does it; no other goes
-    /// there meanwhile).
+    /// Being connected (by the first worker placed there; the others
+    /// placed there meanwhile wait for the outcome).
     Connecting,
     /// Lost, and it cannot be connected again.
     Gone,
@@ -216,7 +216,9 @@ pub(crate) enum Link {
 /// A host as the pool's state knows it.
 #[derive(Debug)]
 pub(crate) struct Slot {
-    pub(crate) link: Link,
+    /// Whether it is connected; workers placed on it while it is being
+    /// connected wait here for the outcome.
+    link: watch::Sender<Link>,
     /// Counted up at each connection: a loss reported for an older one is
     /// old news.
     pub(crate) generation: u64,
@@ -230,6 +232,8 @@ pub(crate) struct Slot {
     pub(crate) not_before: Option<Instant>,
     /// It can be connected again after a loss ([`Host::connect`]).
     reconnects: bool,
+    /// Why it is down, once it was.
+    pub(crate) last_error: Option<Arc<fork_rpc::Error>>,
     max: Option<usize>,
     weight: u32,
     /// Counters (`starting`, `idle`, `busy` and `up` are filled in when the
@@ -241,8 +245,9 @@ impl Slot {
     /// A host given as a template (`connected`), or to be connected.
     pub(crate) fn new(name: String, max: Option<usize>, weight: u32, connected: bool) -> Self {
         Slot {
-            link: if connected { Link::Up } else { Link::Down },
+            link: watch::Sender::new(if connected { Link::Up } else { Link::Down }),
             reconnects: !connected,
+            last_error: None,
             generation: 0,
             starting: 0,
             spawn_failures: 0,
@@ -261,6 +266,19 @@ impl Slot {
         &self.stats.name
     }
 
+    pub(crate) fn link(&self) -> Link {
+        *self.link.borrow()
+    }
+
+    pub(crate) fn set_link(&mut self, link: Link) {
+        self.link.send_replace(link);
+    }
+
+    /// Tells when it is no longer being connected.
+    pub(crate) fn watch_link(&self) -> watch::Receiver<Link> {
+        self.link.subscribe()
+    }
+
     pub(crate) fn max(&self) -> Option<usize> {
         self.max
     }
@@ -269,11 +287,11 @@ impl Slot {
     /// cannot be connected again), and tried again after the back-off
     /// this returns.
     pub(crate) fn down(&mut self, rng: &mut impl rand::Rng) -> Duration {
-        self.link = if self.reconnects {
+        self.set_link(if self.reconnects {
             Link::Down
         } else {
             Link::Gone
-        };
+        });
         self.down_failures += 1;
         let backoff = hosts::down_backoff(self.down_failures, rng.random());
         self.not_before = Some(Instant::now() + backoff);
@@ -287,7 +305,7 @@ impl Slot {
             max: self.max,
             weight: self.weight,
             not_before: self.not_before,
-            unavailable: matches!(self.link, Link::Connecting | Link::Gone),
+            unavailable: self.link() == Link::Gone,
         }
     }
 }

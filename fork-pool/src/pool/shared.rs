@@ -214,9 +214,9 @@ impl<S: Spawn> Shared<S> {
         st.starting += 1;
         let slot = &mut st.hosts[host];
         slot.starting += 1;
-        let connect = slot.link == Link::Down;
+        let connect = slot.link() == Link::Down;
         if connect {
-            slot.link = Link::Connecting;
+            slot.set_link(Link::Connecting);
         }
         Some(Placed { host, connect })
     }
@@ -275,7 +275,7 @@ impl<S: Spawn> Shared<S> {
             .iter()
             .map(|slot| {
                 let mut host = slot.stats.clone();
-                host.up = slot.link == Link::Up;
+                host.up = slot.link() == Link::Up;
                 host.starting = slot.starting;
                 host
             })

@@ -147,7 +147,7 @@ impl<S: Spawn> Shared<S> {
         for slot in &mut st.hosts {
             // Spawns back off no more; a host down stays so.
             slot.spawn_failures = 0;
-            if slot.link == Link::Up {
+            if slot.link() == Link::Up {
                 slot.not_before = None;
             }
         }

@@ -94,7 +94,12 @@ impl<S: Spawn> Shared<S> {
     /// it is to be; on success it joins the pool and takes queued jobs.
     pub(crate) async fn spawn_worker(self: Arc<Self>, placed: Placed) {
         let Placed { host, connect } = placed;
-        if connect && !self.connect_host(host).await {
+        let up = if connect {
+            self.connect_host(host).await
+        } else {
+            self.host_connected(host).await
+        };
+        if !up {
             return;
         }
         let mut abandon = self.abandon.subscribe();
@@ -137,7 +142,7 @@ impl<S: Spawn> Shared<S> {
                 let slot = &mut st.hosts[host];
                 slot.spawn_failures += 1;
                 let backoff = hosts::spawn_backoff(slot.spawn_failures);
-                if slot.link == Link::Up {
+                if slot.link() == Link::Up {
                     // (A host lost meanwhile keeps its longer back-off.)
                     slot.not_before = Some(Instant::now() + backoff);
                 }
@@ -158,6 +163,27 @@ impl<S: Spawn> Shared<S> {
         }
     }
 
+    /// Waits until `host` is no longer being connected; true if it is up.
+    /// If not, the worker placed there is not started.
+    async fn host_connected(&self, host: usize) -> bool {
+        let mut link = self.lock().hosts[host].watch_link();
+        let up = matches!(
+            link.wait_for(|&link| link != Link::Connecting).await.as_deref(),
+            Ok(Link::Up)
+        );
+        if !up {
+            let mut st = self.lock();
+            st.started(host);
+            if let Some(e) = st.hosts[host].last_error.clone() {
+                self.fail_queued_if_stuck(&mut st, e);
+            }
+            drop(st);
+            self.wake.notify_one();
+            self.changed.notify_waiters();
+        }
+        up
+    }
+
     /// Connects `host` (placed on while down, so marked connecting); true
     /// if it is up. If not, the worker placed there is not started: the
     /// host stays down, with back-off.
@@ -167,7 +193,7 @@ impl<S: Spawn> Shared<S> {
         let slot = &mut st.hosts[host];
         match result {
             Ok(()) => {
-                slot.link = Link::Up;
+                slot.set_link(Link::Up);
                 slot.generation += 1;
                 slot.down_failures = 0;
                 slot.not_before = None;
@@ -189,6 +215,7 @@ impl<S: Spawn> Shared<S> {
                 st.stats.spawn_failures += 1;
                 tracing::warn!(host = name, error = %e, ?backoff, "could not connect a host");
                 let e = Arc::new(e);
+                st.hosts[host].last_error = Some(e.clone());
                 if news {
                     self.host_event(HostEvent::Down {
                         host: name,
@@ -231,12 +258,14 @@ impl<S: Spawn> Shared<S> {
     fn host_lost(&self, host: usize, generation: u64, error: fork_rpc::Error) {
         let mut st = self.lock();
         let slot = &mut st.hosts[host];
-        if slot.generation != generation || slot.link != Link::Up {
+        if slot.generation != generation || slot.link() != Link::Up {
             return;
         }
         slot.stats.downs += 1;
         let backoff = slot.down(&mut rand::rng());
         let name = slot.name().to_owned();
+        let error = Arc::new(error);
+        slot.last_error = Some(error.clone());
         let gone: Vec<u64> = st
             .dispatch
             .members
@@ -252,10 +281,7 @@ impl<S: Spawn> Shared<S> {
         }
         tracing::warn!(host = name, %error, workers = gone.len(), ?backoff, "host lost");
         drop(st);
-        self.host_event(HostEvent::Down {
-            host: name,
-            error: Arc::new(error),
-        });
+        self.host_event(HostEvent::Down { host: name, error });
         self.wake.notify_one();
         self.changed.notify_waiters();
     }
