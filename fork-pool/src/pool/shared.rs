@@ -236,7 +236,7 @@ impl<S: Spawn> Shared<S> {
 
     /// When a host may take a worker, if none can now: the scaling
     /// policy's back-off.
-    fn hosts_backoff(&self, st: &State<S>, now: Instant) -> Option<Instant> {
+    pub(crate) fn hosts_backoff(&self, st: &State<S>, now: Instant) -> Option<Instant> {
         match hosts::place(&self.host_views(st), now) {
             Place::On(_) => None,
             Place::Wait(at) => at,

@@ -156,9 +156,13 @@ impl<S: Spawn> Shared<S> {
     }
 
     /// Fails the queued jobs with `e` if nothing will serve them soon: no
-    /// worker in the pool and none starting.
+    /// worker in the pool, none starting, and no host that can take one
+    /// now (all backing off, or at their limits).
     fn fail_queued_if_stuck(&self, st: &mut State<S>, e: Arc<fork_rpc::Error>) {
-        if st.dispatch.members.is_empty() && st.starting == 0 {
+        if st.dispatch.members.is_empty()
+            && st.starting == 0
+            && self.hosts_backoff(st, Instant::now()).is_some()
+        {
             st.dispatch.fail_queued(|| Error::Spawn(e.clone()));
         }
     }
