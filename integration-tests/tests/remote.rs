@@ -593,6 +593,105 @@ fn a_stalled_worker_does_not_stall_others() -> Result<(), Failed> {
     }))
 }
 
+/// A remote template that stops answering gives no EOF (here its process
+/// is frozen with `SIGSTOP`: to this side it looks like a partition). The
+/// keepalive finds it lost within its timeout: an RPC call in flight
+/// fails with fork-rpc's worker-lost error, which names the host; the
+/// worker's `wait()` gives `RemoteLost` naming the host and the silence;
+/// `lost()` resolves and new forks fail the same way. Once the frozen
+/// process runs again it finds its input closed and exits by itself,
+/// before this side's grace period would have killed it, leaving nothing.
+fn a_frozen_remote_template_is_lost_within_the_timeout() -> Result<(), Failed> {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    const TIMEOUT: Duration = Duration::from_secs(1);
+    const MARGIN: Duration = Duration::from_secs(2);
+    block_on(bounded(async {
+        let template = Template::remote(CommandConnector::new("env").arg("-i"))
+            .name("frozen-host")
+            .keepalive(TIMEOUT / 5, TIMEOUT)
+            .start()
+            .await
+            .map_err(fail)?;
+        ensure!(
+            template.host() == Some("frozen-host"),
+            "host {:?}",
+            template.host()
+        );
+        let lost = template.lost();
+        let agent = parent_of(template.id()).ok_or("no remote side")?;
+        let (client, mut worker) = RpcWorker::builder(&mut template.fork(), &CALC)
+            .spawn()
+            .await
+            .map_err(fail)?;
+        let calc = CalcClient::from(client);
+        ensure!(
+            calc.add(context::current(), 2, 3).await.map_err(fail)? == 5,
+            "2 + 3"
+        );
+        // Idle for longer than the timeout: pings and pongs keep it alive.
+        tokio::time::sleep(2 * TIMEOUT).await;
+        ensure!(!template.is_lost(), "an idle template was found lost");
+        let pids = [agent, template.id(), worker.id()];
+
+        kill(Pid::from_raw(agent as i32), Signal::SIGSTOP).map_err(fail)?;
+        let frozen = std::time::Instant::now();
+        // A deadline far beyond the timeout: only the loss ends the call.
+        let mut ctx = context::current();
+        ctx.deadline = std::time::Instant::now() + Duration::from_secs(50);
+        let e = calc.add(ctx, 1, 2).await.unwrap_err();
+        let failed_after = frozen.elapsed();
+        ensure!(
+            // Silence is counted from the last pong, up to an interval
+            // before the freeze.
+            failed_after >= TIMEOUT / 2 && failed_after < TIMEOUT + MARGIN,
+            "the call in flight failed {failed_after:?} after the freeze ({e})"
+        );
+        let worker_lost =
+            fork_rpc::WorkerLost::find(&e).ok_or_else(|| format!("call gave {e:?}"))?;
+        ensure!(
+            worker_lost.remote_lost().is_some_and(Error::is_remote_lost)
+                && worker_lost.to_string().contains("frozen-host"),
+            "the worker-lost error names the host: {worker_lost}"
+        );
+        let e = match worker.wait().await {
+            Err(fork_rpc::Error::Core(e)) => e,
+            other => return Err(format!("wait() gave {other:?}").into()),
+        };
+        ensure!(
+            matches!(&e, Error::RemoteLost { host, cause: fork_core::LostCause::Silent(silent) }
+                if host == "frozen-host" && *silent >= TIMEOUT)
+                && e.is_remote_lost(),
+            "wait() gave {e:?}"
+        );
+        let e = tokio::time::timeout(Duration::from_secs(1), lost)
+            .await
+            .map_err(|_| "lost() did not resolve")?;
+        ensure!(
+            e.is_remote_lost() && e.to_string().contains("frozen-host"),
+            "lost() gave {e}"
+        );
+        ensure!(template.is_lost(), "is_lost()");
+        let e = template.fork().arg(&0i32).run(&SHOUT).await.unwrap_err();
+        ensure!(e.is_remote_lost(), "a new fork gave {e:?}");
+
+        // Running again, it reads its closed input and ends by itself,
+        // its template and worker with it (the relay here would kill it
+        // only 5 s after the loss).
+        kill(Pid::from_raw(agent as i32), Signal::SIGCONT).map_err(fail)?;
+        let resumed = frozen.elapsed();
+        tokio::task::spawn_blocking(move || all_gone_within(&pids, Duration::from_secs(2)))
+            .await
+            .map_err(fail)??;
+        ensure!(
+            frozen.elapsed() < failed_after + Duration::from_secs(4),
+            "gone only {:?} after the freeze, resumed at {resumed:?}",
+            frozen.elapsed()
+        );
+        Ok(())
+    }))
+}
+
 fn main() {
     fork_core::init();
     integration_tests::run(&[
@@ -635,6 +734,10 @@ fn main() {
         (
             "a_stalled_worker_does_not_stall_others",
             a_stalled_worker_does_not_stall_others,
+        ),
+        (
+            "a_frozen_remote_template_is_lost_within_the_timeout",
+            a_frozen_remote_template_is_lost_within_the_timeout,
         ),
     ]);
 }

@@ -296,6 +296,18 @@ impl Conn {
             .await
     }
 
+    /// The connection to a remote template was lost (`failure` says how):
+    /// fail everything now, as if the template were gone, without waiting
+    /// for the relay to end.
+    pub(crate) fn lose(&self, failure: Failure) {
+        self.fail_inner(failure, true);
+    }
+
+    /// How the connection ended, once it did (`None` until then).
+    pub(crate) fn ended_watch(&self) -> watch::Receiver<Option<Failure>> {
+        self.ended.subscribe()
+    }
+
     /// Marks the connection failed (first failure wins) and fails every
     /// request that waits on it.
     pub(crate) fn fail(&self, failure: Failure) {
