@@ -249,14 +249,16 @@ fn a_partitioned_host_is_lost_and_keeps_no_orphans() -> Result<(), Failed> {
             ours_in(ns)?
         );
         // Named by default after the command line, which names the host.
+        // ANCHOR: keepalive
         let template = Template::remote(ssh(&config, HOST, &[]))
-            .keepalive(TIMEOUT / 4, TIMEOUT)
+            .keepalive(TIMEOUT / 4, TIMEOUT) // ping every 0.5 s, lost after 2 s of silence
             .start()
             .await
             .map_err(fail)?;
-        let host = template.host().ok_or("no host name")?.to_string();
+        let host = template.host().ok_or("no host name")?.to_string(); // "ssh -F … fork-b"
+        let lost = template.lost(); // resolves with Error::RemoteLost once it is lost
+        // ANCHOR_END: keepalive
         ensure!(host.ends_with(HOST), "host name {host:?}");
-        let lost = template.lost();
         let agent = parent_of(template.id()).ok_or("no remote side")?;
         let (client, mut worker) = RpcWorker::builder(&mut template.fork(), &CALC)
             .spawn()
@@ -274,7 +276,9 @@ fn a_partitioned_host_is_lost_and_keeps_no_orphans() -> Result<(), Failed> {
         want.sort_unstable();
         ensure!(running == want, "in {HOST}: {running:?}, expected {want:?}");
 
-        let partition = Partition::new(HOST)?;
+        // ANCHOR: partition
+        let partition = Partition::new(HOST)?; // bash .ci/netns partition fork-b
+        // ANCHOR_END: partition
         let cut = Instant::now();
         let calls = (0..8i64).map(|i| {
             let calc = calc.clone();
