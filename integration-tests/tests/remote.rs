@@ -688,6 +688,43 @@ fn a_frozen_remote_template_is_lost_within_the_timeout() -> Result<(), Failed> {
             "gone only {:?} after the freeze, resumed at {resumed:?}",
             frozen.elapsed()
         );
+        let e = template.shutdown().await.unwrap_err();
+        ensure!(
+            e.is_remote_lost(),
+            "shutdown() of a lost template gave {e:?}"
+        );
+        Ok(())
+    }))
+}
+
+/// The remote side dying (here killed) is an EOF this side did not ask
+/// for: the template is lost at once, not after the keepalive timeout,
+/// and the cause says EOF.
+fn a_remote_side_that_dies_is_lost_at_once() -> Result<(), Failed> {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    block_on(bounded(async {
+        let (template, mut workers, _pids) = remote_with_workers(1).await?;
+        let lost = template.lost();
+        let agent = parent_of(template.id()).ok_or("no remote side")?;
+        let host = template.host().ok_or("no host")?.to_string();
+        ensure!(
+            host == "env -i",
+            "a command connector is named by its command line: {host:?}"
+        );
+        let killed = std::time::Instant::now();
+        kill(Pid::from_raw(agent as i32), Signal::SIGKILL).map_err(fail)?;
+        let e = workers[0].wait().await.unwrap_err();
+        ensure!(
+            matches!(&e, Error::RemoteLost { host: h, cause: fork_core::LostCause::Eof } if *h == host),
+            "wait() gave {e:?}"
+        );
+        let e = lost.await;
+        ensure!(
+            killed.elapsed() < Duration::from_secs(5) && e.is_remote_lost(),
+            "lost() gave {e} after {:?} (the keepalive timeout is 10 s)",
+            killed.elapsed()
+        );
         Ok(())
     }))
 }
@@ -738,6 +775,10 @@ fn main() {
         (
             "a_frozen_remote_template_is_lost_within_the_timeout",
             a_frozen_remote_template_is_lost_within_the_timeout,
+        ),
+        (
+            "a_remote_side_that_dies_is_lost_at_once",
+            a_remote_side_that_dies_is_lost_at_once,
         ),
     ]);
 }

@@ -240,10 +240,11 @@ async fn forward_requests(
             }
         }
     }
-    // EOF: every handle to the template is gone. Close the stream's
-    // writing side once what was queued is out; the other side ends.
-    out.close().await;
+    // EOF: every handle to the template is gone. From now on an EOF is
+    // ours, not a loss: say so first, then close the stream's writing side
+    // once what was queued is out; the other side ends.
     let _ = closed.send(());
+    out.close().await;
 }
 
 /// The socket of each spawn request of a message, by request id; every

@@ -360,13 +360,17 @@ impl Template {
     /// # Errors
     ///
     /// [`Error::TemplateGone`] if its exit status cannot be observed (for a
-    /// template forked from another one that is gone too).
+    /// template forked from another one that is gone too);
+    /// [`Error::RemoteLost`] if the connection to a remote template was
+    /// lost before.
     pub async fn shutdown(self) -> Result<std::process::ExitStatus> {
         let conn = self.inner.conn.clone();
         conn.close();
         let ended = conn.ended().await;
-        if let Failure::Gone(Some(status)) | Failure::NotStarted(Some(status)) = ended {
-            return Ok(status);
+        match ended {
+            Failure::Gone(Some(status)) | Failure::NotStarted(Some(status)) => return Ok(status),
+            lost @ Failure::RemoteLost { .. } => return Err(lost.to_error()),
+            _ => {}
         }
         if let Some((_, exit)) = &self.inner.parent {
             let mut exit = exit.clone();
