@@ -333,6 +333,11 @@ fn a_partitioned_host_is_lost_and_keeps_no_orphans() -> Result<(), Failed> {
             "left in {HOST}: {:?}",
             ours_in(ns)?
         );
+        eprintln!(
+            "calls failed {failed_after:?} after the partition; the host's side was gone \
+             {:?} after it (timeout {TIMEOUT:?})",
+            cut.elapsed()
+        );
         drop(partition);
         ensure!(
             ours_in(ns)?.is_empty(),

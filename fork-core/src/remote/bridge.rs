@@ -26,7 +26,7 @@ use super::stream::{BoxWrite, FrameReader, OUT_QUEUE, Outbox, Owned, ReadError, 
 use super::wire::Frame;
 use crate::error::{Failure, LostCause};
 use crate::proto::{self, Assembler, Reader, Request, Then};
-use crate::template::conn::Conn;
+use crate::template::conn::{Conn, RemoteEnd};
 
 /// How long the other side may take to end after its input was closed, and
 /// to be reaped after it was killed.
@@ -64,15 +64,17 @@ enum End {
 
 /// Runs the relay until the stream ends, this side shuts it down, or the
 /// connection is lost (EOF, an I/O error or the keepalive timeout before
-/// this side shut it down: the `Conn` fails at once with
-/// [`Failure::RemoteLost`]); then reports the transport's exit status on
-/// `status` and closes `conn_side` (the `Conn` sees EOF).
+/// this side shut it down); then reports the transport's exit status on
+/// `status` and closes `conn_side` (the `Conn` sees EOF). A loss is
+/// reported at once instead: `status` gets the [`Failure::RemoteLost`] and
+/// `conn_side` is shut down for writing, so the `Conn` reads what came
+/// before, then EOF, and fails with the loss.
 pub(crate) async fn run(
     conn_side: OwnedFd,
     stream: Stream,
     loss: Loss,
     conn: Weak<Conn>,
-    status: oneshot::Sender<Option<i32>>,
+    status: oneshot::Sender<RemoteEnd>,
 ) {
     let Stream {
         frames,
@@ -84,7 +86,7 @@ pub(crate) async fn run(
         Ok(c) => Arc::new(c),
         Err(e) => {
             fail(&conn, format!("cannot relay to the remote template: {e}"));
-            end_session(&mut session, status).await;
+            end_session(&mut session, Some(status)).await;
             return;
         }
     };
@@ -104,9 +106,8 @@ pub(crate) async fn run(
     let reading = read_replies(frames, &ctrl, &mux);
     tokio::pin!(reading);
     let end = tokio::select! {
-        end = &mut reading => end,
-        silent = &mut pings => End::Lost(LostCause::Silent(silent)),
-        Ok(e) = &mut write_failed => End::Lost(LostCause::Io(Arc::new(e))),
+        // Our shutdown first: an EOF that follows it is not a loss.
+        biased;
         Ok(()) = &mut closed_rx => {
             // The handle closed: the other side ends on EOF of its input;
             // if it does not within the grace period, end the transport.
@@ -123,17 +124,36 @@ pub(crate) async fn run(
                 _ => End::ConnGone,
             }
         }
+        end = &mut reading => end,
+        silent = &mut pings => End::Lost(LostCause::Silent(silent)),
+        Ok(e) = &mut write_failed => End::Lost(LostCause::Io(Arc::new(e))),
     };
-    match end {
-        End::Protocol(message) => fail(
-            &conn,
-            format!("malformed data from the remote template: {message}"),
-        ),
-        End::ConnGone => {}
-        End::Eof => lose(&conn, &loss.host, LostCause::Eof),
-        End::Io(e) => lose(&conn, &loss.host, LostCause::Io(Arc::new(e))),
-        End::Lost(cause) => lose(&conn, &loss.host, cause),
-    }
+    let cause = match end {
+        End::Protocol(message) => {
+            fail(
+                &conn,
+                format!("malformed data from the remote template: {message}"),
+            );
+            None
+        }
+        End::ConnGone => None,
+        End::Eof => Some(LostCause::Eof),
+        End::Io(e) => Some(LostCause::Io(Arc::new(e))),
+        End::Lost(cause) => Some(cause),
+    };
+    let status = match cause {
+        Some(cause) => {
+            tracing::debug!("lost the remote template on {}: {cause}", loss.host);
+            let _ = status.send(Err(Failure::RemoteLost {
+                host: loss.host,
+                cause,
+            }));
+            // The `Conn` reads what came before, then EOF: it fails now.
+            ctrl.shutdown_write();
+            None
+        }
+        None => Some(status),
+    };
     // Every channel ends: the workers' streams here see EOF at once.
     mux.close();
     requests.abort();
@@ -152,19 +172,9 @@ fn fail(conn: &Weak<Conn>, message: String) {
     }
 }
 
-fn lose(conn: &Weak<Conn>, host: &str, cause: LostCause) {
-    tracing::debug!("lost the remote template on {host}: {cause}");
-    if let Some(conn) = conn.upgrade() {
-        conn.lose(Failure::RemoteLost {
-            host: host.to_string(),
-            cause,
-        });
-    }
-}
-
 /// Waits for the transport to end (killing it after the grace period) and
-/// sends its exit status.
-async fn end_session(session: &mut Box<dyn Session>, status: oneshot::Sender<Option<i32>>) {
+/// sends its exit status, unless a loss was sent instead.
+async fn end_session(session: &mut Box<dyn Session>, status: Option<oneshot::Sender<RemoteEnd>>) {
     let ended = match tokio::time::timeout(GRACE, session.wait()).await {
         Ok(ended) => ended,
         Err(_) => {
@@ -174,7 +184,9 @@ async fn end_session(session: &mut Box<dyn Session>, status: oneshot::Sender<Opt
                 .unwrap_or(Ok(None))
         }
     };
-    let _ = status.send(ended.ok().flatten().map(ExitStatusExt::into_raw));
+    if let Some(status) = status {
+        let _ = status.send(Ok(ended.ok().flatten().map(ExitStatusExt::into_raw)));
+    }
 }
 
 /// Stream → `Conn` and channels, until the stream ends or breaks, or the

@@ -177,7 +177,7 @@ impl Template {
         fd: OwnedFd,
         pid: u32,
         host: String,
-        status: tokio::sync::oneshot::Receiver<Option<i32>>,
+        status: tokio::sync::oneshot::Receiver<super::conn::RemoteEnd>,
     ) -> Result<Template> {
         let conn = Conn::start(fd, Reap::Status(status))?;
         Ok(Template {
