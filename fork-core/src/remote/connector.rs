@@ -213,6 +213,9 @@ mod tests {
         send_sync::<std::sync::Arc<dyn Connector>>();
         send::<Connection>();
         send::<crate::remote::RemoteBuilder<crate::remote::CommandConnector>>();
+        // What a pool spawns to watch a host: Send and 'static.
+        fn send_static<F: std::future::Future + Send + 'static>(_: F) {}
+        let _ = |t: &crate::Template| send_static(t.lost());
     }
 
     #[test]
