@@ -21,11 +21,11 @@
 //!
 //! Lifetimes: at EOF of its input (the parent is gone, or dropped the
 //! template), or when it heard nothing from the parent for the keepalive
-//! timeout the parent's pings carry (a partition: see `keepalive.rs`;
-//! it answers each ping), the relay closes the template's control socket; the template
-//! kills and reaps its workers and exits, as a local template does when its
-//! parent goes; this process reaps it and exits. If this process is killed,
-//! the template sees EOF the same way.
+//! timeout the parent's pings carry (a partition: see `keepalive.rs`; it
+//! answers each ping), the relay closes the template's control socket;
+//! the template kills and reaps its workers and exits, as a local template
+//! does when its parent goes; this process reaps it and exits. If this
+//! process is killed, the template sees EOF the same way.
 
 use std::io::Write as _;
 use std::os::fd::{AsFd, OwnedFd};
