@@ -521,8 +521,14 @@ fn shutdown_returns_the_remote_status() -> Result<(), Failed> {
     block_on(bounded(async {
         let (template, workers, pids) = remote_with_workers(1).await?;
         drop(workers);
+        let lost = template.lost();
         let status = template.shutdown().await.map_err(fail)?;
         ensure!(status.success(), "the remote side ended with {status:?}");
+        // Our own shutdown is not a loss.
+        ensure!(
+            futures::FutureExt::now_or_never(lost).is_none(),
+            "lost() resolved after shutdown()"
+        );
         tokio::task::spawn_blocking(move || all_gone_within(&pids, Duration::from_secs(2)))
             .await
             .map_err(fail)?
