@@ -2,6 +2,8 @@
 
 use std::io;
 use std::process::ExitStatus;
+use std::sync::Arc;
+use std::time::Duration;
 
 /// Errors of fork-core.
 ///
@@ -178,10 +180,59 @@ pub enum Error {
         what: &'static str,
     },
 
+    /// The connection to a [remote template](crate::remote) was lost
+    /// (see [`LostCause`]) without this side shutting it down: its
+    /// workers' streams ended, each worker's
+    /// [`wait`](crate::Worker::wait) and every pending or new fork fail
+    /// with this error. The workers may still run on the host until its
+    /// side notices (its keepalive timeout); they are not this process's
+    /// any more. See [`Template::lost`](crate::Template::lost).
+    #[error("lost the remote template on {host}: {cause}")]
+    RemoteLost {
+        /// The host's name ([`RemoteBuilder::name`](crate::remote::RemoteBuilder::name)).
+        host: String,
+        /// How the loss was noticed.
+        #[source]
+        cause: LostCause,
+    },
+
     /// An I/O error in the parent.
     #[error("I/O error: {0}{hint}", hint = hint(.0))]
     Io(#[from] io::Error),
 }
+
+/// How the connection to a remote template was found lost
+/// ([`Error::RemoteLost`]).
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum LostCause {
+    /// The stream ended (EOF) though this side did not shut it down: the
+    /// transport (ssh, the command) or the remote side ended.
+    #[error("the connection ended (EOF)")]
+    Eof,
+    /// Reading or writing the stream failed.
+    #[error("the connection failed: {0}")]
+    Io(#[source] Arc<io::Error>),
+    /// Nothing at all came for this long (at least the keepalive timeout):
+    /// a partition, or a frozen host.
+    #[error("no answer for {:.1} s", .0.as_secs_f64())]
+    Silent(Duration),
+}
+
+impl PartialEq for LostCause {
+    fn eq(&self, other: &LostCause) -> bool {
+        match (self, other) {
+            (LostCause::Eof, LostCause::Eof) => true,
+            (LostCause::Io(a), LostCause::Io(b)) => {
+                a.kind() == b.kind() && a.to_string() == b.to_string()
+            }
+            (LostCause::Silent(a), LostCause::Silent(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+impl Eq for LostCause {}
 
 impl Error {
     /// An [`Error::Os`] for `op`.
@@ -268,6 +319,11 @@ impl Error {
     pub fn is_remote_unsupported(&self) -> bool {
         matches!(self, Error::RemoteUnsupported { .. })
     }
+
+    /// The connection to a remote template was lost ([`Error::RemoteLost`]).
+    pub fn is_remote_lost(&self) -> bool {
+        matches!(self, Error::RemoteLost { .. })
+    }
 }
 
 /// `Result` with fork-core's [`Error`].
@@ -289,6 +345,11 @@ pub(crate) enum Failure {
     Io(io::ErrorKind, String),
     /// Not possible with a remote template.
     RemoteUnsupported(&'static str),
+    /// The connection to a remote template was lost.
+    RemoteLost {
+        host: String,
+        cause: LostCause,
+    },
 }
 
 impl Failure {
@@ -303,6 +364,10 @@ impl Failure {
             Failure::Protocol(m) => Error::Protocol(m.clone()),
             Failure::Io(kind, m) => Error::Io(io::Error::new(*kind, m.clone())),
             Failure::RemoteUnsupported(what) => Error::RemoteUnsupported { what },
+            Failure::RemoteLost { host, cause } => Error::RemoteLost {
+                host: host.clone(),
+                cause: cause.clone(),
+            },
         }
     }
 

@@ -279,7 +279,12 @@ pub fn remote_stream(data: &[u8]) -> usize {
             (_, Frame::Control(msg)) => replies(msg).is_some(),
             (
                 _,
-                Frame::Data { .. } | Frame::Eof { .. } | Frame::Credit { .. } | Frame::Close { .. },
+                Frame::Data { .. }
+                | Frame::Eof { .. }
+                | Frame::Credit { .. }
+                | Frame::Close { .. }
+                | Frame::Ping { .. }
+                | Frame::Pong,
             ) => true,
         };
         if !ok {

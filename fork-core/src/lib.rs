@@ -120,7 +120,7 @@ pub use crate::activation::{ListenFd, take_listen_fds};
 pub use crate::command::Command;
 pub use crate::context::{Context, Slot, decode_arg};
 pub use crate::entry::{Entry, EntryResult, InitFn, PANIC_EXIT_CODE};
-pub use crate::error::{Error, Result};
+pub use crate::error::{Error, LostCause, Result};
 pub use crate::fork::Fork;
 pub use crate::init::{Init, init};
 pub use crate::template::Template;

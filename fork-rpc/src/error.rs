@@ -131,6 +131,9 @@ pub struct WorkerLost {
     pub(crate) pid: u32,
     pub(crate) status: Option<ExitStatus>,
     pub(crate) panic: Option<HandlerPanic>,
+    /// The connection to the worker's remote template was lost.
+    #[source]
+    pub(crate) remote: Option<Arc<fork_core::Error>>,
 }
 
 /// A request handler's panic, as the worker caught it: its message, and
@@ -188,6 +191,13 @@ impl WorkerLost {
         self.panic.as_ref().map(HandlerPanic::message)
     }
 
+    /// The [`fork_core::Error::RemoteLost`] of the worker's remote template,
+    /// if that is how the worker was lost: the connection to its host
+    /// (which the error names) was lost, so its exit status is unknown.
+    pub fn remote_lost(&self) -> Option<&fork_core::Error> {
+        self.remote.as_deref()
+    }
+
     /// Finds the `WorkerLost` inside an RPC error, if the call failed because
     /// the worker is gone.
     pub fn find(error: &RpcError) -> Option<&WorkerLost> {
@@ -215,8 +225,12 @@ impl fmt::Display for WorkerLost {
             write!(f, ": a handler panicked: {panic}")?;
         }
         match &self.status {
-            Some(status) => write!(f, " ({status})"),
-            None => write!(f, " (exit status unknown)"),
+            Some(status) => write!(f, " ({status})")?,
+            None => write!(f, " (exit status unknown)")?,
         }
+        if let Some(remote) = &self.remote {
+            write!(f, ": {remote}")?;
+        }
+        Ok(())
     }
 }

@@ -285,3 +285,70 @@ pub fn host_until_ready_with(
     }
     Ok((host, pids))
 }
+
+/// A TCP proxy on 127.0.0.1 that forwards each connection to `target`,
+/// delaying every chunk it reads by `delay`, each way: a slow link where
+/// the kernel has no `tc netem`. Bytes keep their order and the throughput
+/// is not capped (chunks wait in memory), only late; a round trip through
+/// it takes `2 * delay` more. Returns its address and its task (abort it,
+/// or let the runtime end, to stop it).
+///
+/// # Errors
+///
+/// If it cannot listen.
+pub async fn latency_proxy(
+    target: std::net::SocketAddr,
+    delay: std::time::Duration,
+) -> std::io::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let task = tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(server) = tokio::net::TcpStream::connect(target).await else {
+                    return;
+                };
+                let _ = (client.set_nodelay(true), server.set_nodelay(true));
+                let (client_r, client_w) = client.into_split();
+                let (server_r, server_w) = server.into_split();
+                tokio::join!(
+                    delayed(client_r, server_w, delay),
+                    delayed(server_r, client_w, delay)
+                );
+            });
+        }
+    });
+    Ok((addr, task))
+}
+
+/// Copies `from` to `to`, each chunk `delay` after it was read; at EOF
+/// (once the chunks before it are out) shuts `to` down.
+async fn delayed(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    delay: std::time::Duration,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let read = async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        while let Ok(n @ 1..) = from.read(&mut buf).await {
+            if tx
+                .send((tokio::time::Instant::now() + delay, buf[..n].to_vec()))
+                .is_err()
+            {
+                break;
+            }
+        }
+    };
+    let write = async move {
+        while let Some((due, bytes)) = rx.recv().await {
+            tokio::time::sleep_until(due).await;
+            if to.write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
+        let _ = to.shutdown().await;
+    };
+    tokio::join!(read, write);
+}

@@ -521,8 +521,14 @@ fn shutdown_returns_the_remote_status() -> Result<(), Failed> {
     block_on(bounded(async {
         let (template, workers, pids) = remote_with_workers(1).await?;
         drop(workers);
+        let lost = template.lost();
         let status = template.shutdown().await.map_err(fail)?;
         ensure!(status.success(), "the remote side ended with {status:?}");
+        // Our own shutdown is not a loss.
+        ensure!(
+            futures::FutureExt::now_or_never(lost).is_none(),
+            "lost() resolved after shutdown()"
+        );
         tokio::task::spawn_blocking(move || all_gone_within(&pids, Duration::from_secs(2)))
             .await
             .map_err(fail)?
@@ -593,6 +599,142 @@ fn a_stalled_worker_does_not_stall_others() -> Result<(), Failed> {
     }))
 }
 
+/// A remote template that stops answering gives no EOF (here its process
+/// is frozen with `SIGSTOP`: to this side it looks like a partition). The
+/// keepalive finds it lost within its timeout: an RPC call in flight
+/// fails with fork-rpc's worker-lost error, which names the host; the
+/// worker's `wait()` gives `RemoteLost` naming the host and the silence;
+/// `lost()` resolves and new forks fail the same way. Once the frozen
+/// process runs again it finds its input closed and exits by itself,
+/// before this side's grace period would have killed it, leaving nothing.
+fn a_frozen_remote_template_is_lost_within_the_timeout() -> Result<(), Failed> {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    const TIMEOUT: Duration = Duration::from_secs(1);
+    const MARGIN: Duration = Duration::from_secs(2);
+    block_on(bounded(async {
+        let template = Template::remote(CommandConnector::new("env").arg("-i"))
+            .name("frozen-host")
+            .keepalive(TIMEOUT / 5, TIMEOUT)
+            .start()
+            .await
+            .map_err(fail)?;
+        ensure!(
+            template.host() == Some("frozen-host"),
+            "host {:?}",
+            template.host()
+        );
+        let lost = template.lost();
+        let agent = parent_of(template.id()).ok_or("no remote side")?;
+        let (client, mut worker) = RpcWorker::builder(&mut template.fork(), &CALC)
+            .spawn()
+            .await
+            .map_err(fail)?;
+        let calc = CalcClient::from(client);
+        ensure!(
+            calc.add(context::current(), 2, 3).await.map_err(fail)? == 5,
+            "2 + 3"
+        );
+        // Idle for longer than the timeout: pings and pongs keep it alive.
+        tokio::time::sleep(2 * TIMEOUT).await;
+        ensure!(!template.is_lost(), "an idle template was found lost");
+        let pids = [agent, template.id(), worker.id()];
+
+        kill(Pid::from_raw(agent as i32), Signal::SIGSTOP).map_err(fail)?;
+        let frozen = std::time::Instant::now();
+        // A deadline far beyond the timeout: only the loss ends the call.
+        let mut ctx = context::current();
+        ctx.deadline = std::time::Instant::now() + Duration::from_secs(50);
+        let e = calc.add(ctx, 1, 2).await.unwrap_err();
+        let failed_after = frozen.elapsed();
+        ensure!(
+            // Silence is counted from the last pong, up to an interval
+            // before the freeze.
+            failed_after >= TIMEOUT / 2 && failed_after < TIMEOUT + MARGIN,
+            "the call in flight failed {failed_after:?} after the freeze ({e})"
+        );
+        let worker_lost =
+            fork_rpc::WorkerLost::find(&e).ok_or_else(|| format!("call gave {e:?}"))?;
+        ensure!(
+            worker_lost.remote_lost().is_some_and(Error::is_remote_lost)
+                && worker_lost.to_string().contains("frozen-host"),
+            "the worker-lost error names the host: {worker_lost}"
+        );
+        let e = match worker.wait().await {
+            Err(fork_rpc::Error::Core(e)) => e,
+            other => return Err(format!("wait() gave {other:?}").into()),
+        };
+        ensure!(
+            matches!(&e, Error::RemoteLost { host, cause: fork_core::LostCause::Silent(silent) }
+                if host == "frozen-host" && *silent >= TIMEOUT)
+                && e.is_remote_lost(),
+            "wait() gave {e:?}"
+        );
+        let e = tokio::time::timeout(Duration::from_secs(1), lost)
+            .await
+            .map_err(|_| "lost() did not resolve")?;
+        ensure!(
+            e.is_remote_lost() && e.to_string().contains("frozen-host"),
+            "lost() gave {e}"
+        );
+        ensure!(template.is_lost(), "is_lost()");
+        let e = template.fork().arg(&0i32).run(&SHOUT).await.unwrap_err();
+        ensure!(e.is_remote_lost(), "a new fork gave {e:?}");
+
+        // Running again, it reads its closed input and ends by itself,
+        // its template and worker with it (the relay here would kill it
+        // only 5 s after the loss).
+        kill(Pid::from_raw(agent as i32), Signal::SIGCONT).map_err(fail)?;
+        let resumed = frozen.elapsed();
+        tokio::task::spawn_blocking(move || all_gone_within(&pids, Duration::from_secs(2)))
+            .await
+            .map_err(fail)??;
+        ensure!(
+            frozen.elapsed() < failed_after + Duration::from_secs(4),
+            "gone only {:?} after the freeze, resumed at {resumed:?}",
+            frozen.elapsed()
+        );
+        let e = template.shutdown().await.unwrap_err();
+        ensure!(
+            e.is_remote_lost(),
+            "shutdown() of a lost template gave {e:?}"
+        );
+        Ok(())
+    }))
+}
+
+/// The remote side dying (here killed) is an EOF this side did not ask
+/// for: the template is lost at once, not after the keepalive timeout,
+/// and the cause says EOF.
+fn a_remote_side_that_dies_is_lost_at_once() -> Result<(), Failed> {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    block_on(bounded(async {
+        let (template, mut workers, _pids) = remote_with_workers(1).await?;
+        let lost = template.lost();
+        let agent = parent_of(template.id()).ok_or("no remote side")?;
+        let host = template.host().ok_or("no host")?.to_string();
+        ensure!(
+            host == "env -i",
+            "a command connector is named by its command line: {host:?}"
+        );
+        let killed = std::time::Instant::now();
+        kill(Pid::from_raw(agent as i32), Signal::SIGKILL).map_err(fail)?;
+        let e = workers[0].wait().await.unwrap_err();
+        ensure!(
+            matches!(&e, Error::RemoteLost { host: h, cause: fork_core::LostCause::Eof } if *h == host),
+            "wait() gave {e:?}"
+        );
+        let e = lost.await;
+        ensure!(
+            killed.elapsed() < Duration::from_secs(5) && e.is_remote_lost(),
+            "lost() gave {e} after {:?} (the keepalive timeout is 10 s)",
+            killed.elapsed()
+        );
+        Ok(())
+    }))
+}
+
 fn main() {
     fork_core::init();
     integration_tests::run(&[
@@ -635,6 +777,14 @@ fn main() {
         (
             "a_stalled_worker_does_not_stall_others",
             a_stalled_worker_does_not_stall_others,
+        ),
+        (
+            "a_frozen_remote_template_is_lost_within_the_timeout",
+            a_frozen_remote_template_is_lost_within_the_timeout,
+        ),
+        (
+            "a_remote_side_that_dies_is_lost_at_once",
+            a_remote_side_that_dies_is_lost_at_once,
         ),
     ]);
 }

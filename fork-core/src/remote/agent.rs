@@ -20,10 +20,12 @@
 //!   print does not corrupt the stream.
 //!
 //! Lifetimes: at EOF of its input (the parent is gone, or dropped the
-//! template) the relay closes the template's control socket; the template
-//! kills and reaps its workers and exits, as a local template does when its
-//! parent goes; this process reaps it and exits. If this process is killed,
-//! the template sees EOF the same way.
+//! template), or when it heard nothing from the parent for the keepalive
+//! timeout the parent's pings carry (a partition: see `keepalive.rs`; it
+//! answers each ping), the relay closes the template's control socket;
+//! the template kills and reaps its workers and exits, as a local template
+//! does when its parent goes; this process reaps it and exits. If this
+//! process is killed, the template sees EOF the same way.
 
 use std::io::Write as _;
 use std::os::fd::{AsFd, OwnedFd};
@@ -33,10 +35,11 @@ use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::unix::pipe;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use super::ctrl::Ctrl;
 use super::hello::{Hello, Mismatch};
+use super::keepalive::{self, Heard, Stamped};
 use super::mux::Mux;
 use super::stream::{BoxWrite, FrameReader, OUT_QUEUE, Outbox, Owned, ReadError, write_loop};
 use super::wire::{self, Frame};
@@ -51,6 +54,8 @@ pub(crate) const FLAG: &str = "--fork-core-remote-template";
 const EXIT_SETUP: i32 = 2;
 const EXIT_MISMATCH: i32 = 3;
 const EXIT_PROTOCOL: i32 = 4;
+/// It heard nothing from the parent for the keepalive timeout.
+const EXIT_LOST: i32 = 5;
 
 /// How long the template may take to exit once its socket is closed.
 const TEMPLATE_GRACE: Duration = Duration::from_secs(2);
@@ -115,6 +120,8 @@ async fn relay_inner(input: OwnedFd, output: OwnedFd, ctrl: OwnedFd, template: i
         Ok(s) => s,
         Err(e) => die("cannot use its standard streams", e),
     };
+    let heard = Heard::new();
+    let reader = Stamped::new(reader, heard.clone());
     let mut frames = FrameReader::new(Box::new(reader), proto::DEFAULT_MAX_MESSAGE);
     let mut writer: BoxWrite = Box::new(writer);
     let ours = Hello::ours(template as u32, false);
@@ -154,8 +161,9 @@ async fn relay_inner(input: OwnedFd, output: OwnedFd, ctrl: OwnedFd, template: i
     let mux = Mux::new(out.clone());
     let ctrl = Arc::new(ctrl);
     let mut replies = tokio::spawn(forward_replies(ctrl.clone(), out.clone()));
+    let (timeout, timeout_rx) = watch::channel(keepalive::FIRST_PING);
     let code = tokio::select! {
-        r = read_requests(&mut frames, &ctrl, &mux, &out) => match r {
+        r = read_requests(&mut frames, &ctrl, &mux, &out, &timeout) => match r {
             Ok(()) => 0,
             Err(message) => {
                 let _ = writeln!(
@@ -167,13 +175,23 @@ async fn relay_inner(input: OwnedFd, output: OwnedFd, ctrl: OwnedFd, template: i
         },
         // The template is gone (it failed, or was killed): so is this side.
         _ = &mut replies => 0,
+        silent = keepalive::until_lost(heard, timeout_rx) => {
+            let _ = writeln!(
+                std::io::stderr(),
+                "fork-core remote template: heard nothing from the parent for {:.1} s; \
+                 ending (its workers too)",
+                silent.as_secs_f64()
+            );
+            EXIT_LOST
+        }
     };
     mux.close();
     replies.abort();
     let _ = replies.await;
     // The last reference to the template's socket: it sees EOF.
     drop(ctrl);
-    out.close().await;
+    // Bounded: on a lost connection the queue may be full for good.
+    let _ = tokio::time::timeout(Duration::from_secs(1), out.close()).await;
     drop(out);
     let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;
     code
@@ -195,6 +213,7 @@ async fn read_requests(
     ctrl: &Ctrl,
     mux: &Arc<Mux>,
     out: &Outbox,
+    timeout: &watch::Sender<Duration>,
 ) -> Result<(), String> {
     loop {
         let Some(frame) = frames.next_or_end().await? else {
@@ -211,6 +230,13 @@ async fn read_requests(
             Owned::Eof { channel } => mux.eof(channel),
             Owned::Close { channel } => mux.close_channel(channel),
             Owned::Credit { channel, bytes } => mux.credit(channel, bytes).map_err(|e| e.0)?,
+            Owned::Ping { timeout_ms } => {
+                let ms = Duration::from_millis(timeout_ms.into());
+                timeout.send_if_modified(|t| std::mem::replace(t, ms) != ms);
+                // Never waits: a full queue shows life anyway.
+                out.try_send(&Frame::Pong);
+            }
+            Owned::Pong => return Err("a pong from the parent".into()),
             Owned::Hello(_) => return Err("a second greeting".into()),
         }
     }

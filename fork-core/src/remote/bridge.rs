@@ -10,6 +10,7 @@
 //! replaced on the other side). Replies come back as `Control` frames and
 //! go to the `Conn` as they are; it decodes and checks them.
 
+use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::process::ExitStatusExt;
 use std::sync::{Arc, Weak};
@@ -19,68 +20,146 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::connector::Session;
 use super::ctrl::Ctrl;
+use super::keepalive::{self, Heard, Knobs};
 use super::mux::Mux;
-use super::stream::{BoxWrite, FrameReader, OUT_QUEUE, Outbox, Owned, write_loop};
+use super::stream::{BoxWrite, FrameReader, OUT_QUEUE, Outbox, Owned, ReadError, write_loop};
 use super::wire::Frame;
-use crate::error::Failure;
+use crate::error::{Failure, LostCause};
 use crate::proto::{self, Assembler, Reader, Request, Then};
-use crate::template::conn::Conn;
+use crate::template::conn::{Conn, RemoteEnd};
 
 /// How long the other side may take to end after its input was closed, and
 /// to be reaped after it was killed.
 const GRACE: Duration = Duration::from_secs(5);
 
-/// Runs the relay until the stream ends; then reports the transport's exit
-/// status on `status` and closes `conn_side` (the `Conn` sees EOF).
+/// The transport of a remote template, as the builder hands it on.
+pub(crate) struct Stream {
+    pub(crate) frames: FrameReader,
+    pub(crate) writer: BoxWrite,
+    pub(crate) session: Box<dyn Session>,
+    /// Stamped by `frames`' reader whenever bytes come.
+    pub(crate) heard: Heard,
+}
+
+/// What the relay needs to notice a lost connection and name it.
+pub(crate) struct Loss {
+    pub(crate) host: String,
+    pub(crate) keepalive: Knobs,
+}
+
+/// How the relay's reading ended.
+#[derive(Debug)]
+enum End {
+    /// The stream ended, or this side shut it down.
+    Eof,
+    /// Reading failed.
+    Io(io::Error),
+    /// The other side broke the protocol: what was wrong.
+    Protocol(String),
+    /// The `Conn` stopped reading (it found a reply malformed).
+    ConnGone,
+    /// The keepalive found the connection lost, or writing failed.
+    Lost(LostCause),
+}
+
+/// Runs the relay until the stream ends, this side shuts it down, or the
+/// connection is lost (EOF, an I/O error or the keepalive timeout before
+/// this side shut it down); then reports the transport's exit status on
+/// `status` and closes `conn_side` (the `Conn` sees EOF). A loss is
+/// reported at once instead: `status` gets the [`Failure::RemoteLost`] and
+/// `conn_side` is shut down for writing, so the `Conn` reads what came
+/// before, then EOF, and fails with the loss.
 pub(crate) async fn run(
     conn_side: OwnedFd,
-    frames: FrameReader,
-    writer: BoxWrite,
-    mut session: Box<dyn Session>,
+    stream: Stream,
+    loss: Loss,
     conn: Weak<Conn>,
-    status: oneshot::Sender<Option<i32>>,
+    status: oneshot::Sender<RemoteEnd>,
 ) {
+    let Stream {
+        frames,
+        writer,
+        mut session,
+        heard,
+    } = stream;
     let ctrl = match Ctrl::new(conn_side) {
         Ok(c) => Arc::new(c),
         Err(e) => {
             fail(&conn, format!("cannot relay to the remote template: {e}"));
-            end_session(&mut session, status).await;
+            end_session(&mut session, Some(status)).await;
             return;
         }
     };
     let (tx, rx) = mpsc::channel(OUT_QUEUE);
     let out = Outbox(tx);
-    let writer = tokio::spawn(write_loop(rx, writer));
+    let (write_failed_tx, mut write_failed) = oneshot::channel();
+    let writer = tokio::spawn(async move {
+        if let Err(e) = write_loop(rx, writer).await {
+            let _ = write_failed_tx.send(e);
+        }
+    });
     let mux = Mux::new(out.clone());
-    let (closed_tx, closed_rx) = oneshot::channel();
+    let (closed_tx, mut closed_rx) = oneshot::channel();
+    let pings = keepalive::ping_until_lost(loss.keepalive, heard, out.clone());
+    tokio::pin!(pings);
     let requests = tokio::spawn(forward_requests(ctrl.clone(), mux.clone(), out, closed_tx));
     let reading = read_replies(frames, &ctrl, &mux);
     tokio::pin!(reading);
     let end = tokio::select! {
-        end = &mut reading => end,
-        () = async {
+        // Our shutdown first: an EOF that follows it is not a loss.
+        biased;
+        Ok(()) = &mut closed_rx => {
             // The handle closed: the other side ends on EOF of its input;
             // if it does not within the grace period, end the transport.
-            match closed_rx.await {
-                Ok(()) => tokio::time::sleep(GRACE).await,
-                Err(_) => std::future::pending().await,
+            // Nothing is lost from here on.
+            let end = match tokio::time::timeout(GRACE, &mut reading).await {
+                Ok(end) => end,
+                Err(_) => {
+                    let _ = session.start_kill();
+                    tokio::time::timeout(GRACE, &mut reading).await.unwrap_or(End::Eof)
+                }
+            };
+            match end {
+                End::Protocol(m) => End::Protocol(m),
+                _ => End::ConnGone,
             }
-        } => {
-            let _ = session.start_kill();
-            tokio::time::timeout(GRACE, &mut reading).await.unwrap_or(Ok(()))
         }
+        end = &mut reading => end,
+        silent = &mut pings => End::Lost(LostCause::Silent(silent)),
+        Ok(e) = &mut write_failed => End::Lost(LostCause::Io(Arc::new(e))),
     };
-    if let Err(message) = end {
-        fail(
-            &conn,
-            format!("malformed data from the remote template: {message}"),
-        );
-    }
+    let cause = match end {
+        End::Protocol(message) => {
+            fail(
+                &conn,
+                format!("malformed data from the remote template: {message}"),
+            );
+            None
+        }
+        End::ConnGone => None,
+        End::Eof => Some(LostCause::Eof),
+        End::Io(e) => Some(LostCause::Io(Arc::new(e))),
+        End::Lost(cause) => Some(cause),
+    };
+    let status = match cause {
+        Some(cause) => {
+            tracing::debug!("lost the remote template on {}: {cause}", loss.host);
+            let _ = status.send(Err(Failure::RemoteLost {
+                host: loss.host,
+                cause,
+            }));
+            // The `Conn` reads what came before, then EOF: it fails now.
+            ctrl.shutdown_write();
+            None
+        }
+        None => Some(status),
+    };
+    // Every channel ends: the workers' streams here see EOF at once.
     mux.close();
     requests.abort();
     let _ = requests.await;
     // The stream is over: closing our side ends the other side if it still
-    // reads.
+    // reads (a lost one, once it reads again).
     writer.abort();
     let _ = writer.await;
     end_session(&mut session, status).await;
@@ -94,8 +173,8 @@ fn fail(conn: &Weak<Conn>, message: String) {
 }
 
 /// Waits for the transport to end (killing it after the grace period) and
-/// sends its exit status.
-async fn end_session(session: &mut Box<dyn Session>, status: oneshot::Sender<Option<i32>>) {
+/// sends its exit status, unless a loss was sent instead.
+async fn end_session(session: &mut Box<dyn Session>, status: Option<oneshot::Sender<RemoteEnd>>) {
     let ended = match tokio::time::timeout(GRACE, session.wait()).await {
         Ok(ended) => ended,
         Err(_) => {
@@ -105,29 +184,47 @@ async fn end_session(session: &mut Box<dyn Session>, status: oneshot::Sender<Opt
                 .unwrap_or(Ok(None))
         }
     };
-    let _ = status.send(ended.ok().flatten().map(ExitStatusExt::into_raw));
+    if let Some(status) = status {
+        let _ = status.send(Ok(ended.ok().flatten().map(ExitStatusExt::into_raw)));
+    }
 }
 
-/// Stream → `Conn` and channels, until the stream ends (`Ok`) or breaks the
-/// protocol (`Err`, what was wrong).
-async fn read_replies(mut frames: FrameReader, ctrl: &Ctrl, mux: &Mux) -> Result<(), String> {
+/// Stream → `Conn` and channels, until the stream ends or breaks, or the
+/// `Conn` stops reading.
+async fn read_replies(mut frames: FrameReader, ctrl: &Ctrl, mux: &Mux) -> End {
     loop {
-        let Some(frame) = frames.next_or_end().await? else {
-            return Ok(());
+        let frame = match frames.next().await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => return End::Eof,
+            Err(ReadError::Io(e)) => return End::Io(e),
+            Err(ReadError::Protocol(e)) => return End::Protocol(e.0),
         };
-        match frame {
+        let applied = match frame {
             Owned::Control(msg) => {
                 if ctrl.send(&msg, Vec::new()).await.is_err() {
                     // The `Conn` stopped reading (it found the message
                     // malformed, and says so itself).
-                    return Ok(());
+                    return End::ConnGone;
                 }
+                Ok(())
             }
-            Owned::Data { channel, bytes } => mux.data(channel, bytes).map_err(|e| e.0)?,
-            Owned::Eof { channel } => mux.eof(channel),
-            Owned::Close { channel } => mux.close_channel(channel),
-            Owned::Credit { channel, bytes } => mux.credit(channel, bytes).map_err(|e| e.0)?,
-            Owned::Hello(_) => return Err("a second greeting".into()),
+            Owned::Data { channel, bytes } => mux.data(channel, bytes),
+            Owned::Eof { channel } => {
+                mux.eof(channel);
+                Ok(())
+            }
+            Owned::Close { channel } => {
+                mux.close_channel(channel);
+                Ok(())
+            }
+            Owned::Credit { channel, bytes } => mux.credit(channel, bytes),
+            // Life, which the reader stamped already.
+            Owned::Pong => Ok(()),
+            Owned::Ping { .. } => return End::Protocol("a ping from the remote side".into()),
+            Owned::Hello(_) => return End::Protocol("a second greeting".into()),
+        };
+        if let Err(e) = applied {
+            return End::Protocol(e.0);
         }
     }
 }
@@ -155,10 +252,11 @@ async fn forward_requests(
             }
         }
     }
-    // EOF: every handle to the template is gone. Close the stream's
-    // writing side once what was queued is out; the other side ends.
-    out.close().await;
+    // EOF: every handle to the template is gone. From now on an EOF is
+    // ours, not a loss: say so first, then close the stream's writing side
+    // once what was queued is out; the other side ends.
     let _ = closed.send(());
+    out.close().await;
 }
 
 /// The socket of each spawn request of a message, by request id; every

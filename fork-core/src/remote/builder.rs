@@ -10,6 +10,7 @@ use super::agent::FLAG;
 use super::bridge;
 use super::connector::{Connection, Connector, RemoteCommand, Session};
 use super::hello::{Hello, Mismatch};
+use super::keepalive::{self, Heard, Knobs, Stamped};
 use super::stream::{BoxWrite, FrameReader, Owned, ReadError};
 use super::wire::{self, Frame};
 use crate::error::{Error, Result};
@@ -41,6 +42,11 @@ impl Template {
             program: None,
             same_build: true,
             timeout: Duration::from_secs(30),
+            name: None,
+            keepalive: Knobs {
+                interval: Some(keepalive::INTERVAL),
+                timeout: keepalive::TIMEOUT,
+            },
         }
     }
 }
@@ -54,6 +60,8 @@ pub struct RemoteBuilder<C> {
     program: Option<OsString>,
     same_build: bool,
     timeout: Duration,
+    name: Option<String>,
+    keepalive: Knobs,
 }
 
 impl<C: Connector> RemoteBuilder<C> {
@@ -80,6 +88,51 @@ impl<C: Connector> RemoteBuilder<C> {
     /// container start). The default is 30 s.
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
+        self
+    }
+
+    /// The host's name, as [`Template::host`] gives it and
+    /// [`Error::RemoteLost`] names it. The default is the connector's
+    /// [`name`](Connector::name) (an ssh destination, a command line).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// How a lost connection is noticed when it gives no EOF (a network
+    /// partition, a frozen host): this side sends a ping every `interval`,
+    /// the other side answers, and the connection counts as **lost** when
+    /// nothing at all (no answer, no data) came for `timeout`: the
+    /// template then fails with [`Error::RemoteLost`] (see
+    /// [`Template::lost`]). The other side applies the same `timeout` to
+    /// what it hears from here, and when it hears nothing for that long it
+    /// ends as at EOF: its template kills and reaps its workers and it
+    /// exits, so a partitioned host keeps no orphans.
+    ///
+    /// The defaults are **2 s** and **10 s**. Any bytes count as life, so a
+    /// busy link never times out; an idle one carries a 13-byte ping and
+    /// pong every 2 s. The timeout must exceed the round trip plus the
+    /// interval (pings are not matched to answers: on a link whose round
+    /// trip exceeds the interval the answers still come one per interval,
+    /// only later); 10 s tolerates round trips of several seconds and a
+    /// few lost pings' worth of TCP retransmission, while a host that went
+    /// away is reported within 10 to 12 s. Shorten both for faster
+    /// failover on a good network; lengthen the timeout for links that
+    /// stall for seconds.
+    ///
+    /// # Panics
+    ///
+    /// If `interval` is zero or `timeout` is not longer than `interval`.
+    pub fn keepalive(mut self, interval: Duration, timeout: Duration) -> Self {
+        assert!(
+            !interval.is_zero() && timeout > interval,
+            "keepalive: the interval ({interval:?}) must be non-zero and shorter than the \
+             timeout ({timeout:?})"
+        );
+        self.keepalive = Knobs {
+            interval: Some(interval),
+            timeout,
+        };
         self
     }
 
@@ -117,6 +170,7 @@ impl<C: Connector> RemoteBuilder<C> {
             args: vec![FLAG.into()],
         };
         let ours = Hello::ours(std::process::id(), self.same_build);
+        let host = self.name.unwrap_or_else(|| self.connector.name());
         let timeout = self.timeout;
         let connected = tokio::time::timeout(timeout, self.connector.connect(&command)).await;
         let Connection {
@@ -132,6 +186,8 @@ impl<C: Connector> RemoteBuilder<C> {
                 )));
             }
         };
+        let heard = Heard::new();
+        let reader = Box::new(Stamped::new(reader, heard.clone()));
         let mut frames = FrameReader::new(reader, MAX_REPLY);
         let greeted = tokio::time::timeout(timeout, greet(&mut frames, &mut writer, &ours)).await;
         let theirs = match greeted {
@@ -153,12 +209,19 @@ impl<C: Connector> RemoteBuilder<C> {
             }
         };
         let (status_tx, status_rx) = oneshot::channel();
-        let template = Template::from_remote(ours_fd, theirs.pid, status_rx)?;
+        let template = Template::from_remote(ours_fd, theirs.pid, host.clone(), status_rx)?;
         tokio::spawn(bridge::run(
             bridge_fd,
-            frames,
-            writer,
-            session,
+            bridge::Stream {
+                frames,
+                writer,
+                session,
+                heard,
+            },
+            bridge::Loss {
+                host,
+                keepalive: self.keepalive,
+            },
             std::sync::Arc::downgrade(template.conn()),
             status_tx,
         ));

@@ -117,6 +117,15 @@ impl Connector for CommandConnector {
     fn connect<'a>(&'a self, command: &'a RemoteCommand) -> BoxFuture<'a, io::Result<Connection>> {
         Box::pin(async move { self.spawn(command) })
     }
+
+    /// The command line before the remote command: `ssh -T build-1`.
+    fn name(&self) -> String {
+        std::iter::once(&self.program)
+            .chain(&self.args)
+            .map(|w| w.to_string_lossy())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
 }
 
 /// A local child process as a [`Session`].

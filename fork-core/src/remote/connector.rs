@@ -58,6 +58,17 @@ pub trait Connector: Send + Sync + fmt::Debug {
     ///
     /// If the transport or the command cannot be started.
     fn connect<'a>(&'a self, command: &'a RemoteCommand) -> BoxFuture<'a, io::Result<Connection>>;
+
+    /// The name of the host (or container) this connector reaches, for
+    /// [`Template::host`](crate::Template::host) and the errors that name
+    /// it ([`Error::RemoteLost`](crate::Error::RemoteLost)), unless
+    /// [`RemoteBuilder::name`](super::RemoteBuilder::name) gives another.
+    /// The default is the connector's type name;
+    /// [`CommandConnector`](super::CommandConnector) gives its command line,
+    /// [`SshConnector`](super::SshConnector) its destination.
+    fn name(&self) -> String {
+        std::any::type_name::<Self>().to_string()
+    }
 }
 
 /// A shared connector: several templates through one connector (one ssh
@@ -66,17 +77,29 @@ impl<C: Connector + ?Sized> Connector for &C {
     fn connect<'a>(&'a self, command: &'a RemoteCommand) -> BoxFuture<'a, io::Result<Connection>> {
         (**self).connect(command)
     }
+
+    fn name(&self) -> String {
+        (**self).name()
+    }
 }
 
 impl<C: Connector + ?Sized> Connector for std::sync::Arc<C> {
     fn connect<'a>(&'a self, command: &'a RemoteCommand) -> BoxFuture<'a, io::Result<Connection>> {
         (**self).connect(command)
     }
+
+    fn name(&self) -> String {
+        (**self).name()
+    }
 }
 
 impl<C: Connector + ?Sized> Connector for Box<C> {
     fn connect<'a>(&'a self, command: &'a RemoteCommand) -> BoxFuture<'a, io::Result<Connection>> {
         (**self).connect(command)
+    }
+
+    fn name(&self) -> String {
+        (**self).name()
     }
 }
 
@@ -190,6 +213,9 @@ mod tests {
         send_sync::<std::sync::Arc<dyn Connector>>();
         send::<Connection>();
         send::<crate::remote::RemoteBuilder<crate::remote::CommandConnector>>();
+        // What a pool spawns to watch a host: Send and 'static.
+        fn send_static<F: std::future::Future + Send + 'static>(_: F) {}
+        let _ = |t: &crate::Template| send_static(t.lost());
     }
 
     #[test]

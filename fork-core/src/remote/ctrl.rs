@@ -60,6 +60,11 @@ impl Ctrl {
         }
     }
 
+    /// Shuts down the sending side: the peer reads what was sent, then EOF.
+    pub(crate) fn shutdown_write(&self) {
+        sys::shutdown(self.sock(), nix::sys::socket::Shutdown::Write);
+    }
+
     /// Sends one message with its descriptors, split into frames.
     ///
     /// # Errors

@@ -16,8 +16,9 @@ use super::super::proto::{self, ProtoError};
 
 /// First bytes of every greeting.
 pub(crate) const MAGIC: &[u8; 16] = b"fork-core-remote";
-/// Version of the stream protocol (frames, channels, credit).
-pub(crate) const STREAM_VERSION: u8 = 1;
+/// Version of the stream protocol (frames, channels, credit; 2: keepalive
+/// pings).
+pub(crate) const STREAM_VERSION: u8 = 2;
 /// Both protocols' versions in one number (see the module docs).
 pub(crate) const VERSION: u16 = (STREAM_VERSION as u16) << 8 | proto::VERSION as u16;
 /// Flag: the sender requires the same build on both sides.

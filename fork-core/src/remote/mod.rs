@@ -62,15 +62,44 @@
 //! exits, as a local one does. A remote side that does not end within 5 s
 //! after its input was closed is killed through its [`Session`].
 //!
+//! # Losing the connection
+//!
+//! A host that drops off the network, or freezes, gives no EOF: TCP just
+//! stalls. So the parent sends a ping every interval and the other side
+//! answers it; each side counts the connection **lost** when nothing at
+//! all (data, replies, pings or answers) came for the timeout
+//! ([`RemoteBuilder::keepalive`]: 2 s and 10 s by default). A busy link
+//! never times out, and a slow one only if its round trip exceeds the
+//! timeout minus the interval.
+//!
+//! The connection is lost, here, when the stream ends without this side
+//! having shut it down (the transport or the remote side died), when
+//! reading or writing it fails, or at the keepalive timeout. Then, at
+//! once: every worker's stream ends (reads see EOF, so a fork-rpc call in
+//! flight fails with its worker-lost error, which carries this one),
+//! [`Worker::wait`] of each of its workers, pending forks and new ones
+//! fail with [`Error::RemoteLost`] naming the host
+//! ([`RemoteBuilder::name`], [`Template::host`]) and the cause
+//! ([`LostCause`](crate::LostCause)), and [`Template::lost`] resolves
+//! ([`Template::is_lost`] turns `true`). The workers' exit statuses are
+//! unknown. The transport is ended after 5 s if it has not ended itself.
+//!
+//! On the other side, hearing nothing from the parent for the same
+//! timeout counts as EOF: the remote side closes its template's socket,
+//! the template kills and reaps its workers, and it exits, so a host cut
+//! off by a partition keeps no orphans, and one that comes back has
+//! nothing left of the lost template.
+//!
 //! # Protocol
 //!
-//! One byte stream carries frames of six kinds, `[kind u8][channel u64
+//! One byte stream carries frames of eight kinds, `[kind u8][channel u64
 //! LE][len u32 LE][payload]`: a greeting each way first (magic string,
 //! protocol version, build id, the template's pid), then control messages
 //! (the local control protocol's requests and replies), and the workers'
 //! streams as numbered channels (`Data`, `Eof`, `Credit`, and `Close` when
 //! one side's end is gone: the other side closes its end, so a write there
-//! fails with `EPIPE` as on a local socket). Every length is
+//! fails with `EPIPE` as on a local socket), and the keepalive's `Ping`
+//! (carrying the timeout the other side applies) and `Pong`. Every length is
 //! bounded before anything is buffered: 32 KiB for data, 4 KiB for
 //! greetings, 4 MiB for replies, 64 MiB for requests. A malformed frame
 //! from the remote side fails the template with [`Error::Protocol`].
@@ -86,6 +115,11 @@
 //! [`Template::fd`]: crate::Template::fd
 //! [`Template::into_fd`]: crate::Template::into_fd
 //! [`Template::shutdown`]: crate::Template::shutdown
+//! [`Template::host`]: crate::Template::host
+//! [`Template::lost`]: crate::Template::lost
+//! [`Template::is_lost`]: crate::Template::is_lost
+//! [`Worker::wait`]: crate::Worker::wait
+//! [`Error::RemoteLost`]: crate::Error::RemoteLost
 //! [`Worker`]: crate::Worker
 //! [`Worker::kill`]: crate::Worker::kill
 //! [`Fork::fd`]: crate::Fork::fd
@@ -104,6 +138,7 @@ mod command;
 mod connector;
 mod ctrl;
 pub(crate) mod hello;
+mod keepalive;
 mod mux;
 #[cfg(feature = "openssh")]
 mod ssh;

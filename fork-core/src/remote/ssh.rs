@@ -116,6 +116,17 @@ impl Connector for SshConnector {
             Ok(Connection::new(stdout, stdin, SshChild(Some(child))))
         })
     }
+
+    /// The destination; for a connector [from a
+    /// session](SshConnector::from_session), `"ssh session"` (name it with
+    /// [`RemoteBuilder::name`](super::RemoteBuilder::name)).
+    fn name(&self) -> String {
+        if self.destination.is_empty() {
+            "ssh session".to_string()
+        } else {
+            self.destination.clone()
+        }
+    }
 }
 
 /// A remote command started over ssh, as a [`Session`].

@@ -27,6 +27,8 @@ pub(crate) enum Owned {
     Eof { channel: u64 },
     Credit { channel: u64, bytes: u32 },
     Close { channel: u64 },
+    Ping { timeout_ms: u32 },
+    Pong,
 }
 
 impl From<Frame<'_>> for Owned {
@@ -41,6 +43,8 @@ impl From<Frame<'_>> for Owned {
             Frame::Eof { channel } => Owned::Eof { channel },
             Frame::Credit { channel, bytes } => Owned::Credit { channel, bytes },
             Frame::Close { channel } => Owned::Close { channel },
+            Frame::Ping { timeout_ms } => Owned::Ping { timeout_ms },
+            Frame::Pong => Owned::Pong,
         }
     }
 }
@@ -155,6 +159,13 @@ impl Outbox {
         self.0.send(Out::Frame(wire::to_vec(frame))).await.is_ok()
     }
 
+    /// Queues `frame` if there is room now; `false` if the queue is full
+    /// (the stream is busy: what is queued shows life anyway) or the
+    /// writer has stopped. For keepalive frames, which must never wait.
+    pub(crate) fn try_send(&self, frame: &Frame<'_>) -> bool {
+        self.0.try_send(Out::Frame(wire::to_vec(frame))).is_ok()
+    }
+
     /// Asks the writer to close the stream once what was queued is out.
     pub(crate) async fn close(&self) {
         let _ = self.0.send(Out::Close).await;
@@ -162,15 +173,21 @@ impl Outbox {
 }
 
 /// Writes queued frames until asked to close or the stream fails, then
-/// closes the writing side (the other end reads EOF).
-pub(crate) async fn write_loop(mut rx: mpsc::Receiver<Out>, w: BoxWrite) {
+/// closes the writing side (the other end reads EOF). The error that
+/// stopped it, if one did.
+pub(crate) async fn write_loop(mut rx: mpsc::Receiver<Out>, w: BoxWrite) -> io::Result<()> {
     let mut w = BufWriter::with_capacity(64 * 1024, w);
+    let mut result = Ok(());
     while let Some(out) = rx.recv().await {
         let Out::Frame(bytes) = out else { break };
-        if w.write_all(&bytes).await.is_err() {
+        if let Err(e) = w.write_all(&bytes).await {
+            result = Err(e);
             break;
         }
-        if rx.is_empty() && w.flush().await.is_err() {
+        if rx.is_empty()
+            && let Err(e) = w.flush().await
+        {
+            result = Err(e);
             break;
         }
     }
@@ -179,6 +196,7 @@ pub(crate) async fn write_loop(mut rx: mpsc::Receiver<Out>, w: BoxWrite) {
     // Dropping the writer closes it (a pipe's shutdown does nothing).
     drop(w);
     rx.close();
+    result
 }
 
 #[cfg(test)]

@@ -17,6 +17,8 @@
 //! | 4    | Eof     | worker  | empty: the sender's side of it ended     |
 //! | 5    | Credit  | worker  | u32 LE: bytes the receiver has delivered |
 //! | 6    | Close   | worker  | empty: the sender's end of it is gone    |
+//! | 7    | Ping    | 0       | u32 LE: the sender's keepalive timeout, ms |
+//! | 8    | Pong    | 0       | empty: the answer to a ping              |
 //!
 //! A header is checked as soon as its 13 bytes are there, before any of its
 //! payload is buffered: an oversized length, an unknown kind, a channel
@@ -38,6 +40,8 @@ const DATA: u8 = 3;
 const EOF: u8 = 4;
 const CREDIT: u8 = 5;
 const CLOSE: u8 = 6;
+const PING: u8 = 7;
+const PONG: u8 = 8;
 
 /// One frame, borrowing its payload from the buffer it was decoded from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +63,12 @@ pub(crate) enum Frame<'a> {
     /// ways, so the process there sees `EPIPE` and EOF as it would on a
     /// local socket whose peer is gone.
     Close { channel: u64 },
+    /// The parent's keepalive (see `keepalive.rs`): the other side answers
+    /// with [`Frame::Pong`], and counts the connection lost if it hears
+    /// nothing at all for `timeout_ms` milliseconds.
+    Ping { timeout_ms: u32 },
+    /// The answer to a [`Frame::Ping`].
+    Pong,
 }
 
 /// Decodes the frame at the start of `buf`: the frame and how many bytes it
@@ -85,7 +95,8 @@ pub(crate) fn decode(
         CONTROL => (0, max_control),
         DATA => (1, MAX_DATA),
         EOF | CLOSE => (0, 0),
-        CREDIT => (4, 4),
+        CREDIT | PING => (4, 4),
+        PONG => (0, 0),
         k => return Err(ProtoError(format!("unknown frame kind {k:#04x}"))),
     };
     if len < min || len > max {
@@ -93,7 +104,7 @@ pub(crate) fn decode(
             "frame of kind {kind} with {len} payload bytes (allowed: {min}..={max})"
         )));
     }
-    if matches!(kind, HELLO | CONTROL) && channel != 0 {
+    if matches!(kind, HELLO | CONTROL | PING | PONG) && channel != 0 {
         return Err(ProtoError(format!(
             "frame of kind {kind} on channel {channel} (it has none)"
         )));
@@ -110,6 +121,10 @@ pub(crate) fn decode(
         },
         EOF => Frame::Eof { channel },
         CLOSE => Frame::Close { channel },
+        PING => Frame::Ping {
+            timeout_ms: u32::from_le_bytes(payload.try_into().expect("4 bytes")),
+        },
+        PONG => Frame::Pong,
         _ => Frame::Credit {
             channel,
             bytes: u32::from_le_bytes(payload.try_into().expect("4 bytes")),
@@ -126,12 +141,18 @@ pub(crate) fn decode(
 /// far below that).
 pub(crate) fn encode(frame: &Frame<'_>, out: &mut Vec<u8>) {
     let credit;
+    let ping;
     let (kind, channel, payload): (u8, u64, &[u8]) = match *frame {
         Frame::Hello(p) => (HELLO, 0, p),
         Frame::Control(p) => (CONTROL, 0, p),
         Frame::Data { channel, bytes } => (DATA, channel, bytes),
         Frame::Eof { channel } => (EOF, channel, &[]),
         Frame::Close { channel } => (CLOSE, channel, &[]),
+        Frame::Ping { timeout_ms } => {
+            ping = timeout_ms.to_le_bytes();
+            (PING, 0, &ping)
+        }
+        Frame::Pong => (PONG, 0, &[]),
         Frame::Credit { channel, bytes } => {
             credit = bytes.to_le_bytes();
             (CREDIT, channel, &credit)
@@ -173,6 +194,16 @@ mod tests {
             [5, 7, 0, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0, 1, 2, 3, 4]
         );
         assert_eq!(to_vec(&Frame::Eof { channel: 1 }).len(), HEADER_LEN);
+        assert_eq!(
+            to_vec(&Frame::Ping {
+                timeout_ms: 0x0403_0201
+            }),
+            [7, 0, 0, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0, 1, 2, 3, 4]
+        );
+        assert_eq!(
+            to_vec(&Frame::Pong),
+            [8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+        );
     }
 
     #[test]
@@ -187,6 +218,8 @@ mod tests {
             },
             Frame::Eof { channel: 3 },
             Frame::Close { channel: 4 },
+            Frame::Ping { timeout_ms: 10_000 },
+            Frame::Pong,
             Frame::Credit {
                 channel: 0,
                 bytes: u32::MAX,
@@ -244,7 +277,12 @@ mod tests {
         assert!(decode(&header(5, 1, 3), LIMIT).is_err());
         assert!(decode(&header(4, 1, 1), LIMIT).is_err());
         assert!(decode(&header(6, 1, 1), LIMIT).is_err());
-        assert!(decode(&header(7, 1, 0), LIMIT).is_err());
+        assert!(decode(&header(9, 1, 0), LIMIT).is_err());
+        // A ping carries its timeout; a pong nothing; neither a channel.
+        assert!(decode(&header(7, 0, 3), LIMIT).is_err());
+        assert!(decode(&header(8, 0, 1), LIMIT).is_err());
+        assert!(decode(&header(7, 1, 4), LIMIT).is_err());
+        assert!(decode(&header(8, 2, 0), LIMIT).is_err());
         // Control and greetings belong to no channel.
         let e = decode(&header(2, 5, 0), LIMIT).unwrap_err();
         assert!(e.0.contains("has none"), "{e}");

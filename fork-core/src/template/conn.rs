@@ -35,9 +35,14 @@ pub(crate) enum Reap {
     /// It is this process's child: reap it.
     Child(i32),
     /// Someone else reports it, as a raw wait status (a remote
-    /// template's relay, from its transport).
-    Status(oneshot::Receiver<Option<i32>>),
+    /// template's relay, from its transport), or the failure that ended
+    /// the connection instead (a remote template's lost connection).
+    Status(oneshot::Receiver<RemoteEnd>),
 }
+
+/// How a remote template's relay says the connection ended: the
+/// transport's raw wait status, if it has one, or a loss.
+pub(crate) type RemoteEnd = std::result::Result<Option<i32>, Failure>;
 
 /// A process the template forked.
 #[derive(Debug)]
@@ -296,6 +301,11 @@ impl Conn {
             .await
     }
 
+    /// How the connection ended, once it did (`None` until then).
+    pub(crate) fn ended_watch(&self) -> watch::Receiver<Option<Failure>> {
+        self.ended.subscribe()
+    }
+
     /// Marks the connection failed (first failure wins) and fails every
     /// request that waits on it.
     pub(crate) fn fail(&self, failure: Failure) {
@@ -521,9 +531,12 @@ async fn read_loop(conn: Arc<Conn>, reap: Reap) {
             let status = reap_child(pid).await.ok().map(ExitStatus::from_raw);
             Failure::Gone(status)
         }
-        (Failure::Gone(_), Reap::Status(status)) => {
-            Failure::Gone(status.await.ok().flatten().map(ExitStatus::from_raw))
-        }
+        (Failure::Gone(_), Reap::Status(status)) => match status.await {
+            Ok(Ok(status)) => Failure::Gone(status.map(ExitStatus::from_raw)),
+            // Lost: the relay said so once everything before had come.
+            Ok(Err(lost)) => lost,
+            Err(_) => Failure::Gone(None),
+        },
         (end, _) => end,
     };
     let end = match end {

@@ -81,6 +81,8 @@ struct Handle {
     child: bool,
     /// It runs on the other side of a [connector](crate::remote::Connector).
     remote: bool,
+    /// The name of a remote template's host.
+    host: Option<String>,
 }
 
 impl Drop for Handle {
@@ -164,6 +166,7 @@ impl Template {
                 child: parent.is_none(),
                 parent,
                 remote: false,
+                host: None,
             }),
         })
     }
@@ -173,7 +176,8 @@ impl Template {
     pub(crate) fn from_remote(
         fd: OwnedFd,
         pid: u32,
-        status: tokio::sync::oneshot::Receiver<Option<i32>>,
+        host: String,
+        status: tokio::sync::oneshot::Receiver<super::conn::RemoteEnd>,
     ) -> Result<Template> {
         let conn = Conn::start(fd, Reap::Status(status))?;
         Ok(Template {
@@ -183,6 +187,7 @@ impl Template {
                 parent: None,
                 child: false,
                 remote: true,
+                host: Some(host),
             }),
         })
     }
@@ -191,6 +196,53 @@ impl Template {
     /// [`Template::remote`].
     pub fn is_remote(&self) -> bool {
         self.inner.remote
+    }
+
+    /// The name of a [remote template](crate::remote)'s host
+    /// ([`RemoteBuilder::name`](crate::remote::RemoteBuilder::name); by
+    /// default the connector's [`name`](crate::remote::Connector::name)),
+    /// as errors name it; `None` for a local template.
+    pub fn host(&self) -> Option<&str> {
+        self.inner.host.as_deref()
+    }
+
+    /// Resolves once the connection to this [remote
+    /// template](crate::remote) was lost: with the [`Error::RemoteLost`]
+    /// that its workers' [`wait`](crate::Worker::wait) and new forks then
+    /// fail with. It never resolves for a local template, nor when the
+    /// connection ends because this side shut it down (the last handle
+    /// dropped, [`shutdown`](Template::shutdown)), nor when it failed
+    /// otherwise (a protocol error). The future holds no handle: it does
+    /// not keep the template alive.
+    ///
+    /// ```no_run
+    /// # async fn doc(template: fork_core::Template) {
+    /// let lost = template.lost();
+    /// tokio::spawn(async move {
+    ///     let e = lost.await;
+    ///     eprintln!("{e}"); // lost the remote template on build-1: no answer for 10.0 s
+    /// });
+    /// # }
+    /// ```
+    pub fn lost(&self) -> impl Future<Output = Error> + Send + 'static {
+        let mut ended = self.inner.conn.ended_watch();
+        async move {
+            if let Ok(end) = ended.wait_for(Option::is_some).await
+                && let Some(lost @ Failure::RemoteLost { .. }) = end.clone()
+            {
+                return lost.to_error();
+            }
+            std::future::pending().await
+        }
+    }
+
+    /// Whether the connection to this [remote template](crate::remote) was
+    /// lost (see [`lost`](Template::lost)); `false` for a local template.
+    pub fn is_lost(&self) -> bool {
+        matches!(
+            *self.inner.conn.ended_watch().borrow(),
+            Some(Failure::RemoteLost { .. })
+        )
     }
 
     /// Hands the template to another process, as a descriptor to send there
@@ -281,6 +333,7 @@ impl Template {
                 parent: None,
                 child: false,
                 remote: false,
+                host: None,
             }),
         })
     }
@@ -307,13 +360,17 @@ impl Template {
     /// # Errors
     ///
     /// [`Error::TemplateGone`] if its exit status cannot be observed (for a
-    /// template forked from another one that is gone too).
+    /// template forked from another one that is gone too);
+    /// [`Error::RemoteLost`] if the connection to a remote template was
+    /// lost before.
     pub async fn shutdown(self) -> Result<std::process::ExitStatus> {
         let conn = self.inner.conn.clone();
         conn.close();
         let ended = conn.ended().await;
-        if let Failure::Gone(Some(status)) | Failure::NotStarted(Some(status)) = ended {
-            return Ok(status);
+        match ended {
+            Failure::Gone(Some(status)) | Failure::NotStarted(Some(status)) => return Ok(status),
+            lost @ Failure::RemoteLost { .. } => return Err(lost.to_error()),
+            _ => {}
         }
         if let Some((_, exit)) = &self.inner.parent {
             let mut exit = exit.clone();

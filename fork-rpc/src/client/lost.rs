@@ -41,14 +41,16 @@ impl Lost {
     /// The lost-worker error, with the exit status if it comes soon.
     pub(super) async fn lost(&self) -> WorkerLost {
         let mut exit = self.exit.clone();
-        let status = tokio::time::timeout(STATUS_GRACE, exit.wait())
-            .await
-            .ok()
-            .and_then(|r| r.ok());
+        let (status, remote) = match tokio::time::timeout(STATUS_GRACE, exit.wait()).await {
+            Ok(Ok(status)) => (Some(status), None),
+            Ok(Err(e)) if e.is_remote_lost() => (None, Some(Arc::new(e))),
+            _ => (None, None),
+        };
         WorkerLost {
             pid: self.pid,
             status,
             panic: self.panic.lock().ok().and_then(|p| p.clone()),
+            remote,
         }
     }
 }

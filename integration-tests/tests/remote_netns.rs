@@ -1,0 +1,475 @@
+//! Remote templates on three hosts in network namespaces: the ones
+//! `.ci/netns start` sets up (`fork-a`, `fork-b`, `fork-c`, each an sshd
+//! on its own veth link; `bash .ci/test` starts them and sets
+//! `FORK_TEST_NETNS_SSH_CONFIG` to their ssh_config). The tests take a
+//! host's link down (`.ci/netns partition`) to cut it off without an EOF,
+//! and reach one through a latency proxy.
+//!
+//! Where namespaces are not available, `.ci/test` sets
+//! `FORK_TEST_NETNS=unavailable: <why>`: each test then says loudly that it
+//! is skipped, and why. With neither variable set, each fails and says how
+//! to run it: they never pass silently.
+
+use std::io::{Read, Write};
+use std::os::unix::fs::MetadataExt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fork_core::remote::{CommandConnector, SshConnector};
+use fork_core::testing::wait_exit;
+use fork_core::{Context, Entry, Error, LostCause, Template};
+use fork_rpc::{RpcEntry, RpcWorker, Setup, WorkerLost};
+use futures::FutureExt;
+use integration_tests::{Failed, block_on, ensure, fail, parent_of};
+use tarpc::context;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const HOSTS: [&str; 3] = ["fork-a", "fork-b", "fork-c"];
+
+/// Echoes what it reads in upper case until EOF, then exits with code 7.
+fn shout(ctx: Context) -> i32 {
+    let mut socket = ctx.socket();
+    let mut buf = [0u8; 4096];
+    loop {
+        match socket.read(&mut buf) {
+            Ok(0) | Err(_) => return 7,
+            Ok(n) => {
+                if socket.write_all(&buf[..n].to_ascii_uppercase()).is_err() {
+                    return 7;
+                }
+            }
+        }
+    }
+}
+static SHOUT: Entry = fork_core::entry!(shout);
+
+#[tarpc::service]
+trait Calc {
+    async fn add(a: i64, b: i64) -> i64;
+}
+
+#[derive(Clone)]
+struct CalcServer;
+
+impl Calc for CalcServer {
+    async fn add(self, _: context::Context, a: i64, b: i64) -> i64 {
+        a + b
+    }
+}
+
+fn calc(_: &mut Setup<()>) -> Result<ServeCalc<CalcServer>, String> {
+    Ok(CalcServer.serve())
+}
+static CALC: RpcEntry<CalcRequest, CalcResponse> = fork_rpc::entry!(calc);
+
+// ===== helpers =====
+
+/// The ssh_config of the namespace hosts; `None` (after a loud line on
+/// stderr) where namespaces are not available; an error saying how to run
+/// the test if nobody set them up.
+fn netns_config(test: &str) -> Result<Option<String>, Failed> {
+    if let Ok(config) = std::env::var("FORK_TEST_NETNS_SSH_CONFIG") {
+        return Ok(Some(config));
+    }
+    match std::env::var("FORK_TEST_NETNS") {
+        Ok(why) if why.starts_with("unavailable") => {
+            eprintln!(
+                "\n!!! SKIPPED {test}: network namespaces are {why}; this test did NOT run\n"
+            );
+            Ok(None)
+        }
+        _ => Err(
+            "FORK_TEST_NETNS_SSH_CONFIG is not set: run the suite with `bash .ci/test` \
+                  (as root), which starts the three namespace hosts these tests use \
+                  (`bash .ci/netns start` prints the config path), or set \
+                  FORK_TEST_NETNS='unavailable: <why>' to skip them on a machine without \
+                  network namespaces"
+                .into(),
+        ),
+    }
+}
+
+/// Runs `.ci/netns` with `args`.
+fn netns(args: &[&str]) -> Result<(), Failed> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../.ci/netns");
+    let status = std::process::Command::new("bash")
+        .arg(script)
+        .args(args)
+        .status()
+        .map_err(fail)?;
+    ensure!(status.success(), ".ci/netns {args:?} failed: {status}");
+    Ok(())
+}
+
+/// A host cut off (its link down) until this is dropped.
+struct Partition(&'static str);
+
+impl Partition {
+    fn new(host: &'static str) -> Result<Partition, Failed> {
+        netns(&["partition", host])?;
+        Ok(Partition(host))
+    }
+}
+
+impl Drop for Partition {
+    fn drop(&mut self) {
+        if let Err(e) = netns(&["heal", self.0]) {
+            eprintln!("healing {} failed: {e:?}", self.0);
+        }
+    }
+}
+
+/// The inode of a network namespace (of `/proc/<pid>/ns/net`, or of
+/// `/run/netns/<host>`), which identifies it.
+fn net_ns(path: &str) -> Result<u64, Failed> {
+    Ok(std::fs::metadata(path)
+        .map_err(|e| format!("{path}: {e}"))?
+        .ino())
+}
+
+fn net_ns_of(pid: u32) -> Result<u64, Failed> {
+    net_ns(&format!("/proc/{pid}/ns/net"))
+}
+
+fn host_ns(host: &str) -> Result<u64, Failed> {
+    net_ns(&format!("/run/netns/{host}"))
+}
+
+/// The processes in namespace `ns` that run this test binary.
+fn ours_in(ns: u64) -> Result<Vec<u32>, Failed> {
+    let exe = std::env::current_exe().map_err(fail)?;
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").map_err(fail)? {
+        let Some(pid) = entry
+            .ok()
+            .and_then(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        // A process that is gone meanwhile is not there.
+        if net_ns_of(pid).is_ok_and(|n| n == ns)
+            && std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|e| e == exe)
+        {
+            found.push(pid);
+        }
+    }
+    Ok(found)
+}
+
+/// `ssh -F CONFIG HOST [options]`, as a command connector.
+fn ssh(config: &str, host: &str, options: &[String]) -> CommandConnector {
+    CommandConnector::new("ssh")
+        .args(["-F", config])
+        .args(options)
+        .arg(host)
+        .shell_line(true)
+}
+
+async fn bounded<T>(f: impl std::future::Future<Output = Result<T, Failed>>) -> Result<T, Failed> {
+    tokio::time::timeout(Duration::from_secs(90), f)
+        .await
+        .map_err(|_| Failed::from("timed out after 90 s"))?
+}
+
+/// A context whose deadline is far: only a loss ends its call early.
+fn patient() -> context::Context {
+    let mut ctx = context::current();
+    ctx.deadline = Instant::now() + Duration::from_secs(60);
+    ctx
+}
+
+// ===== tests =====
+
+/// A remote template on each of the three hosts (over the `openssh`
+/// crate) forks its workers there: each worker's network namespace is its
+/// host's, not ours, and its bytes and exit status come back.
+fn a_template_on_each_host_forks_its_workers_there() -> Result<(), Failed> {
+    let Some(config) = netns_config("a_template_on_each_host_forks_its_workers_there")? else {
+        return Ok(());
+    };
+    block_on(bounded(async {
+        let ours = net_ns("/proc/self/ns/net")?;
+        for host in HOSTS {
+            let session = openssh::SessionBuilder::default()
+                .config_file(&config)
+                .known_hosts_check(openssh::KnownHosts::Strict)
+                .connect_mux(host)
+                .await
+                .map_err(fail)?;
+            let template = Template::remote(SshConnector::from_session(Arc::new(session)))
+                .name(host)
+                .start()
+                .await
+                .map_err(fail)?;
+            ensure!(template.host() == Some(host), "host {:?}", template.host());
+            let mut worker = template.fork().run(&SHOUT).await.map_err(fail)?;
+            let theirs = net_ns_of(worker.id())?;
+            ensure!(
+                theirs != ours && theirs == host_ns(host)?,
+                "the worker on {host} is in namespace {theirs} (ours {ours}, {host}'s {})",
+                host_ns(host)?
+            );
+            let mut stream = worker.take_stream().ok_or("no stream")?;
+            stream.write_all(host.as_bytes()).await.map_err(fail)?;
+            let mut reply = vec![0u8; host.len()];
+            stream.read_exact(&mut reply).await.map_err(fail)?;
+            ensure!(reply == host.to_uppercase().as_bytes(), "reply {reply:?}");
+            drop(stream);
+            let status = worker.wait().await.map_err(fail)?;
+            ensure!(status.code() == Some(7), "exit status {status:?}");
+            let status = template.shutdown().await.map_err(fail)?;
+            ensure!(
+                status.success(),
+                "{host}: the remote side ended with {status:?}"
+            );
+        }
+        Ok(())
+    }))
+}
+
+/// A host cut off while RPC calls are in flight: no EOF comes, the
+/// keepalive finds the connection lost within its timeout, every call
+/// fails with the worker-lost error naming the host, the worker's
+/// `wait()` gives `RemoteLost`, and `lost()` resolves. On the host, the
+/// remote side hears nothing for the timeout and ends by itself, its
+/// template and worker with it, while the link is still down (nothing from
+/// here can reach it). Once the link is back, a new template starts there.
+fn a_partitioned_host_is_lost_and_keeps_no_orphans() -> Result<(), Failed> {
+    const HOST: &str = "fork-b";
+    const TIMEOUT: Duration = Duration::from_secs(2);
+    const MARGIN: Duration = Duration::from_secs(2);
+    let Some(config) = netns_config("a_partitioned_host_is_lost_and_keeps_no_orphans")? else {
+        return Ok(());
+    };
+    block_on(bounded(async {
+        let ns = host_ns(HOST)?;
+        ensure!(
+            ours_in(ns)?.is_empty(),
+            "a leftover runs in {HOST}: {:?}",
+            ours_in(ns)?
+        );
+        // Named by default after the command line, which names the host.
+        // ANCHOR: keepalive
+        let template = Template::remote(ssh(&config, HOST, &[]))
+            .keepalive(TIMEOUT / 4, TIMEOUT) // ping every 0.5 s, lost after 2 s of silence
+            .start()
+            .await
+            .map_err(fail)?;
+        let host = template.host().ok_or("no host name")?.to_string(); // "ssh -F … fork-b"
+        let lost = template.lost(); // resolves with Error::RemoteLost once it is lost
+        // ANCHOR_END: keepalive
+        ensure!(host.ends_with(HOST), "host name {host:?}");
+        let agent = parent_of(template.id()).ok_or("no remote side")?;
+        let (client, mut worker) = RpcWorker::builder(&mut template.fork(), &CALC)
+            .spawn()
+            .await
+            .map_err(fail)?;
+        let calc = CalcClient::from(client);
+        ensure!(
+            calc.add(context::current(), 2, 3).await.map_err(fail)? == 5,
+            "2 + 3"
+        );
+        let pids = [agent, template.id(), worker.id()];
+        let mut running = ours_in(ns)?;
+        running.sort_unstable();
+        let mut want = pids.to_vec();
+        want.sort_unstable();
+        ensure!(running == want, "in {HOST}: {running:?}, expected {want:?}");
+
+        // ANCHOR: partition
+        let partition = Partition::new(HOST)?; // bash .ci/netns partition fork-b
+        // ANCHOR_END: partition
+        let cut = Instant::now();
+        let calls = (0..8i64).map(|i| {
+            let calc = calc.clone();
+            async move { calc.add(patient(), i, i).await }
+        });
+        let results = futures::future::join_all(calls).await;
+        let failed_after = cut.elapsed();
+        ensure!(
+            failed_after < TIMEOUT + MARGIN,
+            "the calls in flight failed only {failed_after:?} after the partition"
+        );
+        for r in &results {
+            let e = r
+                .as_ref()
+                .err()
+                .ok_or("a call succeeded across a partition")?;
+            let lost = WorkerLost::find(e).ok_or_else(|| format!("a call gave {e:?}"))?;
+            ensure!(
+                lost.remote_lost().is_some() && lost.to_string().contains(HOST),
+                "the error names the host: {lost}"
+            );
+        }
+        let e = match worker.wait().await {
+            Err(fork_rpc::Error::Core(e)) => e,
+            other => return Err(format!("wait() gave {other:?}").into()),
+        };
+        ensure!(
+            matches!(&e, Error::RemoteLost { host: h, cause: LostCause::Silent(_) } if *h == host),
+            "wait() gave {e:?}"
+        );
+        let e = lost.now_or_never().ok_or("lost() did not resolve")?;
+        ensure!(
+            e.is_remote_lost() && template.is_lost(),
+            "lost() gave {e:?}"
+        );
+
+        // The host's side ends on its own keepalive: the link is still down.
+        let gone = tokio::task::spawn_blocking(move || {
+            pids.iter()
+                .map(|&pid| wait_exit(pid, TIMEOUT + MARGIN).map_err(fail))
+                .collect::<Result<Vec<bool>, Failed>>()
+        })
+        .await
+        .map_err(fail)??;
+        ensure!(
+            gone.iter().all(|&g| g),
+            "in {HOST}, cut off, {pids:?} gone: {gone:?} ({:?} after the partition)",
+            cut.elapsed()
+        );
+        ensure!(
+            ours_in(ns)?.is_empty(),
+            "left in {HOST}: {:?}",
+            ours_in(ns)?
+        );
+        eprintln!(
+            "calls failed {failed_after:?} after the partition; the host's side was gone \
+             {:?} after it (timeout {TIMEOUT:?})",
+            cut.elapsed()
+        );
+        drop(partition);
+        ensure!(
+            ours_in(ns)?.is_empty(),
+            "left in {HOST} after healing: {:?}",
+            ours_in(ns)?
+        );
+
+        let again = Template::remote(ssh(&config, HOST, &[]))
+            .start()
+            .await
+            .map_err(fail)?;
+        ensure!(
+            net_ns_of(again.id())? == ns,
+            "the new template runs in {HOST}"
+        );
+        let mut worker = again.fork().run(&SHOUT).await.map_err(fail)?;
+        drop(worker.take_stream());
+        ensure!(
+            worker.wait().await.map_err(fail)?.code() == Some(7),
+            "worker"
+        );
+        let status = again.shutdown().await.map_err(fail)?;
+        ensure!(
+            status.success(),
+            "the new remote side ended with {status:?}"
+        );
+        Ok(())
+    }))
+}
+
+/// A slow link is not a lost one: through a proxy that delays every chunk
+/// by 30 ms each way (a 60 ms round trip, three times the keepalive
+/// interval of 20 ms), a template forks and serves RPC calls for seconds,
+/// and stays idle longer than its timeout, without being found lost.
+fn a_slow_link_is_not_a_lost_one() -> Result<(), Failed> {
+    const HOST: &str = "fork-c";
+    const DELAY: Duration = Duration::from_millis(30);
+    const TIMEOUT: Duration = Duration::from_secs(1);
+    let Some(config) = netns_config("a_slow_link_is_not_a_lost_one")? else {
+        return Ok(());
+    };
+    block_on(bounded(async {
+        let (proxy, proxy_task) =
+            integration_tests::latency_proxy("10.231.3.2:22".parse().map_err(fail)?, DELAY)
+                .await
+                .map_err(fail)?;
+        let options = [
+            "-o".to_string(),
+            "HostName=127.0.0.1".to_string(),
+            "-o".to_string(),
+            format!("Port={}", proxy.port()),
+        ];
+        let template = Template::remote(ssh(&config, HOST, &options))
+            .name("fork-c (+60 ms)")
+            .keepalive(Duration::from_millis(20), TIMEOUT)
+            .start()
+            .await
+            .map_err(fail)?;
+        ensure!(
+            net_ns_of(template.id())? == host_ns(HOST)?,
+            "it runs in {HOST}"
+        );
+        let mut lost = Box::pin(template.lost());
+        let (client, mut worker) = RpcWorker::builder(&mut template.fork(), &CALC)
+            .spawn()
+            .await
+            .map_err(fail)?;
+        let calc = CalcClient::from(client);
+        let started = Instant::now();
+        ensure!(
+            calc.add(context::current(), 2, 3).await.map_err(fail)? == 5,
+            "2 + 3"
+        );
+        let round_trip = started.elapsed();
+        ensure!(
+            round_trip >= 2 * DELAY,
+            "a call took {round_trip:?}: the proxy does not delay"
+        );
+        // Calls, one at a time and 16 at once, for 3 s.
+        let mut calls = 0;
+        while started.elapsed() < Duration::from_secs(3) {
+            let batch = (0..16i64).map(|i| {
+                let calc = calc.clone();
+                async move { calc.add(context::current(), i, 1).await }
+            });
+            for (i, sum) in futures::future::join_all(batch)
+                .await
+                .into_iter()
+                .enumerate()
+            {
+                ensure!(sum.map_err(fail)? == i as i64 + 1, "call {i}");
+            }
+            ensure!(
+                calc.add(context::current(), 1, 1).await.map_err(fail)? == 2,
+                "1 + 1"
+            );
+            calls += 17;
+        }
+        // Idle for longer than the timeout: pings and pongs keep it alive.
+        tokio::time::sleep(2 * TIMEOUT).await;
+        ensure!(
+            calc.add(context::current(), 4, 5).await.map_err(fail)? == 9,
+            "4 + 5"
+        );
+        ensure!(
+            !template.is_lost() && (&mut lost).now_or_never().is_none(),
+            "found lost after {calls} calls over a 60 ms round trip"
+        );
+        drop(calc);
+        ensure!(worker.wait().await.map_err(fail)?.success(), "worker");
+        let status = template.shutdown().await.map_err(fail)?;
+        ensure!(status.success(), "the remote side ended with {status:?}");
+        proxy_task.abort();
+        eprintln!("{calls} calls over a {round_trip:?} round trip, never lost");
+        Ok(())
+    }))
+}
+
+fn main() {
+    fork_core::init();
+    integration_tests::run_serially(&[
+        (
+            "a_template_on_each_host_forks_its_workers_there",
+            a_template_on_each_host_forks_its_workers_there,
+        ),
+        (
+            "a_partitioned_host_is_lost_and_keeps_no_orphans",
+            a_partitioned_host_is_lost_and_keeps_no_orphans,
+        ),
+        (
+            "a_slow_link_is_not_a_lost_one",
+            a_slow_link_is_not_a_lost_one,
+        ),
+    ])
+}
