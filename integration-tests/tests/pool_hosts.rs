@@ -168,6 +168,13 @@ fn a_lost_host_fails_or_reruns_its_calls_and_comes_back() -> Result<(), Failed> 
             worker.pid()
         );
         ensure!(
+            matches!(
+                worker.remote_lost(),
+                Some(fork_core::Error::RemoteLost { host, .. }) if host == "env -i"
+            ),
+            "the error does not name the lost host: {worker}"
+        );
+        ensure!(
             lost_after < Duration::from_secs(5),
             "the call failed {lost_after:?} after its host was lost"
         );

@@ -118,13 +118,15 @@ where
     /// you like: preloaded state, arguments, descriptors), each serving
     /// `entry`.
     ///
-    /// The template is the pool's first [`Host`], named `local` (more can
-    /// be added with [`Builder::host`]).
+    /// The template is the pool's first [`Host`], named `local` (or, for
+    /// a remote template, after its [host](fork_core::Template::host));
+    /// more can be added with [`Builder::host`].
     pub fn builder(
         template: fork_core::Template,
         entry: &fork_rpc::RpcEntry<Req, Resp, Ev>,
     ) -> Builder<Req, Resp, Ev> {
-        Pool::builder_on(Host::new("local", template), entry)
+        let name = template.host().unwrap_or("local").to_owned();
+        Pool::builder_on(Host::new(name, template), entry)
     }
 
     /// Starts building a pool whose first host is `host` (a remote

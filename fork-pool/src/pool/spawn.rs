@@ -10,6 +10,7 @@ use std::process::ExitStatus;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use fork_core::Signal;
+use futures::future::FutureExt;
 use futures::Stream;
 use futures::future::BoxFuture;
 use serde::Serialize;
@@ -212,8 +213,9 @@ where
     }
 
     fn lost(&self, host: usize) -> Option<BoxFuture<'static, fork_rpc::Error>> {
-        let _template = self.hosts[host].current()?;
-        None // MERGE-NETNS: template.host()?; Some(template.lost().map(fork_rpc::Error::from).boxed())
+        let template = self.hosts[host].current()?;
+        template.host()?;
+        Some(template.lost().map(fork_rpc::Error::from).boxed())
     }
 }
 
