@@ -26,6 +26,10 @@ pub(crate) struct Snapshot {
     pub(crate) busy: usize,
     /// Workers being started.
     pub(crate) starting: usize,
+    /// Workers waiting for their host to connect: they count against
+    /// `max`, but not as covering the queue (the connection may fail, or
+    /// take its whole timeout).
+    pub(crate) connecting: usize,
     /// Jobs waiting in the queue, and since when the oldest waits.
     pub(crate) queued: usize,
     pub(crate) oldest_queued: Option<Instant>,
@@ -63,9 +67,11 @@ fn earliest(a: Option<Instant>, b: Instant) -> Option<Instant> {
 ///   first, while more than `idle` are idle and no job waits. With
 ///   `idle = 0` every idle worker is stopped in the end.
 /// - Nothing is started before `backoff_until`.
+/// - Workers waiting for their host to connect count against `max`, but
+///   cover no job.
 pub(crate) fn decide(k: &Knobs, s: &Snapshot, now: Instant) -> Decision {
     let mut d = Decision::default();
-    let total = s.idle.len() + s.busy + s.starting;
+    let total = s.idle.len() + s.busy + s.starting + s.connecting;
     let room = k.max.saturating_sub(total);
     let load = k.load.max(1);
 
@@ -177,6 +183,20 @@ mod tests {
             ..Snapshot::default()
         };
         assert_eq!(decide(&k, &s, now).spawn, 0);
+        // Workers waiting for their host to connect do not cover them, but
+        // count against max.
+        let s = Snapshot {
+            queued: 4,
+            oldest_queued: Some(now),
+            connecting: 2,
+            ..Snapshot::default()
+        };
+        assert_eq!(decide(&k, &s, now).spawn, 2);
+        let s = Snapshot {
+            connecting: 3,
+            ..s
+        };
+        assert_eq!(decide(&k, &s, now).spawn, 1);
     }
 
     #[tokio::test(start_paused = true)]

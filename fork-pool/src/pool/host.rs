@@ -207,7 +207,8 @@ pub(crate) enum Link {
     /// connects first.
     Down,
     /// Being connected (by the first worker placed there; the others
-    /// placed there meanwhile wait for the outcome).
+    /// placed there meanwhile, on a first connection only, wait for the
+    /// outcome).
     Connecting,
     /// Lost, and it cannot be connected again.
     Gone,
@@ -305,7 +306,14 @@ impl Slot {
             max: self.max,
             weight: self.weight,
             not_before: self.not_before,
-            unavailable: self.link() == Link::Gone,
+            // A host being connected takes workers (they wait for the
+            // connection) the first time; coming back from a loss, only
+            // the worker that connects it waits there.
+            unavailable: match self.link() {
+                Link::Gone => true,
+                Link::Connecting => self.down_failures > 0,
+                Link::Up | Link::Down => false,
+            },
         }
     }
 }

@@ -321,8 +321,17 @@ impl<S: Spawn> Shared<S> {
 
     /// What the scaling policy sees.
     pub(crate) fn snapshot(&self, st: &State<S>, now: Instant) -> Snapshot {
+        // Workers waiting for a host to connect do not count as coming:
+        // the connection may fail, or take its whole timeout.
+        let connecting: usize = st
+            .hosts
+            .iter()
+            .filter(|slot| slot.link() == Link::Connecting)
+            .map(|slot| slot.starting)
+            .sum();
         let mut s = Snapshot {
-            starting: st.starting,
+            starting: st.starting - connecting,
+            connecting,
             queued: st.dispatch.queued(),
             oldest_queued: st.dispatch.oldest_queued(),
             last_spawn: st.last_spawn,
