@@ -21,7 +21,9 @@ pub enum Overflow {
 pub struct Config {
     /// Most workers at once (the template not counted). More workers serve
     /// more jobs in parallel but cost memory and CPU contention. The default
-    /// is the number of available CPUs.
+    /// is the number of available CPUs; for a pool over several
+    /// [hosts](crate::Host), the sum of their own limits, a host without
+    /// one counting as many as this machine has CPUs.
     pub max: usize,
     /// Fewest idle workers kept ready, started up front: calls find a worker
     /// at once instead of waiting for a spawn, at the cost of idle

@@ -192,10 +192,7 @@ mod tests {
             ..Snapshot::default()
         };
         assert_eq!(decide(&k, &s, now).spawn, 2);
-        let s = Snapshot {
-            connecting: 3,
-            ..s
-        };
+        let s = Snapshot { connecting: 3, ..s };
         assert_eq!(decide(&k, &s, now).spawn, 1);
     }
 

@@ -122,7 +122,15 @@ fn a_lost_host_fails_or_reruns_its_calls_and_comes_back() -> Result<(), Failed> 
         .load(1)
         .start(Duration::ZERO)
         .host(env_host().max(2))
-        .idempotent(|r| matches!(r, WorkRequest::Announced { idempotent: true, .. }))
+        .idempotent(|r| {
+            matches!(
+                r,
+                WorkRequest::Announced {
+                    idempotent: true,
+                    ..
+                }
+            )
+        })
         .build();
         let mut host_events = pool.host_events().ok_or("no host events")?;
         let mut events = pool.events().ok_or("no events")?;
@@ -142,7 +150,10 @@ fn a_lost_host_fails_or_reruns_its_calls_and_comes_back() -> Result<(), Failed> 
                 }
                 let remote: Vec<u32> = started[&1].iter().chain(&started[&2]).copied().collect();
                 for &pid in &remote {
-                    ensure!(is_remote(pid)?, "a call ran on local worker {pid}: {started:?}");
+                    ensure!(
+                        is_remote(pid)?,
+                        "a call ran on local worker {pid}: {started:?}"
+                    );
                 }
                 let template = parent_of(remote[0]).ok_or("no remote template")?;
                 let side = parent_of(template).ok_or("no remote side")?;
@@ -183,8 +194,14 @@ fn a_lost_host_fails_or_reruns_its_calls_and_comes_back() -> Result<(), Failed> 
         while let Ok((pid, tag)) = events.try_recv() {
             started.entry(tag.map_err(fail)?).or_default().push(pid);
         }
-        ensure!(started[&1].len() == 1, "a call not idempotent ran again: {started:?}");
-        ensure!(started[&2].len() == 2, "the idempotent call did not run again: {started:?}");
+        ensure!(
+            started[&1].len() == 1,
+            "a call not idempotent ran again: {started:?}"
+        );
+        ensure!(
+            started[&2].len() == 2,
+            "the idempotent call did not run again: {started:?}"
+        );
         match host_events.recv().await {
             Some(HostEvent::Up { host }) if host == "env-i" => {}
             other => return Err(format!("first host event: {other:?}").into()),

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use fork_core::remote::{CommandConnector, SshConnector};
 use fork_core::testing::wait_exit;
 use fork_core::{Context, Entry, Error, LostCause, Template};
+use fork_pool::{Host, HostEvent, Pool};
 use fork_rpc::{RpcEntry, RpcWorker, Setup, WorkerLost};
 use futures::FutureExt;
 use integration_tests::{Failed, block_on, ensure, fail, parent_of};
@@ -46,6 +47,8 @@ static SHOUT: Entry = fork_core::entry!(shout);
 #[tarpc::service]
 trait Calc {
     async fn add(a: i64, b: i64) -> i64;
+    /// Sleeps `ms`, then returns the worker's pid.
+    async fn nap(ms: u64) -> u32;
 }
 
 #[derive(Clone)]
@@ -54,6 +57,11 @@ struct CalcServer;
 impl Calc for CalcServer {
     async fn add(self, _: context::Context, a: i64, b: i64) -> i64 {
         a + b
+    }
+
+    async fn nap(self, _: context::Context, ms: u64) -> u32 {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        std::process::id()
     }
 }
 
@@ -456,6 +464,139 @@ fn a_slow_link_is_not_a_lost_one() -> Result<(), Failed> {
     }))
 }
 
+/// One pool over the three hosts, each its own remote template: calls
+/// spread over all; a host partitioned under running calls fails those
+/// (naming it) within the keepalive timeout while the others go on and
+/// take the new calls, none stuck; healed, it comes back.
+fn a_pool_over_three_hosts_survives_a_partition() -> Result<(), Failed> {
+    const TIMEOUT: Duration = Duration::from_secs(2);
+    const MARGIN: Duration = Duration::from_secs(2);
+    let Some(config) = netns_config("a_pool_over_three_hosts_survives_a_partition")? else {
+        return Ok(());
+    };
+    block_on(bounded(async {
+        // ANCHOR: pool
+        let host = |name: &'static str| {
+            let ssh = ssh(&config, name, &["-o".into(), "ConnectTimeout=2".into()]);
+            Host::connect(name, move || {
+                Template::remote(ssh.clone())
+                    .name(name)
+                    .keepalive(TIMEOUT / 4, TIMEOUT)
+                    .handshake_timeout(Duration::from_secs(5))
+                    .start()
+            })
+            .max(2)
+        };
+        let pool = Pool::builder_on(host("fork-a"), &CALC)
+            .host(host("fork-b"))
+            .host(host("fork-c"))
+            .load(1)
+            .start(Duration::ZERO)
+            .build();
+        let mut events = pool.host_events().ok_or("no host events")?;
+        // ANCHOR_END: pool
+        let calc = CalcClient::from(pool.clone());
+        let naps = |n: usize, ms: u64| {
+            let calc = calc.clone();
+            futures::future::join_all((0..n).map(move |_| {
+                let calc = calc.clone();
+                async move { calc.nap(patient(), ms).await }
+            }))
+        };
+        for r in naps(6, 300).await {
+            r.map_err(fail)?;
+        }
+        let spawned: Vec<u64> = pool.stats().hosts.iter().map(|h| h.spawned).collect();
+        ensure!(spawned == [2, 2, 2], "workers per host: {spawned:?}");
+
+        // Six long calls, one per worker; fork-b cut off under two.
+        let long = naps(6, 8_000);
+        let cut = async {
+            pool.wait_until(|s| s.busy == 6).await;
+            let partition = Partition::new("fork-b")?;
+            Ok::<_, Failed>((partition, Instant::now()))
+        };
+        let (long, cut) = tokio::join!(long, async {
+            let cut = cut.await?;
+            // Meanwhile new calls go to the hosts that are up.
+            let down = loop {
+                match events.recv().await {
+                    Some(HostEvent::Down { host, .. }) => break host,
+                    Some(_) => continue,
+                    None => return Err(Failed::from("no down event")),
+                }
+            };
+            let noticed = cut.1.elapsed();
+            Ok::<_, Failed>((cut, down, noticed))
+        });
+        let ((partition, at), down, noticed) = cut?;
+        ensure!(down == "fork-b", "down: {down}");
+        ensure!(
+            noticed < TIMEOUT + MARGIN,
+            "fork-b was found down {noticed:?} after the partition"
+        );
+        let mut lost = 0;
+        for r in &long {
+            if let Err(e) = r {
+                let worker = WorkerLost::find(e).ok_or_else(|| format!("a call gave {e:?}"))?;
+                ensure!(
+                    worker.to_string().contains("fork-b"),
+                    "the error does not name the host: {worker}"
+                );
+                lost += 1;
+            }
+        }
+        ensure!(lost == 2, "{lost} calls failed, not fork-b's two: {long:?}");
+        let stats = pool.stats();
+        ensure!(
+            !stats.hosts[1].up && stats.hosts[1].downs == 1,
+            "fork-b: {:?}",
+            stats.hosts[1]
+        );
+        // While it is cut off, calls are served by the others, none stuck.
+        let during = Instant::now();
+        for r in naps(8, 200).await {
+            r.map_err(fail)?;
+        }
+        ensure!(
+            during.elapsed() < Duration::from_secs(4),
+            "8 calls on 4 workers took {:?} while a host was down",
+            during.elapsed()
+        );
+        ensure!(at.elapsed() > TIMEOUT, "(the partition lasted)");
+
+        // Healed: the next attempts to connect it succeed.
+        drop(partition);
+        let back = Instant::now();
+        let again = naps(12, 1_000);
+        let up = async {
+            loop {
+                match events.recv().await {
+                    Some(HostEvent::Up { host }) if host == "fork-b" => return Ok(back.elapsed()),
+                    Some(_) => continue,
+                    None => return Err(Failed::from("no up event")),
+                }
+            }
+        };
+        let (again, up) = tokio::join!(again, up);
+        for r in again {
+            r.map_err(fail)?;
+        }
+        let up = up?;
+        // Up again: it takes its share of the next calls.
+        for r in naps(6, 500).await {
+            r.map_err(fail)?;
+        }
+        let b = pool.stats().hosts[1].clone();
+        ensure!(
+            b.up && b.connects == 2 && b.spawned > 2,
+            "fork-b after healing ({up:?}): {b:?}"
+        );
+        pool.shutdown().await;
+        Ok(())
+    }))
+}
+
 fn main() {
     fork_core::init();
     integration_tests::run_serially(&[
@@ -470,6 +611,10 @@ fn main() {
         (
             "a_slow_link_is_not_a_lost_one",
             a_slow_link_is_not_a_lost_one,
+        ),
+        (
+            "a_pool_over_three_hosts_survives_a_partition",
+            a_pool_over_three_hosts_survives_a_partition,
         ),
     ])
 }

@@ -22,6 +22,9 @@ pub struct Builder<Req, Resp, Ev> {
     pub(super) hosts: Vec<Host>,
     pub(super) entry: fork_rpc::RpcEntry<Req, Resp, Ev>,
     pub(super) config: Config,
+    /// `max` was given (by [`max`](Builder::max) or
+    /// [`config`](Builder::config)); if not, it depends on the hosts.
+    pub(super) max_given: bool,
     /// Which requests may run again.
     pub(super) idempotent: Option<Retry<Req>>,
     pub(super) retries: u32,
@@ -60,12 +63,14 @@ where
     /// Replaces the whole configuration.
     pub fn config(mut self, config: Config) -> Self {
         self.config = config;
+        self.max_given = true;
         self
     }
 
     /// Sets [`Config::max`].
     pub fn max(mut self, max: usize) -> Self {
         self.config.max = max;
+        self.max_given = true;
         self
     }
 
@@ -193,7 +198,7 @@ where
     /// # Panics
     ///
     /// Outside a tokio runtime.
-    pub fn build(self) -> Pool<Req, Resp, Ev> {
+    pub fn build(mut self) -> Pool<Req, Resp, Ev> {
         let retry = self.idempotent.and_then(|retry| retry.times(self.retries));
         #[cfg(feature = "metrics")]
         let metrics = Metrics::new(
@@ -202,6 +207,15 @@ where
         );
         #[cfg(not(feature = "metrics"))]
         let metrics = Metrics::none();
+        if !self.max_given && self.hosts.len() > 1 {
+            // Each host's own max, or as many as this machine has CPUs.
+            let cpus = Config::default().max;
+            self.config.max = self
+                .hosts
+                .iter()
+                .map(|h| h.max.unwrap_or(cpus))
+                .fold(0, usize::saturating_add);
+        }
         let slots = self.hosts.iter().map(Host::slot).collect();
         let spawner = RpcSpawn {
             hosts: self
@@ -212,12 +226,6 @@ where
             entry: self.entry,
             rpc: self.config.rpc.clone(),
         };
-        Pool::from_shared(Shared::start(
-            self.config,
-            slots,
-            spawner,
-            retry,
-            metrics,
-        ))
+        Pool::from_shared(Shared::start(self.config, slots, spawner, retry, metrics))
     }
 }

@@ -370,7 +370,11 @@ mod tests {
         // a stops at its max; b gets twice c's share of the rest.
         assert_eq!(
             busy,
-            [("a".to_owned(), 1), ("b".to_owned(), 4), ("c".to_owned(), 2)]
+            [
+                ("a".to_owned(), 1),
+                ("b".to_owned(), 4),
+                ("c".to_owned(), 2)
+            ]
         );
         let mut hosts = fake.worker_hosts();
         hosts.sort_unstable();
@@ -398,7 +402,11 @@ mod tests {
         let t0 = Instant::now();
         let answers = settle(jobs).await;
         assert!(answers.iter().all(Result::is_ok));
-        assert_eq!(fake.world().workers.len(), 3, "more workers than the hosts allow");
+        assert_eq!(
+            fake.world().workers.len(),
+            3,
+            "more workers than the hosts allow"
+        );
         assert_eq!(Instant::now() - t0, 2 * SEC, "six jobs on three workers");
         settle(pool.shutdown()).await;
     }
@@ -466,7 +474,10 @@ mod tests {
         let calls = futures::future::join_all((0..3).map(|_| pool.call(ctx(), work(20 * SEC))));
         let up = async {
             let event = events.recv().await;
-            assert!(matches!(event, Some(HostEvent::Up { ref host }) if host == "b"), "{event:?}");
+            assert!(
+                matches!(event, Some(HostEvent::Up { ref host }) if host == "b"),
+                "{event:?}"
+            );
             Instant::now() - t0
         };
         let (calls, up) = settle(async { tokio::join!(calls, up) }).await;
@@ -474,6 +485,39 @@ mod tests {
         assert!(up <= 8 * SEC, "back after {up:?}");
         let b = pool.stats().hosts[1].clone();
         assert_eq!((b.up, b.connects, b.downs, b.spawned), (true, 2, 1, 4));
+        settle(pool.shutdown()).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lost_host_comes_back_without_waiting_for_calls() {
+        let world = World {
+            hosts: vec![FakeHost::local("a"), FakeHost::remote("b")],
+            ..World::default()
+        };
+        let (pool, fake) = testing::pool(config(4), world);
+        let mut events = pool.take_host_events().unwrap();
+        // Two calls at once connect b.
+        let (x, y) = settle(async {
+            tokio::join!(pool.call(ctx(), work(SEC)), pool.call(ctx(), work(SEC)))
+        })
+        .await;
+        assert!(x.is_ok() && y.is_ok());
+        assert!(matches!(
+            settle(events.recv()).await,
+            Some(HostEvent::Up { .. })
+        ));
+        fake.lose(1);
+        assert!(matches!(
+            settle(events.recv()).await,
+            Some(HostEvent::Down { .. })
+        ));
+        let lost_at = Instant::now();
+        fake.heal(1);
+        // No call comes, yet b is connected again after its back-off.
+        assert!(matches!(settle(events.recv()).await, Some(HostEvent::Up { host }) if host == "b"));
+        let after = Instant::now() - lost_at;
+        assert!((SEC * 3 / 4..=SEC).contains(&after), "back after {after:?}");
+        assert!(pool.stats().hosts[1].up);
         settle(pool.shutdown()).await;
     }
 
@@ -512,8 +556,10 @@ mod tests {
             ..World::default()
         };
         let (pool, fake) = testing::pool(config(2), world);
-        let answers =
-            settle(futures::future::join_all((0..4).map(|_| pool.call(ctx(), work(SEC))))).await;
+        let answers = settle(futures::future::join_all(
+            (0..4).map(|_| pool.call(ctx(), work(SEC))),
+        ))
+        .await;
         assert!(answers.iter().all(Result::is_ok));
         assert!(fake.worker_hosts().iter().all(|&h| h == 1));
         settle(pool.shutdown()).await;

@@ -140,6 +140,7 @@ where
             hosts: vec![host],
             entry: *entry,
             config: Config::default(),
+            max_given: false,
             idempotent: None,
             retries: 1,
             #[cfg(feature = "metrics")]

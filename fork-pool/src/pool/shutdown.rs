@@ -10,8 +10,8 @@ use fork_core::Signal;
 use tokio::time::Instant;
 
 use super::deadline::after;
-use super::life::Shutdown;
 use super::host::Link;
+use super::life::Shutdown;
 use super::shared::{Placed, Shared, State};
 use super::spawn::{Process, Spawn};
 use crate::error::Error;

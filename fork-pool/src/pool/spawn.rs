@@ -10,9 +10,9 @@ use std::process::ExitStatus;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use fork_core::Signal;
-use futures::future::FutureExt;
 use futures::Stream;
 use futures::future::BoxFuture;
+use futures::future::FutureExt;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tarpc::RequestName;

@@ -172,7 +172,9 @@ impl<S: Spawn> Shared<S> {
     async fn host_connected(&self, host: usize) -> bool {
         let mut link = self.lock().hosts[host].watch_link();
         let up = matches!(
-            link.wait_for(|&link| link != Link::Connecting).await.as_deref(),
+            link.wait_for(|&link| link != Link::Connecting)
+                .await
+                .as_deref(),
             Ok(Link::Up)
         );
         if !up {
@@ -188,10 +190,27 @@ impl<S: Spawn> Shared<S> {
         up
     }
 
-    /// Connects `host` (placed on while down, so marked connecting); true
-    /// if it is up. If not, the worker placed there is not started: the
-    /// host stays down, with back-off.
+    /// Connects `host` for a worker placed on it while it was down (so
+    /// marked connecting); true if it is up. If not, that worker is not
+    /// started.
     async fn connect_host(self: &Arc<Self>, host: usize) -> bool {
+        let up = self.try_connect(host).await;
+        if !up {
+            let mut st = self.lock();
+            st.started(host);
+            if let Some(e) = st.hosts[host].last_error.clone() {
+                self.fail_queued_if_stuck(&mut st, e);
+            }
+            drop(st);
+            self.wake.notify_one();
+            self.changed.notify_waiters();
+        }
+        up
+    }
+
+    /// Connects `host` (marked connecting); true if it is up. If not, it
+    /// stays down, and is tried again after its back-off.
+    async fn try_connect(self: &Arc<Self>, host: usize) -> bool {
         let result = self.spawner.connect(host).await;
         let mut st = self.lock();
         let slot = &mut st.hosts[host];
@@ -207,6 +226,8 @@ impl<S: Spawn> Shared<S> {
                 tracing::info!(host = name, "host up");
                 self.host_event(HostEvent::Up { host: name });
                 self.watch_host(host);
+                self.wake.notify_one();
+                self.changed.notify_waiters();
                 true
             }
             Err(e) => {
@@ -215,24 +236,57 @@ impl<S: Spawn> Shared<S> {
                 // reported when it was.
                 let news = slot.stats.connects == 0 && slot.down_failures == 1;
                 let name = slot.name().to_owned();
-                st.started(host);
                 st.stats.spawn_failures += 1;
                 tracing::warn!(host = name, error = %e, ?backoff, "could not connect a host");
                 let e = Arc::new(e);
                 st.hosts[host].last_error = Some(e.clone());
+                drop(st);
                 if news {
                     self.host_event(HostEvent::Down {
                         host: name,
-                        error: e.clone(),
+                        error: e,
                     });
                 }
-                self.fail_queued_if_stuck(&mut st, e);
-                drop(st);
+                self.reconnect_later(host);
                 self.wake.notify_one();
                 self.changed.notify_waiters();
                 false
             }
         }
+    }
+
+    /// Tries to connect `host` again once its back-off is over, if it is
+    /// still down then (a worker placed there may have done it first),
+    /// whether or not the pool wants workers there: a host comes back as
+    /// soon as it can be reached.
+    fn reconnect_later(self: &Arc<Self>, host: usize) {
+        let (at, link) = {
+            let st = self.lock();
+            (st.hosts[host].not_before, st.hosts[host].link())
+        };
+        if link != Link::Down {
+            return;
+        }
+        let mut for_good = self.for_good.subscribe();
+        let shared = Arc::downgrade(self);
+        tokio::spawn(async move {
+            tokio::select! {
+                () = tokio::time::sleep_until(at.unwrap_or_else(Instant::now)) => {}
+                _ = for_good.wait_for(|&gone| gone) => return,
+            }
+            let Some(shared) = shared.upgrade() else {
+                return;
+            };
+            {
+                let mut st = shared.lock();
+                let slot = &mut st.hosts[host];
+                if slot.link() != Link::Down {
+                    return;
+                }
+                slot.set_link(Link::Connecting);
+            }
+            shared.try_connect(host).await;
+        });
     }
 
     /// Watches the connection of `host`'s template as it is now, if it can
@@ -259,7 +313,7 @@ impl<S: Spawn> Shared<S> {
     /// The connection of `host` (as it was at `generation`) was lost: the
     /// host is down, its workers leave the pool (their running calls fail
     /// as their streams end), and it is tried again after a back-off.
-    fn host_lost(&self, host: usize, generation: u64, error: fork_rpc::Error) {
+    fn host_lost(self: &Arc<Self>, host: usize, generation: u64, error: fork_rpc::Error) {
         let mut st = self.lock();
         let slot = &mut st.hosts[host];
         if slot.generation != generation || slot.link() != Link::Up {
@@ -286,6 +340,7 @@ impl<S: Spawn> Shared<S> {
         tracing::warn!(host = name, %error, workers = gone.len(), ?backoff, "host lost");
         drop(st);
         self.host_event(HostEvent::Down { host: name, error });
+        self.reconnect_later(host);
         self.wake.notify_one();
         self.changed.notify_waiters();
     }

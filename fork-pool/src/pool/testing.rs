@@ -214,7 +214,9 @@ impl Spawn for Fake {
         let host = &mut w.hosts[host];
         host.connects.push(Instant::now());
         if host.down {
-            return Err(fork_core::Error::RemoteConnect(std::io::ErrorKind::TimedOut.into()).into());
+            return Err(
+                fork_core::Error::RemoteConnect(std::io::ErrorKind::TimedOut.into()).into(),
+            );
         }
         Ok(())
     }
