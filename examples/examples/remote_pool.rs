@@ -34,8 +34,13 @@ fn count_primes((from, to): (u64, u64)) -> Result<(u64, String, u32), String> {
                 .all(|d| !n.is_multiple_of(d))
         })
         .count() as u64;
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+    let mut host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map_or_else(|_| "?".to_owned(), |h| h.trim().to_owned());
+    // sshd tells the sessions it starts (and what they fork) where from.
+    if let Ok(from) = std::env::var("SSH_CONNECTION") {
+        let client = from.split(' ').next().unwrap_or("?").to_owned();
+        host = format!("{host}, under sshd, for {client}");
+    }
     Ok((count, host, std::process::id()))
 }
 static COUNT_PRIMES: Job<(u64, u64), (u64, String, u32), String> = fork_rpc::job!(count_primes);
