@@ -25,6 +25,12 @@
 //!   running on it fail with [`WorkerLost`](fork_rpc::WorkerLost), or run
 //!   again elsewhere when marked [idempotent](Builder::idempotent); failing
 //!   spawns back off, and their error reaches the callers.
+//! - **Hosts**: one pool over several templates, local and remote
+//!   ([`Builder::host`], [`Host`]): each with its own limit and weight,
+//!   calls least-loaded across all; a host lost is marked down, its calls
+//!   fail promptly naming it (or run again elsewhere when idempotent), and
+//!   it is connected again with back-off ([`Pool::host_events`],
+//!   [`Stats::hosts`]).
 //! - **Timeouts**: [`Config::job_timeout`] fails a job and kills its worker
 //!   (`SIGTERM`, then `SIGKILL`).
 //! - **Shutdown**: [`Pool::shutdown`] drains and leaves no process, and the
