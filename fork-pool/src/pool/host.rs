@@ -522,6 +522,41 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_remote_host_given_as_a_template_stays_down_once_lost() {
+        let world = World {
+            hosts: vec![
+                FakeHost::local("a"),
+                FakeHost {
+                    given: true,
+                    ..FakeHost::remote("b")
+                },
+            ],
+            ..World::default()
+        };
+        let (pool, fake) = testing::pool(config(4), world);
+        let mut events = pool.take_host_events().unwrap();
+        let calls = futures::future::join_all((0..4).map(|_| pool.call(ctx(), work(SEC))));
+        assert!(settle(calls).await.iter().all(Result::is_ok));
+        assert_eq!(pool.stats().hosts[1].spawned, 2);
+        fake.lose(1);
+        fake.heal(1);
+        assert!(matches!(
+            settle(events.recv()).await,
+            Some(HostEvent::Down { .. })
+        ));
+        // Calls for a minute and more: all on a, and b never tried again.
+        for _ in 0..70 {
+            let calls = futures::future::join_all((0..4).map(|_| pool.call(ctx(), work(SEC))));
+            assert!(settle(calls).await.iter().all(Result::is_ok));
+        }
+        let b = pool.stats().hosts[1].clone();
+        assert_eq!((b.up, b.spawned, b.connects), (false, 2, 0));
+        assert!(fake.world().hosts[1].connects.is_empty());
+        assert!(events.try_recv().is_err(), "b came back");
+        settle(pool.shutdown()).await;
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_host_never_reached_is_down_and_calls_go_elsewhere_or_fail() {
         let world = World {
             hosts: vec![FakeHost {

@@ -56,8 +56,11 @@ pub(crate) struct FakeHost {
     pub(crate) name: &'static str,
     pub(crate) max: Option<usize>,
     pub(crate) weight: u32,
-    /// Remote: it connects when first needed, and it can be lost.
+    /// Remote: it can be lost, and (unless `given`) it connects when
+    /// first needed.
     pub(crate) remote: bool,
+    /// Given connected (`Host::new`): it cannot be connected again.
+    pub(crate) given: bool,
     /// Unreachable: connecting fails, and so do spawns.
     pub(crate) down: bool,
     /// When it was connected, or tried.
@@ -74,6 +77,7 @@ impl FakeHost {
             max: None,
             weight: 1,
             remote: false,
+            given: false,
             down: false,
             connects: Vec::new(),
             losses: Arc::new(watch::Sender::new(0)),
@@ -89,7 +93,12 @@ impl FakeHost {
     }
 
     fn slot(&self) -> Slot {
-        Slot::new(self.name.to_owned(), self.max, self.weight, !self.remote)
+        Slot::new(
+            self.name.to_owned(),
+            self.max,
+            self.weight,
+            !self.remote || self.given,
+        )
     }
 }
 
