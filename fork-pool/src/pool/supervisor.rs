@@ -178,14 +178,7 @@ impl<S: Spawn> Shared<S> {
             Ok(Link::Up)
         );
         if !up {
-            let mut st = self.lock();
-            st.started(host);
-            if let Some(e) = st.hosts[host].last_error.clone() {
-                self.fail_queued_if_stuck(&mut st, e);
-            }
-            drop(st);
-            self.wake.notify_one();
-            self.changed.notify_waiters();
+            self.not_started(host);
         }
         up
     }
@@ -196,16 +189,22 @@ impl<S: Spawn> Shared<S> {
     async fn connect_host(self: &Arc<Self>, host: usize) -> bool {
         let up = self.try_connect(host).await;
         if !up {
-            let mut st = self.lock();
-            st.started(host);
-            if let Some(e) = st.hosts[host].last_error.clone() {
-                self.fail_queued_if_stuck(&mut st, e);
-            }
-            drop(st);
-            self.wake.notify_one();
-            self.changed.notify_waiters();
+            self.not_started(host);
         }
         up
+    }
+
+    /// A worker placed on `host` is not started: the host could not be
+    /// connected. If nothing else can serve the queue, it fails with why.
+    fn not_started(&self, host: usize) {
+        let mut st = self.lock();
+        st.started(host);
+        if let Some(e) = st.hosts[host].last_error.clone() {
+            self.fail_queued_if_stuck(&mut st, e);
+        }
+        drop(st);
+        self.wake.notify_one();
+        self.changed.notify_waiters();
     }
 
     /// Connects `host` (marked connecting); true if it is up. If not, it
