@@ -19,9 +19,24 @@
 //! status), one at a time; fork-rpc calls to one worker, one at a time and
 //! 64 in flight. Targets (issue #14): remote spawn ≥ 100/s; pipelined calls
 //! over a remote worker ≥ 0.5× over a local one.
+//!
+//! With ssh, a second table weighs the ways a worker's stream could cross
+//! the ssh connection (issue #14 asks to measure them): a ping-pong of
+//! 40-byte messages (a fork-rpc echo request's size), one at a time and 64
+//! in flight, echoed by a process on the ssh host, over
+//!
+//! - a local socket (a worker of the local template: the baseline);
+//! - a mux channel (a worker of the remote template: what we do);
+//! - a forwarded unix socket (`ssh -L local.sock:remote.sock`, its own ssh
+//!   connection; the echo process listens on `remote.sock`);
+//! - a plain ssh pipe (`ssh host cat`: the raw limit, one stream, no
+//!   multiplexing at all).
 
 #![forbid(unsafe_code)]
 
+use std::io::{Read as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,6 +48,7 @@ use fork_core::{Context, Entry, Template};
 use fork_rpc::{RpcEntry, RpcWorker, Setup};
 use tarpc::client::RpcError;
 use tarpc::context;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::runtime::Runtime;
 
 // ===== what the workers run =====
@@ -60,6 +76,34 @@ fn echo_service(_: &mut Setup<()>) -> Result<ServeEcho<EchoServer>, String> {
 }
 static ECHO: RpcEntry<EchoRequest, EchoResponse> =
     fork_rpc::entry!(echo_service, name = "benches::remote::echo");
+
+/// Echoes its stream until EOF, as `cat` does.
+fn echo_stream(cx: Context) -> std::io::Result<()> {
+    echo(cx.socket())
+}
+static ECHO_STREAM: Entry = fork_core::entry!(echo_stream, name = "benches::remote::echo_stream");
+
+/// Listens on the unix socket at the path of argument 0, says so on its
+/// stream (one byte), and echoes the one connection it accepts.
+fn echo_listener(cx: Context) -> std::io::Result<()> {
+    let path: PathBuf = cx.arg(0).map_err(std::io::Error::other)?;
+    let listener = std::os::unix::net::UnixListener::bind(path)?;
+    cx.socket().write_all(b"L")?;
+    echo(&listener.accept()?.0)
+}
+static ECHO_LISTENER: Entry =
+    fork_core::entry!(echo_listener, name = "benches::remote::echo_listener");
+
+fn echo(mut s: &std::os::unix::net::UnixStream) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = s.read(&mut buf)?;
+        if n == 0 {
+            return Ok(());
+        }
+        s.write_all(&buf[..n])?;
+    }
+}
 
 struct Sender(EchoClient<fork_rpc::Client<EchoRequest, EchoResponse>>);
 
@@ -119,7 +163,13 @@ struct Row {
     to_local: f64,
 }
 
-fn measure(rt: &Runtime, args: &Args, places: &[Place], rows: &mut Vec<Row>) -> BoxResult<()> {
+fn measure(
+    rt: &Runtime,
+    args: &Args,
+    places: &[Place],
+    rows: &mut Vec<Row>,
+    echo: &mut Vec<EchoRow>,
+) -> BoxResult<()> {
     let ssh_config = std::env::var("FORK_TEST_SSH_CONFIG").ok();
     let rounds = if args.quick {
         Rounds::new(1, Duration::from_millis(200))
@@ -196,7 +246,257 @@ fn measure(rt: &Runtime, args: &Args, places: &[Place], rows: &mut Vec<Row>) -> 
             .collect();
         push(rows, &what, &peers, samples);
     }
+    if ssh_config.is_some() && ECHO_ROWS.iter().any(|what| args.wants(what)) {
+        let [(_, (_, local)), .., (_, (Place::Ssh, remote))] = &templates[..] else {
+            return Err("no ssh template".into());
+        };
+        echo_rows(rt, args, rounds, local, remote, echo)?;
+    }
     Ok(())
+}
+
+// ===== the ways a worker's stream can cross the ssh connection =====
+
+/// Bytes of one ping-pong message: a fork-rpc echo request's size.
+const MSG: usize = 40;
+/// The echo table's operations, by messages in flight.
+const ECHO_ROWS: [&str; 2] = ["echo, one at a time", "echo, 64 in flight"];
+
+/// One way to the echo process: its two directions.
+struct Pipe {
+    r: Box<dyn AsyncRead + Send + Unpin>,
+    w: Box<dyn AsyncWrite + Send + Unpin>,
+}
+
+/// What stays alive while a pipe is measured.
+enum Keep {
+    Worker(fork_core::Worker),
+    Child(tokio::process::Child),
+}
+
+/// One measured row of the echo table.
+struct EchoRow {
+    what: String,
+    way: Way,
+    sample: Sample<2>,
+    /// Median of per-round ratios to the local socket's.
+    to_local: f64,
+    /// The same, to the plain ssh pipe's.
+    to_pipe: f64,
+}
+
+/// Where an echo row's messages go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Way {
+    Local,
+    Mux,
+    Forwarded,
+    Pipe,
+}
+
+impl Way {
+    fn name(self) -> &'static str {
+        match self {
+            Way::Local => "local socket",
+            Way::Mux => "mux channel, ssh",
+            Way::Forwarded => "forwarded unix socket, ssh -L",
+            Way::Pipe => "plain ssh pipe (cat)",
+        }
+    }
+}
+
+/// Keeps `depth` messages in flight (each one sent again as soon as its
+/// echo is back) until `len` has passed, then waits for the last echoes.
+async fn ping_pong(pipe: &mut Pipe, depth: usize, len: Duration) -> BoxResult<(u64, Duration)> {
+    let start = Instant::now();
+    let out = [7u8; MSG].repeat(depth);
+    let mut buf = vec![0u8; 64 * 1024];
+    pipe.w.write_all(&out).await?;
+    pipe.w.flush().await?;
+    let (mut in_flight, mut done, mut partial) = (depth, 0u64, 0);
+    while in_flight > 0 {
+        let n = pipe.r.read(&mut buf).await?;
+        if n == 0 {
+            return Err("the echo ended".into());
+        }
+        if buf[..n].iter().any(|&b| b != 7) {
+            return Err("the echo changed the bytes".into());
+        }
+        partial += n;
+        let back = partial / MSG;
+        partial %= MSG;
+        done += back as u64;
+        in_flight -= back;
+        if back > 0 && start.elapsed() < len {
+            pipe.w.write_all(&out[..back * MSG]).await?;
+            pipe.w.flush().await?;
+            in_flight += back;
+        }
+    }
+    Ok((done, start.elapsed()))
+}
+
+fn halves(s: tokio::net::UnixStream) -> Pipe {
+    let (r, w) = s.into_split();
+    Pipe {
+        r: Box::new(r),
+        w: Box::new(w),
+    }
+}
+
+/// An echo worker of `template`, and its stream.
+async fn echo_worker(template: &Template) -> BoxResult<(Pipe, Keep)> {
+    let mut worker = template.fork().run(&ECHO_STREAM).await?;
+    let stream = worker.take_stream().ok_or("no stream")?;
+    Ok((halves(stream), Keep::Worker(worker)))
+}
+
+/// `ssh -L dir/local.sock:dir/remote.sock` to an echo listener (a worker of
+/// the local template: this host is the ssh host).
+async fn forwarded(
+    template: &Template,
+    ssh_config: &str,
+    dir: &Path,
+) -> BoxResult<(Pipe, Vec<Keep>)> {
+    let (near, far) = (dir.join("local.sock"), dir.join("remote.sock"));
+    let mut listener = template.fork().arg(&far).run(&ECHO_LISTENER).await?;
+    let mut ready = [0u8];
+    listener
+        .stream()
+        .ok_or("no stream")?
+        .read_exact(&mut ready)
+        .await?;
+    // With a session (`cat`, reading the pipe we hold), as over a
+    // ControlMaster that serves a template: `ssh -N` opens none, and
+    // OpenSSH sets TCP_NODELAY on its connection only when a session
+    // starts, so Nagle's algorithm would hold back the small packets (about
+    // 50k messages/s in flight, measured).
+    let ssh = tokio::process::Command::new("ssh")
+        .args(["-F", ssh_config, "-o", "ExitOnForwardFailure=yes", "-L"])
+        .arg(format!("{}:{}", near.display(), far.display()))
+        .args(["fork-test", "cat"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    // ssh binds `near` once it has logged in; nothing says when.
+    let started = Instant::now();
+    let stream = loop {
+        match tokio::net::UnixStream::connect(&near).await {
+            Ok(s) => break s,
+            Err(e) if started.elapsed() > Duration::from_secs(10) => {
+                return Err(format!("ssh -L did not listen on {}: {e}", near.display()).into());
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+        }
+    };
+    Ok((
+        halves(stream),
+        vec![Keep::Worker(listener), Keep::Child(ssh)],
+    ))
+}
+
+/// `ssh host cat`.
+fn plain_pipe(ssh_config: &str) -> BoxResult<(Pipe, Keep)> {
+    let mut ssh = tokio::process::Command::new("ssh")
+        .args(["-F", ssh_config, "fork-test", "cat"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let pipe = Pipe {
+        w: Box::new(ssh.stdin.take().ok_or("no stdin")?),
+        r: Box::new(ssh.stdout.take().ok_or("no stdout")?),
+    };
+    Ok((pipe, Keep::Child(ssh)))
+}
+
+/// The echo table's rows: every way, one at a time and 64 in flight.
+fn echo_rows(
+    rt: &Runtime,
+    args: &Args,
+    rounds: Rounds,
+    local: &Template,
+    remote: &Template,
+    rows: &mut Vec<EchoRow>,
+) -> BoxResult<()> {
+    let ssh_config = std::env::var("FORK_TEST_SSH_CONFIG")?;
+    let dir = std::env::temp_dir().join(format!("fork-bench-remote-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let mut keep = Vec::new();
+    let mut ways = Vec::new();
+    let built = rt.block_on(async {
+        for way in [Way::Local, Way::Mux, Way::Forwarded, Way::Pipe] {
+            let pipe = match way {
+                Way::Local => {
+                    let (pipe, k) = echo_worker(local).await?;
+                    keep.push(k);
+                    pipe
+                }
+                Way::Mux => {
+                    let (pipe, k) = echo_worker(remote).await?;
+                    keep.push(k);
+                    pipe
+                }
+                Way::Forwarded => {
+                    let (pipe, k) = forwarded(local, &ssh_config, &dir).await?;
+                    keep.extend(k);
+                    pipe
+                }
+                Way::Pipe => {
+                    let (pipe, k) = plain_pipe(&ssh_config)?;
+                    keep.push(k);
+                    pipe
+                }
+            };
+            ways.push((way.name(), (way, tokio::sync::Mutex::new(pipe))));
+        }
+        BoxResult::Ok(())
+    });
+    let measured = built.and_then(|()| {
+        for (depth, what) in [1, 64].into_iter().zip(ECHO_ROWS) {
+            if !args.wants(what) {
+                continue;
+            }
+            let samples = side_by_side(
+                what,
+                &ways,
+                rounds,
+                false,
+                |_| Vec::new(),
+                |(_, pipe), len| {
+                    rt.block_on(async { ping_pong(&mut *pipe.lock().await, depth, len).await })
+                },
+            )?;
+            let (local, pipe) = (samples[0].clone(), samples[samples.len() - 1].clone());
+            for ((_, (way, _)), sample) in ways.iter().zip(samples) {
+                rows.push(EchoRow {
+                    what: what.to_string(),
+                    way: *way,
+                    to_local: sample.ratio_to(&local),
+                    to_pipe: sample.ratio_to(&pipe),
+                    sample,
+                });
+            }
+        }
+        Ok(())
+    });
+    // Closing the pipes ends the echoes; then the workers and ssh go.
+    drop(ways);
+    rt.block_on(async {
+        for k in keep {
+            match k {
+                Keep::Worker(mut w) => {
+                    let _ = w.wait().await;
+                }
+                Keep::Child(mut c) => {
+                    let _ = c.kill().await;
+                }
+            }
+        }
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    measured
 }
 
 /// Adds a row per peer, with its ratio to the first (local) peer.
@@ -252,8 +552,8 @@ fn print(rows: &[Row], ssh: bool) {
     println!();
     if !ssh {
         println!(
-            "- ssh rows skipped: FORK_TEST_SSH_CONFIG is not set (`bash .ci/sshd start` prints \
-             the config to point it at)"
+            "- ssh rows (and the table of ways across ssh) skipped: FORK_TEST_SSH_CONFIG is not \
+             set (`bash .ci/sshd start` prints the config to point it at)"
         );
     }
     for row in rows.iter().filter(|r| r.place != Place::Local) {
@@ -276,6 +576,42 @@ fn print(rows: &[Row], ssh: bool) {
     }
 }
 
+fn print_echo(rows: &[EchoRow]) {
+    println!();
+    println!(
+        "## How a worker's stream crosses ssh: a mux channel, a forwarded socket, a plain pipe"
+    );
+    println!();
+    println!(
+        "Ping-pongs of {MSG}-byte messages per second with an echo process on the ssh host \
+         (median round, spread), and the medians of per-round ratios to a local socket and to \
+         a plain ssh pipe."
+    );
+    println!();
+    let table = Table::new(&[
+        ("operation", Left),
+        ("way", Left),
+        ("msgs/s", Right),
+        ("spread", Right),
+        ("× local socket", Right),
+        ("× plain ssh pipe", Right),
+    ]);
+    println!("{}", table.head());
+    for row in rows {
+        println!(
+            "{}",
+            table.row(&[
+                &row.what,
+                &row.way.name(),
+                &format!("{:.0}", row.sample.median()),
+                &spread(&row.sample),
+                &ratio(row.to_local),
+                &ratio(row.to_pipe),
+            ])
+        );
+    }
+}
+
 fn main() -> BoxResult<()> {
     fork_core::init();
     let args = Args::from_env();
@@ -288,9 +624,12 @@ fn main() -> BoxResult<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let mut rows = Vec::new();
-    measure(&rt, &args, &places, &mut rows)?;
+    let (mut rows, mut echo) = (Vec::new(), Vec::new());
+    measure(&rt, &args, &places, &mut rows, &mut echo)?;
     drop(rt);
     print(&rows, ssh);
+    if !echo.is_empty() {
+        print_echo(&echo);
+    }
     Ok(())
 }

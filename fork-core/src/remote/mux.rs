@@ -27,8 +27,13 @@
 //! blocks in the kernel, as it would on a local socket. The reader of the
 //! stream never waits for a channel.
 //!
-//! Credit is granted back in batches of at least [`GRANT`] bytes, or when
-//! the drain has nothing more to write, to keep the frames few.
+//! Credit is granted back in batches of [`GRANT`] bytes (half the window),
+//! never one per `Data` frame: a grant of its own is a write, an ssh packet
+//! and a wakeup of every process on the way, for nothing the sender needs
+//! yet (it still holds at least half a window). It is never withheld so
+//! that a channel stalls: a sender out of credit has a whole window
+//! unacknowledged, so the drain still has bytes to deliver, and delivering
+//! them reaches the grant.
 //!
 //! If the local socket cannot be written (its reader is gone: the worker
 //! exited, or the parent dropped the worker's stream), the drain sends
@@ -52,8 +57,8 @@ use crate::proto::ProtoError;
 /// Bytes a sender may have sent on one channel that the receiver has not
 /// yet delivered: the most one channel buffers on the receiving side.
 pub(crate) const WINDOW: usize = 256 * 1024;
-/// Credit is returned once this much was delivered (or nothing is queued).
-pub(crate) const GRANT: usize = WINDOW / 4;
+/// Credit is returned once this much was delivered.
+pub(crate) const GRANT: usize = WINDOW / 2;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -118,6 +123,22 @@ impl Credit {
         drop(bytes);
         self.more.notify_one();
         Ok(())
+    }
+}
+
+/// The bytes a drain delivered and has not yet granted back.
+#[derive(Debug, Default)]
+struct Owed(usize);
+
+impl Owed {
+    /// `n` more bytes were delivered: the credit to grant now, if any.
+    fn delivered(&mut self, n: usize) -> Option<u32> {
+        self.0 += n;
+        if self.0 < GRANT {
+            return None;
+        }
+        let grant = std::mem::take(&mut self.0);
+        Some(u32::try_from(grant).expect("a grant is at most a window"))
     }
 }
 
@@ -294,7 +315,7 @@ async fn drain(
     mut gone: watch::Receiver<bool>,
 ) {
     let mut stop = mux.closed.subscribe();
-    let mut owed = 0usize;
+    let mut owed = Owed::default();
     loop {
         let item = tokio::select! {
             () = closed(&mut stop) => break,
@@ -313,16 +334,10 @@ async fn drain(
             break;
         }
         *lock(&buffered) -= bytes.len();
-        owed += bytes.len();
-        if owed >= GRANT || rx.is_empty() {
-            let grant = Frame::Credit {
-                channel: id,
-                bytes: owed as u32,
-            };
-            if !mux.out.send(&grant).await {
-                break;
-            }
-            owed = 0;
+        if let Some(bytes) = owed.delivered(bytes.len())
+            && !mux.out.send(&Frame::Credit { channel: id, bytes }).await
+        {
+            break;
         }
     }
     // Dropping the writing half shuts it down: the local reader sees EOF.
@@ -420,8 +435,79 @@ mod tests {
         mux.eof(9);
     }
 
+    #[test]
+    fn owed_credit_is_granted_half_a_window_at_a_time() {
+        let mut owed = Owed::default();
+        assert_eq!(owed.delivered(5), None);
+        for _ in 0..GRANT / MAX_DATA - 1 {
+            assert_eq!(owed.delivered(MAX_DATA), None);
+        }
+        // The grant is everything owed, then the count starts again.
+        assert_eq!(owed.delivered(MAX_DATA), Some((GRANT + 5) as u32));
+        assert_eq!(owed.delivered(GRANT - 1), None);
+        assert_eq!(owed.delivered(1), Some(GRANT as u32));
+    }
+
+    /// A sender that spends its window in frames of every size, against a
+    /// receiver that delivers what it holds: the sender is never left
+    /// without credit once the receiver has delivered everything, however
+    /// the frames fall, and the grants stay few.
+    #[test]
+    fn batched_credit_never_stalls_a_sender() {
+        for size in [1, 13, 1000, 4096, MAX_DATA - 1, MAX_DATA] {
+            let (mut credit, mut held, mut owed) = (WINDOW, 0, Owed::default());
+            let (mut sent, mut grants) = (0, 0);
+            while sent < 8 * WINDOW {
+                while credit > 0 {
+                    let n = size.min(credit);
+                    credit -= n;
+                    held += n;
+                    sent += n;
+                    assert!(held <= WINDOW, "the receiver holds more than a window");
+                }
+                // Delivered frame by frame, as the drain does.
+                while held > 0 {
+                    let n = size.min(held);
+                    held -= n;
+                    if let Some(g) = owed.delivered(n) {
+                        credit += g as usize;
+                        grants += 1;
+                    }
+                }
+                assert!(credit > 0, "frames of {size} bytes: the sender stalls");
+            }
+            assert!(grants <= sent / GRANT, "{grants} grants for {sent} bytes");
+        }
+    }
+
     #[tokio::test]
-    async fn data_is_delivered_credited_and_eof_closes() {
+    async fn credit_comes_back_in_half_windows_not_per_frame() {
+        let (mux, mut rx) = mux();
+        let (local, mut user) = UnixStream::pair().unwrap();
+        mux.open(2, local);
+        let mut got = vec![0u8; MAX_DATA];
+        for _ in 0..WINDOW / MAX_DATA {
+            mux.data(2, vec![1; MAX_DATA]).unwrap();
+            user.read_exact(&mut got).await.unwrap();
+        }
+        for _ in 0..WINDOW / GRANT {
+            assert_eq!(
+                decoded(&next(&mut rx).await),
+                F::Credit {
+                    channel: 2,
+                    bytes: GRANT as u32
+                }
+            );
+        }
+        // A small message, delivered: no grant of its own (the drain
+        // finished its turn before the bytes could be read).
+        mux.data(2, b"ping".to_vec()).unwrap();
+        user.read_exact(&mut got[..4]).await.unwrap();
+        assert!(rx.try_recv().is_err(), "a grant for four bytes");
+    }
+
+    #[tokio::test]
+    async fn data_is_delivered_and_eof_closes() {
         let (mux, mut rx) = mux();
         let (local, mut user) = UnixStream::pair().unwrap();
         mux.open(5, local);
@@ -429,13 +515,6 @@ mod tests {
         let mut got = [0u8; 5];
         user.read_exact(&mut got).await.unwrap();
         assert_eq!(&got, b"hello");
-        assert_eq!(
-            decoded(&next(&mut rx).await),
-            F::Credit {
-                channel: 5,
-                bytes: 5
-            }
-        );
         mux.eof(5);
         let mut rest = Vec::new();
         user.read_to_end(&mut rest).await.unwrap();

@@ -227,6 +227,74 @@ mod tests {
         assert!(matches!(r.next().await, Err(ReadError::Protocol(_))));
     }
 
+    /// A stream that hands each write it gets to the test, as it comes.
+    struct Writes(mpsc::UnboundedSender<Vec<u8>>);
+
+    impl AsyncWrite for Writes {
+        fn poll_write(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<io::Result<usize>> {
+            let _ = self.0.send(buf.to_vec());
+            std::task::Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn frames_queued_together_leave_in_one_write() {
+        let (tx, rx) = mpsc::channel(OUT_QUEUE);
+        let out = Outbox(tx);
+        let mut expected = Vec::new();
+        for channel in 1..=10 {
+            let frame = Frame::Data {
+                channel,
+                bytes: b"call",
+            };
+            wire::encode(&frame, &mut expected);
+            assert!(out.send(&frame).await);
+        }
+        out.close().await;
+        let (writes, mut written) = mpsc::unbounded_channel();
+        write_loop(rx, Box::new(Writes(writes))).await;
+        let mut all = Vec::new();
+        while let Ok(w) = written.try_recv() {
+            all.push(w);
+        }
+        assert_eq!(all, [expected]);
+    }
+
+    #[tokio::test]
+    async fn a_frame_alone_leaves_without_waiting_for_more() {
+        let (tx, rx) = mpsc::channel(OUT_QUEUE);
+        let out = Outbox(tx);
+        let (writes, mut written) = mpsc::unbounded_channel();
+        let writer = tokio::spawn(write_loop(rx, Box::new(Writes(writes))));
+        assert!(out.send(&Frame::Eof { channel: 3 }).await);
+        // Nothing else is queued and the writer is not closed: the frame
+        // is written all the same.
+        let first = tokio::time::timeout(std::time::Duration::from_secs(10), written.recv())
+            .await
+            .expect("the frame was held back");
+        assert_eq!(first, Some(wire::to_vec(&Frame::Eof { channel: 3 })));
+        out.close().await;
+        writer.await.unwrap();
+    }
+
     #[tokio::test]
     async fn garbage_is_an_error() {
         let mut r = reader(b"Welcome to the host! Have a nice day.\n".to_vec());
