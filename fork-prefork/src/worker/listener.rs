@@ -185,7 +185,10 @@ impl Listener {
     /// # Errors
     ///
     /// As `accept(2)` and `epoll_wait(2)` (`EINTR` and connections aborted
-    /// before they were accepted are retried).
+    /// before they were accepted are retried). In round-robin order, an
+    /// error too when the wait could not be queued again after an accept
+    /// (`ENOMEM`): it would wait for nothing from then on, so return and
+    /// let the worker be replaced.
     pub fn accept_blocking(&self) -> io::Result<Option<BlockingStream>> {
         let epoll = match self.blocking.get() {
             Some(e) => e,
