@@ -25,7 +25,7 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 use tokio::sync::mpsc;
 
 use super::link::Shared;
-use super::listener::{Listener, Socket, Stream};
+use super::listener::{Listener, Mode, Socket, Stream};
 use crate::config::AcceptOrder;
 use crate::message::ListenerKind;
 
@@ -138,7 +138,7 @@ fn run(
         let Ok(permit) = runtime.block_on(tx.reserve()) else {
             return Ok(());
         };
-        match wait_and_accept_with(epoll, &sockets, order, requeue) {
+        match wait_and_accept_with(epoll, &sockets, order, Mode::NonBlocking, requeue) {
             Ok(Some(accepted)) => {
                 shared.accepted.fetch_add(1, Ordering::Relaxed);
                 permit.send(Ok(accepted));
@@ -187,7 +187,8 @@ pub(crate) fn exclusive_epoll(sockets: &[&Socket], stop: &EventFd) -> io::Result
 }
 
 /// Waits in `epoll` (made by [`exclusive_epoll`] over `sockets`) and
-/// accepts a connection: the connection and its kind, or `None` once the
+/// accepts a connection, blocking or not as `mode` says: the connection
+/// and its kind, or `None` once the
 /// stop eventfd is readable. In [`AcceptOrder::RoundRobin`], the wait on the
 /// listener that gave one goes to the tail of its queue of waiters.
 ///
@@ -206,8 +207,9 @@ pub(crate) fn wait_and_accept(
     epoll: &Epoll,
     sockets: &[&Socket],
     order: AcceptOrder,
+    mode: Mode,
 ) -> io::Result<Option<(OwnedFd, ListenerKind)>> {
-    wait_and_accept_with(epoll, sockets, order, requeue)
+    wait_and_accept_with(epoll, sockets, order, mode, requeue)
 }
 
 /// How a listener is re-added to the epoll: [`requeue`], or a failing one
@@ -218,6 +220,7 @@ fn wait_and_accept_with(
     epoll: &Epoll,
     sockets: &[&Socket],
     order: AcceptOrder,
+    mode: Mode,
     requeue: Requeue,
 ) -> io::Result<Option<(OwnedFd, ListenerKind)>> {
     let mut events = [EpollEvent::empty(); 8];
@@ -236,7 +239,7 @@ fn wait_and_accept_with(
             let Some(socket) = sockets.get(i) else {
                 continue;
             };
-            match socket.try_accept() {
+            match socket.try_accept(mode) {
                 Ok(fd) => {
                     if order == AcceptOrder::RoundRobin {
                         requeue(epoll, i, socket)
@@ -287,6 +290,8 @@ pub(crate) fn is_limit(e: &io::Error) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use std::os::fd::AsFd;
+
     use super::*;
     use crate::worker::listener::Drained;
 
@@ -331,6 +336,29 @@ mod tests {
             e.to_string().contains("re-adding a listener to epoll"),
             "{e}"
         );
+    }
+
+    /// Accepted descriptors are close-on-exec, and non-blocking for tokio
+    /// or blocking for `accept_blocking`, as `accept4` made them (no
+    /// `fcntl` afterwards).
+    #[test]
+    fn accepted_descriptors_have_their_flags_from_accept4() {
+        use nix::fcntl::{FcntlArg, FdFlag, OFlag, fcntl};
+        let (listener, _client) = listener(AcceptOrder::FirstIdle);
+        let second = std::net::TcpStream::connect(
+            std::net::TcpListener::from(listener.as_fd().try_clone_to_owned().unwrap())
+                .local_addr()
+                .unwrap(),
+        )
+        .unwrap();
+        for (mode, nonblocking) in [(Mode::NonBlocking, true), (Mode::Blocking, false)] {
+            let fd = listener.socket().try_accept(mode).unwrap();
+            let status = OFlag::from_bits_retain(fcntl(&fd, FcntlArg::F_GETFL).unwrap());
+            assert_eq!(status.contains(OFlag::O_NONBLOCK), nonblocking, "{mode:?}");
+            let flags = FdFlag::from_bits_retain(fcntl(&fd, FcntlArg::F_GETFD).unwrap());
+            assert!(flags.contains(FdFlag::FD_CLOEXEC), "{mode:?}");
+        }
+        drop(second);
     }
 
     /// In `FirstIdle` order nothing is re-added: the same seam changes
