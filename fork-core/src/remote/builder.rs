@@ -95,7 +95,9 @@ impl<C: Connector> RemoteBuilder<C> {
     /// file. The next start finds it and sends nothing. So the other side
     /// needs a POSIX `sh`, `sha256sum`, `mktemp`, `cat`, `chmod` and `mv`
     /// (GNU coreutils or busybox). The binary is hashed here once per
-    /// process.
+    /// process; every start hashes the file there (`sha256sum` reads it
+    /// whole: about 0.17 s for a 60 MB debug build, measured on loopback,
+    /// against 3 ms for a start without the check).
     ///
     /// `dir` is created if missing; a relative one is relative to where
     /// the connector's command starts (over ssh, the home directory; `~`

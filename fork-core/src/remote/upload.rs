@@ -37,25 +37,28 @@ use crate::error::Error;
 
 /// The script `sh` runs on the other side: `$1` the directory, `$2` the
 /// file name (`<name>-<sha256>`), `$3` the SHA-256 in hex.
-const SCRIPT: &str = r#"dir=$1 name=$2 want=$3
-say() { printf 'fork-core-upload %s\n' "$*"; }
-fail() { say error "$1" "$(printf '%s' "$2" | tr '\n' ' ')"; exit 1; }
-sum() { sha256sum <"$1" | { read -r h _; printf '%s' "$h"; }; }
-command -v sha256sum >/dev/null 2>&1 || fail no-hash-tool 'sha256sum is not on PATH'
-target=$dir/$name
-if [ -f "$target" ] && [ -O "$target" ] && [ -x "$target" ] && [ "$(sum "$target")" = "$want" ]; then
-  say have; exit 0
-fi
-out=$(mkdir -p -- "$dir" 2>&1) || fail not-writable "$out"
-tmp=$(mktemp "$dir/.$name.XXXXXX" 2>&1) || fail not-writable "$tmp"
-trap 'rm -f -- "$tmp"' EXIT
-say send
-out=$(cat >"$tmp" 2>&1) || fail not-writable "$out"
-got=$(sum "$tmp")
-[ "$got" = "$want" ] || fail mismatch "arrived with SHA-256 $got, sent $want"
-out=$( { chmod 755 "$tmp" && mv -f -- "$tmp" "$target"; } 2>&1) || fail not-writable "$out"
-say done
-"#;
+///
+/// It is one line (commands joined by `; `), so that it survives a login
+/// shell that does not take a newline inside quotes (csh, over ssh).
+const SCRIPT: &str = concat!(
+    r#"dir=$1 name=$2 want=$3; "#,
+    r#"say() { printf 'fork-core-upload %s\n' "$*"; }; "#,
+    r#"fail() { say error "$1" "$(printf '%s' "$2" | tr '\n' ' ')"; exit 1; }; "#,
+    r#"sum() { sha256sum <"$1" | { read -r h _; printf '%s' "$h"; }; }; "#,
+    r#"command -v sha256sum >/dev/null 2>&1 || fail no-hash-tool 'sha256sum is not on PATH'; "#,
+    r#"target=$dir/$name; "#,
+    r#"if [ -f "$target" ] && [ -O "$target" ] && [ -x "$target" ] "#,
+    r#"&& [ "$(sum "$target")" = "$want" ]; then say have; exit 0; fi; "#,
+    r#"out=$(mkdir -p -- "$dir" 2>&1) || fail not-writable "$out"; "#,
+    r#"tmp=$(mktemp "$dir/.$name.XXXXXX" 2>&1) || fail not-writable "$tmp"; "#,
+    r#"trap 'rm -f -- "$tmp"' EXIT; "#,
+    r#"say send; "#,
+    r#"out=$(cat >"$tmp" 2>&1) || fail not-writable "$out"; "#,
+    r#"got=$(sum "$tmp"); "#,
+    r#"[ "$got" = "$want" ] || fail mismatch "arrived with SHA-256 $got, sent $want"; "#,
+    r#"out=$( { chmod 755 "$tmp" && mv -f -- "$tmp" "$target"; } 2>&1) || fail not-writable "$out"; "#,
+    r#"say done"#,
+);
 
 /// What every line of the script starts with.
 const PREFIX: &str = "fork-core-upload ";
@@ -384,6 +387,11 @@ async fn end(mut session: Box<dyn Session>, grace: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_script_is_one_line() {
+        assert!(!SCRIPT.contains('\n'));
+    }
 
     #[tokio::test]
     async fn the_hash_is_this_binarys_and_computed_once() {
