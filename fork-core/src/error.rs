@@ -172,6 +172,30 @@ pub enum Error {
         theirs: String,
     },
 
+    /// This program's binary could not be put on the other side for a
+    /// remote template
+    /// ([`RemoteBuilder::upload_to`](crate::remote::RemoteBuilder::upload_to)):
+    /// `failure` says which step failed, `detail` what the other side said
+    /// (a tool's message, an exit status), `source` the error here, if the
+    /// step failed here.
+    #[error(
+        "uploading this program to {dir:?} on {host} failed: {failure}{}",
+        detail_suffix(.detail)
+    )]
+    RemoteUpload {
+        /// The host's name ([`RemoteBuilder::name`](crate::remote::RemoteBuilder::name)).
+        host: String,
+        /// The directory on the other side.
+        dir: std::path::PathBuf,
+        /// The step that failed.
+        failure: crate::remote::UploadFailure,
+        /// What the other side said about it, or an empty string.
+        detail: String,
+        /// The error here, when the step failed here.
+        #[source]
+        source: Option<io::Error>,
+    },
+
     /// What was asked cannot be done with a remote template: `what` says
     /// what (passing file descriptors, forking a template from it).
     #[error("{what} is not possible with a remote template")]
@@ -277,6 +301,14 @@ fn not_started(status: &Option<ExitStatus>) -> String {
         );
     }
     s
+}
+
+fn detail_suffix(detail: &str) -> String {
+    if detail.is_empty() {
+        String::new()
+    } else {
+        format!(": {detail}")
+    }
 }
 
 fn describe_status(status: &Option<ExitStatus>) -> String {

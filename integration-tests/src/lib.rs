@@ -352,3 +352,50 @@ async fn delayed(
     };
     tokio::join!(read, write);
 }
+
+/// A path under the system's temporary directory, named after this process
+/// and `name`, removed (with what it holds) when dropped, so a failed test
+/// leaves nothing behind. Whatever an earlier run left there is removed
+/// first.
+#[derive(Debug)]
+pub struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    /// `$TMPDIR/fork-test-<pid>-<name>`, not created.
+    pub fn new(name: &str) -> Scratch {
+        let path = std::env::temp_dir().join(format!("fork-test-{}-{name}", std::process::id()));
+        let scratch = Scratch(path);
+        scratch.remove();
+        scratch
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+
+    fn remove(&self) {
+        let _ = std::fs::remove_dir_all(&self.0).or_else(|_| std::fs::remove_file(&self.0));
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
+
+/// The file name `RemoteBuilder::upload_to` gives this binary on the other
+/// side (its file name here, `-`, its SHA-256 in hex), computed here
+/// independently.
+pub fn upload_name() -> Result<String, Failed> {
+    use sha2::Digest;
+    let exe = std::fs::read_link("/proc/self/exe").map_err(fail)?;
+    let bytes = std::fs::read("/proc/self/exe").map_err(fail)?;
+    let hash: String = sha2::Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let name = exe.file_name().ok_or("no file name")?.to_string_lossy();
+    Ok(format!("{name}-{hash}"))
+}

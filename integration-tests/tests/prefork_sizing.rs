@@ -641,9 +641,10 @@ fn a_spare_reload_whose_workers_get_ready_apart_completes() -> Result<(), Failed
     const TICK: Duration = Duration::from_millis(50);
     bounded(async {
         let (listener, addr) = loopback()?;
-        let gate_path = std::env::temp_dir().join(format!("prefork-gate-{}", std::process::id()));
-        let _ = std::fs::remove_file(&gate_path);
-        let gate = tokio::net::UnixListener::bind(&gate_path).map_err(fail)?;
+        // Removed when the test ends, passed or failed.
+        let gate_file = integration_tests::Scratch::new("prefork-gate");
+        let gate_path = gate_file.path();
+        let gate = tokio::net::UnixListener::bind(gate_path).map_err(fail)?;
         let server = Prefork::builder(Template::new().map_err(fail)?, &GATED_LOOP)
             .listener(listener)
             .spare(spare(2, 2, 3, 12))
@@ -712,7 +713,6 @@ fn a_spare_reload_whose_workers_get_ready_apart_completes() -> Result<(), Failed
         let (_, generation) = ask(addr).await?;
         ensure!(generation == 2, "the new generation serves");
         server.stop().await.map_err(fail)?;
-        let _ = std::fs::remove_file(&gate_path);
         Ok(())
     })
 }

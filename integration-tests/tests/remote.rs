@@ -6,15 +6,17 @@
 //! `main` must call `fork_core::init` first (the remote side starts there).
 
 use std::io::{Read, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use fork_core::remote::CommandConnector;
+use fork_core::remote::{CommandConnector, UploadFailure};
 use fork_core::testing::wait_exit;
 use fork_core::{Context, Entry, Error, InitFn, Template};
 use fork_rpc::{RpcEntry, RpcWorker, Setup};
-use integration_tests::{Failed, block_on, ensure, fail, parent_of, state_of};
+use integration_tests::{Failed, Scratch, block_on, ensure, fail, parent_of, state_of};
 use tarpc::context;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -703,6 +705,219 @@ fn a_frozen_remote_template_is_lost_within_the_timeout() -> Result<(), Failed> {
     }))
 }
 
+/// A worker of `template` answers: one round trip through SHOUT.
+async fn answers(template: &Template) -> Result<(), Failed> {
+    let mut worker = template.fork().arg(&5i32).run(&SHOUT).await.map_err(fail)?;
+    let mut stream = worker.take_stream().ok_or("no stream")?;
+    stream.write_all(b"uploaded").await.map_err(fail)?;
+    let mut reply = [0u8; 8];
+    stream.read_exact(&mut reply).await.map_err(fail)?;
+    ensure!(&reply == b"UPLOADED", "reply {reply:?}");
+    drop(stream);
+    ensure!(
+        worker.wait().await.map_err(fail)?.code() == Some(5),
+        "worker status"
+    );
+    Ok(())
+}
+
+/// The names in `dir`, sorted.
+fn names_in(dir: &Path) -> Result<Vec<String>, Failed> {
+    let mut names = std::fs::read_dir(dir)
+        .map_err(fail)?
+        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(fail)?;
+    names.sort();
+    Ok(names)
+}
+
+/// The first start uploads this binary as `<name>-<sha256>` (this exact
+/// content, mode 755) into a directory it creates, and the remote side
+/// runs that file; the second start finds it and sends nothing (the same
+/// inode, untouched); no temporary file is left.
+fn an_upload_happens_once() -> Result<(), Failed> {
+    block_on(bounded(async {
+        let scratch = Scratch::new("upload-once");
+        let dir = scratch.path().join("bin");
+        let target = dir.join(integration_tests::upload_name()?);
+        let connector = CommandConnector::new("env").arg("-i");
+        let template = Template::remote(&connector)
+            .upload_to(&dir)
+            .start()
+            .await
+            .map_err(fail)?;
+        let agent = parent_of(template.id()).ok_or("no remote side")?;
+        let exe = std::fs::read_link(format!("/proc/{agent}/exe")).map_err(fail)?;
+        ensure!(
+            exe == target,
+            "the remote side runs {exe:?}, not {target:?}"
+        );
+        let here = std::fs::read("/proc/self/exe").map_err(fail)?;
+        ensure!(
+            std::fs::read(&target).map_err(fail)? == here,
+            "the uploaded file is this binary"
+        );
+        let first = std::fs::metadata(&target).map_err(fail)?;
+        ensure!(
+            first.permissions().mode() & 0o777 == 0o755,
+            "mode {:o}",
+            first.permissions().mode()
+        );
+        answers(&template).await?;
+        template.shutdown().await.map_err(fail)?;
+
+        let template = Template::remote(&connector)
+            .upload_to(&dir)
+            .start()
+            .await
+            .map_err(fail)?;
+        let again = std::fs::metadata(&target).map_err(fail)?;
+        ensure!(
+            (
+                again.ino(),
+                again.mtime(),
+                again.mtime_nsec(),
+                again.ctime_nsec()
+            ) == (
+                first.ino(),
+                first.mtime(),
+                first.mtime_nsec(),
+                first.ctime_nsec()
+            ),
+            "the second start uploaded again: {again:?}, was {first:?}"
+        );
+        answers(&template).await?;
+        template.shutdown().await.map_err(fail)?;
+        let names = names_in(&dir)?;
+        ensure!(
+            names.len() == 1,
+            "the directory holds the binary only: {names:?}"
+        );
+        Ok(())
+    }))
+}
+
+/// Two parents uploading into one directory at once both start, the file
+/// left in place is this binary, and no temporary file is left (each
+/// writes a temporary file of its own and renames it into place).
+fn two_uploads_at_once_both_start() -> Result<(), Failed> {
+    block_on(bounded(async {
+        let scratch = Scratch::new("upload-race");
+        let connector = CommandConnector::new("env").arg("-i");
+        let start = || {
+            Template::remote(&connector)
+                .upload_to(scratch.path())
+                .start()
+        };
+        let (a, b) = tokio::join!(start(), start());
+        for template in [a.map_err(fail)?, b.map_err(fail)?] {
+            answers(&template).await?;
+        }
+        let target = scratch.path().join(integration_tests::upload_name()?);
+        ensure!(
+            std::fs::read(&target).map_err(fail)?
+                == std::fs::read("/proc/self/exe").map_err(fail)?,
+            "the file in place is this binary"
+        );
+        let names = names_in(scratch.path())?;
+        ensure!(names.len() == 1, "no temporary file left: {names:?}");
+        Ok(())
+    }))
+}
+
+/// While the bytes are on their way, nothing is at the hash path: they go
+/// to a temporary file, renamed into place once whole and checked (a
+/// start meanwhile would upload too, never run a half-written file).
+fn nothing_half_written_is_at_the_hash_path() -> Result<(), Failed> {
+    block_on(bounded(async {
+        let scratch = Scratch::new("upload-stall");
+        let dir = scratch.path().join("bin");
+        let target = dir.join(integration_tests::upload_name()?);
+        let fifos = Scratch::new("upload-stall-fifos");
+        std::fs::create_dir_all(fifos.path()).map_err(fail)?;
+        let (stalled, go) = (fifos.path().join("stalled"), fifos.path().join("go"));
+        for fifo in [&stalled, &go] {
+            nix::unistd::mkfifo(fifo, nix::sys::stat::Mode::S_IRWXU).map_err(fail)?;
+        }
+        // A transport that, for the upload (`sh`, not the template),
+        // passes 100 kB of the input, says so on `stalled`, waits for a
+        // word on `go`, then passes the rest.
+        let staller = CommandConnector::new("sh").args([
+            "-c".into(),
+            concat!(
+                r#"s=$1 g=$2; shift 2; [ "$1" = sh ] || exec "$@"; "#,
+                r#"{ head -c 100000; echo >"$s"; read -r _ <"$g"; cat; } | "$@""#
+            )
+            .into(),
+            "sh".into(),
+            stalled.clone().into_os_string(),
+            go.clone().into_os_string(),
+        ]);
+        let start = tokio::spawn({
+            let dir = dir.clone();
+            async move { Template::remote(staller).upload_to(dir).start().await }
+        });
+        let mut word = String::new();
+        tokio::task::spawn_blocking({
+            let stalled = stalled.clone();
+            move || std::fs::File::open(stalled)?.read_to_string(&mut word)
+        })
+        .await
+        .map_err(fail)?
+        .map_err(fail)?;
+        let half_sent = target.exists();
+        // Released before judging, so that a failure leaves no transport
+        // waiting on the fifo.
+        tokio::task::spawn_blocking(move || std::fs::write(go, b"go\n"))
+            .await
+            .map_err(fail)?
+            .map_err(fail)?;
+        ensure!(
+            !half_sent,
+            "a half-sent binary is at the hash path {target:?}"
+        );
+        let template = start.await.map_err(fail)?.map_err(fail)?;
+        answers(&template).await?;
+        ensure!(
+            std::fs::read(&target).map_err(fail)?
+                == std::fs::read("/proc/self/exe").map_err(fail)?,
+            "the file in place is this binary"
+        );
+        Ok(())
+    }))
+}
+
+/// A file at the hash path with other content (a truncated earlier
+/// upload, a tampered file) is found out and replaced, atomically (a new
+/// inode), and the template runs.
+fn a_wrong_file_at_the_hash_path_is_replaced() -> Result<(), Failed> {
+    block_on(bounded(async {
+        let scratch = Scratch::new("upload-wrong");
+        let target = scratch.path().join(integration_tests::upload_name()?);
+        std::fs::create_dir_all(scratch.path()).map_err(fail)?;
+        std::fs::write(&target, b"#!/bin/sh\necho not this program\n").map_err(fail)?;
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o755)).map_err(fail)?;
+        let wrong = std::fs::metadata(&target).map_err(fail)?.ino();
+        let template = Template::remote(CommandConnector::new("env").arg("-i"))
+            .upload_to(scratch.path())
+            .start()
+            .await
+            .map_err(fail)?;
+        let here = std::fs::read("/proc/self/exe").map_err(fail)?;
+        ensure!(
+            std::fs::read(&target).map_err(fail)? == here,
+            "the wrong file was replaced by this binary"
+        );
+        ensure!(
+            std::fs::metadata(&target).map_err(fail)?.ino() != wrong,
+            "replaced by a rename, not written in place"
+        );
+        answers(&template).await?;
+        Ok(())
+    }))
+}
+
 /// The remote side dying (here killed) is an EOF this side did not ask
 /// for: the template is lost at once, not after the keepalive timeout,
 /// and the cause says EOF.
@@ -730,6 +945,84 @@ fn a_remote_side_that_dies_is_lost_at_once() -> Result<(), Failed> {
             killed.elapsed() < Duration::from_secs(5) && e.is_remote_lost(),
             "lost() gave {e} after {:?} (the keepalive timeout is 10 s)",
             killed.elapsed()
+        );
+        Ok(())
+    }))
+}
+
+/// A directory that cannot be written is a typed error naming it and
+/// what the other side said; one that cannot be created too.
+fn an_unwritable_dir_is_a_typed_error() -> Result<(), Failed> {
+    block_on(bounded(async {
+        // Not writable even by root (the tests may run as root).
+        for dir in ["/proc", "/proc/fork-core-upload"] {
+            let e = Template::remote(CommandConnector::new("env").arg("-i"))
+                .upload_to(dir)
+                .start()
+                .await
+                .unwrap_err();
+            ensure!(
+                matches!(&e, Error::RemoteUpload { failure: UploadFailure::NotWritable, dir: d, detail, .. }
+                    if d == Path::new(dir) && !detail.is_empty()),
+                "{dir}: got {e:?}"
+            );
+            let text = e.to_string();
+            ensure!(
+                text.contains(&format!("{dir:?}")),
+                "the message names {dir}: {text}"
+            );
+        }
+        Ok(())
+    }))
+}
+
+/// Bytes lost on the way are found out on arrival: a typed hash mismatch,
+/// nothing installed, no temporary file left.
+fn a_damaged_transfer_is_refused() -> Result<(), Failed> {
+    block_on(bounded(async {
+        let scratch = Scratch::new("upload-damaged");
+        // A transport that passes the first 1000 bytes of the input only.
+        let lossy = CommandConnector::new("sh").args(["-c", r#"head -c 1000 | "$@""#, "sh"]);
+        let e = Template::remote(lossy)
+            .upload_to(scratch.path())
+            .start()
+            .await
+            .unwrap_err();
+        ensure!(
+            matches!(
+                &e,
+                Error::RemoteUpload {
+                    failure: UploadFailure::HashMismatch,
+                    ..
+                }
+            ),
+            "got {e:?}"
+        );
+        let names = names_in(scratch.path())?;
+        ensure!(names.is_empty(), "nothing installed or left: {names:?}");
+        Ok(())
+    }))
+}
+
+/// No `sh` on the other side: a typed error saying so, not a hang.
+fn no_shell_is_a_typed_error() -> Result<(), Failed> {
+    block_on(bounded(async {
+        let scratch = Scratch::new("upload-no-sh");
+        let no_sh = CommandConnector::new("env").args(["-i", "PATH=/nonexistent"]);
+        let e = Template::remote(no_sh)
+            .upload_to(scratch.path())
+            .start()
+            .await
+            .unwrap_err();
+        ensure!(
+            matches!(
+                &e,
+                Error::RemoteUpload {
+                    failure: UploadFailure::NoShell,
+                    ..
+                }
+            ),
+            "got {e:?}"
         );
         Ok(())
     }))
@@ -786,5 +1079,27 @@ fn main() {
             "a_remote_side_that_dies_is_lost_at_once",
             a_remote_side_that_dies_is_lost_at_once,
         ),
+        ("an_upload_happens_once", an_upload_happens_once),
+        (
+            "nothing_half_written_is_at_the_hash_path",
+            nothing_half_written_is_at_the_hash_path,
+        ),
+        (
+            "two_uploads_at_once_both_start",
+            two_uploads_at_once_both_start,
+        ),
+        (
+            "a_wrong_file_at_the_hash_path_is_replaced",
+            a_wrong_file_at_the_hash_path_is_replaced,
+        ),
+        (
+            "an_unwritable_dir_is_a_typed_error",
+            an_unwritable_dir_is_a_typed_error,
+        ),
+        (
+            "a_damaged_transfer_is_refused",
+            a_damaged_transfer_is_refused,
+        ),
+        ("no_shell_is_a_typed_error", no_shell_is_a_typed_error),
     ]);
 }

@@ -10,14 +10,15 @@
 //! this machine, so the same binary is there; the workers run under sshd.
 
 use std::io::{Read, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::sync::Arc;
 use std::time::Duration;
 
-use fork_core::remote::{CommandConnector, SshConnector};
+use fork_core::remote::{CommandConnector, Connector, SshConnector};
 use fork_core::testing::wait_exit;
 use fork_core::{Context, Entry, Template};
 use fork_rpc::{RpcEntry, RpcWorker, Setup};
-use integration_tests::{Failed, block_on, ensure, fail, parent_of, state_of};
+use integration_tests::{Failed, Scratch, block_on, ensure, fail, parent_of, state_of};
 use tarpc::context;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -185,6 +186,83 @@ fn rpc_over_ssh_through_one_control_master() -> Result<(), Failed> {
     }))
 }
 
+/// The first start (through the `openssh` crate) uploads this binary into
+/// a directory over the ssh connection, and the remote side runs that
+/// file, under sshd; the second (through `ssh` as a command) finds it and
+/// sends nothing (the file is untouched).
+fn an_upload_over_ssh_happens_once() -> Result<(), Failed> {
+    block_on(bounded(async {
+        let scratch = Scratch::new("upload-ssh");
+        let dir = scratch.path().join("bin");
+        let target = dir.join(integration_tests::upload_name()?);
+        let session = openssh::SessionBuilder::default()
+            .config_file(ssh_config()?)
+            .known_hosts_check(openssh::KnownHosts::Strict)
+            .connect_mux("fork-test")
+            .await
+            .map_err(fail)?;
+        let connectors: [(&str, Box<dyn Connector>); 2] = [
+            (
+                "SshConnector",
+                Box::new(SshConnector::from_session(Arc::new(session))),
+            ),
+            ("ssh as a command", Box::new(ssh_command()?)),
+        ];
+        let mut first = None;
+        for (start, connector) in connectors {
+            let template = Template::remote(connector)
+                .upload_to(&dir)
+                .start()
+                .await
+                .map_err(fail)?;
+            let agent = parent_of(template.id()).ok_or("no remote side")?;
+            let exe = std::fs::read_link(format!("/proc/{agent}/exe")).map_err(fail)?;
+            ensure!(exe == target, "{start}: the remote side runs {exe:?}");
+            let up = ancestors(template.id());
+            ensure!(
+                up.iter().any(|name| name == "sshd"),
+                "{start}: the remote template runs under sshd: {up:?}"
+            );
+            let meta = std::fs::metadata(&target).map_err(fail)?;
+            ensure!(meta.permissions().mode() & 0o777 == 0o755, "{start}: mode");
+            let stamp = (
+                meta.ino(),
+                meta.mtime(),
+                meta.mtime_nsec(),
+                meta.ctime_nsec(),
+            );
+            match first {
+                None => {
+                    let here = std::fs::read("/proc/self/exe").map_err(fail)?;
+                    ensure!(
+                        std::fs::read(&target).map_err(fail)? == here,
+                        "the uploaded file is this binary"
+                    );
+                    first = Some(stamp);
+                }
+                Some(was) => ensure!(stamp == was, "the second start uploaded again"),
+            }
+            let mut worker = template.fork().run(&SHOUT).await.map_err(fail)?;
+            let mut stream = worker.take_stream().ok_or("no stream")?;
+            stream.write_all(b"uploaded").await.map_err(fail)?;
+            let mut reply = [0u8; 8];
+            stream.read_exact(&mut reply).await.map_err(fail)?;
+            ensure!(&reply == b"UPLOADED", "{start}: reply {reply:?}");
+            drop(stream);
+            ensure!(
+                worker.wait().await.map_err(fail)?.code() == Some(7),
+                "{start}: worker"
+            );
+            let status = template.shutdown().await.map_err(fail)?;
+            ensure!(
+                status.success(),
+                "{start}: the remote side ended with {status:?}"
+            );
+        }
+        Ok(())
+    }))
+}
+
 /// The parent killed with `SIGKILL`: the ssh client it started sees its
 /// input end, so the remote side, its template and the workers (which
 /// ignore EOF: the template kills them) are all gone within 2 s.
@@ -230,6 +308,10 @@ fn main() {
         (
             "rpc_over_ssh_through_one_control_master",
             rpc_over_ssh_through_one_control_master,
+        ),
+        (
+            "an_upload_over_ssh_happens_once",
+            an_upload_over_ssh_happens_once,
         ),
         (
             "no_survivors_over_ssh_when_the_parent_is_killed",

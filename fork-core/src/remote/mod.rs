@@ -52,6 +52,19 @@
 //!   standard error (standard output carries the protocol); ssh and
 //!   [`CommandConnector`] pass it to this process's standard error.
 //!
+//! # Which binary runs there
+//!
+//! By default the other side runs the program at this binary's path here;
+//! [`RemoteBuilder::program`] names another path. With
+//! [`RemoteBuilder::upload_to`] the parent puts this binary there itself,
+//! once: through the same connector it runs a short `sh` script that
+//! checks `dir/<name>-<sha256>` with `sha256sum` and, if it is missing or
+//! differs, receives the binary on its standard input, checks its hash on
+//! arrival and renames it into place (atomically: a concurrent start never
+//! runs a half-written file). Later starts find it and send nothing. A
+//! failed step is [`Error::RemoteUpload`], saying which
+//! ([`UploadFailure`]) and in which directory.
+//!
 //! # Lifetimes
 //!
 //! The remote side exits at EOF of its input: when the last handle to the
@@ -129,6 +142,7 @@
 //! [`Error::RemoteVersion`]: crate::Error::RemoteVersion
 //! [`Error::RemoteBuild`]: crate::Error::RemoteBuild
 //! [`Error::Protocol`]: crate::Error::Protocol
+//! [`Error::RemoteUpload`]: crate::Error::RemoteUpload
 
 pub(crate) mod agent;
 mod bridge;
@@ -143,6 +157,7 @@ mod mux;
 #[cfg(feature = "openssh")]
 mod ssh;
 mod stream;
+mod upload;
 pub(crate) mod wire;
 
 pub use self::builder::RemoteBuilder;
@@ -150,3 +165,4 @@ pub use self::command::CommandConnector;
 pub use self::connector::{BoxFuture, Connection, Connector, RemoteCommand, Session};
 #[cfg(feature = "openssh")]
 pub use self::ssh::SshConnector;
+pub use self::upload::UploadFailure;

@@ -16,8 +16,8 @@
 
 use std::io;
 use std::os::fd::OwnedFd;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 
 use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
@@ -25,7 +25,7 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 use tokio::sync::mpsc;
 
 use super::link::Shared;
-use super::listener::{Listener, Socket, Stream};
+use super::listener::{Listener, Mode, Socket, Stream};
 use crate::config::AcceptOrder;
 use crate::message::ListenerKind;
 
@@ -40,12 +40,23 @@ type Accepted = io::Result<(OwnedFd, ListenerKind)>;
 pub(crate) struct Acceptor {
     connections: mpsc::Receiver<Accepted>,
     stop: Arc<EventFd>,
+    /// Why the thread ended, if it ended on an error.
+    ended: Arc<Mutex<Option<io::Error>>>,
 }
 
 impl Acceptor {
     /// Starts the thread on duplicates of `listeners`; it counts what it
     /// accepts in `shared`.
     pub(crate) fn start(listeners: &[Listener], shared: Arc<Shared>) -> io::Result<Acceptor> {
+        Acceptor::start_with(listeners, shared, requeue)
+    }
+
+    /// [`start`](Acceptor::start), re-adding listeners with `requeue`.
+    fn start_with(
+        listeners: &[Listener],
+        shared: Arc<Shared>,
+        requeue: Requeue,
+    ) -> io::Result<Acceptor> {
         let sockets = listeners
             .iter()
             .map(|l| l.socket().try_clone())
@@ -60,10 +71,21 @@ impl Acceptor {
         let order = listeners
             .first()
             .map_or(AcceptOrder::RoundRobin, Listener::order);
+        let ended = Arc::new(Mutex::new(None));
+        let why = ended.clone();
         std::thread::Builder::new()
             .name("fork-prefork-accept".into())
-            .spawn(move || run(&epoll, &sockets, order, &shared, &tx, &runtime))?;
-        Ok(Acceptor { connections, stop })
+            .spawn(move || {
+                if let Err(e) = run(&epoll, &sockets, order, &shared, &tx, &runtime, requeue) {
+                    // Before `tx` is dropped: `next` says `None` after.
+                    *why.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                }
+            })?;
+        Ok(Acceptor {
+            connections,
+            stop,
+            ended,
+        })
     }
 
     /// The next connection (or accept error), as a tokio stream; `None`
@@ -71,6 +93,16 @@ impl Acceptor {
     pub(crate) async fn next(&mut self) -> Option<io::Result<Stream>> {
         let accepted = self.connections.recv().await?;
         Some(accepted.and_then(|(fd, kind)| Stream::from_accepted(fd, kind)))
+    }
+
+    /// Why the thread ended (after [`next`](Acceptor::next) said `None`
+    /// without [`stop`](Acceptor::stop)): the error it ended on.
+    pub(crate) fn ended(&self) -> io::Error {
+        self.ended
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .unwrap_or_else(|| io::Error::other("the accepting thread ended"))
     }
 
     /// Tells the thread to stop waiting. Connections it accepted before
@@ -88,8 +120,10 @@ impl Drop for Acceptor {
 }
 
 /// The accepting thread: waits for room in the channel, then for a
-/// connection, accepts it and hands it over; until stopped, the runtime's
-/// side is gone, or epoll itself fails (logged).
+/// connection, accepts it and hands it over; until stopped or the
+/// runtime's side is gone (`Ok`), or until it cannot wait any more
+/// (logged, and returned: `serve` then fails, so the worker exits and is
+/// replaced).
 fn run(
     epoll: &Epoll,
     sockets: &[Socket],
@@ -97,32 +131,49 @@ fn run(
     shared: &Shared,
     tx: &mpsc::Sender<Accepted>,
     runtime: &tokio::runtime::Handle,
-) {
+    requeue: Requeue,
+) -> io::Result<()> {
     let sockets: Vec<&Socket> = sockets.iter().collect();
     loop {
         let Ok(permit) = runtime.block_on(tx.reserve()) else {
-            return;
+            return Ok(());
         };
-        match wait_and_accept(epoll, &sockets, order) {
+        match wait_and_accept_with(epoll, &sockets, order, Mode::NonBlocking, requeue) {
             Ok(Some(accepted)) => {
                 shared.accepted.fetch_add(1, Ordering::Relaxed);
                 permit.send(Ok(accepted));
             }
-            Ok(None) => return,
-            Err(e)
-                if e.raw_os_error()
-                    .is_some_and(|n| n == libc::EBADF || n == libc::EINVAL) =>
-            {
-                tracing::error!(
-                    pid = std::process::id(),
-                    "epoll_wait: {e}; no more accepting"
-                );
-                return;
+            Ok(None) => return Ok(()),
+            Err(e) if is_fatal(&e) => {
+                tracing::error!(pid = std::process::id(), "{e}; no more accepting");
+                return Err(e);
             }
             Err(e) => permit.send(Err(e)),
         }
     }
 }
+
+/// Whether an error of [`wait_and_accept`] means this epoll cannot give
+/// connections any more: `EBADF` or `EINVAL` (from `epoll_wait` or
+/// `accept`), or a listener that could not be re-added to the epoll.
+fn is_fatal(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<RequeueFailed>())
+        || e.raw_os_error()
+            .is_some_and(|n| n == libc::EBADF || n == libc::EINVAL)
+}
+
+/// A listener taken out of the epoll could not be put back (`ENOMEM`,
+/// `ENOSPC` at `max_user_watches`): this epoll waits for it no more.
+#[derive(Debug)]
+struct RequeueFailed(Errno);
+
+impl std::fmt::Display for RequeueFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "re-adding a listener to epoll: {}", self.0)
+    }
+}
+
+impl std::error::Error for RequeueFailed {}
 
 /// An epoll in which `sockets` are added with `EPOLLEXCLUSIVE` (token: their
 /// index) and `stop` without (token [`STOP`]).
@@ -136,7 +187,8 @@ pub(crate) fn exclusive_epoll(sockets: &[&Socket], stop: &EventFd) -> io::Result
 }
 
 /// Waits in `epoll` (made by [`exclusive_epoll`] over `sockets`) and
-/// accepts a connection: the connection and its kind, or `None` once the
+/// accepts a connection, blocking or not as `mode` says: the connection
+/// and its kind, or `None` once the
 /// stop eventfd is readable. In [`AcceptOrder::RoundRobin`], the wait on the
 /// listener that gave one goes to the tail of its queue of waiters.
 ///
@@ -144,7 +196,10 @@ pub(crate) fn exclusive_epoll(sockets: &[&Socket], stop: &EventFd) -> io::Result
 ///
 /// `epoll_wait`'s, and `accept`'s but for `EINTR`, `EAGAIN` (woken for a
 /// connection another worker took) and `ECONNABORTED` (the client gave up
-/// first), which it waits again after. After an error that says a limit is
+/// first), which it waits again after. A listener that could not be
+/// re-added to the epoll after an accept (round robin): an error whose
+/// inner error is a `RequeueFailed`; the connection is closed (a client
+/// sees it reset), and this epoll no longer waits on that listener. After an error that says a limit is
 /// reached (`EMFILE`, `ENFILE`, `ENOBUFS`, `ENOMEM`) it pauses 10 ms first:
 /// the connection waits in the queue, and epoll (level-triggered) would say
 /// so again at once.
@@ -152,6 +207,21 @@ pub(crate) fn wait_and_accept(
     epoll: &Epoll,
     sockets: &[&Socket],
     order: AcceptOrder,
+    mode: Mode,
+) -> io::Result<Option<(OwnedFd, ListenerKind)>> {
+    wait_and_accept_with(epoll, sockets, order, mode, requeue)
+}
+
+/// How a listener is re-added to the epoll: [`requeue`], or a failing one
+/// in the tests.
+type Requeue = fn(&Epoll, usize, &Socket) -> nix::Result<()>;
+
+fn wait_and_accept_with(
+    epoll: &Epoll,
+    sockets: &[&Socket],
+    order: AcceptOrder,
+    mode: Mode,
+    requeue: Requeue,
 ) -> io::Result<Option<(OwnedFd, ListenerKind)>> {
     let mut events = [EpollEvent::empty(); 8];
     loop {
@@ -169,10 +239,11 @@ pub(crate) fn wait_and_accept(
             let Some(socket) = sockets.get(i) else {
                 continue;
             };
-            match socket.try_accept() {
+            match socket.try_accept(mode) {
                 Ok(fd) => {
                     if order == AcceptOrder::RoundRobin {
-                        requeue(epoll, i, socket);
+                        requeue(epoll, i, socket)
+                            .map_err(|e| io::Error::other(RequeueFailed(e)))?;
                     }
                     return Ok(Some((fd, socket.kind())));
                 }
@@ -197,16 +268,10 @@ pub(crate) fn wait_and_accept(
 /// Puts this wait on listener `i` at the tail of the listener's queue of
 /// exclusive waiters, so the next connection wakes another idle worker
 /// first.
-fn requeue(epoll: &Epoll, i: usize, socket: &Socket) {
-    if let Err(e) = epoll
+fn requeue(epoll: &Epoll, i: usize, socket: &Socket) -> nix::Result<()> {
+    epoll
         .delete(socket)
         .and_then(|()| epoll.add(socket, exclusive(i)))
-    {
-        tracing::warn!(
-            pid = std::process::id(),
-            "re-adding a listener to epoll: {e}"
-        );
-    }
 }
 
 /// The epoll event of listener `i`: readable, exclusive wake-up.
@@ -221,4 +286,90 @@ pub(crate) fn is_limit(e: &io::Error) -> bool {
         e.raw_os_error(),
         Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsFd;
+
+    use super::*;
+    use crate::worker::listener::Drained;
+
+    fn out_of_memory(_: &Epoll, _: usize, _: &Socket) -> nix::Result<()> {
+        Err(Errno::ENOMEM)
+    }
+
+    /// A TCP listener (as a worker gets it), and a client connected to it.
+    fn listener(order: AcceptOrder) -> (Listener, std::net::TcpStream) {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(tcp.local_addr().unwrap()).unwrap();
+        let listener = Listener::from_fd(
+            OwnedFd::from(tcp),
+            ListenerKind::Tcp,
+            Drained::new().unwrap(),
+            order,
+        )
+        .unwrap();
+        (listener, client)
+    }
+
+    /// A listener that cannot be put back in the epoll after an accept
+    /// ends the accepting thread with that error (what `serve` returns, so
+    /// the worker exits and is replaced), instead of leaving a thread that
+    /// waits for nothing.
+    #[tokio::test]
+    async fn a_listener_not_requeued_ends_the_thread_with_the_error() {
+        let (listener, _client) = listener(AcceptOrder::RoundRobin);
+        let shared = Arc::new(Shared::new(0, None));
+        let mut acceptor =
+            Acceptor::start_with(std::slice::from_ref(&listener), shared, out_of_memory).unwrap();
+        let next = tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.next())
+            .await
+            .expect("the thread ends");
+        assert!(next.is_none(), "the thread went on: {next:?}");
+        let e = acceptor.ended();
+        assert!(
+            e.get_ref().is_some_and(|i| i.is::<RequeueFailed>()),
+            "ended with {e:?}"
+        );
+        assert!(
+            e.to_string().contains("re-adding a listener to epoll"),
+            "{e}"
+        );
+    }
+
+    /// Accepted descriptors are close-on-exec, and non-blocking for tokio
+    /// or blocking for `accept_blocking`, as `accept4` made them (no
+    /// `fcntl` afterwards).
+    #[test]
+    fn accepted_descriptors_have_their_flags_from_accept4() {
+        use nix::fcntl::{FcntlArg, FdFlag, OFlag, fcntl};
+        let (listener, _client) = listener(AcceptOrder::FirstIdle);
+        let second = std::net::TcpStream::connect(
+            std::net::TcpListener::from(listener.as_fd().try_clone_to_owned().unwrap())
+                .local_addr()
+                .unwrap(),
+        )
+        .unwrap();
+        for (mode, nonblocking) in [(Mode::NonBlocking, true), (Mode::Blocking, false)] {
+            let fd = listener.socket().try_accept(mode).unwrap();
+            let status = OFlag::from_bits_retain(fcntl(&fd, FcntlArg::F_GETFL).unwrap());
+            assert_eq!(status.contains(OFlag::O_NONBLOCK), nonblocking, "{mode:?}");
+            let flags = FdFlag::from_bits_retain(fcntl(&fd, FcntlArg::F_GETFD).unwrap());
+            assert!(flags.contains(FdFlag::FD_CLOEXEC), "{mode:?}");
+        }
+        drop(second);
+    }
+
+    /// In `FirstIdle` order nothing is re-added: the same seam changes
+    /// nothing, the connection comes out.
+    #[tokio::test]
+    async fn first_idle_does_not_requeue() {
+        let (listener, _client) = listener(AcceptOrder::FirstIdle);
+        let shared = Arc::new(Shared::new(0, None));
+        let mut acceptor =
+            Acceptor::start_with(std::slice::from_ref(&listener), shared, out_of_memory).unwrap();
+        let next = acceptor.next().await;
+        assert!(matches!(next, Some(Ok(_))), "got {next:?}");
+    }
 }

@@ -59,6 +59,15 @@ impl Drained {
     }
 }
 
+/// How [`Socket::try_accept`] makes a connection's descriptor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// Blocking: for [`Listener::accept_blocking`].
+    Blocking,
+    /// Non-blocking: for tokio (`Context::serve`).
+    NonBlocking,
+}
+
 /// The listening socket, as std has it (non-blocking: its file description
 /// is shared with every worker and the parent).
 #[derive(Debug)]
@@ -185,7 +194,10 @@ impl Listener {
     /// # Errors
     ///
     /// As `accept(2)` and `epoll_wait(2)` (`EINTR` and connections aborted
-    /// before they were accepted are retried).
+    /// before they were accepted are retried). In round-robin order, an
+    /// error too when the wait could not be queued again after an accept
+    /// (`ENOMEM`): it would wait for nothing from then on, so return and
+    /// let the worker be replaced.
     pub fn accept_blocking(&self) -> io::Result<Option<BlockingStream>> {
         let epoll = match self.blocking.get() {
             Some(e) => e,
@@ -194,7 +206,8 @@ impl Listener {
                 self.blocking.get_or_init(|| e)
             }
         };
-        let Some((fd, kind)) = super::accept::wait_and_accept(epoll, &[&self.socket], self.order)?
+        let Some((fd, kind)) =
+            super::accept::wait_and_accept(epoll, &[&self.socket], self.order, Mode::Blocking)?
         else {
             return Ok(None);
         };
@@ -229,13 +242,15 @@ impl AsFd for Socket {
 
 impl Socket {
     /// Accepts a connection that waits, or fails with `WouldBlock`; the
-    /// connection is close-on-exec and blocking.
-    pub(crate) fn try_accept(&self) -> io::Result<std::os::fd::OwnedFd> {
-        let fd = match self {
-            Socket::Tcp(l) => OwnedFd::from(l.accept()?.0),
-            Socket::Unix(l) => OwnedFd::from(l.accept()?.0),
+    /// connection is close-on-exec, and blocking or not as `mode` says
+    /// (set by `accept4(2)` itself: no `fcntl` per connection).
+    pub(crate) fn try_accept(&self, mode: Mode) -> io::Result<OwnedFd> {
+        let flags = match mode {
+            Mode::Blocking => libc::SOCK_CLOEXEC,
+            Mode::NonBlocking => libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
         };
-        Ok(fd)
+        let (socket, _) = socket2::SockRef::from(self).accept4(flags)?;
+        Ok(OwnedFd::from(socket))
     }
 
     pub(crate) fn kind(&self) -> ListenerKind {
@@ -254,19 +269,12 @@ impl Socket {
 }
 
 impl Stream {
-    /// Wraps an accepted connection for tokio (non-blocking first).
+    /// Wraps an accepted connection for tokio; `fd` must be non-blocking
+    /// (accepted in [`Mode::NonBlocking`]).
     pub(crate) fn from_accepted(fd: OwnedFd, kind: ListenerKind) -> io::Result<Stream> {
         Ok(match kind {
-            ListenerKind::Tcp => {
-                let s = std::net::TcpStream::from(fd);
-                s.set_nonblocking(true)?;
-                Stream::Tcp(TcpStream::from_std(s)?)
-            }
-            ListenerKind::Unix => {
-                let s = std::os::unix::net::UnixStream::from(fd);
-                s.set_nonblocking(true)?;
-                Stream::Unix(UnixStream::from_std(s)?)
-            }
+            ListenerKind::Tcp => Stream::Tcp(TcpStream::from_std(fd.into())?),
+            ListenerKind::Unix => Stream::Unix(UnixStream::from_std(fd.into())?),
         })
     }
 }

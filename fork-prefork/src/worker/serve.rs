@@ -76,9 +76,7 @@ impl Context {
                 accepted = acceptor.next() => match accepted {
                     Some(Ok(stream)) => serve(stream, &mut conns),
                     Some(Err(e)) => tracing::warn!(pid = std::process::id(), "accept failed: {e}"),
-                    None => {
-                        return Err(io::Error::other("the accepting thread ended"));
-                    }
+                    None => return Err(acceptor.ended()),
                 },
                 Some(done) = conns.join_next(), if !conns.is_empty() => log_panic(done),
             }
