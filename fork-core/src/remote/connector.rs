@@ -65,14 +65,14 @@ pub trait Connector: Send + Sync + fmt::Debug {
     /// [`RemoteBuilder::name`](super::RemoteBuilder::name) gives another.
     /// The default is the connector's type name;
     /// [`CommandConnector`](super::CommandConnector) gives its command line,
-    /// [`SshConnector`](super::SshConnector) its destination.
+    /// `SshConnector` (feature `openssh`) its destination.
     fn name(&self) -> String {
         std::any::type_name::<Self>().to_string()
     }
 }
 
 /// A shared connector: several templates through one connector (one ssh
-/// connection for all of them, with [`SshConnector`](super::SshConnector)).
+/// connection for all of them, with `SshConnector`, feature `openssh`).
 impl<C: Connector + ?Sized> Connector for &C {
     fn connect<'a>(&'a self, command: &'a RemoteCommand) -> BoxFuture<'a, io::Result<Connection>> {
         (**self).connect(command)

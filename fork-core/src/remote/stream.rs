@@ -270,7 +270,9 @@ mod tests {
         }
         out.close().await;
         let (writes, mut written) = mpsc::unbounded_channel();
-        write_loop(rx, Box::new(Writes(writes))).await;
+        write_loop(rx, Box::new(Writes(writes)))
+            .await
+            .expect("the writes succeed");
         let mut all = Vec::new();
         while let Ok(w) = written.try_recv() {
             all.push(w);
@@ -292,7 +294,7 @@ mod tests {
             .expect("the frame was held back");
         assert_eq!(first, Some(wire::to_vec(&Frame::Eof { channel: 3 })));
         out.close().await;
-        writer.await.unwrap();
+        writer.await.unwrap().expect("the writes succeed");
     }
 
     #[tokio::test]
