@@ -76,8 +76,11 @@ fn remote_hosts() -> Vec<(String, CommandConnector)> {
 #[fork_core::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // ANCHOR: build
-    let mut builder = Pool::jobs(Template::shared()?).max(6).load(2);
-    for (name, ssh) in remote_hosts() {
+    let remotes = remote_hosts();
+    // Spare workers, so that every host has one from the start.
+    let spares = 1 + 2 * remotes.len();
+    let mut builder = Pool::jobs(Template::shared()?).load(2).idle(spares);
+    for (name, ssh) in remotes {
         // Connected when first needed, and again (with back-off) if lost.
         let host = Host::connect(name, move || Template::remote(ssh.clone()).start());
         builder = builder.host(host.max(4).weight(2));
@@ -85,6 +88,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let pool: JobPool = builder.build();
     let mut host_events = pool.host_events().expect("taken once");
     // ANCHOR_END: build
+    let up = pool.wait_until(|s| s.hosts.iter().all(|h| h.up && h.idle > 0));
+    tokio::time::timeout(Duration::from_secs(30), up).await?;
 
     // ANCHOR: run
     let ranges = (0..200u64).map(|i| (i * 5_000, (i + 1) * 5_000));
