@@ -154,6 +154,9 @@ impl Place {
     }
 }
 
+/// Template starts: each place's, in milliseconds.
+type Starts = Vec<(Place, Vec<f64>)>;
+
 /// One measured row.
 struct Row {
     what: String,
@@ -169,6 +172,7 @@ fn measure(
     places: &[Place],
     rows: &mut Vec<Row>,
     echo: &mut Vec<EchoRow>,
+    starts: &mut Starts,
 ) -> BoxResult<()> {
     let ssh_config = std::env::var("FORK_TEST_SSH_CONFIG").ok();
     let rounds = if args.quick {
@@ -177,14 +181,23 @@ fn measure(
         Rounds::new(5, Duration::from_millis(1000))
     };
     let mut templates = Vec::new();
+    let tries = if args.quick { 1 } else { 5 };
     for &place in places {
-        let started = Instant::now();
-        let template = rt.block_on(place.template(ssh_config.as_deref()))?;
-        eprintln!(
-            "{}: started in {:.0} ms",
-            place.name(),
-            started.elapsed().as_secs_f64() * 1e3
-        );
+        // Each start a new connection (for ssh a new login); the last
+        // template started serves the measurements below.
+        let mut ms = Vec::new();
+        let mut last: Option<Template> = None;
+        for _ in 0..tries {
+            let started = Instant::now();
+            let template = rt.block_on(place.template(ssh_config.as_deref()))?;
+            ms.push(started.elapsed().as_secs_f64() * 1e3);
+            if let Some(old) = last.replace(template) {
+                rt.block_on(old.shutdown())?;
+            }
+        }
+        eprintln!("{}: started in {ms:.0?} ms", place.name());
+        starts.push((place, ms));
+        let template = last.ok_or("no template started")?;
         templates.push((place.name(), (place, template)));
     }
 
@@ -612,6 +625,39 @@ fn print_echo(rows: &[EchoRow]) {
     }
 }
 
+fn print_starts(starts: &Starts) {
+    println!();
+    println!("## Starting a template");
+    println!();
+    println!(
+        "Milliseconds from the call to a template ready to fork (median of the starts, min–max): \
+         `Template::new()` here, `Template::remote(..).start()` through a new connection each \
+         time (for ssh a new login, no ControlMaster)."
+    );
+    println!();
+    let table = Table::new(&[
+        ("template", Left),
+        ("starts", Right),
+        ("ms", Right),
+        ("min–max", Right),
+    ]);
+    println!("{}", table.head());
+    for (place, ms) in starts {
+        let mut sorted = ms.clone();
+        sorted.sort_by(f64::total_cmp);
+        let (min, max) = (sorted[0], sorted[sorted.len() - 1]);
+        println!(
+            "{}",
+            table.row(&[
+                &place.name(),
+                &sorted.len(),
+                &format!("{:.1}", sorted[sorted.len() / 2]),
+                &format!("{min:.1}–{max:.1}"),
+            ])
+        );
+    }
+}
+
 fn main() -> BoxResult<()> {
     fork_core::init();
     let args = Args::from_env();
@@ -624,12 +670,13 @@ fn main() -> BoxResult<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let (mut rows, mut echo) = (Vec::new(), Vec::new());
-    measure(&rt, &args, &places, &mut rows, &mut echo)?;
+    let (mut rows, mut echo, mut starts) = (Vec::new(), Vec::new(), Vec::new());
+    measure(&rt, &args, &places, &mut rows, &mut echo, &mut starts)?;
     drop(rt);
     print(&rows, ssh);
     if !echo.is_empty() {
         print_echo(&echo);
     }
+    print_starts(&starts);
     Ok(())
 }
