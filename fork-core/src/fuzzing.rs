@@ -489,8 +489,9 @@ mod corpus {
         ]
     }
 
-    /// A remote template's stream: its greeting, a spawn's reply, the
-    /// worker's bytes, credit for the parent's, the worker's EOF and exit.
+    /// A remote template's stream: its greeting, a spawn's reply, a
+    /// keepalive's answer, the worker's bytes, credit for the parent's, the
+    /// worker's EOF and exit.
     fn remote_seed() -> Vec<u8> {
         use crate::remote::hello::{Hello, VERSION};
         use crate::remote::wire::{Frame, encode};
@@ -506,6 +507,7 @@ mod corpus {
         w.reply(&Reply::Ready);
         w.reply(&Reply::Spawned { id: 0, pid: 4243 });
         encode(&Frame::Control(&w.buf), &mut out);
+        encode(&Frame::Pong, &mut out);
         encode(
             &Frame::Data {
                 channel: 0,
@@ -592,8 +594,8 @@ mod corpus {
         );
         // The seed with its last byte cut off: all but its last frame.
         let seed = remote_seed();
-        assert_eq!(remote_stream(&seed), 6);
-        assert_eq!(remote_stream(&seed[..seed.len() - 1]), 5);
+        assert_eq!(remote_stream(&seed), 7);
+        assert_eq!(remote_stream(&seed[..seed.len() - 1]), 6);
     }
 
     #[test]
