@@ -135,15 +135,17 @@ async fn bounded<T>(f: impl std::future::Future<Output = Result<T, Failed>>) -> 
 
 /// A command connector that poses as a remote template: `sh` prints the
 /// file `bytes` were written to, then reads its input to EOF.
-fn fake_remote(name: &str, bytes: &[u8]) -> Result<CommandConnector, Failed> {
-    let path = std::env::temp_dir().join(format!("fork-remote-{}-{name}", std::process::id()));
-    std::fs::write(&path, bytes).map_err(fail)?;
-    Ok(CommandConnector::new("sh").args([
+/// The file is removed when the returned `Scratch` is dropped.
+fn fake_remote(name: &str, bytes: &[u8]) -> Result<(CommandConnector, Scratch), Failed> {
+    let file = Scratch::new(&format!("remote-{name}"));
+    std::fs::write(file.path(), bytes).map_err(fail)?;
+    let sh = CommandConnector::new("sh").args([
         "-c".into(),
         r#"cat "$1"; exec cat >/dev/null"#.into(),
         "sh".into(),
-        path.into_os_string(),
-    ]))
+        file.path().as_os_str().to_owned(),
+    ]);
+    Ok((sh, file))
 }
 
 /// A frame header as the stream protocol lays it out.
@@ -409,10 +411,8 @@ fn another_protocol_version_is_refused() -> Result<(), Failed> {
         let at = 13 + 16;
         let version = u16::from_le_bytes([ours[at], ours[at + 1]]);
         let theirs = fork_core::testing::remote_greeting(1, Some(version + 1));
-        let e = Template::remote(fake_remote("version", &theirs)?)
-            .start()
-            .await
-            .unwrap_err();
+        let (fake, _file) = fake_remote("version", &theirs)?;
+        let e = Template::remote(fake).start().await.unwrap_err();
         ensure!(
             matches!(e, Error::RemoteVersion { ours, theirs } if ours == version && theirs == version + 1),
             "got {e:?}"
@@ -425,7 +425,7 @@ fn another_protocol_version_is_refused() -> Result<(), Failed> {
 /// instead of a greeting, a command that ends, one that cannot start.
 fn not_a_remote_template() -> Result<(), Failed> {
     block_on(bounded(async {
-        let motd = fake_remote("motd", b"Welcome to build-1! Have a nice day.\n")?;
+        let (motd, _file) = fake_remote("motd", b"Welcome to build-1! Have a nice day.\n")?;
         let e = Template::remote(motd).start().await.unwrap_err();
         ensure!(
             matches!(&e, Error::RemoteHandshake(m) if m.contains("Welcome to build-1")),
@@ -464,10 +464,8 @@ fn malformed_frames_fail_the_template() -> Result<(), Failed> {
         for (name, frame) in cases {
             let mut bytes = greeting.clone();
             bytes.extend_from_slice(&frame);
-            let template = Template::remote(fake_remote(name, &bytes)?)
-                .start()
-                .await
-                .map_err(fail)?;
+            let (fake, _file) = fake_remote(name, &bytes)?;
+            let template = Template::remote(fake).start().await.map_err(fail)?;
             let e = template.ready().await.unwrap_err();
             ensure!(e.is_protocol(), "{name}: ready() gave {e:?}");
             let e = template.fork().arg(&0i32).run(&SHOUT).await.unwrap_err();
