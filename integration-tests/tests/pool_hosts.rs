@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use fork_core::Template;
 use fork_core::remote::CommandConnector;
+use fork_core::testing::wait_exit;
 use fork_pool::{Host, HostEvent, Pool};
 use fork_rpc::{EventSender, RpcEntry, Setup, WorkerLost};
 use integration_tests::{Failed, block_on, ensure, fail, parent_of};
@@ -103,8 +104,28 @@ fn workers_spread_over_a_local_and_a_remote_host() -> Result<(), Failed> {
             hosts == [("local", true, 3), ("env-i", true, 2)],
             "hosts: {hosts:?}"
         );
+        // The remote host's template and its remote side.
+        let worker = *workers
+            .iter()
+            .find(|(_, remote)| **remote)
+            .ok_or("no remote worker")?
+            .0;
+        let template = parent_of(worker).ok_or("remote worker gone")?;
+        let side = parent_of(template).ok_or("remote template gone")?;
         pool.shutdown().await;
-        Ok(())
+        // Dropped, the pool lets its templates go: nothing is left there.
+        drop((pool, client));
+        tokio::task::spawn_blocking(move || {
+            for pid in [worker, template, side] {
+                ensure!(
+                    wait_exit(pid, Duration::from_secs(2)).map_err(fail)?,
+                    "process {pid} of the remote host lives on after the pool was dropped"
+                );
+            }
+            Ok(())
+        })
+        .await
+        .map_err(fail)?
     }))
 }
 
