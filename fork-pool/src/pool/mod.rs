@@ -12,6 +12,8 @@
 //! - `batch`: many calls with bounded work in flight (`map`, `pipeline`);
 //! - `retry`: running idempotent jobs again;
 //! - `supervisor`: scaling, spawning, replacing, recycling, watching;
+//! - `host`: [`Host`] and what the pool knows and shows of each host;
+//! - `link`: connecting hosts, noticing their loss, connecting again;
 //! - `life`: open, shutting down, shut down, open again (plain state);
 //! - `shutdown`: draining and reaping, and opening again;
 //! - `deadline`: tokio's clock, and where a call's deadline enters;
@@ -45,6 +47,7 @@ mod job;
 mod jobs;
 mod lease;
 mod life;
+mod link;
 mod member;
 mod metrics;
 mod retry;
