@@ -557,6 +557,35 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_shutdown_gives_up_on_a_connection_that_does_not_end() {
+        let config = Config {
+            idle: 2,
+            shutdown_timeout: SEC,
+            ..config(2)
+        };
+        let world = World {
+            hosts: vec![FakeHost {
+                connect_time: Duration::from_secs(24 * 3600),
+                ..FakeHost::remote("b")
+            }],
+            ..World::default()
+        };
+        let (pool, fake) = testing::pool(config, world);
+        let stats = settle(pool.wait_until(|s| s.starting == 2)).await;
+        assert!(!stats.hosts[0].up);
+        let t0 = Instant::now();
+        settle(pool.shutdown()).await;
+        assert_eq!(Instant::now() - t0, SEC, "shutdown waited past its timeout");
+        let stats = pool.stats();
+        assert_eq!((stats.starting, stats.hosts[0].starting), (0, 0));
+        assert!(fake.world().workers.is_empty());
+        assert_eq!(
+            stats.spawn_failures, 0,
+            "giving up is no failure of the host"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_host_never_reached_is_down_and_calls_go_elsewhere_or_fail() {
         let world = World {
             hosts: vec![FakeHost {

@@ -60,7 +60,18 @@ impl<S: Spawn> Shared<S> {
     /// Connects `host` (marked connecting); true if it is up. If not, it
     /// stays down, and is tried again after its back-off.
     async fn try_connect(self: &Arc<Self>, host: usize) -> bool {
-        let result = self.spawner.connect(host).await;
+        let mut abandon = self.abandon.subscribe();
+        let result = tokio::select! {
+            result = self.spawner.connect(host) => result,
+            _ = abandon.wait_for(|given_up| *given_up) => {
+                // A shutdown past its deadline gives up on the connection
+                // (it may never end): not a failure of the host, which is
+                // connected again when the pool next needs it.
+                self.lock().hosts[host].set_link(Link::Down);
+                self.changed.notify_waiters();
+                return false;
+            }
+        };
         let mut st = self.lock();
         let slot = &mut st.hosts[host];
         match result {

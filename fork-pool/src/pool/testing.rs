@@ -63,8 +63,10 @@ pub(crate) struct FakeHost {
     pub(crate) given: bool,
     /// Unreachable: connecting fails, and so do spawns.
     pub(crate) down: bool,
-    /// When it was connected, or tried.
+    /// When it was connected, or tried (once the attempt ended).
     pub(crate) connects: Vec<Instant>,
+    /// How long connecting takes.
+    pub(crate) connect_time: Duration,
     /// Counts its losses.
     pub(crate) losses: Arc<watch::Sender<u64>>,
 }
@@ -80,6 +82,7 @@ impl FakeHost {
             given: false,
             down: false,
             connects: Vec::new(),
+            connect_time: Duration::ZERO,
             losses: Arc::new(watch::Sender::new(0)),
         }
     }
@@ -219,6 +222,8 @@ impl Spawn for Fake {
     }
 
     async fn connect(&self, host: usize) -> fork_rpc::Result<()> {
+        let time = self.world().hosts[host].connect_time;
+        tokio::time::sleep(time).await;
         let mut w = self.world();
         let host = &mut w.hosts[host];
         host.connects.push(Instant::now());
