@@ -79,9 +79,8 @@ struct Handle {
     /// This process started it (and reaps it); not so for a template forked
     /// from another, or taken over from another process.
     child: bool,
-    /// It runs on the other side of a [connector](crate::remote::Connector).
-    remote: bool,
-    /// The name of a remote template's host.
+    /// The name of a remote template's host; `None` for a local one (this
+    /// is what makes a template remote).
     host: Option<String>,
 }
 
@@ -165,7 +164,6 @@ impl Template {
                 pid,
                 child: parent.is_none(),
                 parent,
-                remote: false,
                 host: None,
             }),
         })
@@ -186,7 +184,6 @@ impl Template {
                 pid,
                 parent: None,
                 child: false,
-                remote: true,
                 host: Some(host),
             }),
         })
@@ -195,7 +192,7 @@ impl Template {
     /// Whether this is a [remote template](crate::remote), started with
     /// [`Template::remote`].
     pub fn is_remote(&self) -> bool {
-        self.inner.remote
+        self.inner.host.is_some()
     }
 
     /// The name of a [remote template](crate::remote)'s host
@@ -278,7 +275,7 @@ impl Template {
     /// template (it cannot outlive that one). The error of a failed
     /// preparation step, or [`Error::TemplateGone`].
     pub async fn into_fd(self) -> Result<OwnedFd> {
-        if self.inner.remote {
+        if self.is_remote() {
             return Err(Error::HandOver(
                 "it is a remote template, reached through this process's connection",
             ));
@@ -332,7 +329,6 @@ impl Template {
                 pid,
                 parent: None,
                 child: false,
-                remote: false,
                 host: None,
             }),
         })
