@@ -10,10 +10,14 @@
 //! - **local**: `Template::new()`.
 //! - **remote, `env -i`**: `Template::remote` through a local command: the
 //!   remote protocol, its relay and its channels, without a network.
-//! - **remote, ssh**: `Template::remote` through `ssh` to the throwaway sshd
-//!   of `.ci/sshd` on 127.0.0.1, when `FORK_TEST_SSH_CONFIG` names its
-//!   config (`bash .ci/sshd start` prints it); otherwise these rows are
-//!   skipped, and the report says so.
+//! - **remote, ssh**: `Template::remote` through `ssh` (a
+//!   `CommandConnector`: the workers' streams are channels of the
+//!   connection) to the throwaway sshd of `.ci/sshd` on 127.0.0.1, when
+//!   `FORK_TEST_SSH_CONFIG` names its config (`bash .ci/sshd start` prints
+//!   it); otherwise these rows are skipped, and the report says so.
+//! - **remote, ssh, forwarded streams**: the same host through
+//!   `SshConnector` (a ControlMaster), whose forward carries each worker's
+//!   stream as a connection of its own (the default with it).
 //!
 //! What is measured: a spawn (fork a worker that exits at once, wait for its
 //! status), one at a time; fork-rpc calls to one worker, one at a time and
@@ -43,7 +47,7 @@ use std::time::{Duration, Instant};
 use benches::Align::{Left, Right};
 use benches::measure::side_by_side;
 use benches::{Args, BoxResult, Caller, Rounds, Sample, Table, calls, ratio, spread, verdict};
-use fork_core::remote::CommandConnector;
+use fork_core::remote::{CommandConnector, SshConnector};
 use fork_core::{Context, Entry, Template};
 use fork_rpc::{RpcEntry, RpcWorker, Setup};
 use tarpc::client::RpcError;
@@ -124,6 +128,7 @@ enum Place {
     Local,
     Env,
     Ssh,
+    SshForwarded,
 }
 
 impl Place {
@@ -132,6 +137,7 @@ impl Place {
             Place::Local => "local template",
             Place::Env => "remote, env -i",
             Place::Ssh => "remote, ssh to 127.0.0.1",
+            Place::SshForwarded => "remote, ssh, forwarded streams",
         }
     }
 
@@ -149,6 +155,25 @@ impl Place {
                     .args(["-F", config, "fork-test"])
                     .shell_line(true);
                 Template::remote(ssh).start().await?
+            }
+            Place::SshForwarded => {
+                let config = ssh_config.ok_or("no ssh config")?;
+                let session = openssh::SessionBuilder::default()
+                    .config_file(config)
+                    .known_hosts_check(openssh::KnownHosts::Strict)
+                    .connect_mux("fork-test")
+                    .await?;
+                let ssh = SshConnector::from_session(Arc::new(session));
+                let template = Template::remote(ssh).start().await?;
+                // Checked here: a forward that failed its check would leave
+                // the streams in channels and this row would measure those.
+                let mut worker = template.fork().run(&NOP).await?;
+                let stream = worker.take_stream().ok_or("no stream")?;
+                if stream.peer_addr()?.as_pathname().is_none() {
+                    return Err("the ssh template's streams are not forwarded".into());
+                }
+                worker.wait().await?;
+                template
             }
         })
     }
@@ -260,9 +285,13 @@ fn measure(
         push(rows, &what, &peers, samples);
     }
     if ssh_config.is_some() && ECHO_ROWS.iter().any(|what| args.wants(what)) {
-        let [(_, (_, local)), .., (_, (Place::Ssh, remote))] = &templates[..] else {
-            return Err("no ssh template".into());
+        let [(_, (_, local)), ..] = &templates[..] else {
+            return Err("no local template".into());
         };
+        let (_, (_, remote)) = templates
+            .iter()
+            .find(|(_, (place, _))| *place == Place::Ssh)
+            .ok_or("no ssh template")?;
         echo_rows(rt, args, rounds, local, remote, echo)?;
     }
     Ok(())
@@ -664,7 +693,7 @@ fn main() -> BoxResult<()> {
     let ssh = std::env::var_os("FORK_TEST_SSH_CONFIG").is_some();
     let mut places = vec![Place::Local, Place::Env];
     if ssh {
-        places.push(Place::Ssh);
+        places.extend([Place::Ssh, Place::SshForwarded]);
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

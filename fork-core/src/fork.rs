@@ -190,18 +190,11 @@ impl Fork {
         entry.check()?;
         let (ops, fds) = self.take()?;
         let ack = ops.iter().any(|op| matches!(op, Op::Init { .. }));
-        let (ours, theirs) =
-            UnixStream::pair().map_err(Error::os("creating the worker's socket pair"))?;
+        let (ours, theirs) = self.template.worker_socket().await?;
         let spawned = self
             .template
             .conn()
-            .spawn(
-                ack,
-                ops,
-                Then::Run(entry.name().to_owned()),
-                theirs.into(),
-                fds,
-            )
+            .spawn(ack, ops, Then::Run(entry.name().to_owned()), theirs, fds)
             .await?;
         // Until this returns it, the worker is killed if the call is given
         // up on (an error, or this future dropped while init functions run).
@@ -256,12 +249,11 @@ impl Fork {
     pub(crate) async fn exec(&mut self, spec: ExecSpec) -> Result<Worker> {
         let program = String::from_utf8_lossy(&spec.program).into_owned();
         let (ops, fds) = self.take()?;
-        let (ours, theirs) =
-            UnixStream::pair().map_err(Error::os("creating the worker's socket pair"))?;
+        let (ours, theirs) = self.template.worker_socket().await?;
         let spawned = self
             .template
             .conn()
-            .spawn(true, ops, Then::Exec(spec), theirs.into(), fds)
+            .spawn(true, ops, Then::Exec(spec), theirs, fds)
             .await?;
         let worker = Worker::starting(spawned, self.template.clone());
         let mut stream = tokio_stream(ours)?;

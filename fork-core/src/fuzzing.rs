@@ -284,7 +284,9 @@ pub fn remote_stream(data: &[u8]) -> usize {
                 | Frame::Credit { .. }
                 | Frame::Close { .. }
                 | Frame::Ping { .. }
-                | Frame::Pong,
+                | Frame::Pong
+                | Frame::Listening(_)
+                | Frame::Forwarded { .. },
             ) => true,
         };
         if !ok {
@@ -489,15 +491,16 @@ mod corpus {
         ]
     }
 
-    /// A remote template's stream: its greeting, a spawn's reply, a
-    /// keepalive's answer, the worker's bytes, credit for the parent's, the
-    /// worker's EOF and exit.
+    /// A remote template's stream: its greeting, the path of its socket for
+    /// workers' streams, a spawn's reply, a keepalive's answer, the
+    /// worker's bytes, credit for the parent's, the worker's EOF and exit.
     fn remote_seed() -> Vec<u8> {
         use crate::remote::hello::{Hello, VERSION};
         use crate::remote::wire::{Frame, encode};
         let hello = Hello {
             version: VERSION,
             same_build: false,
+            listen: false,
             pid: 4242,
             build_id: vec![0xab; 20],
         };
@@ -506,6 +509,7 @@ mod corpus {
         let mut w = Writer::default();
         w.reply(&Reply::Ready);
         w.reply(&Reply::Spawned { id: 0, pid: 4243 });
+        encode(&Frame::Listening(b"/tmp/fork-core-AbC123/s"), &mut out);
         encode(&Frame::Control(&w.buf), &mut out);
         encode(&Frame::Pong, &mut out);
         encode(
@@ -594,8 +598,8 @@ mod corpus {
         );
         // The seed with its last byte cut off: all but its last frame.
         let seed = remote_seed();
-        assert_eq!(remote_stream(&seed), 7);
-        assert_eq!(remote_stream(&seed[..seed.len() - 1]), 6);
+        assert_eq!(remote_stream(&seed), 8);
+        assert_eq!(remote_stream(&seed[..seed.len() - 1]), 7);
     }
 
     #[test]

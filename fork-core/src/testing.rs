@@ -107,7 +107,7 @@ pub const TEMPLATE_MARKER: &str = crate::template::serve::MARKER;
 /// that pose as a remote template (a command that prints these bytes and
 /// then whatever the test wants the parent to read).
 pub fn remote_greeting(pid: u32, version: Option<u16>) -> Vec<u8> {
-    let mut hello = crate::remote::hello::Hello::ours(pid, false);
+    let mut hello = crate::remote::hello::Hello::ours(pid, false, false);
     if let Some(v) = version {
         hello.version = v;
     }

@@ -5,14 +5,17 @@
 //! and bad bytes from the other side. A `harness = false` target, because
 //! `main` must call `fork_core::init` first (the remote side starts there).
 
+use std::cell::Cell;
 use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::ExitStatusExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use fork_core::remote::{CommandConnector, UploadFailure};
+use fork_core::remote::{
+    BoxFuture, CommandConnector, Connection, Connector, Forward, RemoteCommand, UploadFailure,
+};
 use fork_core::testing::wait_exit;
 use fork_core::{Context, Entry, Error, InitFn, Template};
 use fork_rpc::{RpcEntry, RpcWorker, Setup};
@@ -117,14 +120,104 @@ static CALC: RpcEntry<CalcRequest, CalcResponse> = fork_rpc::entry!(calc);
 
 // ===== helpers =====
 
-/// A remote template: this binary, run by `env -i` (an empty environment:
-/// nothing is inherited the way a local template inherits it).
-async fn remote() -> Result<Template, Failed> {
-    Template::remote(CommandConnector::new("env").arg("-i"))
-        .start()
-        .await
-        .map_err(fail)
+thread_local! {
+    /// Whether this test thread's remote templates carry their workers'
+    /// streams through a forwarded socket ([`SameHost`]) rather than as
+    /// channels: the tests registered under `forwarded::` set it.
+    static FORWARDED: Cell<bool> = const { Cell::new(false) };
 }
+
+/// A remote template: this binary, run by `env -i` (an empty environment:
+/// nothing is inherited the way a local template inherits it); with its
+/// workers' streams forwarded in the `forwarded::` tests.
+async fn remote() -> Result<Template, Failed> {
+    let env = CommandConnector::new("env").arg("-i");
+    let template = if FORWARDED.get() {
+        Template::remote(SameHost(env)).start().await
+    } else {
+        Template::remote(env).start().await
+    };
+    template.map_err(fail)
+}
+
+/// A connector to this same machine that "forwards" a socket by handing
+/// out the remote side's own socket: what a connector with a real forward
+/// (ssh) gives, without ssh.
+#[derive(Debug)]
+struct SameHost(CommandConnector);
+
+/// [`SameHost`]'s forward: the remote side's socket itself.
+#[derive(Debug)]
+struct Direct(PathBuf);
+
+impl Forward for Direct {
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Connector for SameHost {
+    fn connect<'a>(
+        &'a self,
+        command: &'a RemoteCommand,
+    ) -> BoxFuture<'a, std::io::Result<Connection>> {
+        self.0.connect(command)
+    }
+
+    fn name(&self) -> String {
+        self.0.name()
+    }
+
+    fn forward<'a>(
+        &'a self,
+        remote: &'a Path,
+    ) -> BoxFuture<'a, std::io::Result<Option<Box<dyn Forward>>>> {
+        Box::pin(async move {
+            Ok(Some(
+                Box::new(Direct(remote.to_path_buf())) as Box<dyn Forward>
+            ))
+        })
+    }
+
+    fn forwards(&self) -> bool {
+        true
+    }
+}
+
+/// Whether a worker's stream is a connection through a forwarded socket
+/// (its peer has a path) rather than one end of a socket pair.
+fn is_forwarded(stream: &tokio::net::UnixStream) -> Result<bool, Failed> {
+    Ok(stream.peer_addr().map_err(fail)?.as_pathname().is_some())
+}
+
+/// Registers `test` a second time, as `forwarded::<name>`, run with its
+/// workers' streams forwarded.
+macro_rules! forwarded {
+    ($($test:ident),* $(,)?) => {
+        mod forwarded {
+            $(
+                pub(super) fn $test() -> Result<(), libtest_mimic::Failed> {
+                    super::FORWARDED.set(true);
+                    super::$test()
+                }
+            )*
+            pub(super) const TESTS: &[(&str, integration_tests::TestFn)] = &[
+                $((concat!("forwarded::", stringify!($test)), $test),)*
+            ];
+        }
+    };
+}
+
+forwarded!(
+    a_remote_worker_talks_and_exits_with_its_status,
+    a_remote_template_is_preloaded,
+    a_closed_stream_is_a_broken_pipe_on_both_sides,
+    rpc_over_a_remote_worker,
+    dropping_the_template_ends_everything_remote,
+    shutdown_returns_the_remote_status,
+    a_stalled_worker_does_not_stall_others,
+    a_remote_side_that_dies_is_lost_at_once,
+);
 
 /// Bounds a test's async part: a hang is a failure, not a stuck run.
 async fn bounded<T>(f: impl std::future::Future<Output = Result<T, Failed>>) -> Result<T, Failed> {
@@ -176,6 +269,12 @@ fn a_remote_worker_talks_and_exits_with_its_status() -> Result<(), Failed> {
             worker.id()
         );
         let mut stream = worker.take_stream().ok_or("no stream")?;
+        ensure!(
+            is_forwarded(&stream)? == FORWARDED.get(),
+            "forwarded: {}, expected {}",
+            is_forwarded(&stream)?,
+            FORWARDED.get()
+        );
         stream.write_all(b"hello, remote").await.map_err(fail)?;
         let mut reply = [0u8; 13];
         stream.read_exact(&mut reply).await.map_err(fail)?;
@@ -1026,9 +1125,92 @@ fn no_shell_is_a_typed_error() -> Result<(), Failed> {
     }))
 }
 
+/// A connector whose forward leads nowhere (what an sshd with
+/// `AllowStreamLocalForwarding no` gives): the start-up check finds it
+/// out, and the template carries its workers' streams as channels.
+#[derive(Debug)]
+struct Nowhere(CommandConnector, Scratch);
+
+impl Connector for Nowhere {
+    fn connect<'a>(
+        &'a self,
+        command: &'a RemoteCommand,
+    ) -> BoxFuture<'a, std::io::Result<Connection>> {
+        self.0.connect(command)
+    }
+
+    fn forward<'a>(
+        &'a self,
+        _remote: &'a Path,
+    ) -> BoxFuture<'a, std::io::Result<Option<Box<dyn Forward>>>> {
+        let path = self.1.path().to_path_buf();
+        Box::pin(async move { Ok(Some(Box::new(Direct(path)) as Box<dyn Forward>)) })
+    }
+
+    fn forwards(&self) -> bool {
+        true
+    }
+}
+
+async fn shout_through(template: &Template) -> Result<bool, Failed> {
+    let mut worker = template.fork().arg(&3i32).run(&SHOUT).await.map_err(fail)?;
+    let mut stream = worker.take_stream().ok_or("no stream")?;
+    let forwarded = is_forwarded(&stream)?;
+    stream.write_all(b"still works").await.map_err(fail)?;
+    stream.shutdown().await.map_err(fail)?;
+    let mut reply = Vec::new();
+    stream.read_to_end(&mut reply).await.map_err(fail)?;
+    ensure!(reply == b"STILL WORKS", "reply {reply:?}");
+    let status = worker.wait().await.map_err(fail)?;
+    ensure!(status.code() == Some(3), "status {status:?}");
+    Ok(forwarded)
+}
+
+fn a_forward_that_does_not_work_leaves_streams_in_channels() -> Result<(), Failed> {
+    block_on(bounded(async {
+        // A socket path where nothing listens.
+        let nowhere = Nowhere(
+            CommandConnector::new("env").arg("-i"),
+            Scratch::new("no-forward"),
+        );
+        let template = Template::remote(nowhere).start().await.map_err(fail)?;
+        ensure!(
+            !shout_through(&template).await?,
+            "a stream went through a forward that failed its check"
+        );
+        let status = template.shutdown().await.map_err(fail)?;
+        ensure!(status.success(), "the remote side ended with {status:?}");
+        Ok(())
+    }))
+}
+
+/// `forward_streams(false)`: a connector that could forward is not asked.
+fn streams_in_channels_when_forwarding_is_off() -> Result<(), Failed> {
+    block_on(bounded(async {
+        let template = Template::remote(SameHost(CommandConnector::new("env").arg("-i")))
+            .forward_streams(false)
+            .start()
+            .await
+            .map_err(fail)?;
+        ensure!(
+            !shout_through(&template).await?,
+            "a stream was forwarded with forward_streams(false)"
+        );
+        let template = Template::remote(SameHost(CommandConnector::new("env").arg("-i")))
+            .start()
+            .await
+            .map_err(fail)?;
+        ensure!(
+            shout_through(&template).await?,
+            "the stream was not forwarded by default"
+        );
+        Ok(())
+    }))
+}
+
 fn main() {
     fork_core::init();
-    integration_tests::run(&[
+    let mut tests: Vec<(&str, integration_tests::TestFn)> = vec![
         (
             "a_remote_worker_talks_and_exits_with_its_status",
             a_remote_worker_talks_and_exits_with_its_status,
@@ -1099,5 +1281,15 @@ fn main() {
             a_damaged_transfer_is_refused,
         ),
         ("no_shell_is_a_typed_error", no_shell_is_a_typed_error),
-    ]);
+        (
+            "a_forward_that_does_not_work_leaves_streams_in_channels",
+            a_forward_that_does_not_work_leaves_streams_in_channels,
+        ),
+        (
+            "streams_in_channels_when_forwarding_is_off",
+            streams_in_channels_when_forwarding_is_off,
+        ),
+    ];
+    tests.extend_from_slice(forwarded::TESTS);
+    integration_tests::run(&tests);
 }

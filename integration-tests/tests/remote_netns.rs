@@ -218,6 +218,10 @@ fn a_template_on_each_host_forks_its_workers_there() -> Result<(), Failed> {
                 host_ns(host)?
             );
             let mut stream = worker.take_stream().ok_or("no stream")?;
+            ensure!(
+                stream.peer_addr().map_err(fail)?.as_pathname().is_some(),
+                "{host}: the worker's stream is not a forwarded connection"
+            );
             stream.write_all(host.as_bytes()).await.map_err(fail)?;
             let mut reply = vec![0u8; host.len()];
             stream.read_exact(&mut reply).await.map_err(fail)?;
@@ -597,6 +601,87 @@ fn a_pool_over_three_hosts_survives_a_partition() -> Result<(), Failed> {
     }))
 }
 
+/// A host cut off under a template through `SshConnector`, whose
+/// workers' streams are forwarded connections of the ControlMaster: the
+/// keepalive finds it lost, the forward is cut (the ControlMaster ended),
+/// and the calls in flight on those streams fail within the timeout,
+/// naming the host, as they do over channels.
+fn forwarded_streams_end_when_their_host_is_cut_off() -> Result<(), Failed> {
+    const HOST: &str = "fork-c";
+    const TIMEOUT: Duration = Duration::from_secs(2);
+    const MARGIN: Duration = Duration::from_secs(2);
+    let Some(config) = netns_config("forwarded_streams_end_when_their_host_is_cut_off")? else {
+        return Ok(());
+    };
+    block_on(bounded(async {
+        let session = openssh::SessionBuilder::default()
+            .config_file(&config)
+            .known_hosts_check(openssh::KnownHosts::Strict)
+            .connect_mux(HOST)
+            .await
+            .map_err(fail)?;
+        let master = session.control_socket().to_path_buf();
+        let template = Template::remote(SshConnector::from_session(Arc::new(session)))
+            .name(HOST)
+            .keepalive(TIMEOUT / 4, TIMEOUT)
+            .start()
+            .await
+            .map_err(fail)?;
+        let mut shout = template.fork().run(&SHOUT).await.map_err(fail)?;
+        let mut stream = shout.take_stream().ok_or("no stream")?;
+        ensure!(
+            stream.peer_addr().map_err(fail)?.as_pathname().is_some(),
+            "the worker's stream is not a forwarded connection"
+        );
+        let (client, _worker) = RpcWorker::builder(&mut template.fork(), &CALC)
+            .spawn()
+            .await
+            .map_err(fail)?;
+        let calc = CalcClient::from(client);
+        ensure!(
+            calc.add(context::current(), 2, 3).await.map_err(fail)? == 5,
+            "2 + 3"
+        );
+        let partition = Partition::new(HOST)?;
+        let cut = Instant::now();
+        let calls = (0..4i64).map(|i| {
+            let calc = calc.clone();
+            async move { calc.add(patient(), i, i).await }
+        });
+        let results = futures::future::join_all(calls).await;
+        let failed_after = cut.elapsed();
+        ensure!(
+            failed_after < TIMEOUT + MARGIN,
+            "the calls in flight failed only {failed_after:?} after the partition"
+        );
+        for r in &results {
+            let e = r
+                .as_ref()
+                .err()
+                .ok_or("a call succeeded across a partition")?;
+            let lost = WorkerLost::find(e).ok_or_else(|| format!("a call gave {e:?}"))?;
+            ensure!(
+                lost.remote_lost().is_some() && lost.to_string().contains(HOST),
+                "the error names the host: {lost}"
+            );
+        }
+        // The plain stream ends too: EOF, or a reset by the ended master.
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(MARGIN, stream.read_to_end(&mut rest)).await;
+        ensure!(
+            read.is_ok(),
+            "the stream still waits {MARGIN:?} after the loss"
+        );
+        ensure!(
+            !master.exists(),
+            "the ControlMaster's socket {} is still there",
+            master.display()
+        );
+        drop(partition);
+        Ok(())
+    }))
+}
+
 fn main() {
     fork_core::init();
     integration_tests::run_serially(&[
@@ -615,6 +700,10 @@ fn main() {
         (
             "a_pool_over_three_hosts_survives_a_partition",
             a_pool_over_three_hosts_survives_a_partition,
+        ),
+        (
+            "forwarded_streams_end_when_their_host_is_cut_off",
+            forwarded_streams_end_when_their_host_is_cut_off,
         ),
     ])
 }

@@ -161,6 +161,19 @@ fn rpc_over_ssh_through_one_control_master() -> Result<(), Failed> {
         // ANCHOR_END: openssh
         ensure!(first.id() != second.id(), "two templates");
         for template in [&first, &second] {
+            // Each worker's stream is a connection of its own, forwarded
+            // by the ControlMaster.
+            let mut worker = template.fork().run(&SHOUT).await.map_err(fail)?;
+            let stream = worker.take_stream().ok_or("no stream")?;
+            ensure!(
+                stream.peer_addr().map_err(fail)?.as_pathname().is_some(),
+                "the worker's stream is not a forwarded connection"
+            );
+            drop(stream);
+            ensure!(
+                worker.wait().await.map_err(fail)?.code() == Some(7),
+                "shout"
+            );
             let (client, mut worker) = RpcWorker::builder(&mut template.fork(), &CALC)
                 .spawn()
                 .await
@@ -283,8 +296,35 @@ fn no_survivors_over_ssh_when_the_parent_is_killed() -> Result<(), Failed> {
             Ok(())
         },
     )?;
-    // The host's ssh client was re-parented to this process (subreaper):
-    // it ends once the remote side has; reap it.
+    ssh_clients_end()
+}
+
+/// The same through `SshConnector`, whose ControlMaster carries the
+/// workers' streams as forwarded connections: nothing remote survives the
+/// parent, and neither does the ControlMaster here.
+fn no_survivors_over_forwarded_ssh_when_the_parent_is_killed() -> Result<(), Failed> {
+    let config = ssh_config()?;
+    integration_tests::killed_host_leaves_nothing(
+        env!("CARGO_BIN_EXE_remote-host"),
+        &["openssh", &config],
+        4,
+        Duration::from_secs(2),
+        |pids| {
+            let up = ancestors(pids[1]);
+            ensure!(
+                up.iter().any(|name| name == "sshd"),
+                "the remote template runs under sshd: {up:?}"
+            );
+            Ok(())
+        },
+    )?;
+    ssh_clients_end()
+}
+
+/// The ssh processes the killed host started were re-parented to this
+/// process (subreaper): each ends within 2 s once the remote side has;
+/// reaps them.
+fn ssh_clients_end() -> Result<(), Failed> {
     for child in integration_tests::children_of(std::process::id()).map_err(fail)? {
         if std::fs::read_to_string(format!("/proc/{child}/comm")).is_ok_and(|c| c.trim() == "ssh") {
             ensure!(
@@ -312,6 +352,10 @@ fn main() {
         (
             "an_upload_over_ssh_happens_once",
             an_upload_over_ssh_happens_once,
+        ),
+        (
+            "no_survivors_over_forwarded_ssh_when_the_parent_is_killed",
+            no_survivors_over_forwarded_ssh_when_the_parent_is_killed,
         ),
         (
             "no_survivors_over_ssh_when_the_parent_is_killed",

@@ -10,7 +10,9 @@
 //!
 //! - Requests from the parent go to the template, with the descriptors
 //!   they need made here: each spawn's socket (one end of a new socket
-//!   pair; the other end becomes the worker's channel) and, for each slot
+//!   pair, the other end becoming the worker's channel; or, when the
+//!   parent announced it, the connection that came for it through the
+//!   forwarded socket: see `forward.rs`) and, for each slot
 //!   descriptor, one end of a new `SOCK_SEQPACKET` pair whose other end is
 //!   closed. Requests that would need descriptors from the parent, a new
 //!   template, or a hand-over are refused.
@@ -27,8 +29,10 @@
 //! does when its parent goes; this process reaps it and exits. If this
 //! process is killed, the template sees EOF the same way.
 
+use std::collections::HashSet;
 use std::io::Write as _;
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,6 +42,7 @@ use tokio::net::unix::pipe;
 use tokio::sync::{mpsc, watch};
 
 use super::ctrl::Ctrl;
+use super::forward::Listener;
 use super::hello::{Hello, Mismatch};
 use super::keepalive::{self, Heard, Stamped};
 use super::mux::Mux;
@@ -124,12 +129,12 @@ async fn relay_inner(input: OwnedFd, output: OwnedFd, ctrl: OwnedFd, template: i
     let reader = Stamped::new(reader, heard.clone());
     let mut frames = FrameReader::new(Box::new(reader), proto::DEFAULT_MAX_MESSAGE);
     let mut writer: BoxWrite = Box::new(writer);
-    let ours = Hello::ours(template as u32, false);
+    let ours = Hello::ours(template as u32, false, false);
     let greeting = wire::to_vec(&Frame::Hello(&ours.encode()));
     if writer.write_all(&greeting).await.is_err() || writer.flush().await.is_err() {
         return 0;
     }
-    match frames.next().await {
+    let listen = match frames.next().await {
         Ok(Some(Owned::Hello(payload))) => match Hello::decode(&payload) {
             Ok(theirs) => {
                 if let Err(m) = ours.check(&theirs) {
@@ -144,6 +149,7 @@ async fn relay_inner(input: OwnedFd, output: OwnedFd, ctrl: OwnedFd, template: i
                     let _ = writeln!(std::io::stderr(), "fork-core remote template: {e}");
                     return EXIT_MISMATCH;
                 }
+                theirs.listen
             }
             Err(e) => {
                 let _ = writeln!(std::io::stderr(), "fork-core remote template: {e}");
@@ -153,17 +159,22 @@ async fn relay_inner(input: OwnedFd, output: OwnedFd, ctrl: OwnedFd, template: i
         // The parent went (or refused our greeting) before greeting.
         Ok(None) | Err(ReadError::Io(_)) => return 0,
         Ok(Some(_)) | Err(ReadError::Protocol(_)) => return EXIT_PROTOCOL,
-    }
+    };
 
     let (tx, rx) = mpsc::channel(OUT_QUEUE);
     let out = Outbox(tx);
     let writer = tokio::spawn(write_loop(rx, writer));
     let mux = Mux::new(out.clone());
     let ctrl = Arc::new(ctrl);
+    let mut streams = Streams::default();
+    if listen {
+        // Before any reply: the parent reads this answer first.
+        streams.listen(&out).await;
+    }
     let mut replies = tokio::spawn(forward_replies(ctrl.clone(), out.clone()));
     let (timeout, timeout_rx) = watch::channel(keepalive::FIRST_PING);
     let code = tokio::select! {
-        r = read_requests(&mut frames, &ctrl, &mux, &out, &timeout) => match r {
+        r = read_requests(&mut frames, &ctrl, &mux, &out, &timeout, &mut streams) => match r {
             Ok(()) => 0,
             Err(message) => {
                 let _ = writeln!(
@@ -186,6 +197,7 @@ async fn relay_inner(input: OwnedFd, output: OwnedFd, ctrl: OwnedFd, template: i
         }
     };
     mux.close();
+    drop(streams);
     replies.abort();
     let _ = replies.await;
     // The last reference to the template's socket: it sees EOF.
@@ -207,6 +219,51 @@ async fn forward_replies(ctrl: Arc<Ctrl>, out: Outbox) {
     }
 }
 
+/// Where workers' streams come from besides channels: the socket the
+/// parent reaches through its connector's forward (`forward.rs`), once it
+/// asked for it, and the spawns announced as coming that way.
+#[derive(Default)]
+struct Streams {
+    listener: Option<Listener>,
+    forwarded: HashSet<u64>,
+}
+
+impl Streams {
+    /// Listens, and says where (or, empty, that it cannot): what the
+    /// parent's greeting asked for.
+    async fn listen(&mut self, out: &Outbox) {
+        match Listener::bind() {
+            Ok(listener) => {
+                let path = listener.path().as_os_str().as_bytes().to_vec();
+                self.listener = Some(listener);
+                out.send(&Frame::Listening(&path)).await;
+            }
+            Err(e) => {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "fork-core remote template: cannot listen for workers' streams: {e}"
+                );
+                out.send(&Frame::Listening(&[])).await;
+            }
+        }
+    }
+
+    /// The worker's socket of spawn `id` if it was announced as forwarded:
+    /// `Ok(None)` if not, `Err` if its connection did not come.
+    async fn take(&mut self, id: u64) -> Result<Option<OwnedFd>, String> {
+        if !self.forwarded.remove(&id) {
+            return Ok(None);
+        }
+        let Some(listener) = &self.listener else {
+            return Err("its stream was announced as forwarded, but nothing listens".into());
+        };
+        match listener.take(id).await {
+            Some(fd) => Ok(Some(fd)),
+            None => Err("its stream did not come through the forwarded socket in time".into()),
+        }
+    }
+}
+
 /// Parent → template and channels, until EOF (`Ok`) or a protocol error.
 async fn read_requests(
     frames: &mut FrameReader,
@@ -214,6 +271,7 @@ async fn read_requests(
     mux: &Arc<Mux>,
     out: &Outbox,
     timeout: &watch::Sender<Duration>,
+    streams: &mut Streams,
 ) -> Result<(), String> {
     loop {
         let Some(frame) = frames.next_or_end().await? else {
@@ -221,7 +279,7 @@ async fn read_requests(
         };
         match frame {
             Owned::Control(msg) => {
-                if !control(&msg, ctrl, mux, out).await? {
+                if !control(&msg, ctrl, mux, out, streams).await? {
                     // The template is gone.
                     return Ok(());
                 }
@@ -236,7 +294,15 @@ async fn read_requests(
                 // Never waits: a full queue shows life anyway.
                 out.try_send(&Frame::Pong);
             }
+            Owned::Forwarded { channel } => {
+                if streams.listener.is_none() || !streams.forwarded.insert(channel) {
+                    return Err(format!(
+                        "spawn {channel} announced as forwarded out of turn"
+                    ));
+                }
+            }
             Owned::Pong => return Err("a pong from the parent".into()),
+            Owned::Listening(_) => return Err("a listening socket from the parent".into()),
             Owned::Hello(_) => return Err("a second greeting".into()),
         }
     }
@@ -249,7 +315,9 @@ struct Made {
     channel: Option<(u64, StdUnixStream)>,
 }
 
-fn make_fds(request: &Request) -> Result<Made, String> {
+/// `forwarded`: the worker's socket of a spawn, when it came through the
+/// forwarded socket (no channel then).
+fn make_fds(request: &Request, forwarded: Option<OwnedFd>) -> Result<Made, String> {
     let (ops, spawn) = match request {
         Request::Prepare(ops) => (ops, None),
         Request::Spawn { id, ops, then, .. } => {
@@ -272,9 +340,13 @@ fn make_fds(request: &Request) -> Result<Made, String> {
     let mut fds = Vec::new();
     let mut channel = None;
     if let Some(id) = spawn {
-        let (near, far) = StdUnixStream::pair().map_err(|e| e.to_string())?;
-        fds.push(OwnedFd::from(far));
-        channel = Some((id, near));
+        if let Some(socket) = forwarded {
+            fds.push(socket);
+        } else {
+            let (near, far) = StdUnixStream::pair().map_err(|e| e.to_string())?;
+            fds.push(OwnedFd::from(far));
+            channel = Some((id, near));
+        }
     }
     for op in ops {
         if matches!(op, Op::SlotFd) {
@@ -290,7 +362,13 @@ fn make_fds(request: &Request) -> Result<Made, String> {
 /// Handles one control message from the parent: forwards what the template
 /// can do, with the descriptors made here, and answers what it cannot.
 /// `Ok(false)` if the template is gone.
-async fn control(msg: &[u8], ctrl: &Ctrl, mux: &Arc<Mux>, out: &Outbox) -> Result<bool, String> {
+async fn control(
+    msg: &[u8],
+    ctrl: &Ctrl,
+    mux: &Arc<Mux>,
+    out: &Outbox,
+    streams: &mut Streams,
+) -> Result<bool, String> {
     let mut reader = Reader::new(msg);
     let mut forward = Writer::default();
     let mut refused = Writer::default();
@@ -298,7 +376,11 @@ async fn control(msg: &[u8], ctrl: &Ctrl, mux: &Arc<Mux>, out: &Outbox) -> Resul
     let mut channels = Vec::new();
     while !reader.is_empty() {
         let request = reader.request().map_err(|e| e.0)?;
-        match make_fds(&request) {
+        let forwarded = match &request {
+            Request::Spawn { id, .. } => streams.take(*id).await,
+            _ => Ok(None),
+        };
+        match forwarded.and_then(|socket| make_fds(&request, socket)) {
             Ok(made) => {
                 fds.extend(made.fds);
                 channels.extend(made.channel);
@@ -343,18 +425,31 @@ mod tests {
             ops,
             then,
         };
-        assert!(make_fds(&spawn(vec![Op::Fd], Then::Run("e".into()))).is_err());
-        assert!(make_fds(&spawn(vec![], Then::Template)).is_err());
-        assert!(make_fds(&Request::Release { id: 1 }).is_err());
-        assert!(make_fds(&Request::Prepare(vec![Op::Fd])).is_err());
-        let made = make_fds(&spawn(
-            vec![Op::SlotFd, Op::Arg(vec![]), Op::SlotFd],
-            Then::Run("e".into()),
-        ))
+        assert!(make_fds(&spawn(vec![Op::Fd], Then::Run("e".into())), None).is_err());
+        assert!(make_fds(&spawn(vec![], Then::Template), None).is_err());
+        assert!(make_fds(&Request::Release { id: 1 }, None).is_err());
+        assert!(make_fds(&Request::Prepare(vec![Op::Fd]), None).is_err());
+        let made = make_fds(
+            &spawn(
+                vec![Op::SlotFd, Op::Arg(vec![]), Op::SlotFd],
+                Then::Run("e".into()),
+            ),
+            None,
+        )
         .unwrap();
         // The worker's socket and two stand-ins for the slot's descriptors.
         assert_eq!(made.fds.len(), 3);
         assert_eq!(made.channel.map(|(id, _)| id), Some(1));
-        assert!(make_fds(&Request::Ping { id: 2 }).unwrap().fds.is_empty());
+        assert!(
+            make_fds(&Request::Ping { id: 2 }, None)
+                .unwrap()
+                .fds
+                .is_empty()
+        );
+        // A forwarded stream is the worker's socket itself: no channel.
+        let (socket, _peer) = StdUnixStream::pair().unwrap();
+        let made = make_fds(&spawn(vec![], Then::Run("e".into())), Some(socket.into())).unwrap();
+        assert_eq!(made.fds.len(), 1);
+        assert!(made.channel.is_none());
     }
 }

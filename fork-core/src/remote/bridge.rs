@@ -5,7 +5,9 @@
 //! Requests from the `Conn` go out as `Control` frames; the socket each
 //! spawn request carries (the far end of the socket pair whose near end
 //! becomes the [`Worker`](crate::Worker)'s stream) becomes a channel of the
-//! [`Mux`]; any other descriptor is closed here (descriptors cannot cross:
+//! [`Mux`], unless it is a connection through the connector's forward
+//! (`forward.rs`), which carries the stream itself; any other descriptor
+//! is closed here (descriptors cannot cross:
 //! [`Fork::fd`](crate::Fork::fd) refuses them before, and a slot's are
 //! replaced on the other side). Replies come back as `Control` frames and
 //! go to the `Conn` as they are; it decodes and checks them.
@@ -13,13 +15,15 @@
 use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::connector::Session;
+use super::connector::{Forward, Session};
 use super::ctrl::Ctrl;
+use super::forward;
 use super::keepalive::{self, Heard, Knobs};
 use super::mux::Mux;
 use super::stream::{BoxWrite, FrameReader, OUT_QUEUE, Outbox, Owned, ReadError, write_loop};
@@ -39,6 +43,9 @@ pub(crate) struct Stream {
     pub(crate) session: Box<dyn Session>,
     /// Stamped by `frames`' reader whenever bytes come.
     pub(crate) heard: Heard,
+    /// The forward workers' streams take instead of channels, if any
+    /// (`forward.rs`).
+    pub(crate) forward: Option<Box<dyn Forward>>,
 }
 
 /// What the relay needs to notice a lost connection and name it.
@@ -81,6 +88,7 @@ pub(crate) async fn run(
         writer,
         mut session,
         heard,
+        mut forward,
     } = stream;
     let ctrl = match Ctrl::new(conn_side) {
         Ok(c) => Arc::new(c),
@@ -102,7 +110,14 @@ pub(crate) async fn run(
     let (closed_tx, mut closed_rx) = oneshot::channel();
     let pings = keepalive::ping_until_lost(loss.keepalive, heard, out.clone());
     tokio::pin!(pings);
-    let requests = tokio::spawn(forward_requests(ctrl.clone(), mux.clone(), out, closed_tx));
+    let forwarded = forward.as_ref().map(|f| f.path().to_path_buf());
+    let requests = tokio::spawn(forward_requests(
+        ctrl.clone(),
+        mux.clone(),
+        out,
+        closed_tx,
+        forwarded,
+    ));
     let reading = read_replies(frames, &ctrl, &mux);
     tokio::pin!(reading);
     let end = tokio::select! {
@@ -141,6 +156,11 @@ pub(crate) async fn run(
         End::Io(e) => Some(LostCause::Io(Arc::new(e))),
         End::Lost(cause) => Some(cause),
     };
+    if let (Some(LostCause::Silent(_)), Some(forward)) = (&cause, &mut forward) {
+        // The transport delivers nothing: the workers' streams through it
+        // would wait for it forever.
+        forward.cut();
+    }
     let status = match cause {
         Some(cause) => {
             tracing::debug!("lost the remote template on {}: {cause}", loss.host);
@@ -221,6 +241,12 @@ async fn read_replies(mut frames: FrameReader, ctrl: &Ctrl, mux: &Mux) -> End {
             // Life, which the reader stamped already.
             Owned::Pong => Ok(()),
             Owned::Ping { .. } => return End::Protocol("a ping from the remote side".into()),
+            Owned::Listening(_) => {
+                return End::Protocol("a listening socket out of turn".into());
+            }
+            Owned::Forwarded { .. } => {
+                return End::Protocol("a parent's frame from the remote side".into());
+            }
             Owned::Hello(_) => return End::Protocol("a second greeting".into()),
         };
         if let Err(e) = applied {
@@ -231,16 +257,37 @@ async fn read_replies(mut frames: FrameReader, ctrl: &Ctrl, mux: &Mux) -> End {
 
 /// `Conn` → stream: forwards each request message, and opens a channel for
 /// each spawn's socket once the request is queued (so that the other side
-/// knows the channel before its first bytes).
+/// knows the channel before its first bytes). A spawn's socket that is a
+/// connection through the forward at `forwarded` gets its header instead,
+/// and the other side a `Forwarded` frame before the request.
 async fn forward_requests(
     ctrl: Arc<Ctrl>,
     mux: Arc<Mux>,
     out: Outbox,
     closed: oneshot::Sender<()>,
+    forwarded: Option<PathBuf>,
 ) {
     let mut asm = Assembler::new(proto::DEFAULT_MAX_MESSAGE);
-    while let Ok(Some((msg, fds))) = ctrl.recv(&mut asm).await {
-        let sockets = spawn_sockets(&msg, fds);
+    'requests: while let Ok(Some((msg, fds))) = ctrl.recv(&mut asm).await {
+        let mut sockets = spawn_sockets(&msg, fds);
+        if let Some(path) = &forwarded {
+            let mut channels = Vec::with_capacity(sockets.len());
+            for (id, socket) in sockets {
+                if !forward::is_through(&socket, path) {
+                    channels.push((id, socket));
+                    continue;
+                }
+                // On failure the other side never gets this connection:
+                // the spawn fails there once it gave up waiting for it.
+                if let Err(e) = forward::write_header(&socket, id) {
+                    tracing::warn!("cannot start a remote worker's stream: {e}");
+                }
+                if !out.send(&Frame::Forwarded { channel: id }).await {
+                    break 'requests;
+                }
+            }
+            sockets = channels;
+        }
         if !out.send(&Frame::Control(&msg)).await {
             break;
         }

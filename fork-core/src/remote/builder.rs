@@ -10,6 +10,7 @@ use tokio::sync::oneshot;
 use super::agent::FLAG;
 use super::bridge;
 use super::connector::{Connection, Connector, RemoteCommand, Session};
+use super::forward;
 use super::hello::{Hello, Mismatch};
 use super::keepalive::{self, Heard, Knobs, Stamped};
 use super::stream::{BoxWrite, FrameReader, Owned, ReadError};
@@ -49,6 +50,7 @@ impl Template {
                 interval: Some(keepalive::INTERVAL),
                 timeout: keepalive::TIMEOUT,
             },
+            forward_streams: true,
         }
     }
 }
@@ -64,6 +66,7 @@ pub struct RemoteBuilder<C> {
     timeout: Duration,
     name: Option<String>,
     keepalive: Knobs,
+    forward_streams: bool,
 }
 
 /// Which binary the other side runs.
@@ -194,6 +197,29 @@ impl<C: Connector> RemoteBuilder<C> {
         self
     }
 
+    /// Whether each worker's stream may get a connection of its own through
+    /// the connector's [forward](Connector::forward) of a unix socket
+    /// (`SshConnector`, feature `openssh`, has one), instead of a channel
+    /// of the connection to the remote template. The default is `true`:
+    /// with ssh it is faster (pipelined calls through a forwarded stream
+    /// were measured 1.3x as fast: see the book's figures), and a stream
+    /// works the same either way. A connector that cannot forward, a
+    /// remote side that cannot listen (its socket lives in a new directory
+    /// of mode 700 under `$XDG_RUNTIME_DIR`, else the temporary
+    /// directory), or a forward that fails its check at start (an sshd
+    /// with `AllowStreamLocalForwarding no`) leaves the streams in
+    /// channels, with a warning logged through `tracing`.
+    ///
+    /// When the connection is found lost by the keepalive (no EOF: a
+    /// partition), the forward is [cut](super::Forward::cut), so the
+    /// workers' streams here end at once as channels do. On an EOF, they
+    /// end when their workers do: the remote template kills them when it
+    /// loses its parent.
+    pub fn forward_streams(mut self, allowed: bool) -> Self {
+        self.forward_streams = allowed;
+        self
+    }
+
     /// Runs the program through the connector, checks its greeting, and
     /// returns the template. It then works as a local one: prepare it,
     /// fork workers from it (their pids are the remote host's; their exit
@@ -233,7 +259,8 @@ impl<C: Connector> RemoteBuilder<C> {
             program,
             args: vec![FLAG.into()],
         };
-        let ours = Hello::ours(std::process::id(), self.same_build);
+        let listen = self.forward_streams && self.connector.forwards();
+        let ours = Hello::ours(std::process::id(), self.same_build, listen);
         let timeout = self.timeout;
         let connected = tokio::time::timeout(timeout, self.connector.connect(&command)).await;
         let Connection {
@@ -264,6 +291,21 @@ impl<C: Connector> RemoteBuilder<C> {
                 return Err(abandon(session, e).await);
             }
         };
+        let forward = if listen {
+            let set_up = forward::set_up(&self.connector, &host, &mut frames);
+            match tokio::time::timeout(timeout, set_up).await {
+                Ok(Ok(forward)) => forward,
+                Ok(Err(e)) => return Err(abandon(session, e).await),
+                Err(_) => {
+                    let e = Error::RemoteHandshake(format!(
+                        "setting up the forward for workers' streams took over {timeout:?}"
+                    ));
+                    return Err(abandon(session, e).await);
+                }
+            }
+        } else {
+            None
+        };
         let (ours_fd, bridge_fd) = match sys::seqpacket_pair() {
             Ok(pair) => pair,
             Err(e) => {
@@ -272,7 +314,9 @@ impl<C: Connector> RemoteBuilder<C> {
             }
         };
         let (status_tx, status_rx) = oneshot::channel();
-        let template = Template::from_remote(ours_fd, theirs.pid, host.clone(), status_rx)?;
+        let forwarded = forward.as_ref().map(|f| f.path().to_path_buf());
+        let template =
+            Template::from_remote(ours_fd, theirs.pid, host.clone(), status_rx, forwarded)?;
         tokio::spawn(bridge::run(
             bridge_fd,
             bridge::Stream {
@@ -280,6 +324,7 @@ impl<C: Connector> RemoteBuilder<C> {
                 writer,
                 session,
                 heard,
+                forward,
             },
             bridge::Loss {
                 host,

@@ -6,6 +6,7 @@ use std::fmt;
 use std::future::Future;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
 use std::pin::Pin;
 use std::process::ExitStatus;
 
@@ -22,7 +23,10 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// how a [remote template](crate::Template::remote) is reached.
 ///
 /// fork-core speaks its protocol over those two streams and needs nothing
-/// else from the transport: no forwarded sockets, no second channel. The
+/// else from the transport: the workers' streams travel as channels of it.
+/// A transport that can also forward unix sockets (ssh can) may offer that
+/// with [`forward`](Connector::forward): each worker's stream then gets a
+/// connection of its own, which is faster (no relay on either side). The
 /// program's standard error is the transport's business (ssh and the
 /// [`CommandConnector`](super::CommandConnector) pass it through to this
 /// process's).
@@ -69,6 +73,58 @@ pub trait Connector: Send + Sync + fmt::Debug {
     fn name(&self) -> String {
         std::any::type_name::<Self>().to_string()
     }
+
+    /// Optional: makes a unix socket here whose every connection the
+    /// transport carries to the unix socket `remote` on the other side
+    /// (`ssh -L here:remote`). A remote template started through this
+    /// connector then asks for it once, right after the greeting (the
+    /// remote side listens at `remote` in a directory only this user can
+    /// enter), checks it with one connection, and from then on each
+    /// worker's stream is a connection of its own through it instead of a
+    /// channel of the command's stdio: no relay on either side, and the
+    /// transport's own flow control. The stream works the same either way.
+    ///
+    /// Called only if [`forwards`](Connector::forwards) says `true`.
+    /// `Ok(None)`, the default, means the transport cannot forward; an
+    /// error, or a forward that fails the check, is logged and the
+    /// template uses channels of its stdio instead.
+    /// [`RemoteBuilder::forward_streams`](super::RemoteBuilder::forward_streams)
+    /// turns the request off.
+    ///
+    /// # Errors
+    ///
+    /// If the forward cannot be set up.
+    fn forward<'a>(
+        &'a self,
+        remote: &'a Path,
+    ) -> BoxFuture<'a, io::Result<Option<Box<dyn Forward>>>> {
+        let _ = remote;
+        Box::pin(async { Ok(None) })
+    }
+
+    /// Whether this connector implements [`forward`](Connector::forward):
+    /// only then does the remote side listen for workers' streams. The
+    /// default is `false`.
+    fn forwards(&self) -> bool {
+        false
+    }
+}
+
+/// A forward of a unix socket, as [`Connector::forward`] makes it: a path
+/// here whose connections reach the remote side's socket. Dropping it ends
+/// the forward (connections made through it may stay until they end).
+pub trait Forward: Send + Sync + fmt::Debug {
+    /// The socket here: each connection to it is carried to the socket on
+    /// the other side.
+    fn path(&self) -> &Path;
+
+    /// Ends every connection made through this forward, at once, so that
+    /// this side's ends of them see EOF: the template's connection was
+    /// found lost without an EOF (a partition: see
+    /// [`RemoteBuilder::keepalive`](super::RemoteBuilder::keepalive)),
+    /// and its workers' streams must not wait for a transport that no
+    /// longer delivers. The default does nothing.
+    fn cut(&mut self) {}
 }
 
 /// A shared connector: several templates through one connector (one ssh
@@ -81,6 +137,17 @@ impl<C: Connector + ?Sized> Connector for &C {
     fn name(&self) -> String {
         (**self).name()
     }
+
+    fn forward<'a>(
+        &'a self,
+        remote: &'a Path,
+    ) -> BoxFuture<'a, io::Result<Option<Box<dyn Forward>>>> {
+        (**self).forward(remote)
+    }
+
+    fn forwards(&self) -> bool {
+        (**self).forwards()
+    }
 }
 
 impl<C: Connector + ?Sized> Connector for std::sync::Arc<C> {
@@ -91,6 +158,17 @@ impl<C: Connector + ?Sized> Connector for std::sync::Arc<C> {
     fn name(&self) -> String {
         (**self).name()
     }
+
+    fn forward<'a>(
+        &'a self,
+        remote: &'a Path,
+    ) -> BoxFuture<'a, io::Result<Option<Box<dyn Forward>>>> {
+        (**self).forward(remote)
+    }
+
+    fn forwards(&self) -> bool {
+        (**self).forwards()
+    }
 }
 
 impl<C: Connector + ?Sized> Connector for Box<C> {
@@ -100,6 +178,17 @@ impl<C: Connector + ?Sized> Connector for Box<C> {
 
     fn name(&self) -> String {
         (**self).name()
+    }
+
+    fn forward<'a>(
+        &'a self,
+        remote: &'a Path,
+    ) -> BoxFuture<'a, io::Result<Option<Box<dyn Forward>>>> {
+        (**self).forward(remote)
+    }
+
+    fn forwards(&self) -> bool {
+        (**self).forwards()
     }
 }
 

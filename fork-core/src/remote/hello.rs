@@ -9,36 +9,43 @@
 //! The version's high byte is the stream protocol's (frames, channels,
 //! credit), its low byte the control protocol's (the records of `proto`);
 //! either differing is a mismatch. `flags` bit 0 (from the parent): the
-//! parent requires the same build, and the remote side checks too. `pid`
-//! is the remote template's (from the remote side) or the parent's.
+//! parent requires the same build, and the remote side checks too; bit 1
+//! (from the parent): the remote side is to listen for workers' streams
+//! and send a `Listening` frame first (`forward.rs`). `pid` is the remote
+//! template's (from the remote side) or the parent's.
 
 use super::super::proto::{self, ProtoError};
 
 /// First bytes of every greeting.
 pub(crate) const MAGIC: &[u8; 16] = b"fork-core-remote";
 /// Version of the stream protocol (frames, channels, credit; 2: keepalive
-/// pings).
-pub(crate) const STREAM_VERSION: u8 = 2;
+/// pings; 3: workers' streams through a forwarded socket).
+pub(crate) const STREAM_VERSION: u8 = 3;
 /// Both protocols' versions in one number (see the module docs).
 pub(crate) const VERSION: u16 = (STREAM_VERSION as u16) << 8 | proto::VERSION as u16;
 /// Flag: the sender requires the same build on both sides.
 const SAME_BUILD: u8 = 1;
+/// Flag (the parent's): the remote side is to listen for workers' streams
+/// and say where in a `Listening` frame before any other (`forward.rs`).
+const LISTEN: u8 = 2;
 
 /// A decoded greeting.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Hello {
     pub(crate) version: u16,
     pub(crate) same_build: bool,
+    pub(crate) listen: bool,
     pub(crate) pid: u32,
     pub(crate) build_id: Vec<u8>,
 }
 
 impl Hello {
     /// This side's greeting.
-    pub(crate) fn ours(pid: u32, same_build: bool) -> Hello {
+    pub(crate) fn ours(pid: u32, same_build: bool, listen: bool) -> Hello {
         Hello {
             version: VERSION,
             same_build,
+            listen,
             pid,
             build_id: super::build_id::get().to_vec(),
         }
@@ -49,7 +56,8 @@ impl Hello {
         let mut out = Vec::with_capacity(MAGIC.len() + 8 + id.len());
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&self.version.to_le_bytes());
-        out.push(if self.same_build { SAME_BUILD } else { 0 });
+        let flags = [(self.same_build, SAME_BUILD), (self.listen, LISTEN)];
+        out.push(flags.iter().filter(|(on, _)| *on).map(|(_, f)| f).sum());
         out.extend_from_slice(&self.pid.to_le_bytes());
         out.push(id.len() as u8);
         out.extend_from_slice(id);
@@ -76,7 +84,7 @@ impl Hello {
         }
         let version = u16::from_le_bytes([rest[0], rest[1]]);
         let flags = rest[2];
-        if flags & !SAME_BUILD != 0 {
+        if flags & !(SAME_BUILD | LISTEN) != 0 {
             return Err(ProtoError(format!("unknown greeting flags {flags:#04x}")));
         }
         let pid = u32::from_le_bytes(rest[3..7].try_into().expect("4 bytes"));
@@ -91,6 +99,7 @@ impl Hello {
         Ok(Hello {
             version,
             same_build: flags & SAME_BUILD != 0,
+            listen: flags & LISTEN != 0,
             pid,
             build_id: id.to_vec(),
         })
@@ -135,6 +144,7 @@ mod tests {
         Hello {
             version,
             same_build,
+            listen: false,
             pid: 42,
             build_id: id.to_vec(),
         }
@@ -147,6 +157,13 @@ mod tests {
         want.extend([0x02, 0x01, 1, 42, 0, 0, 0, 2, 0xab, 0xcd]);
         assert_eq!(h.encode(), want);
         assert_eq!(Hello::decode(&want).unwrap(), h);
+        let listen = Hello {
+            listen: true,
+            ..h.clone()
+        };
+        want[MAGIC.len() + 2] = 3;
+        assert_eq!(listen.encode(), want);
+        assert_eq!(Hello::decode(&want).unwrap(), listen);
     }
 
     #[test]

@@ -151,6 +151,7 @@ mod builder;
 mod command;
 mod connector;
 mod ctrl;
+pub(crate) mod forward;
 pub(crate) mod hello;
 mod keepalive;
 mod mux;
@@ -162,7 +163,7 @@ pub(crate) mod wire;
 
 pub use self::builder::RemoteBuilder;
 pub use self::command::CommandConnector;
-pub use self::connector::{BoxFuture, Connection, Connector, RemoteCommand, Session};
+pub use self::connector::{BoxFuture, Connection, Connector, Forward, RemoteCommand, Session};
 #[cfg(feature = "openssh")]
 pub use self::ssh::SshConnector;
 pub use self::upload::UploadFailure;

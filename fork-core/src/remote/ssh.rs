@@ -3,13 +3,19 @@
 
 use std::fmt;
 use std::io;
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::sync::Arc;
 
-use openssh::{KnownHosts, Stdio};
-use tokio::sync::OnceCell;
+use openssh::{ControlPersist, ForwardType, KnownHosts, Stdio};
+use tokio::sync::Mutex;
 
-use super::connector::{BoxFuture, Connection, Connector, RemoteCommand, Session};
+use super::connector::{BoxFuture, Connection, Connector, Forward, RemoteCommand, Session};
+use super::forward;
+
+/// How long an idle ControlMaster of [`SshConnector::new`] stays.
+const IDLE: NonZeroUsize = NonZeroUsize::new(5).expect("not zero");
 
 /// A [`Connector`] over the user's OpenSSH, through the `openssh` crate
 /// (native mux): one ssh connection (a ControlMaster) per connector, opened
@@ -18,6 +24,16 @@ use super::connector::{BoxFuture, Connection, Connector, RemoteCommand, Session}
 /// new ssh handshake. The user's `~/.ssh/config`, agent, `known_hosts`,
 /// `ProxyJump` and certificates apply; authentication must not ask
 /// anything on a terminal (use keys).
+///
+/// Each worker's stream is a forwarded connection of its own through the
+/// ControlMaster ([`Connector::forward`]; see
+/// [`RemoteBuilder::forward_streams`](super::RemoteBuilder::forward_streams)).
+///
+/// The ControlMaster ends once it has carried nothing for 5 s
+/// (`ControlPersist=5`): after every template through it has ended, and
+/// also after this process was killed (the remote side ends at once, and
+/// the ControlMaster 5 s later), so that it does not outlive us; the next
+/// start through the connector opens a new one.
 ///
 /// OpenSSH cannot signal a remote process: ending a session closes the
 /// channel, and the remote side exits at EOF of its input, which a remote
@@ -35,7 +51,9 @@ use super::connector::{BoxFuture, Connection, Connector, RemoteCommand, Session}
 pub struct SshConnector {
     destination: String,
     known_hosts: KnownHosts,
-    session: OnceCell<Arc<openssh::Session>>,
+    /// The ControlMaster, once connected; a new one replaces it when it is
+    /// found closed (after a [cut](Forward::cut), or if it died).
+    session: Mutex<Option<Arc<openssh::Session>>>,
 }
 
 impl SshConnector {
@@ -46,7 +64,7 @@ impl SshConnector {
         SshConnector {
             destination: destination.into(),
             known_hosts: KnownHosts::Strict,
-            session: OnceCell::new(),
+            session: Mutex::new(None),
         }
     }
 
@@ -58,24 +76,42 @@ impl SshConnector {
     }
 
     /// A connector over a session opened by other means (a
-    /// `openssh::SessionBuilder` with options of your own).
+    /// `openssh::SessionBuilder` with options of your own: give it a short
+    /// `control_persist`, as [`new`](SshConnector::new) does, or its
+    /// ControlMaster stays after this process is killed). Once that
+    /// session is closed (its ControlMaster ended, or was ended by a
+    /// [cut](Forward::cut)), connecting fails: the connector cannot open
+    /// another like it.
     pub fn from_session(session: Arc<openssh::Session>) -> SshConnector {
         SshConnector {
             destination: String::new(),
             known_hosts: KnownHosts::Strict,
-            session: OnceCell::new_with(Some(session)),
+            session: Mutex::new(Some(session)),
         }
     }
 
-    async fn session(&self) -> io::Result<&Arc<openssh::Session>> {
-        self.session
-            .get_or_try_init(|| async {
-                openssh::Session::connect_mux(&self.destination, self.known_hosts.clone())
-                    .await
-                    .map(Arc::new)
-            })
+    /// The ControlMaster: the open one, or a new one if there is none or
+    /// it no longer answers.
+    async fn session(&self) -> io::Result<Arc<openssh::Session>> {
+        let mut slot = self.session.lock().await;
+        if let Some(session) = &*slot {
+            match session.check().await {
+                Ok(()) => return Ok(session.clone()),
+                Err(e) if self.destination.is_empty() => {
+                    return Err(io::Error::other(format!("the ssh session is closed: {e}")));
+                }
+                Err(_) => {}
+            }
+        }
+        let session = openssh::SessionBuilder::default()
+            .known_hosts_check(self.known_hosts.clone())
+            .control_persist(ControlPersist::IdleFor(IDLE))
+            .connect_mux(&self.destination)
             .await
-            .map_err(io::Error::other)
+            .map(Arc::new)
+            .map_err(io::Error::other)?;
+        *slot = Some(session.clone());
+        Ok(session)
     }
 }
 
@@ -84,7 +120,10 @@ impl fmt::Debug for SshConnector {
         f.debug_struct("SshConnector")
             .field("destination", &self.destination)
             .field("known_hosts", &self.known_hosts)
-            .field("connected", &self.session.initialized())
+            .field(
+                "connected",
+                &self.session.try_lock().map_or(true, |s| s.is_some()),
+            )
             .finish()
     }
 }
@@ -101,7 +140,7 @@ fn utf8(s: &std::ffi::OsStr) -> io::Result<&str> {
 impl Connector for SshConnector {
     fn connect<'a>(&'a self, command: &'a RemoteCommand) -> BoxFuture<'a, io::Result<Connection>> {
         Box::pin(async move {
-            let session = self.session().await?.clone();
+            let session = self.session().await?;
             let mut cmd = session.arc_command(utf8(command.program())?);
             for arg in command.args() {
                 cmd.arg(utf8(arg)?);
@@ -125,6 +164,94 @@ impl Connector for SshConnector {
             "ssh session".to_string()
         } else {
             self.destination.clone()
+        }
+    }
+
+    /// A local forward (`ssh -L here:remote`) through the ControlMaster,
+    /// from a socket in a new directory of mode 700 here. sshd must allow
+    /// it (`AllowStreamLocalForwarding`, on by default). Its
+    /// [cut](Forward::cut) ends the ControlMaster (`ssh -O exit`): every
+    /// template and stream through this connector ends with it, and the
+    /// next start connects anew.
+    fn forward<'a>(
+        &'a self,
+        remote: &'a Path,
+    ) -> BoxFuture<'a, io::Result<Option<Box<dyn Forward>>>> {
+        Box::pin(async move {
+            let session = self.session().await?;
+            let dir = forward::private_dir()?;
+            let local = dir.join("s");
+            let requested = session
+                .request_port_forward(ForwardType::Local, local.as_path(), remote)
+                .await;
+            if let Err(e) = requested {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(io::Error::other(e));
+            }
+            Ok(Some(Box::new(SshForward {
+                session,
+                dir,
+                local,
+                remote: remote.to_path_buf(),
+            }) as Box<dyn Forward>))
+        })
+    }
+
+    fn forwards(&self) -> bool {
+        true
+    }
+}
+
+/// A forward through the ControlMaster, as [`SshConnector::forward`] makes
+/// it; closed (and its directory removed) on drop.
+#[derive(Debug)]
+struct SshForward {
+    session: Arc<openssh::Session>,
+    dir: PathBuf,
+    local: PathBuf,
+    remote: PathBuf,
+}
+
+impl Forward for SshForward {
+    fn path(&self) -> &Path {
+        &self.local
+    }
+
+    fn cut(&mut self) {
+        // The mux protocol the crate speaks can stop the master listening,
+        // which leaves its channels open; `-O exit` ends it.
+        let exit = tokio::process::Command::new("ssh")
+            .arg("-S")
+            .arg(self.session.control_socket())
+            .args(["-O", "exit", "fork-core"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(false)
+            .spawn();
+        if let Err(e) = exit {
+            tracing::warn!("cannot end the ssh ControlMaster of a lost host: {e}");
+        }
+    }
+}
+
+impl Drop for SshForward {
+    fn drop(&mut self) {
+        let session = self.session.clone();
+        let (dir, local, remote) = (self.dir.clone(), self.local.clone(), self.remote.clone());
+        let close = async move {
+            let _ = session
+                .close_port_forward(ForwardType::Local, local.as_path(), remote.as_path())
+                .await;
+            let _ = std::fs::remove_dir_all(&dir);
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(close);
+            }
+            Err(_) => {
+                let _ = std::fs::remove_dir_all(&self.dir);
+            }
         }
     }
 }

@@ -29,6 +29,8 @@ pub(crate) enum Owned {
     Close { channel: u64 },
     Ping { timeout_ms: u32 },
     Pong,
+    Listening(Vec<u8>),
+    Forwarded { channel: u64 },
 }
 
 impl From<Frame<'_>> for Owned {
@@ -45,6 +47,8 @@ impl From<Frame<'_>> for Owned {
             Frame::Close { channel } => Owned::Close { channel },
             Frame::Ping { timeout_ms } => Owned::Ping { timeout_ms },
             Frame::Pong => Owned::Pong,
+            Frame::Listening(p) => Owned::Listening(p.to_vec()),
+            Frame::Forwarded { channel } => Owned::Forwarded { channel },
         }
     }
 }

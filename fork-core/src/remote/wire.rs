@@ -19,6 +19,8 @@
 //! | 6    | Close   | worker  | empty: the sender's end of it is gone    |
 //! | 7    | Ping    | 0       | u32 LE: the sender's keepalive timeout, ms |
 //! | 8    | Pong    | 0       | empty: the answer to a ping              |
+//! | 9    | Listening | 0     | the socket's path there, or empty: none  |
+//! | 10   | Forwarded | spawn | empty: that spawn's stream comes by the socket |
 //!
 //! A header is checked as soon as its 13 bytes are there, before any of its
 //! payload is buffered: an oversized length, an unknown kind, a channel
@@ -42,6 +44,8 @@ const CREDIT: u8 = 5;
 const CLOSE: u8 = 6;
 const PING: u8 = 7;
 const PONG: u8 = 8;
+const LISTENING: u8 = 9;
+const FORWARDED: u8 = 10;
 
 /// One frame, borrowing its payload from the buffer it was decoded from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +73,14 @@ pub(crate) enum Frame<'a> {
     Ping { timeout_ms: u32 },
     /// The answer to a [`Frame::Ping`].
     Pong,
+    /// Remote side → parent, first after the greetings when the parent's
+    /// greeting asked it to listen for workers' streams (`forward.rs`):
+    /// the path of its socket, or empty if it could not listen.
+    Listening(&'a [u8]),
+    /// Parent → remote side: the spawn request `channel` (its id) that
+    /// follows takes as its worker's socket the connection to the listening
+    /// socket that names it, not a channel of this stream.
+    Forwarded { channel: u64 },
 }
 
 /// Decodes the frame at the start of `buf`: the frame and how many bytes it
@@ -91,10 +103,10 @@ pub(crate) fn decode(
     let channel = u64::from_le_bytes(buf[1..9].try_into().expect("8 bytes"));
     let len = u32::from_le_bytes(buf[9..13].try_into().expect("4 bytes")) as usize;
     let (min, max) = match kind {
-        HELLO => (0, MAX_HELLO),
+        HELLO | LISTENING => (0, MAX_HELLO),
         CONTROL => (0, max_control),
         DATA => (1, MAX_DATA),
-        EOF | CLOSE => (0, 0),
+        EOF | CLOSE | FORWARDED => (0, 0),
         CREDIT | PING => (4, 4),
         PONG => (0, 0),
         k => return Err(ProtoError(format!("unknown frame kind {k:#04x}"))),
@@ -104,7 +116,7 @@ pub(crate) fn decode(
             "frame of kind {kind} with {len} payload bytes (allowed: {min}..={max})"
         )));
     }
-    if matches!(kind, HELLO | CONTROL | PING | PONG) && channel != 0 {
+    if matches!(kind, HELLO | CONTROL | PING | PONG | LISTENING) && channel != 0 {
         return Err(ProtoError(format!(
             "frame of kind {kind} on channel {channel} (it has none)"
         )));
@@ -125,6 +137,8 @@ pub(crate) fn decode(
             timeout_ms: u32::from_le_bytes(payload.try_into().expect("4 bytes")),
         },
         PONG => Frame::Pong,
+        LISTENING => Frame::Listening(payload),
+        FORWARDED => Frame::Forwarded { channel },
         _ => Frame::Credit {
             channel,
             bytes: u32::from_le_bytes(payload.try_into().expect("4 bytes")),
@@ -153,6 +167,8 @@ pub(crate) fn encode(frame: &Frame<'_>, out: &mut Vec<u8>) {
             (PING, 0, &ping)
         }
         Frame::Pong => (PONG, 0, &[]),
+        Frame::Listening(p) => (LISTENING, 0, p),
+        Frame::Forwarded { channel } => (FORWARDED, channel, &[]),
         Frame::Credit { channel, bytes } => {
             credit = bytes.to_le_bytes();
             (CREDIT, channel, &credit)
@@ -220,6 +236,9 @@ mod tests {
             Frame::Close { channel: 4 },
             Frame::Ping { timeout_ms: 10_000 },
             Frame::Pong,
+            Frame::Listening(b"/tmp/fork-core-x/s"),
+            Frame::Listening(b""),
+            Frame::Forwarded { channel: 12 },
             Frame::Credit {
                 channel: 0,
                 bytes: u32::MAX,
@@ -277,7 +296,12 @@ mod tests {
         assert!(decode(&header(5, 1, 3), LIMIT).is_err());
         assert!(decode(&header(4, 1, 1), LIMIT).is_err());
         assert!(decode(&header(6, 1, 1), LIMIT).is_err());
+        assert!(decode(&header(4, 1, 1), LIMIT).is_err());
+        // Listening has no channel, Forwarded no payload.
         assert!(decode(&header(9, 1, 0), LIMIT).is_err());
+        assert!(decode(&header(9, 0, MAX_HELLO as u32 + 1), LIMIT).is_err());
+        assert!(decode(&header(10, 3, 1), LIMIT).is_err());
+        assert!(decode(&header(11, 0, 0), LIMIT).is_err());
         // A ping carries its timeout; a pong nothing; neither a channel.
         assert!(decode(&header(7, 0, 3), LIMIT).is_err());
         assert!(decode(&header(8, 0, 1), LIMIT).is_err());

@@ -7,7 +7,9 @@
 
 use std::ffi::OsString;
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
 
@@ -82,6 +84,9 @@ struct Handle {
     /// The name of a remote template's host; `None` for a local one (this
     /// is what makes a template remote).
     host: Option<String>,
+    /// A remote template's forward: workers' sockets are connections to
+    /// this path (`remote/forward.rs`), not socket pairs.
+    forward: Option<PathBuf>,
 }
 
 impl Drop for Handle {
@@ -165,17 +170,20 @@ impl Template {
                 child: parent.is_none(),
                 parent,
                 host: None,
+                forward: None,
             }),
         })
     }
 
     /// A remote template, reached through the relay on the other end of
-    /// `fd`, which reports the transport's exit status on `status`.
+    /// `fd`, which reports the transport's exit status on `status`;
+    /// `forward` is where workers' streams connect, if they do.
     pub(crate) fn from_remote(
         fd: OwnedFd,
         pid: u32,
         host: String,
         status: tokio::sync::oneshot::Receiver<super::conn::RemoteEnd>,
+        forward: Option<PathBuf>,
     ) -> Result<Template> {
         let conn = Conn::start(fd, Reap::Status(status))?;
         Ok(Template {
@@ -185,8 +193,31 @@ impl Template {
                 parent: None,
                 child: false,
                 host: Some(host),
+                forward,
             }),
         })
+    }
+
+    /// A new worker's socket: this side's end, and the end the spawn
+    /// request carries (a socket pair; for a remote template whose
+    /// streams are forwarded, a connection through the forward and a
+    /// duplicate of it).
+    pub(crate) async fn worker_socket(&self) -> Result<(UnixStream, OwnedFd)> {
+        match &self.inner.forward {
+            None => {
+                let (ours, theirs) =
+                    UnixStream::pair().map_err(Error::os("creating the worker's socket pair"))?;
+                Ok((ours, theirs.into()))
+            }
+            Some(path) => {
+                crate::remote::forward::connect(path)
+                    .await
+                    .map_err(|e| Error::RemoteLost {
+                        host: self.host().unwrap_or_default().to_string(),
+                        cause: crate::LostCause::Io(std::sync::Arc::new(e)),
+                    })
+            }
+        }
     }
 
     /// Whether this is a [remote template](crate::remote), started with
@@ -330,6 +361,7 @@ impl Template {
                 parent: None,
                 child: false,
                 host: None,
+                forward: None,
             }),
         })
     }

@@ -4,9 +4,11 @@
 //! waits forever, to be killed with SIGKILL. Also a binary of another build
 //! than the test's, for the build check. With the arguments `ssh CONFIG`,
 //! the command is `ssh -F CONFIG fork-test` (the throwaway sshd of
-//! `.ci/sshd`).
+//! `.ci/sshd`); with `openssh CONFIG`, the same host through `SshConnector`
+//! (a ControlMaster; the workers' streams forwarded), and it prints the
+//! pid of the ControlMaster too.
 
-use fork_core::remote::CommandConnector;
+use fork_core::remote::{CommandConnector, Connector, SshConnector};
 use fork_core::{Context, Entry, Template};
 
 fn sleep_forever(_: Context) {
@@ -19,11 +21,25 @@ static SLEEP_FOREVER: Entry = fork_core::entry!(sleep_forever);
 #[fork_core::main]
 async fn main() -> fork_core::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let connector = match args.as_slice() {
-        [ssh, config] if ssh == "ssh" => CommandConnector::new("ssh")
-            .args(["-F", config, "fork-test"])
-            .shell_line(true),
-        _ => CommandConnector::new("env").arg("-i"),
+    let connector: Box<dyn Connector> = match args.as_slice() {
+        [ssh, config] if ssh == "ssh" => Box::new(
+            CommandConnector::new("ssh")
+                .args(["-F", config, "fork-test"])
+                .shell_line(true),
+        ),
+        [openssh, config] if openssh == "openssh" => {
+            let session = openssh::SessionBuilder::default()
+                .control_persist(openssh::ControlPersist::IdleFor(
+                    std::num::NonZeroUsize::MIN,
+                ))
+                .config_file(config)
+                .known_hosts_check(openssh::KnownHosts::Strict)
+                .connect_mux("fork-test")
+                .await
+                .map_err(std::io::Error::other)?;
+            Box::new(SshConnector::from_session(std::sync::Arc::new(session)))
+        }
+        _ => Box::new(CommandConnector::new("env").arg("-i")),
     };
     let template = Template::remote(connector).start().await?;
     let agent = std::fs::read_to_string(format!("/proc/{}/stat", template.id()))?
