@@ -164,6 +164,31 @@ fn ours_in(ns: u64) -> Result<Vec<u32>, Failed> {
     Ok(found)
 }
 
+/// The ssh ControlMasters (`ssh … -M … HOST`) running for `host`.
+fn ssh_masters(host: &str) -> Result<Vec<u32>, Failed> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").map_err(fail)?.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+        if args.first().is_some_and(|a| a.ends_with(b"ssh"))
+            && args.contains(&&b"-M"[..])
+            && args.contains(&host.as_bytes())
+        {
+            found.push(pid);
+        }
+    }
+    Ok(found)
+}
+
 /// `ssh -F CONFIG HOST [options]`, as a command connector.
 fn ssh(config: &str, host: &str, options: &[String]) -> CommandConnector {
     CommandConnector::new("ssh")
@@ -614,19 +639,17 @@ fn forwarded_streams_end_when_their_host_is_cut_off() -> Result<(), Failed> {
         return Ok(());
     };
     block_on(bounded(async {
-        let session = openssh::SessionBuilder::default()
-            .config_file(&config)
-            .known_hosts_check(openssh::KnownHosts::Strict)
-            .connect_mux(HOST)
-            .await
-            .map_err(fail)?;
-        let master = session.control_socket().to_path_buf();
-        let template = Template::remote(SshConnector::from_session(Arc::new(session)))
+        let before = ssh_masters(HOST)?;
+        let ssh = Arc::new(SshConnector::new(HOST).config_file(&config));
+        let template = Template::remote(ssh.clone())
             .name(HOST)
             .keepalive(TIMEOUT / 4, TIMEOUT)
             .start()
             .await
             .map_err(fail)?;
+        let mut masters = ssh_masters(HOST)?;
+        masters.retain(|pid| !before.contains(pid));
+        ensure!(masters.len() == 1, "new ControlMasters: {masters:?}");
         let mut shout = template.fork().run(&SHOUT).await.map_err(fail)?;
         let mut stream = shout.take_stream().ok_or("no stream")?;
         ensure!(
@@ -673,11 +696,30 @@ fn forwarded_streams_end_when_their_host_is_cut_off() -> Result<(), Failed> {
             "the stream still waits {MARGIN:?} after the loss"
         );
         ensure!(
-            !master.exists(),
-            "the ControlMaster's socket {} is still there",
-            master.display()
+            masters
+                .iter()
+                .all(|&pid| wait_exit(pid, MARGIN).unwrap_or(false)),
+            "the ControlMaster {masters:?} still runs"
         );
         drop(partition);
+        // The same connector connects anew once the host is back.
+        let again = Template::remote(ssh.clone()).start().await.map_err(fail)?;
+        let mut worker = again.fork().run(&SHOUT).await.map_err(fail)?;
+        let stream = worker.take_stream().ok_or("no stream")?;
+        ensure!(
+            stream.peer_addr().map_err(fail)?.as_pathname().is_some(),
+            "the new template's stream is not forwarded"
+        );
+        drop(stream);
+        ensure!(
+            worker.wait().await.map_err(fail)?.code() == Some(7),
+            "shout"
+        );
+        let status = again.shutdown().await.map_err(fail)?;
+        ensure!(
+            status.success(),
+            "the new remote side ended with {status:?}"
+        );
         Ok(())
     }))
 }

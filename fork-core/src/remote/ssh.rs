@@ -51,6 +51,7 @@ const IDLE: NonZeroUsize = NonZeroUsize::new(5).expect("not zero");
 pub struct SshConnector {
     destination: String,
     known_hosts: KnownHosts,
+    config_file: Option<PathBuf>,
     /// The ControlMaster, once connected; a new one replaces it when it is
     /// found closed (after a [cut](Forward::cut), or if it died).
     session: Mutex<Option<Arc<openssh::Session>>>,
@@ -64,6 +65,7 @@ impl SshConnector {
         SshConnector {
             destination: destination.into(),
             known_hosts: KnownHosts::Strict,
+            config_file: None,
             session: Mutex::new(None),
         }
     }
@@ -72,6 +74,12 @@ impl SshConnector {
     /// [`KnownHosts::Strict`]: an unknown host is refused.
     pub fn known_hosts(mut self, check: KnownHosts) -> SshConnector {
         self.known_hosts = check;
+        self
+    }
+
+    /// Reads this ssh_config file instead of `~/.ssh/config` (`ssh -F`).
+    pub fn config_file(mut self, path: impl Into<PathBuf>) -> SshConnector {
+        self.config_file = Some(path.into());
         self
     }
 
@@ -86,6 +94,7 @@ impl SshConnector {
         SshConnector {
             destination: String::new(),
             known_hosts: KnownHosts::Strict,
+            config_file: None,
             session: Mutex::new(Some(session)),
         }
     }
@@ -103,9 +112,14 @@ impl SshConnector {
                 Err(_) => {}
             }
         }
-        let session = openssh::SessionBuilder::default()
+        let mut builder = openssh::SessionBuilder::default();
+        builder
             .known_hosts_check(self.known_hosts.clone())
-            .control_persist(ControlPersist::IdleFor(IDLE))
+            .control_persist(ControlPersist::IdleFor(IDLE));
+        if let Some(config) = &self.config_file {
+            builder.config_file(config);
+        }
+        let session = builder
             .connect_mux(&self.destination)
             .await
             .map(Arc::new)
@@ -120,6 +134,7 @@ impl fmt::Debug for SshConnector {
         f.debug_struct("SshConnector")
             .field("destination", &self.destination)
             .field("known_hosts", &self.known_hosts)
+            .field("config_file", &self.config_file)
             .field(
                 "connected",
                 &self.session.try_lock().map_or(true, |s| s.is_some()),

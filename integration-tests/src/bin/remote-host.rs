@@ -5,8 +5,7 @@
 //! than the test's, for the build check. With the arguments `ssh CONFIG`,
 //! the command is `ssh -F CONFIG fork-test` (the throwaway sshd of
 //! `.ci/sshd`); with `openssh CONFIG`, the same host through `SshConnector`
-//! (a ControlMaster; the workers' streams forwarded), and it prints the
-//! pid of the ControlMaster too.
+//! (a ControlMaster; the workers' streams forwarded).
 
 use fork_core::remote::{CommandConnector, Connector, SshConnector};
 use fork_core::{Context, Entry, Template};
@@ -28,16 +27,7 @@ async fn main() -> fork_core::Result<()> {
                 .shell_line(true),
         ),
         [openssh, config] if openssh == "openssh" => {
-            let session = openssh::SessionBuilder::default()
-                .control_persist(openssh::ControlPersist::IdleFor(
-                    std::num::NonZeroUsize::MIN,
-                ))
-                .config_file(config)
-                .known_hosts_check(openssh::KnownHosts::Strict)
-                .connect_mux("fork-test")
-                .await
-                .map_err(std::io::Error::other)?;
-            Box::new(SshConnector::from_session(std::sync::Arc::new(session)))
+            Box::new(SshConnector::new("fork-test").config_file(config))
         }
         _ => Box::new(CommandConnector::new("env").arg("-i")),
     };
