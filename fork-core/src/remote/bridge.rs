@@ -71,11 +71,12 @@ enum End {
 
 /// Runs the relay until the stream ends, this side shuts it down, or the
 /// connection is lost (EOF, an I/O error or the keepalive timeout before
-/// this side shut it down); then reports the transport's exit status on
-/// `status` and closes `conn_side` (the `Conn` sees EOF). A loss is
-/// reported at once instead: `status` gets the [`Failure::RemoteLost`] and
-/// `conn_side` is shut down for writing, so the `Conn` reads what came
-/// before, then EOF, and fails with the loss.
+/// this side shut it down: before the `Conn` closed its end, whether or
+/// not what it sent before was relayed yet); then reports the transport's
+/// exit status on `status` and closes `conn_side` (the `Conn` sees EOF). A
+/// loss is reported at once instead: `status` gets the
+/// [`Failure::RemoteLost`] and `conn_side` is shut down for writing, so the
+/// `Conn` reads what came before, then EOF, and fails with the loss.
 pub(crate) async fn run(
     conn_side: OwnedFd,
     stream: Stream,
@@ -139,7 +140,13 @@ pub(crate) async fn run(
                 _ => End::ConnGone,
             }
         }
-        end = &mut reading => end,
+        // The `Conn` may have closed while `forward_requests` is still
+        // behind what was queued before: its socket says so at once, and
+        // an end that follows our shutdown is not a loss.
+        end = &mut reading => match end {
+            End::Eof | End::Io(_) if ctrl.peer_done() => End::ConnGone,
+            end => end,
+        },
         silent = &mut pings => End::Lost(LostCause::Silent(silent)),
         Ok(e) = &mut write_failed => End::Lost(LostCause::Io(Arc::new(e))),
     };
@@ -336,6 +343,9 @@ fn stream(fd: OwnedFd) -> std::io::Result<tokio::net::UnixStream> {
 mod tests {
     use super::*;
     use crate::proto::{Op, Writer};
+    use crate::remote::connector::BoxFuture;
+    use crate::sys;
+    use tokio::io::DuplexStream;
 
     #[test]
     fn each_spawn_keeps_its_socket_and_closes_the_rest() {
@@ -356,5 +366,101 @@ mod tests {
         });
         let got = spawn_sockets(&w.buf, vec!["s7", "slot", "slot", "s9"]);
         assert_eq!(got, [(7, "s7"), (9, "s9")]);
+    }
+
+    /// A transport that has ended with status 0 by the time it is waited
+    /// for.
+    #[derive(Debug)]
+    struct Ended;
+
+    impl Session for Ended {
+        fn start_kill(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+
+        fn wait(&mut self) -> BoxFuture<'_, io::Result<Option<std::process::ExitStatus>>> {
+            Box::pin(async { Ok(Some(std::process::ExitStatus::from_raw(0))) })
+        }
+    }
+
+    /// A relay whose remote side never reads: its writer stalls at once,
+    /// so `forward_requests` soon waits for room in the queue.
+    struct Stalled {
+        /// The `Conn`'s end of the control socket.
+        conn: Ctrl,
+        /// The remote side's output: dropped, it is the stream's EOF.
+        remote_out: DuplexStream,
+        /// The remote side's input, never read.
+        _remote_in: DuplexStream,
+        status: oneshot::Receiver<RemoteEnd>,
+    }
+
+    async fn stalled_relay() -> Stalled {
+        let (conn_end, relay_end) = sys::seqpacket_pair().unwrap();
+        let (from_remote, remote_out) = tokio::io::duplex(1024);
+        let (to_remote, remote_in) = tokio::io::duplex(64);
+        let stream = Stream {
+            frames: FrameReader::new(Box::new(from_remote), proto::DEFAULT_MAX_MESSAGE),
+            writer: Box::new(to_remote),
+            session: Box::new(Ended),
+            heard: Heard::new(),
+        };
+        let hour = Duration::from_secs(3600);
+        let loss = Loss {
+            host: "stalled".into(),
+            keepalive: Knobs {
+                interval: Some(hour),
+                timeout: 2 * hour,
+            },
+        };
+        let (status_tx, status) = oneshot::channel();
+        tokio::spawn(run(relay_end, stream, loss, Weak::new(), status_tx));
+        let conn = Ctrl::new(conn_end).unwrap();
+        // More requests than the queue to the stalled writer holds: the
+        // last ones wait in `forward_requests` and in the socket.
+        for id in 0..2 * OUT_QUEUE as u64 {
+            let mut w = Writer::default();
+            w.request(&Request::Ping { id });
+            conn.send(&w.buf, Vec::new()).await.unwrap();
+        }
+        Stalled {
+            conn,
+            remote_out,
+            _remote_in: remote_in,
+            status,
+        }
+    }
+
+    /// The `Conn` shut down (our shutdown) while `forward_requests` was
+    /// still behind requests queued before it; the remote side's EOF came
+    /// first. That EOF is ours: the status, not a loss.
+    #[tokio::test]
+    async fn an_eof_after_our_shutdown_is_not_a_loss_however_far_behind_the_relay_is() {
+        let relay = stalled_relay().await;
+        relay.conn.shutdown_write();
+        drop(relay.remote_out);
+        let end = tokio::time::timeout(2 * GRACE, relay.status)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(matches!(end, Ok(Some(0))), "{end:?}");
+    }
+
+    /// The same EOF without our shutdown is a loss, reported at once.
+    #[tokio::test]
+    async fn an_eof_before_our_shutdown_is_a_loss_at_once() {
+        let relay = stalled_relay().await;
+        drop(relay.remote_out);
+        let end = tokio::time::timeout(GRACE / 5, relay.status)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            matches!(
+                &end,
+                Err(Failure::RemoteLost { host, cause: LostCause::Eof }) if host == "stalled"
+            ),
+            "{end:?}"
+        );
     }
 }

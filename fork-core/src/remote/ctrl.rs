@@ -60,6 +60,13 @@ impl Ctrl {
         }
     }
 
+    /// Whether the peer will send nothing more (it shut down its sending
+    /// side or closed its end), even if what it sent before is not all
+    /// read yet. Does not wait.
+    pub(crate) fn peer_done(&self) -> bool {
+        sys::peer_shut_down(self.sock())
+    }
+
     /// Shuts down the sending side: the peer reads what was sent, then EOF.
     pub(crate) fn shutdown_write(&self) {
         sys::shutdown(self.sock(), nix::sys::socket::Shutdown::Write);

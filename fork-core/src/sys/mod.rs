@@ -451,6 +451,21 @@ pub(crate) fn shutdown(sock: BorrowedFd<'_>, how: nix::sys::socket::Shutdown) {
     let _ = nix::sys::socket::shutdown(sock.as_raw_fd(), how);
 }
 
+/// Whether the peer of the connected socket `sock` will send nothing more:
+/// it shut down its sending side or closed its end (`POLLRDHUP`), whether
+/// or not what it sent before is still unread here. Does not wait.
+pub(crate) fn peer_shut_down(sock: BorrowedFd<'_>) -> bool {
+    let mut pfd = libc::pollfd {
+        fd: sock.as_raw_fd(),
+        events: libc::POLLRDHUP,
+        revents: 0,
+    };
+    // SAFETY: `pfd` is one valid, writable pollfd, for a descriptor kept
+    // open by the borrow for the call; a zero timeout never blocks.
+    let ready = unsafe { libc::poll(&mut pfd, 1, 0) };
+    ready > 0 && pfd.revents & (libc::POLLRDHUP | libc::POLLHUP) != 0
+}
+
 /// Opens a pidfd for any process (Linux 5.3+).
 pub(crate) fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
     // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor
