@@ -404,6 +404,7 @@ mod tests {
             writer: Box::new(to_remote),
             session: Box::new(Ended),
             heard: Heard::new(),
+            forward: None,
         };
         let hour = Duration::from_secs(3600);
         let loss = Loss {
