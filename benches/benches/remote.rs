@@ -158,12 +158,7 @@ impl Place {
             }
             Place::SshForwarded => {
                 let config = ssh_config.ok_or("no ssh config")?;
-                let session = openssh::SessionBuilder::default()
-                    .config_file(config)
-                    .known_hosts_check(openssh::KnownHosts::Strict)
-                    .connect_mux("fork-test")
-                    .await?;
-                let ssh = SshConnector::from_session(Arc::new(session));
+                let ssh = SshConnector::new("fork-test").config_file(config);
                 let template = Template::remote(ssh).start().await?;
                 // Checked here: a forward that failed its check would leave
                 // the streams in channels and this row would measure those.

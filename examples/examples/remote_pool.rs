@@ -2,8 +2,10 @@
 //! template and by remote templates reached over ssh, each host with its
 //! own limit and weight, dispatched least-loaded across all of them.
 //!
-//! Shows: `Host::connect` (a remote template started over `ssh`, connected
-//! when the pool first wants a worker there and again after a loss),
+//! Shows: `Host::connect` (a remote template started over ssh through
+//! `SshConnector`, one ControlMaster per host, each worker's stream a
+//! forwarded connection of its own; connected when the pool first wants a
+//! worker there and again after a loss),
 //! `Builder::host`, `max` and `weight` per host, `Pool::host_events`
 //! (hosts going up and down), `Stats::hosts` (per-host counts), and that
 //! a job's result tells where it ran.
@@ -16,10 +18,11 @@
 //! With neither, it says so and uses `env -i` as a stand-in remote host.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use fork_core::Template;
-use fork_core::remote::CommandConnector;
+use fork_core::remote::{CommandConnector, Connector, SshConnector};
 use fork_pool::{Host, HostEvent, JobPool, Pool};
 use fork_rpc::jobs::Job;
 use futures::StreamExt;
@@ -46,7 +49,7 @@ fn count_primes((from, to): (u64, u64)) -> Result<(u64, String, u32), String> {
 static COUNT_PRIMES: Job<(u64, u64), (u64, String, u32), String> = fork_rpc::job!(count_primes);
 
 /// The remote hosts: `(name, connector)`.
-fn remote_hosts() -> Vec<(String, CommandConnector)> {
+fn remote_hosts() -> Vec<(String, Arc<dyn Connector>)> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (config, hosts) = match args.split_first() {
         Some((config, hosts)) if !hosts.is_empty() => (config.clone(), hosts.to_vec()),
@@ -58,17 +61,15 @@ fn remote_hosts() -> Vec<(String, CommandConnector)> {
                      as a stand-in remote host (see the top of this file)"
                 );
                 let env = CommandConnector::new("env").arg("-i");
-                return vec![("env-i".to_owned(), env)];
+                return vec![("env-i".to_owned(), Arc::new(env))];
             }
         },
     };
     hosts
         .into_iter()
         .map(|host| {
-            let ssh = CommandConnector::new("ssh")
-                .args(["-F".to_owned(), config.clone(), host.clone()])
-                .shell_line(true);
-            (host, ssh)
+            let ssh = SshConnector::new(&host).config_file(&config);
+            (host, Arc::new(ssh) as Arc<dyn Connector>)
         })
         .collect()
 }
