@@ -656,7 +656,8 @@ fn print_starts(starts: &Starts) {
     println!(
         "Milliseconds from the call to a template ready to fork (median of the starts, min–max): \
          `Template::new()` here, `Template::remote(..).start()` through a new connection each \
-         time (for ssh a new login, no ControlMaster)."
+         time (for ssh a new login; through `SshConnector` a new ControlMaster, its forward \
+         set up and checked)."
     );
     println!();
     let table = Table::new(&[
