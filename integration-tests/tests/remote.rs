@@ -895,6 +895,63 @@ fn an_upload_happens_once() -> Result<(), Failed> {
     }))
 }
 
+/// After an upload, older uploads of this program beyond the newest three
+/// are removed (the user's `<name>-<64 characters>` files, by modification
+/// time); other files stay, and `keep_uploads` changes the count.
+fn old_uploads_are_pruned() -> Result<(), Failed> {
+    block_on(bounded(async {
+        let scratch = Scratch::new("upload-prune");
+        let dir = scratch.path().join("bin");
+        std::fs::create_dir_all(&dir).map_err(fail)?;
+        let ours = integration_tests::upload_name()?;
+        let program = &ours[..ours.len() - 65];
+        // Five older uploads, a day apart, the newest first.
+        let day = Duration::from_secs(86_400);
+        let mut old = Vec::new();
+        for i in 1..=5u32 {
+            let name = format!("{program}-{:064x}", i);
+            let file = std::fs::File::create(dir.join(&name)).map_err(fail)?;
+            let when = std::time::SystemTime::now() - day * i;
+            file.set_modified(when).map_err(fail)?;
+            old.push(name);
+        }
+        let others = [format!("{program}-not-a-hash"), format!("other-{:064x}", 1)];
+        for name in &others {
+            std::fs::write(dir.join(name), b"").map_err(fail)?;
+        }
+        let connector = CommandConnector::new("env").arg("-i");
+        let template = Template::remote(&connector)
+            .upload_to(&dir)
+            .start()
+            .await
+            .map_err(fail)?;
+        answers(&template).await?;
+        template.shutdown().await.map_err(fail)?;
+        let mut want = vec![ours.clone(), old[0].clone(), old[1].clone()];
+        want.extend(others.iter().cloned());
+        want.sort();
+        let names = names_in(&dir)?;
+        ensure!(names == want, "left {names:?}, expected {want:?}");
+
+        // Another build's upload (here: ours removed, so it is sent again)
+        // with keep_uploads(1) leaves it alone with the other files.
+        std::fs::remove_file(dir.join(&ours)).map_err(fail)?;
+        let template = Template::remote(&connector)
+            .upload_to(&dir)
+            .keep_uploads(1)
+            .start()
+            .await
+            .map_err(fail)?;
+        template.shutdown().await.map_err(fail)?;
+        let mut want = vec![ours.clone()];
+        want.extend(others.iter().cloned());
+        want.sort();
+        let names = names_in(&dir)?;
+        ensure!(names == want, "left {names:?}, expected {want:?}");
+        Ok(())
+    }))
+}
+
 /// Two parents uploading into one directory at once both start, the file
 /// left in place is this binary, and no temporary file is left (each
 /// writes a temporary file of its own and renames it into place).
@@ -1260,6 +1317,7 @@ fn main() {
             a_remote_side_that_dies_is_lost_at_once,
         ),
         ("an_upload_happens_once", an_upload_happens_once),
+        ("old_uploads_are_pruned", old_uploads_are_pruned),
         (
             "nothing_half_written_is_at_the_hash_path",
             nothing_half_written_is_at_the_hash_path,

@@ -51,6 +51,7 @@ impl Template {
                 timeout: keepalive::TIMEOUT,
             },
             forward_streams: true,
+            keep_uploads: 3,
         }
     }
 }
@@ -67,6 +68,7 @@ pub struct RemoteBuilder<C> {
     name: Option<String>,
     keepalive: Knobs,
     forward_streams: bool,
+    keep_uploads: usize,
 }
 
 /// Which binary the other side runs.
@@ -117,7 +119,9 @@ impl<C: Connector> RemoteBuilder<C> {
     /// replace the binary between the check and the start (the greeting's
     /// build-id check, [`same_build`](RemoteBuilder::same_build), is a
     /// second line of defence against a stale or foreign file, not against
-    /// a hostile one). Old versions are not removed.
+    /// a hostile one). After an upload, older uploads of this program there
+    /// beyond the newest three are removed
+    /// ([`keep_uploads`](RemoteBuilder::keep_uploads)).
     ///
     /// ```no_run
     /// use fork_core::Template;
@@ -131,6 +135,20 @@ impl<C: Connector> RemoteBuilder<C> {
     /// ```
     pub fn upload_to(mut self, dir: impl Into<PathBuf>) -> Self {
         self.program = Program::UploadTo(dir.into());
+        self
+    }
+
+    /// How many uploads of this program [`upload_to`](RemoteBuilder::upload_to)
+    /// keeps in its directory, the one it just uploaded included: after an
+    /// upload (not on a start that found its file there), the user's
+    /// other `<name>-<sha256>` files there beyond the newest `n`, by
+    /// modification time, are removed. Other files are left alone. The
+    /// default is 3, so that a parent of the build before, still starting
+    /// remote templates during a rolling deploy, finds its file; `0` counts
+    /// as 1; `usize::MAX` keeps them all. A remote side already running a
+    /// removed file runs on (Linux keeps an executable that is running).
+    pub fn keep_uploads(mut self, n: usize) -> Self {
+        self.keep_uploads = n;
         self
     }
 
@@ -252,7 +270,14 @@ impl<C: Connector> RemoteBuilder<C> {
                 .map_err(Error::RemoteConnect)?
                 .into_os_string(),
             Program::UploadTo(dir) => {
-                upload::ensure(&self.connector, &host, &dir, self.timeout).await?
+                upload::ensure(
+                    &self.connector,
+                    &host,
+                    &dir,
+                    self.keep_uploads,
+                    self.timeout,
+                )
+                .await?
             }
         };
         let command = RemoteCommand {

@@ -12,7 +12,10 @@
 //!   what arrived, makes it executable and renames it over the target (a
 //!   `rename(2)` in one directory: another parent uploading at once, or a
 //!   parent starting the target meanwhile, sees the old file or the whole
-//!   new one, never a half-written one), then says `done`.
+//!   new one, never a half-written one), removes the user's older uploads
+//!   of the program there beyond the newest `keep`
+//!   ([`RemoteBuilder::keep_uploads`](super::RemoteBuilder::keep_uploads)),
+//!   then says `done`.
 //! - `error KIND DETAIL` at any step.
 //!
 //! The hash is `sha256sum`'s on the other side (GNU coreutils and busybox
@@ -36,12 +39,15 @@ use super::stream::{BoxRead, BoxWrite};
 use crate::error::Error;
 
 /// The script `sh` runs on the other side: `$1` the directory, `$2` the
-/// file name (`<name>-<sha256>`), `$3` the SHA-256 in hex.
+/// file name (`<name>-<sha256>`), `$3` the SHA-256 in hex, `$4` how many
+/// uploads of the program to keep, the new one included: after an upload,
+/// the user's older `<name>-<64 characters>` files in the directory beyond
+/// the newest `$4` (by modification time) are removed.
 ///
 /// It is one line (commands joined by `; `), so that it survives a login
 /// shell that does not take a newline inside quotes (csh, over ssh).
 const SCRIPT: &str = concat!(
-    r#"dir=$1 name=$2 want=$3; "#,
+    r#"dir=$1 name=$2 want=$3 keep=$4; "#,
     r#"say() { printf 'fork-core-upload %s\n' "$*"; }; "#,
     r#"fail() { say error "$1" "$(printf '%s' "$2" | tr '\n' ' ')"; exit 1; }; "#,
     r#"sum() { sha256sum <"$1" | { read -r h _; printf '%s' "$h"; }; }; "#,
@@ -57,6 +63,12 @@ const SCRIPT: &str = concat!(
     r#"got=$(sum "$tmp"); "#,
     r#"[ "$got" = "$want" ] || fail mismatch "arrived with SHA-256 $got, sent $want"; "#,
     r#"out=$( { chmod 755 "$tmp" && mv -f -- "$tmp" "$target"; } 2>&1) || fail not-writable "$out"; "#,
+    r#"base=${name%-*}; n=0; "#,
+    r#"ls -t -- "$dir/$base"-* 2>/dev/null | while IFS= read -r f; do "#,
+    r#"case ${f##*/} in "$base"-????????????????????????????????????????????????????????????????) ;; *) continue;; esac; "#,
+    r#"n=$((n + 1)); "#,
+    r#"if [ "$n" -gt "$keep" ] && [ "$f" != "$target" ] && [ -O "$f" ]; then rm -f -- "$f"; fi; "#,
+    r#"done; "#,
     r#"say done"#,
 );
 
@@ -156,6 +168,7 @@ pub(crate) async fn ensure<C: Connector + ?Sized>(
     connector: &C,
     host: &str,
     dir: &Path,
+    keep: usize,
     timeout: Duration,
 ) -> Result<OsString, Error> {
     let upload = Upload {
@@ -178,6 +191,7 @@ pub(crate) async fn ensure<C: Connector + ?Sized>(
             dir.as_os_str().to_owned(),
             file_name.clone(),
             binary.sha256.clone().into(),
+            keep.max(1).to_string().into(),
         ],
     };
     let Connection {
