@@ -142,6 +142,25 @@ impl Host {
     /// A host whose template `connect` makes: called when the pool first
     /// wants a worker there, and again after the host was lost (with
     /// back-off, while it fails).
+    ///
+    /// `name` names the host in [`Stats::hosts`](crate::Stats::hosts) and
+    /// [`HostEvent`]s; the errors of its workers' calls name it as the
+    /// template does ([`Template::host`](fork_core::Template::host)). Give
+    /// the template the same name
+    /// ([`RemoteBuilder::name`](fork_core::remote::RemoteBuilder::name), or
+    /// an `SshConnector` to that destination, whose name it is) so that
+    /// both agree:
+    ///
+    /// ```no_run
+    /// use fork_core::Template;
+    /// use fork_core::remote::CommandConnector;
+    /// use fork_pool::Host;
+    ///
+    /// let ssh = CommandConnector::new("ssh").args(["-T", "build-1"]).shell_line(true);
+    /// let host = Host::connect("build-1", move || {
+    ///     Template::remote(ssh.clone()).name("build-1").start()
+    /// });
+    /// ```
     pub fn connect<F, Fut>(name: impl Into<String>, connect: F) -> Self
     where
         F: Fn() -> Fut + Send + Sync + 'static,
