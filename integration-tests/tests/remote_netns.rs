@@ -20,7 +20,9 @@ use fork_core::{Error, LostCause, Template};
 use fork_pool::{Host, HostEvent, Pool};
 use fork_rpc::{RpcWorker, WorkerLost};
 use futures::FutureExt;
-use integration_tests::remote::{CALC, CalcClient, SHOUT, calc_worker, is_forwarded};
+use integration_tests::remote::{
+    CALC, CalcClient, CalcWorkerClient, SHOUT, calc_worker, is_forwarded,
+};
 use integration_tests::{Failed, block_on, bounded_by, ensure, fail, parent_of};
 use tarpc::context;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -166,6 +168,40 @@ fn patient() -> context::Context {
     ctx
 }
 
+/// `n` calls with a far deadline to `calc`, whose host was cut off at
+/// `cut`: each fails with the worker-lost error naming `host`, within
+/// `limit` of the cut. Returns how long after the cut they failed.
+async fn calls_fail_naming(
+    calc: &CalcWorkerClient,
+    n: i64,
+    host: &str,
+    cut: Instant,
+    limit: Duration,
+) -> Result<Duration, Failed> {
+    let calls = (0..n).map(|i| {
+        let calc = calc.clone();
+        async move { calc.add(patient(), i, i).await }
+    });
+    let results = futures::future::join_all(calls).await;
+    let failed_after = cut.elapsed();
+    ensure!(
+        failed_after < limit,
+        "the calls in flight failed only {failed_after:?} after the partition"
+    );
+    for r in &results {
+        let e = r
+            .as_ref()
+            .err()
+            .ok_or("a call succeeded across a partition")?;
+        let lost = WorkerLost::find(e).ok_or_else(|| format!("a call gave {e:?}"))?;
+        ensure!(
+            lost.remote_lost().is_some() && lost.to_string().contains(host),
+            "the error names the host: {lost}"
+        );
+    }
+    Ok(failed_after)
+}
+
 // ===== tests =====
 
 /// A remote template on each of the three hosts (over the `openssh`
@@ -264,27 +300,7 @@ fn a_partitioned_host_is_lost_and_keeps_no_orphans() -> Result<(), Failed> {
         let partition = Partition::new(HOST)?; // bash .ci/netns partition fork-b
         // ANCHOR_END: partition
         let cut = Instant::now();
-        let calls = (0..8i64).map(|i| {
-            let calc = calc.clone();
-            async move { calc.add(patient(), i, i).await }
-        });
-        let results = futures::future::join_all(calls).await;
-        let failed_after = cut.elapsed();
-        ensure!(
-            failed_after < TIMEOUT + MARGIN,
-            "the calls in flight failed only {failed_after:?} after the partition"
-        );
-        for r in &results {
-            let e = r
-                .as_ref()
-                .err()
-                .ok_or("a call succeeded across a partition")?;
-            let lost = WorkerLost::find(e).ok_or_else(|| format!("a call gave {e:?}"))?;
-            ensure!(
-                lost.remote_lost().is_some() && lost.to_string().contains(HOST),
-                "the error names the host: {lost}"
-            );
-        }
+        let failed_after = calls_fail_naming(&calc, 8, HOST, cut, TIMEOUT + MARGIN).await?;
         let e = match worker.wait().await {
             Err(fork_rpc::Error::Core(e)) => e,
             other => return Err(format!("wait() gave {other:?}").into()),
@@ -606,27 +622,7 @@ fn forwarded_streams_end_when_their_host_is_cut_off() -> Result<(), Failed> {
         let (calc, _worker) = calc_worker(&template).await?;
         let partition = Partition::new(HOST)?;
         let cut = Instant::now();
-        let calls = (0..4i64).map(|i| {
-            let calc = calc.clone();
-            async move { calc.add(patient(), i, i).await }
-        });
-        let results = futures::future::join_all(calls).await;
-        let failed_after = cut.elapsed();
-        ensure!(
-            failed_after < TIMEOUT + MARGIN,
-            "the calls in flight failed only {failed_after:?} after the partition"
-        );
-        for r in &results {
-            let e = r
-                .as_ref()
-                .err()
-                .ok_or("a call succeeded across a partition")?;
-            let lost = WorkerLost::find(e).ok_or_else(|| format!("a call gave {e:?}"))?;
-            ensure!(
-                lost.remote_lost().is_some() && lost.to_string().contains(HOST),
-                "the error names the host: {lost}"
-            );
-        }
+        calls_fail_naming(&calc, 4, HOST, cut, TIMEOUT + MARGIN).await?;
         // The plain stream ends too: EOF, or a reset by the ended master.
         let mut rest = Vec::new();
         let read = tokio::time::timeout(MARGIN, stream.read_to_end(&mut rest)).await;

@@ -55,6 +55,16 @@ fn ancestors(mut pid: u32) -> Vec<String> {
     names
 }
 
+/// Fails unless `pid` runs under sshd (one of its ancestors is).
+fn under_sshd(pid: u32) -> Result<(), Failed> {
+    let up = ancestors(pid);
+    ensure!(
+        up.iter().any(|name| name == "sshd"),
+        "the remote template runs under sshd: its ancestors are {up:?}"
+    );
+    Ok(())
+}
+
 /// Through `ssh` as a command: the template runs under sshd, forks a
 /// worker there, the worker's bytes come back, and its exit status.
 fn a_template_over_ssh_forks_its_workers_there() -> Result<(), Failed> {
@@ -65,11 +75,7 @@ fn a_template_over_ssh_forks_its_workers_there() -> Result<(), Failed> {
             .await
             .map_err(fail)?;
         // ANCHOR_END: start
-        let up = ancestors(template.id());
-        ensure!(
-            up.iter().any(|name| name == "sshd"),
-            "the remote template runs under sshd: its ancestors are {up:?}"
-        );
+        under_sshd(template.id())?;
         let mut worker = template.fork().arg(&7i32).run(&SHOUT).await.map_err(fail)?;
         ensure!(
             parent_of(worker.id()) == Some(template.id()),
@@ -234,45 +240,30 @@ fn an_upload_over_ssh_happens_once() -> Result<(), Failed> {
 /// input end, so the remote side, its template and the workers (which
 /// ignore EOF: the template kills them) are all gone within 2 s.
 fn no_survivors_over_ssh_when_the_parent_is_killed() -> Result<(), Failed> {
-    let config = ssh_config()?;
-    // The remote side, its template and two workers.
-    integration_tests::killed_host_leaves_nothing(
-        env!("CARGO_BIN_EXE_remote-host"),
-        &["ssh", &config],
-        4,
-        Duration::from_secs(2),
-        |pids| {
-            let up = ancestors(pids[1]);
-            ensure!(
-                up.iter().any(|name| name == "sshd"),
-                "the remote template runs under sshd: {up:?}"
-            );
-            Ok(())
-        },
-    )?;
-    ssh_clients_end(Duration::from_secs(2))
+    no_survivors_of_a_killed_parent("ssh", Duration::from_secs(2))
 }
 
 /// The same through `SshConnector`, whose ControlMaster carries the
 /// workers' streams as forwarded connections: nothing remote survives the
 /// parent, and the ControlMaster here ends once idle for its 5 s.
 fn no_survivors_over_forwarded_ssh_when_the_parent_is_killed() -> Result<(), Failed> {
+    no_survivors_of_a_killed_parent("openssh", Duration::from_secs(7))
+}
+
+/// The `remote-host` helper, connecting through `connector` (`ssh` or
+/// `openssh`), killed with `SIGKILL`: the remote side it started, its
+/// template (under sshd) and two workers are gone within 2 s, and the ssh
+/// processes it started within `ssh_limit`.
+fn no_survivors_of_a_killed_parent(connector: &str, ssh_limit: Duration) -> Result<(), Failed> {
     let config = ssh_config()?;
     integration_tests::killed_host_leaves_nothing(
         env!("CARGO_BIN_EXE_remote-host"),
-        &["openssh", &config],
+        &[connector, &config],
         4,
         Duration::from_secs(2),
-        |pids| {
-            let up = ancestors(pids[1]);
-            ensure!(
-                up.iter().any(|name| name == "sshd"),
-                "the remote template runs under sshd: {up:?}"
-            );
-            Ok(())
-        },
+        |pids| under_sshd(pids[1]),
     )?;
-    ssh_clients_end(Duration::from_secs(7))
+    ssh_clients_end(ssh_limit)
 }
 
 /// The ssh processes the killed host started were re-parented to this
