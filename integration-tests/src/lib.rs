@@ -1,6 +1,7 @@
 //! Shared helpers of the integration tests: a test runner for `harness =
-//! false` targets (whose `main` must call `fork_core::init` first), and
-//! process inspection through `/proc`.
+//! false` targets (whose `main` must call `fork_core::init` first),
+//! process inspection through `/proc`, and (in [`remote`]) the fixtures of
+//! the remote-template tests.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -8,6 +9,8 @@ use std::sync::LazyLock;
 
 pub use libtest_mimic::Failed;
 use libtest_mimic::{Arguments, Trial};
+
+pub mod remote;
 
 /// The runtime every test of a target shares (a template belongs to the
 /// runtime it was created in).
@@ -71,6 +74,30 @@ pub fn block_on<F: Future<Output = Result<(), Failed>>>(f: F) -> Result<(), Fail
     RT.block_on(f)
 }
 
+/// Bounds a test's async part to 60 s: a hang is a failure, not a stuck
+/// run.
+///
+/// # Errors
+///
+/// `f`'s, or that it timed out.
+pub async fn bounded<T>(f: impl Future<Output = Result<T, Failed>>) -> Result<T, Failed> {
+    bounded_by(std::time::Duration::from_secs(60), f).await
+}
+
+/// [`bounded`] to `limit`.
+///
+/// # Errors
+///
+/// `f`'s, or that it timed out.
+pub async fn bounded_by<T>(
+    limit: std::time::Duration,
+    f: impl Future<Output = Result<T, Failed>>,
+) -> Result<T, Failed> {
+    tokio::time::timeout(limit, f)
+        .await
+        .map_err(|_| Failed::from(format!("timed out after {limit:?}")))?
+}
+
 /// Reads one line from `conn`, without its newline (to the end if there is
 /// no newline).
 ///
@@ -118,13 +145,20 @@ pub static FORBID_FORKS: fork_core::InitFn<()> = fork_core::init_fn!(forbid_fork
 /// Waits (without sleeping: on a pidfd) until every pid has exited, up to
 /// 10 s each; fails naming the first that did not.
 pub async fn all_exit(pids: impl IntoIterator<Item = u32>) -> Result<(), Failed> {
+    all_exit_within(pids, std::time::Duration::from_secs(10)).await
+}
+
+/// [`all_exit`], up to `limit` each.
+pub async fn all_exit_within(
+    pids: impl IntoIterator<Item = u32>,
+    limit: std::time::Duration,
+) -> Result<(), Failed> {
     for pid in pids {
-        let timeout = std::time::Duration::from_secs(10);
-        let gone = tokio::task::spawn_blocking(move || fork_core::testing::wait_exit(pid, timeout))
+        let gone = tokio::task::spawn_blocking(move || fork_core::testing::wait_exit(pid, limit))
             .await
             .map_err(fail)?
             .map_err(fail)?;
-        ensure!(gone, "process {pid} did not exit within {timeout:?}");
+        ensure!(gone, "process {pid} did not exit within {limit:?}");
     }
     Ok(())
 }

@@ -12,10 +12,9 @@ use std::time::Duration;
 
 use fork_core::Template;
 use fork_core::remote::CommandConnector;
-use fork_core::testing::wait_exit;
 use fork_pool::{Host, HostEvent, Pool};
 use fork_rpc::{EventSender, RpcEntry, Setup, WorkerLost};
-use integration_tests::{Failed, block_on, ensure, fail, parent_of};
+use integration_tests::{Failed, all_exit_within, block_on, bounded, ensure, fail, parent_of};
 use tarpc::context;
 
 #[tarpc::service]
@@ -60,13 +59,6 @@ fn is_remote(pid: u32) -> Result<bool, Failed> {
     let template = parent_of(pid).ok_or("worker gone")?;
     let above = parent_of(template).ok_or("template gone")?;
     Ok(above != std::process::id())
-}
-
-/// Bounds a test's async part: a hang is a failure, not a stuck run.
-async fn bounded<T>(f: impl std::future::Future<Output = Result<T, Failed>>) -> Result<T, Failed> {
-    tokio::time::timeout(Duration::from_secs(60), f)
-        .await
-        .map_err(|_| Failed::from("timed out after 60 s"))?
 }
 
 /// Workers spread over a local and a remote host, each within its own
@@ -115,17 +107,7 @@ fn workers_spread_over_a_local_and_a_remote_host() -> Result<(), Failed> {
         pool.shutdown().await;
         // Dropped, the pool lets its templates go: nothing is left there.
         drop((pool, client));
-        tokio::task::spawn_blocking(move || {
-            for pid in [worker, template, side] {
-                ensure!(
-                    wait_exit(pid, Duration::from_secs(2)).map_err(fail)?,
-                    "process {pid} of the remote host lives on after the pool was dropped"
-                );
-            }
-            Ok(())
-        })
-        .await
-        .map_err(fail)?
+        all_exit_within([worker, template, side], Duration::from_secs(2)).await
     }))
 }
 

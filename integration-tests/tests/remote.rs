@@ -16,33 +16,17 @@ use std::time::Duration;
 use fork_core::remote::{
     BoxFuture, CommandConnector, Connection, Connector, Forward, RemoteCommand, UploadFailure,
 };
-use fork_core::testing::wait_exit;
 use fork_core::{Context, Entry, Error, InitFn, Template};
-use fork_rpc::{RpcEntry, RpcWorker, Setup};
-use integration_tests::{Failed, Scratch, block_on, ensure, fail, parent_of, state_of};
+use integration_tests::remote::{SHOUT, calc_worker, is_forwarded};
+use integration_tests::{
+    Failed, Scratch, all_exit_within, block_on, bounded, ensure, fail, parent_of, state_of,
+};
 use tarpc::context;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-// ===== entries, init functions and a service used by the tests =====
-
-/// Echoes what it reads in upper case until EOF, then exits with the code
-/// in argument 0 (after the template's arguments, if any: the last one).
-fn shout(ctx: Context) -> i32 {
-    let code: i32 = ctx.arg(ctx.args().len() - 1).expect("an exit code");
-    let mut socket = ctx.socket();
-    let mut buf = [0u8; 4096];
-    loop {
-        match socket.read(&mut buf) {
-            Ok(0) | Err(_) => return code,
-            Ok(n) => {
-                if socket.write_all(&buf[..n].to_ascii_uppercase()).is_err() {
-                    return code;
-                }
-            }
-        }
-    }
-}
-static SHOUT: Entry = fork_core::entry!(shout);
+// ===== entries and init functions used by the tests =====
+// (SHOUT and the Calc service, which the ssh and netns tests use too, are
+// in `integration_tests::remote`.)
 
 /// Writes what the template preloaded and its arguments, then exits.
 fn report(ctx: Context) -> std::io::Result<()> {
@@ -82,41 +66,6 @@ static WRITE_UNTIL_ERROR: Entry = fork_core::entry!(write_until_error);
 /// Exits at once, reading nothing.
 fn exit_at_once(_: Context) {}
 static EXIT_AT_ONCE: Entry = fork_core::entry!(exit_at_once);
-
-#[tarpc::service]
-trait Calc {
-    async fn add(a: i64, b: i64) -> i64;
-    async fn echo(s: String) -> String;
-    async fn pid() -> u32;
-    async fn echo_shared(data: fork_rpc::SharedBytes) -> fork_rpc::SharedBytes;
-}
-
-#[derive(Clone)]
-struct CalcServer;
-
-impl Calc for CalcServer {
-    async fn add(self, _: context::Context, a: i64, b: i64) -> i64 {
-        a + b
-    }
-    async fn echo(self, _: context::Context, s: String) -> String {
-        s
-    }
-    async fn pid(self, _: context::Context) -> u32 {
-        std::process::id()
-    }
-    async fn echo_shared(
-        self,
-        _: context::Context,
-        data: fork_rpc::SharedBytes,
-    ) -> fork_rpc::SharedBytes {
-        data
-    }
-}
-
-fn calc(_: &mut Setup<()>) -> Result<ServeCalc<CalcServer>, String> {
-    Ok(CalcServer.serve())
-}
-static CALC: RpcEntry<CalcRequest, CalcResponse> = fork_rpc::entry!(calc);
 
 // ===== helpers =====
 
@@ -184,12 +133,6 @@ impl Connector for SameHost {
     }
 }
 
-/// Whether a worker's stream is a connection through a forwarded socket
-/// (its peer has a path) rather than one end of a socket pair.
-fn is_forwarded(stream: &tokio::net::UnixStream) -> Result<bool, Failed> {
-    Ok(stream.peer_addr().map_err(fail)?.as_pathname().is_some())
-}
-
 /// Registers `test` a second time, as `forwarded::<name>`, run with its
 /// workers' streams forwarded.
 macro_rules! forwarded {
@@ -218,13 +161,6 @@ forwarded!(
     a_stalled_worker_does_not_stall_others,
     a_remote_side_that_dies_is_lost_at_once,
 );
-
-/// Bounds a test's async part: a hang is a failure, not a stuck run.
-async fn bounded<T>(f: impl std::future::Future<Output = Result<T, Failed>>) -> Result<T, Failed> {
-    tokio::time::timeout(Duration::from_secs(60), f)
-        .await
-        .map_err(|_| Failed::from("timed out after 60 s"))?
-}
 
 /// A command connector that poses as a remote template: `sh` prints the
 /// file `bytes` were written to, then reads its input to EOF.
@@ -376,15 +312,7 @@ fn a_remote_template_is_preloaded() -> Result<(), Failed> {
 fn rpc_over_a_remote_worker() -> Result<(), Failed> {
     block_on(bounded(async {
         let template = remote().await?;
-        let (client, mut worker) = RpcWorker::builder(&mut template.fork(), &CALC)
-            .spawn()
-            .await
-            .map_err(fail)?;
-        let calc = CalcClient::from(client);
-        ensure!(
-            calc.add(context::current(), 2, 3).await.map_err(fail)? == 5,
-            "2 + 3"
-        );
+        let (calc, mut worker) = calc_worker(&template).await?;
         // Descriptors cannot reach it: a typed error, and the worker serves
         // on.
         let (reader, _writer) = std::io::pipe().map_err(fail)?;
@@ -592,16 +520,6 @@ async fn remote_with_workers(
     Ok((template, workers, pids))
 }
 
-fn all_gone_within(pids: &[u32], limit: Duration) -> Result<(), Failed> {
-    for &pid in pids {
-        ensure!(
-            wait_exit(pid, limit).map_err(fail)?,
-            "process {pid} lives on more than {limit:?} after its parent went"
-        );
-    }
-    Ok(())
-}
-
 /// Dropping every handle ends the remote side, its template and its
 /// workers (which ignore EOF: the template kills them) within 2 s.
 fn dropping_the_template_ends_everything_remote() -> Result<(), Failed> {
@@ -609,9 +527,7 @@ fn dropping_the_template_ends_everything_remote() -> Result<(), Failed> {
         let (template, workers, pids) = remote_with_workers(2).await?;
         drop(workers);
         drop(template);
-        tokio::task::spawn_blocking(move || all_gone_within(&pids, Duration::from_secs(2)))
-            .await
-            .map_err(fail)?
+        all_exit_within(pids, Duration::from_secs(2)).await
     }))
 }
 
@@ -628,9 +544,7 @@ fn shutdown_returns_the_remote_status() -> Result<(), Failed> {
             futures::FutureExt::now_or_never(lost).is_none(),
             "lost() resolved after shutdown()"
         );
-        tokio::task::spawn_blocking(move || all_gone_within(&pids, Duration::from_secs(2)))
-            .await
-            .map_err(fail)?
+        all_exit_within(pids, Duration::from_secs(2)).await
     }))
 }
 
@@ -725,15 +639,7 @@ fn a_frozen_remote_template_is_lost_within_the_timeout() -> Result<(), Failed> {
         );
         let lost = template.lost();
         let agent = parent_of(template.id()).ok_or("no remote side")?;
-        let (client, mut worker) = RpcWorker::builder(&mut template.fork(), &CALC)
-            .spawn()
-            .await
-            .map_err(fail)?;
-        let calc = CalcClient::from(client);
-        ensure!(
-            calc.add(context::current(), 2, 3).await.map_err(fail)? == 5,
-            "2 + 3"
-        );
+        let (calc, mut worker) = calc_worker(&template).await?;
         // Idle for longer than the timeout: pings and pongs keep it alive.
         tokio::time::sleep(2 * TIMEOUT).await;
         ensure!(!template.is_lost(), "an idle template was found lost");
@@ -785,9 +691,7 @@ fn a_frozen_remote_template_is_lost_within_the_timeout() -> Result<(), Failed> {
         // only 5 s after the loss).
         kill(Pid::from_raw(agent as i32), Signal::SIGCONT).map_err(fail)?;
         let resumed = frozen.elapsed();
-        tokio::task::spawn_blocking(move || all_gone_within(&pids, Duration::from_secs(2)))
-            .await
-            .map_err(fail)??;
+        all_exit_within(pids, Duration::from_secs(2)).await?;
         ensure!(
             frozen.elapsed() < failed_after + Duration::from_secs(4),
             "gone only {:?} after the freeze, resumed at {resumed:?}",

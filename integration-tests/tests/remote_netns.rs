@@ -10,65 +10,28 @@
 //! is skipped, and why. With neither variable set, each fails and says how
 //! to run it: they never pass silently.
 
-use std::io::{Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fork_core::remote::{CommandConnector, SshConnector};
 use fork_core::testing::wait_exit;
-use fork_core::{Context, Entry, Error, LostCause, Template};
+use fork_core::{Error, LostCause, Template};
 use fork_pool::{Host, HostEvent, Pool};
-use fork_rpc::{RpcEntry, RpcWorker, Setup, WorkerLost};
+use fork_rpc::{RpcWorker, WorkerLost};
 use futures::FutureExt;
-use integration_tests::{Failed, block_on, ensure, fail, parent_of};
+use integration_tests::remote::{
+    CALC, CalcClient, CalcWorkerClient, SHOUT, calc_worker, is_forwarded,
+};
+use integration_tests::{Failed, block_on, bounded_by, ensure, fail, parent_of};
 use tarpc::context;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const HOSTS: [&str; 3] = ["fork-a", "fork-b", "fork-c"];
 
-/// Echoes what it reads in upper case until EOF, then exits with code 7.
-fn shout(ctx: Context) -> i32 {
-    let mut socket = ctx.socket();
-    let mut buf = [0u8; 4096];
-    loop {
-        match socket.read(&mut buf) {
-            Ok(0) | Err(_) => return 7,
-            Ok(n) => {
-                if socket.write_all(&buf[..n].to_ascii_uppercase()).is_err() {
-                    return 7;
-                }
-            }
-        }
-    }
-}
-static SHOUT: Entry = fork_core::entry!(shout);
-
-#[tarpc::service]
-trait Calc {
-    async fn add(a: i64, b: i64) -> i64;
-    /// Sleeps `ms`, then returns the worker's pid.
-    async fn nap(ms: u64) -> u32;
-}
-
-#[derive(Clone)]
-struct CalcServer;
-
-impl Calc for CalcServer {
-    async fn add(self, _: context::Context, a: i64, b: i64) -> i64 {
-        a + b
-    }
-
-    async fn nap(self, _: context::Context, ms: u64) -> u32 {
-        tokio::time::sleep(Duration::from_millis(ms)).await;
-        std::process::id()
-    }
-}
-
-fn calc(_: &mut Setup<()>) -> Result<ServeCalc<CalcServer>, String> {
-    Ok(CalcServer.serve())
-}
-static CALC: RpcEntry<CalcRequest, CalcResponse> = fork_rpc::entry!(calc);
+/// How long a test's async part may take (a partition and its healing
+/// take seconds): a hang is a failure, not a stuck run.
+const LIMIT: Duration = Duration::from_secs(90);
 
 // ===== helpers =====
 
@@ -198,17 +161,45 @@ fn ssh(config: &str, host: &str, options: &[String]) -> CommandConnector {
         .shell_line(true)
 }
 
-async fn bounded<T>(f: impl std::future::Future<Output = Result<T, Failed>>) -> Result<T, Failed> {
-    tokio::time::timeout(Duration::from_secs(90), f)
-        .await
-        .map_err(|_| Failed::from("timed out after 90 s"))?
-}
-
 /// A context whose deadline is far: only a loss ends its call early.
 fn patient() -> context::Context {
     let mut ctx = context::current();
     ctx.deadline = Instant::now() + Duration::from_secs(60);
     ctx
+}
+
+/// `n` calls with a far deadline to `calc`, whose host was cut off at
+/// `cut`: each fails with the worker-lost error naming `host`, within
+/// `limit` of the cut. Returns how long after the cut they failed.
+async fn calls_fail_naming(
+    calc: &CalcWorkerClient,
+    n: i64,
+    host: &str,
+    cut: Instant,
+    limit: Duration,
+) -> Result<Duration, Failed> {
+    let calls = (0..n).map(|i| {
+        let calc = calc.clone();
+        async move { calc.add(patient(), i, i).await }
+    });
+    let results = futures::future::join_all(calls).await;
+    let failed_after = cut.elapsed();
+    ensure!(
+        failed_after < limit,
+        "the calls in flight failed only {failed_after:?} after the partition"
+    );
+    for r in &results {
+        let e = r
+            .as_ref()
+            .err()
+            .ok_or("a call succeeded across a partition")?;
+        let lost = WorkerLost::find(e).ok_or_else(|| format!("a call gave {e:?}"))?;
+        ensure!(
+            lost.remote_lost().is_some() && lost.to_string().contains(host),
+            "the error names the host: {lost}"
+        );
+    }
+    Ok(failed_after)
 }
 
 // ===== tests =====
@@ -220,7 +211,7 @@ fn a_template_on_each_host_forks_its_workers_there() -> Result<(), Failed> {
     let Some(config) = netns_config("a_template_on_each_host_forks_its_workers_there")? else {
         return Ok(());
     };
-    block_on(bounded(async {
+    block_on(bounded_by(LIMIT, async {
         let ours = net_ns("/proc/self/ns/net")?;
         for host in HOSTS {
             let session = openssh::SessionBuilder::default()
@@ -235,7 +226,7 @@ fn a_template_on_each_host_forks_its_workers_there() -> Result<(), Failed> {
                 .await
                 .map_err(fail)?;
             ensure!(template.host() == Some(host), "host {:?}", template.host());
-            let mut worker = template.fork().run(&SHOUT).await.map_err(fail)?;
+            let mut worker = template.fork().arg(&7i32).run(&SHOUT).await.map_err(fail)?;
             let theirs = net_ns_of(worker.id())?;
             ensure!(
                 theirs != ours && theirs == host_ns(host)?,
@@ -244,7 +235,7 @@ fn a_template_on_each_host_forks_its_workers_there() -> Result<(), Failed> {
             );
             let mut stream = worker.take_stream().ok_or("no stream")?;
             ensure!(
-                stream.peer_addr().map_err(fail)?.as_pathname().is_some(),
+                is_forwarded(&stream)?,
                 "{host}: the worker's stream is not a forwarded connection"
             );
             stream.write_all(host.as_bytes()).await.map_err(fail)?;
@@ -278,7 +269,7 @@ fn a_partitioned_host_is_lost_and_keeps_no_orphans() -> Result<(), Failed> {
     let Some(config) = netns_config("a_partitioned_host_is_lost_and_keeps_no_orphans")? else {
         return Ok(());
     };
-    block_on(bounded(async {
+    block_on(bounded_by(LIMIT, async {
         let ns = host_ns(HOST)?;
         ensure!(
             ours_in(ns)?.is_empty(),
@@ -297,15 +288,7 @@ fn a_partitioned_host_is_lost_and_keeps_no_orphans() -> Result<(), Failed> {
         // ANCHOR_END: keepalive
         ensure!(host.ends_with(HOST), "host name {host:?}");
         let agent = parent_of(template.id()).ok_or("no remote side")?;
-        let (client, mut worker) = RpcWorker::builder(&mut template.fork(), &CALC)
-            .spawn()
-            .await
-            .map_err(fail)?;
-        let calc = CalcClient::from(client);
-        ensure!(
-            calc.add(context::current(), 2, 3).await.map_err(fail)? == 5,
-            "2 + 3"
-        );
+        let (calc, mut worker) = calc_worker(&template).await?;
         let pids = [agent, template.id(), worker.id()];
         let mut running = ours_in(ns)?;
         running.sort_unstable();
@@ -317,27 +300,7 @@ fn a_partitioned_host_is_lost_and_keeps_no_orphans() -> Result<(), Failed> {
         let partition = Partition::new(HOST)?; // bash .ci/netns partition fork-b
         // ANCHOR_END: partition
         let cut = Instant::now();
-        let calls = (0..8i64).map(|i| {
-            let calc = calc.clone();
-            async move { calc.add(patient(), i, i).await }
-        });
-        let results = futures::future::join_all(calls).await;
-        let failed_after = cut.elapsed();
-        ensure!(
-            failed_after < TIMEOUT + MARGIN,
-            "the calls in flight failed only {failed_after:?} after the partition"
-        );
-        for r in &results {
-            let e = r
-                .as_ref()
-                .err()
-                .ok_or("a call succeeded across a partition")?;
-            let lost = WorkerLost::find(e).ok_or_else(|| format!("a call gave {e:?}"))?;
-            ensure!(
-                lost.remote_lost().is_some() && lost.to_string().contains(HOST),
-                "the error names the host: {lost}"
-            );
-        }
+        let failed_after = calls_fail_naming(&calc, 8, HOST, cut, TIMEOUT + MARGIN).await?;
         let e = match worker.wait().await {
             Err(fork_rpc::Error::Core(e)) => e,
             other => return Err(format!("wait() gave {other:?}").into()),
@@ -390,7 +353,7 @@ fn a_partitioned_host_is_lost_and_keeps_no_orphans() -> Result<(), Failed> {
             net_ns_of(again.id())? == ns,
             "the new template runs in {HOST}"
         );
-        let mut worker = again.fork().run(&SHOUT).await.map_err(fail)?;
+        let mut worker = again.fork().arg(&7i32).run(&SHOUT).await.map_err(fail)?;
         drop(worker.take_stream());
         ensure!(
             worker.wait().await.map_err(fail)?.code() == Some(7),
@@ -416,7 +379,7 @@ fn a_slow_link_is_not_a_lost_one() -> Result<(), Failed> {
     let Some(config) = netns_config("a_slow_link_is_not_a_lost_one")? else {
         return Ok(());
     };
-    block_on(bounded(async {
+    block_on(bounded_by(LIMIT, async {
         let (proxy, proxy_task) =
             integration_tests::latency_proxy("10.231.3.2:22".parse().map_err(fail)?, DELAY)
                 .await
@@ -503,7 +466,7 @@ fn a_pool_over_three_hosts_survives_a_partition() -> Result<(), Failed> {
     let Some(config) = netns_config("a_pool_over_three_hosts_survives_a_partition")? else {
         return Ok(());
     };
-    block_on(bounded(async {
+    block_on(bounded_by(LIMIT, async {
         // ANCHOR: pool
         let host = |name: &'static str| {
             let ssh = ssh(&config, name, &["-o".into(), "ConnectTimeout=2".into()]);
@@ -638,7 +601,7 @@ fn forwarded_streams_end_when_their_host_is_cut_off() -> Result<(), Failed> {
     let Some(config) = netns_config("forwarded_streams_end_when_their_host_is_cut_off")? else {
         return Ok(());
     };
-    block_on(bounded(async {
+    block_on(bounded_by(LIMIT, async {
         let before = ssh_masters(HOST)?;
         let ssh = Arc::new(SshConnector::new(HOST).config_file(&config));
         let template = Template::remote(ssh.clone())
@@ -650,44 +613,16 @@ fn forwarded_streams_end_when_their_host_is_cut_off() -> Result<(), Failed> {
         let mut masters = ssh_masters(HOST)?;
         masters.retain(|pid| !before.contains(pid));
         ensure!(masters.len() == 1, "new ControlMasters: {masters:?}");
-        let mut shout = template.fork().run(&SHOUT).await.map_err(fail)?;
+        let mut shout = template.fork().arg(&7i32).run(&SHOUT).await.map_err(fail)?;
         let mut stream = shout.take_stream().ok_or("no stream")?;
         ensure!(
-            stream.peer_addr().map_err(fail)?.as_pathname().is_some(),
+            is_forwarded(&stream)?,
             "the worker's stream is not a forwarded connection"
         );
-        let (client, _worker) = RpcWorker::builder(&mut template.fork(), &CALC)
-            .spawn()
-            .await
-            .map_err(fail)?;
-        let calc = CalcClient::from(client);
-        ensure!(
-            calc.add(context::current(), 2, 3).await.map_err(fail)? == 5,
-            "2 + 3"
-        );
+        let (calc, _worker) = calc_worker(&template).await?;
         let partition = Partition::new(HOST)?;
         let cut = Instant::now();
-        let calls = (0..4i64).map(|i| {
-            let calc = calc.clone();
-            async move { calc.add(patient(), i, i).await }
-        });
-        let results = futures::future::join_all(calls).await;
-        let failed_after = cut.elapsed();
-        ensure!(
-            failed_after < TIMEOUT + MARGIN,
-            "the calls in flight failed only {failed_after:?} after the partition"
-        );
-        for r in &results {
-            let e = r
-                .as_ref()
-                .err()
-                .ok_or("a call succeeded across a partition")?;
-            let lost = WorkerLost::find(e).ok_or_else(|| format!("a call gave {e:?}"))?;
-            ensure!(
-                lost.remote_lost().is_some() && lost.to_string().contains(HOST),
-                "the error names the host: {lost}"
-            );
-        }
+        calls_fail_naming(&calc, 4, HOST, cut, TIMEOUT + MARGIN).await?;
         // The plain stream ends too: EOF, or a reset by the ended master.
         let mut rest = Vec::new();
         let read = tokio::time::timeout(MARGIN, stream.read_to_end(&mut rest)).await;
@@ -704,10 +639,10 @@ fn forwarded_streams_end_when_their_host_is_cut_off() -> Result<(), Failed> {
         drop(partition);
         // The same connector connects anew once the host is back.
         let again = Template::remote(ssh.clone()).start().await.map_err(fail)?;
-        let mut worker = again.fork().run(&SHOUT).await.map_err(fail)?;
+        let mut worker = again.fork().arg(&7i32).run(&SHOUT).await.map_err(fail)?;
         let stream = worker.take_stream().ok_or("no stream")?;
         ensure!(
-            stream.peer_addr().map_err(fail)?.as_pathname().is_some(),
+            is_forwarded(&stream)?,
             "the new template's stream is not forwarded"
         );
         drop(stream);

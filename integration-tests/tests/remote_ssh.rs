@@ -9,58 +9,18 @@
 //! the `openssh` crate's ControlMaster (`SshConnector`). The other host is
 //! this machine, so the same binary is there; the workers run under sshd.
 
-use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::sync::Arc;
 use std::time::Duration;
 
+use fork_core::Template;
 use fork_core::remote::{CommandConnector, Connector, SshConnector};
 use fork_core::testing::wait_exit;
-use fork_core::{Context, Entry, Template};
-use fork_rpc::{RpcEntry, RpcWorker, Setup};
-use integration_tests::{Failed, Scratch, block_on, ensure, fail, parent_of, state_of};
+use fork_rpc::RpcWorker;
+use integration_tests::remote::{CALC, CalcClient, SHOUT, is_forwarded};
+use integration_tests::{Failed, Scratch, block_on, bounded, ensure, fail, parent_of, state_of};
 use tarpc::context;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// Echoes what it reads in upper case until EOF, then exits with code 7.
-fn shout(ctx: Context) -> i32 {
-    let mut socket = ctx.socket();
-    let mut buf = [0u8; 4096];
-    loop {
-        match socket.read(&mut buf) {
-            Ok(0) | Err(_) => return 7,
-            Ok(n) => {
-                if socket.write_all(&buf[..n].to_ascii_uppercase()).is_err() {
-                    return 7;
-                }
-            }
-        }
-    }
-}
-static SHOUT: Entry = fork_core::entry!(shout);
-
-#[tarpc::service]
-trait Calc {
-    async fn add(a: i64, b: i64) -> i64;
-    async fn pid() -> u32;
-}
-
-#[derive(Clone)]
-struct CalcServer;
-
-impl Calc for CalcServer {
-    async fn add(self, _: context::Context, a: i64, b: i64) -> i64 {
-        a + b
-    }
-    async fn pid(self, _: context::Context) -> u32 {
-        std::process::id()
-    }
-}
-
-fn calc(_: &mut Setup<()>) -> Result<ServeCalc<CalcServer>, String> {
-    Ok(CalcServer.serve())
-}
-static CALC: RpcEntry<CalcRequest, CalcResponse> = fork_rpc::entry!(calc);
 
 /// The ssh_config of the throwaway sshd, or why the test cannot run.
 fn ssh_config() -> Result<String, Failed> {
@@ -95,10 +55,14 @@ fn ancestors(mut pid: u32) -> Vec<String> {
     names
 }
 
-async fn bounded<T>(f: impl std::future::Future<Output = Result<T, Failed>>) -> Result<T, Failed> {
-    tokio::time::timeout(Duration::from_secs(60), f)
-        .await
-        .map_err(|_| Failed::from("timed out after 60 s"))?
+/// Fails unless `pid` runs under sshd (one of its ancestors is).
+fn under_sshd(pid: u32) -> Result<(), Failed> {
+    let up = ancestors(pid);
+    ensure!(
+        up.iter().any(|name| name == "sshd"),
+        "the remote template runs under sshd: its ancestors are {up:?}"
+    );
+    Ok(())
 }
 
 /// Through `ssh` as a command: the template runs under sshd, forks a
@@ -111,12 +75,8 @@ fn a_template_over_ssh_forks_its_workers_there() -> Result<(), Failed> {
             .await
             .map_err(fail)?;
         // ANCHOR_END: start
-        let up = ancestors(template.id());
-        ensure!(
-            up.iter().any(|name| name == "sshd"),
-            "the remote template runs under sshd: its ancestors are {up:?}"
-        );
-        let mut worker = template.fork().run(&SHOUT).await.map_err(fail)?;
+        under_sshd(template.id())?;
+        let mut worker = template.fork().arg(&7i32).run(&SHOUT).await.map_err(fail)?;
         ensure!(
             parent_of(worker.id()) == Some(template.id()),
             "the worker is the remote template's child"
@@ -163,10 +123,10 @@ fn rpc_over_ssh_through_one_control_master() -> Result<(), Failed> {
         for template in [&first, &second] {
             // Each worker's stream is a connection of its own, forwarded
             // by the ControlMaster.
-            let mut worker = template.fork().run(&SHOUT).await.map_err(fail)?;
+            let mut worker = template.fork().arg(&7i32).run(&SHOUT).await.map_err(fail)?;
             let stream = worker.take_stream().ok_or("no stream")?;
             ensure!(
-                stream.peer_addr().map_err(fail)?.as_pathname().is_some(),
+                is_forwarded(&stream)?,
                 "the worker's stream is not a forwarded connection"
             );
             drop(stream);
@@ -255,7 +215,7 @@ fn an_upload_over_ssh_happens_once() -> Result<(), Failed> {
                 }
                 Some(was) => ensure!(stamp == was, "the second start uploaded again"),
             }
-            let mut worker = template.fork().run(&SHOUT).await.map_err(fail)?;
+            let mut worker = template.fork().arg(&7i32).run(&SHOUT).await.map_err(fail)?;
             let mut stream = worker.take_stream().ok_or("no stream")?;
             stream.write_all(b"uploaded").await.map_err(fail)?;
             let mut reply = [0u8; 8];
@@ -280,45 +240,30 @@ fn an_upload_over_ssh_happens_once() -> Result<(), Failed> {
 /// input end, so the remote side, its template and the workers (which
 /// ignore EOF: the template kills them) are all gone within 2 s.
 fn no_survivors_over_ssh_when_the_parent_is_killed() -> Result<(), Failed> {
-    let config = ssh_config()?;
-    // The remote side, its template and two workers.
-    integration_tests::killed_host_leaves_nothing(
-        env!("CARGO_BIN_EXE_remote-host"),
-        &["ssh", &config],
-        4,
-        Duration::from_secs(2),
-        |pids| {
-            let up = ancestors(pids[1]);
-            ensure!(
-                up.iter().any(|name| name == "sshd"),
-                "the remote template runs under sshd: {up:?}"
-            );
-            Ok(())
-        },
-    )?;
-    ssh_clients_end(Duration::from_secs(2))
+    no_survivors_of_a_killed_parent("ssh", Duration::from_secs(2))
 }
 
 /// The same through `SshConnector`, whose ControlMaster carries the
 /// workers' streams as forwarded connections: nothing remote survives the
 /// parent, and the ControlMaster here ends once idle for its 5 s.
 fn no_survivors_over_forwarded_ssh_when_the_parent_is_killed() -> Result<(), Failed> {
+    no_survivors_of_a_killed_parent("openssh", Duration::from_secs(7))
+}
+
+/// The `remote-host` helper, connecting through `connector` (`ssh` or
+/// `openssh`), killed with `SIGKILL`: the remote side it started, its
+/// template (under sshd) and two workers are gone within 2 s, and the ssh
+/// processes it started within `ssh_limit`.
+fn no_survivors_of_a_killed_parent(connector: &str, ssh_limit: Duration) -> Result<(), Failed> {
     let config = ssh_config()?;
     integration_tests::killed_host_leaves_nothing(
         env!("CARGO_BIN_EXE_remote-host"),
-        &["openssh", &config],
+        &[connector, &config],
         4,
         Duration::from_secs(2),
-        |pids| {
-            let up = ancestors(pids[1]);
-            ensure!(
-                up.iter().any(|name| name == "sshd"),
-                "the remote template runs under sshd: {up:?}"
-            );
-            Ok(())
-        },
+        |pids| under_sshd(pids[1]),
     )?;
-    ssh_clients_end(Duration::from_secs(7))
+    ssh_clients_end(ssh_limit)
 }
 
 /// The ssh processes the killed host started were re-parented to this
