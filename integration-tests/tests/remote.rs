@@ -1113,6 +1113,59 @@ impl Connector for Nowhere {
     }
 }
 
+/// A spawn whose forwarded connection never reaches the remote side (a
+/// forward that answers its start-up check, then swallows every
+/// connection) fails with an error that says so, after at most half the
+/// keepalive timeout (the remote side reads nothing from the parent while
+/// it waits); the template is not lost meanwhile, and it ends cleanly.
+fn a_stream_that_never_comes_fails_its_spawn_not_the_template() -> Result<(), Failed> {
+    block_on(bounded(async {
+        let hole = Scratch::new("black-hole");
+        let listener = tokio::net::UnixListener::bind(hole.path()).map_err(fail)?;
+        let swallow = tokio::spawn(async move {
+            let mut kept = Vec::new();
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let mut header = [0u8; 16];
+                if conn.read_exact(&mut header).await.is_err() {
+                    continue;
+                }
+                if header[8..] == u64::MAX.to_le_bytes() {
+                    // The start-up check's connection: answered.
+                    let _ = conn.write_all(b"+").await;
+                } else {
+                    kept.push(conn);
+                }
+            }
+        });
+        let connector = Nowhere(CommandConnector::new("env").arg("-i"), hole);
+        // Borrowed: its scratch path (the socket) stays while it is.
+        let template = Template::remote(&connector)
+            .keepalive(Duration::from_millis(500), Duration::from_secs(2))
+            .start()
+            .await
+            .map_err(fail)?;
+        let asked = std::time::Instant::now();
+        let e = match template.fork().arg(&3i32).run(&SHOUT).await {
+            Err(e) => e,
+            Ok(w) => return Err(format!("worker {} started without its stream", w.id()).into()),
+        };
+        ensure!(
+            matches!(&e, Error::Protocol(m) if m.contains("did not come")),
+            "the spawn failed with {e:?}"
+        );
+        ensure!(
+            asked.elapsed() < Duration::from_secs(6),
+            "the spawn failed only after {:?}",
+            asked.elapsed()
+        );
+        ensure!(!template.is_lost(), "the template was lost: {e}");
+        let status = template.shutdown().await.map_err(fail)?;
+        ensure!(status.success(), "the remote side ended with {status:?}");
+        swallow.abort();
+        Ok(())
+    }))
+}
+
 async fn shout_through(template: &Template) -> Result<bool, Failed> {
     let mut worker = template.fork().arg(&3i32).run(&SHOUT).await.map_err(fail)?;
     let mut stream = worker.take_stream().ok_or("no stream")?;
@@ -1246,6 +1299,10 @@ fn main() {
         (
             "a_forward_that_does_not_work_leaves_streams_in_channels",
             a_forward_that_does_not_work_leaves_streams_in_channels,
+        ),
+        (
+            "a_stream_that_never_comes_fails_its_spawn_not_the_template",
+            a_stream_that_never_comes_fails_its_spawn_not_the_template,
         ),
         (
             "streams_in_channels_when_forwarding_is_off",

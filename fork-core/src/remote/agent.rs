@@ -42,7 +42,7 @@ use tokio::net::unix::pipe;
 use tokio::sync::{mpsc, watch};
 
 use super::ctrl::Ctrl;
-use super::forward::Listener;
+use super::forward::{self, Listener};
 use super::hello::{Hello, Mismatch};
 use super::keepalive::{self, Heard, Stamped};
 use super::mux::Mux;
@@ -249,15 +249,36 @@ impl Streams {
     }
 
     /// The worker's socket of spawn `id` if it was announced as forwarded:
-    /// `Ok(None)` if not, `Err` if its connection did not come.
-    async fn take(&mut self, id: u64) -> Result<Option<OwnedFd>, String> {
+    /// `Ok(None)` if not, `Err` if its connection did not come within
+    /// `ARRIVAL` or half the keepalive `timeout`, whichever is shorter
+    /// (nothing is read from the parent meanwhile: a longer wait would
+    /// count as the parent's silence). Meanwhile it sends a `Pong` every
+    /// 100 ms, so that the parent, whose pings wait unread, does not count
+    /// this side's silence either.
+    async fn take(
+        &mut self,
+        id: u64,
+        timeout: Duration,
+        out: &Outbox,
+    ) -> Result<Option<OwnedFd>, String> {
         if !self.forwarded.remove(&id) {
             return Ok(None);
         }
         let Some(listener) = &self.listener else {
             return Err("its stream was announced as forwarded, but nothing listens".into());
         };
-        match listener.take(id).await {
+        let arrived = listener.take(id, forward::ARRIVAL.min(timeout / 2));
+        tokio::pin!(arrived);
+        let mut alive = tokio::time::interval(Duration::from_millis(100));
+        let arrived = loop {
+            tokio::select! {
+                arrived = &mut arrived => break arrived,
+                _ = alive.tick() => {
+                    out.try_send(&Frame::Pong);
+                }
+            }
+        };
+        match arrived {
             Some(fd) => Ok(Some(fd)),
             None => Err("its stream did not come through the forwarded socket in time".into()),
         }
@@ -279,7 +300,8 @@ async fn read_requests(
         };
         match frame {
             Owned::Control(msg) => {
-                if !control(&msg, ctrl, mux, out, streams).await? {
+                let timeout = *timeout.borrow();
+                if !control(&msg, ctrl, mux, out, streams, timeout).await? {
                     // The template is gone.
                     return Ok(());
                 }
@@ -368,6 +390,7 @@ async fn control(
     mux: &Arc<Mux>,
     out: &Outbox,
     streams: &mut Streams,
+    timeout: Duration,
 ) -> Result<bool, String> {
     let mut reader = Reader::new(msg);
     let mut forward = Writer::default();
@@ -377,7 +400,7 @@ async fn control(
     while !reader.is_empty() {
         let request = reader.request().map_err(|e| e.0)?;
         let forwarded = match &request {
-            Request::Spawn { id, .. } => streams.take(*id).await,
+            Request::Spawn { id, .. } => streams.take(*id, timeout, out).await,
             _ => Ok(None),
         };
         match forwarded.and_then(|socket| make_fds(&request, socket)) {

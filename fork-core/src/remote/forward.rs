@@ -45,9 +45,9 @@ const HEADER_LEN: usize = 16;
 /// The header's id of the parent's probe, answered with one byte.
 const PROBE: u64 = u64::MAX;
 /// How long a connection may take to send its header, and a spawn request
-/// to wait for its connection. Shorter than the keepalive's default
-/// timeout: the remote side reads nothing else meanwhile.
-const ARRIVAL: Duration = Duration::from_secs(5);
+/// at most to wait for its connection (the remote side reads nothing else
+/// meanwhile, so it also waits no longer than half the keepalive timeout).
+pub(crate) const ARRIVAL: Duration = Duration::from_secs(5);
 /// Connections that may wait for their spawn request at once.
 const MAX_WAITING: usize = 1024;
 /// Longest path a unix socket address holds (`sun_path`, with its NUL).
@@ -105,9 +105,9 @@ impl Listener {
     }
 
     /// The connection whose header named spawn `id`, once it came; `None`
-    /// if it did not within [`ARRIVAL`].
-    pub(crate) async fn take(&self, id: u64) -> Option<OwnedFd> {
-        let deadline = tokio::time::Instant::now() + ARRIVAL;
+    /// if it did not within `within`.
+    pub(crate) async fn take(&self, id: u64, within: Duration) -> Option<OwnedFd> {
+        let deadline = tokio::time::Instant::now() + within;
         loop {
             let notified = self.arrived.notify.notified();
             tokio::pin!(notified);
@@ -371,7 +371,7 @@ mod tests {
         assert!(is_through(&theirs, listener.path()));
         write_header(&theirs, 7).unwrap();
         drop(theirs);
-        let worker = listener.take(7).await.unwrap();
+        let worker = listener.take(7, ARRIVAL).await.unwrap();
         let mut worker = std::os::unix::net::UnixStream::from(worker);
         std::io::Write::write_all(&mut ours, b"ping").unwrap();
         let mut got = [0; 4];
@@ -414,6 +414,6 @@ mod tests {
         bad.write_all(b"not a header....").await.unwrap();
         let mut rest = Vec::new();
         assert_eq!(bad.read_to_end(&mut rest).await.unwrap(), 0);
-        assert!(listener.take(3).await.is_none());
+        assert!(listener.take(3, ARRIVAL).await.is_none());
     }
 }

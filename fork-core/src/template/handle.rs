@@ -209,14 +209,17 @@ impl Template {
                     UnixStream::pair().map_err(Error::os("creating the worker's socket pair"))?;
                 Ok((ours, theirs.into()))
             }
-            Some(path) => {
-                crate::remote::forward::connect(path)
-                    .await
-                    .map_err(|e| Error::RemoteLost {
+            // The forward is gone with the connection (its ControlMaster
+            // ended): the template's own failure says why, if it knows.
+            Some(path) => crate::remote::forward::connect(path).await.map_err(|e| {
+                match self.inner.conn.failure() {
+                    Some(failure) => failure.to_error(),
+                    None => Error::RemoteLost {
                         host: self.host().unwrap_or_default().to_string(),
-                        cause: crate::LostCause::Io(std::sync::Arc::new(e)),
-                    })
-            }
+                        cause: crate::LostCause::Io(Arc::new(e)),
+                    },
+                }
+            }),
         }
     }
 
