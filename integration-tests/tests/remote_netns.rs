@@ -659,6 +659,52 @@ fn forwarded_streams_end_when_their_host_is_cut_off() -> Result<(), Failed> {
     }))
 }
 
+/// A template through `SshConnector` dropped while its host is cut off:
+/// what its ControlMaster carried cannot be closed on the host, so it is
+/// never idle, yet it ends by itself once the host stopped answering its
+/// checks (`ServerAliveInterval` 5 s, three of them), and nothing of it
+/// stays here.
+fn a_control_master_to_a_host_cut_off_ends_by_itself() -> Result<(), Failed> {
+    const HOST: &str = "fork-a";
+    let Some(config) = netns_config("a_control_master_to_a_host_cut_off_ends_by_itself")? else {
+        return Ok(());
+    };
+    block_on(bounded_by(LIMIT, async {
+        let before = ssh_masters(HOST)?;
+        let ssh = SshConnector::new(HOST).config_file(&config);
+        let template = Template::remote(ssh).start().await.map_err(fail)?;
+        let mut worker = template.fork().arg(&7i32).run(&SHOUT).await.map_err(fail)?;
+        let mut masters = ssh_masters(HOST)?;
+        masters.retain(|pid| !before.contains(pid));
+        ensure!(masters.len() == 1, "new ControlMasters: {masters:?}");
+        let partition = Partition::new(HOST)?;
+        let cut = Instant::now();
+        drop(worker.take_stream());
+        drop(worker);
+        drop(template);
+        let limit = Duration::from_secs(30);
+        let gone = tokio::task::spawn_blocking(move || {
+            masters
+                .iter()
+                .map(|&pid| wait_exit(pid, limit).map_err(fail))
+                .collect::<Result<Vec<bool>, Failed>>()
+        })
+        .await
+        .map_err(fail)??;
+        ensure!(
+            gone.iter().all(|&g| g),
+            "the ControlMaster still runs {:?} after the partition",
+            cut.elapsed()
+        );
+        eprintln!(
+            "the ControlMaster ended {:?} after the partition",
+            cut.elapsed()
+        );
+        drop(partition);
+        Ok(())
+    }))
+}
+
 fn main() {
     fork_core::init();
     integration_tests::run_serially(&[
@@ -681,6 +727,10 @@ fn main() {
         (
             "forwarded_streams_end_when_their_host_is_cut_off",
             forwarded_streams_end_when_their_host_is_cut_off,
+        ),
+        (
+            "a_control_master_to_a_host_cut_off_ends_by_itself",
+            a_control_master_to_a_host_cut_off_ends_by_itself,
         ),
     ])
 }

@@ -7,6 +7,7 @@ use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::sync::Arc;
+use std::time::Duration;
 
 use openssh::{ControlPersist, ForwardType, KnownHosts, Stdio};
 use tokio::sync::Mutex;
@@ -16,6 +17,9 @@ use super::forward;
 
 /// How long an idle ControlMaster of [`SshConnector::new`] stays.
 const IDLE: NonZeroUsize = NonZeroUsize::new(5).expect("not zero");
+/// How often its ControlMaster checks that the host answers
+/// (`ServerAliveInterval`; after three unanswered checks it ends).
+const SERVER_ALIVE: Duration = Duration::from_secs(5);
 
 /// A [`Connector`] over the user's OpenSSH, through the `openssh` crate
 /// (native mux): one ssh connection (a ControlMaster) per connector, opened
@@ -32,8 +36,11 @@ const IDLE: NonZeroUsize = NonZeroUsize::new(5).expect("not zero");
 /// The ControlMaster ends once it has carried nothing for 5 s
 /// (`ControlPersist=5`): after every template through it has ended, and
 /// also after this process was killed (the remote side ends at once, and
-/// the ControlMaster 5 s later), so that it does not outlive us; the next
-/// start through the connector opens a new one.
+/// the ControlMaster 5 s later), so that it does not outlive us; and,
+/// since it checks every 5 s that the host answers
+/// (`ServerAliveInterval=5`), about 15 s after the host stopped
+/// answering, even when what it carried could not be closed there. The
+/// next start through the connector opens a new one.
 ///
 /// OpenSSH cannot signal a remote process: ending a session closes the
 /// channel, and the remote side exits at EOF of its input, which a remote
@@ -115,7 +122,8 @@ impl SshConnector {
         let mut builder = openssh::SessionBuilder::default();
         builder
             .known_hosts_check(self.known_hosts.clone())
-            .control_persist(ControlPersist::IdleFor(IDLE));
+            .control_persist(ControlPersist::IdleFor(IDLE))
+            .server_alive_interval(SERVER_ALIVE);
         if let Some(config) = &self.config_file {
             builder.config_file(config);
         }
