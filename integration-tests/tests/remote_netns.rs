@@ -630,12 +630,8 @@ fn forwarded_streams_end_when_their_host_is_cut_off() -> Result<(), Failed> {
             read.is_ok(),
             "the stream still waits {MARGIN:?} after the loss"
         );
-        ensure!(
-            masters
-                .iter()
-                .all(|&pid| wait_exit(pid, MARGIN).unwrap_or(false)),
-            "the ControlMaster {masters:?} still runs"
-        );
+        // Cut: the ControlMaster ends.
+        integration_tests::all_exit_within(masters, MARGIN).await?;
         drop(partition);
         // The same connector connects anew once the host is back.
         let again = Template::remote(ssh.clone()).start().await.map_err(fail)?;
@@ -682,20 +678,7 @@ fn a_control_master_to_a_host_cut_off_ends_by_itself() -> Result<(), Failed> {
         drop(worker.take_stream());
         drop(worker);
         drop(template);
-        let limit = Duration::from_secs(30);
-        let gone = tokio::task::spawn_blocking(move || {
-            masters
-                .iter()
-                .map(|&pid| wait_exit(pid, limit).map_err(fail))
-                .collect::<Result<Vec<bool>, Failed>>()
-        })
-        .await
-        .map_err(fail)??;
-        ensure!(
-            gone.iter().all(|&g| g),
-            "the ControlMaster still runs {:?} after the partition",
-            cut.elapsed()
-        );
+        integration_tests::all_exit_within(masters, Duration::from_secs(30)).await?;
         eprintln!(
             "the ControlMaster ended {:?} after the partition",
             cut.elapsed()

@@ -127,70 +127,39 @@ pub trait Forward: Send + Sync + fmt::Debug {
     fn cut(&mut self) {}
 }
 
-/// A shared connector: several templates through one connector (one ssh
-/// connection for all of them, with `SshConnector`, feature `openssh`).
-impl<C: Connector + ?Sized> Connector for &C {
-    fn connect<'a>(&'a self, command: &'a RemoteCommand) -> BoxFuture<'a, io::Result<Connection>> {
-        (**self).connect(command)
-    }
+/// A connector behind a reference or a pointer is one: a shared connector
+/// serves several templates (one ssh connection for all of them, with
+/// `SshConnector`, feature `openssh`), and a boxed one lets a pool hold
+/// connectors of different kinds.
+macro_rules! connector_through {
+    ($($pointer:ty),*) => {$(
+        impl<C: Connector + ?Sized> Connector for $pointer {
+            fn connect<'a>(
+                &'a self,
+                command: &'a RemoteCommand,
+            ) -> BoxFuture<'a, io::Result<Connection>> {
+                (**self).connect(command)
+            }
 
-    fn name(&self) -> String {
-        (**self).name()
-    }
+            fn name(&self) -> String {
+                (**self).name()
+            }
 
-    fn forward<'a>(
-        &'a self,
-        remote: &'a Path,
-    ) -> BoxFuture<'a, io::Result<Option<Box<dyn Forward>>>> {
-        (**self).forward(remote)
-    }
+            fn forward<'a>(
+                &'a self,
+                remote: &'a Path,
+            ) -> BoxFuture<'a, io::Result<Option<Box<dyn Forward>>>> {
+                (**self).forward(remote)
+            }
 
-    fn forwards(&self) -> bool {
-        (**self).forwards()
-    }
+            fn forwards(&self) -> bool {
+                (**self).forwards()
+            }
+        }
+    )*};
 }
 
-impl<C: Connector + ?Sized> Connector for std::sync::Arc<C> {
-    fn connect<'a>(&'a self, command: &'a RemoteCommand) -> BoxFuture<'a, io::Result<Connection>> {
-        (**self).connect(command)
-    }
-
-    fn name(&self) -> String {
-        (**self).name()
-    }
-
-    fn forward<'a>(
-        &'a self,
-        remote: &'a Path,
-    ) -> BoxFuture<'a, io::Result<Option<Box<dyn Forward>>>> {
-        (**self).forward(remote)
-    }
-
-    fn forwards(&self) -> bool {
-        (**self).forwards()
-    }
-}
-
-impl<C: Connector + ?Sized> Connector for Box<C> {
-    fn connect<'a>(&'a self, command: &'a RemoteCommand) -> BoxFuture<'a, io::Result<Connection>> {
-        (**self).connect(command)
-    }
-
-    fn name(&self) -> String {
-        (**self).name()
-    }
-
-    fn forward<'a>(
-        &'a self,
-        remote: &'a Path,
-    ) -> BoxFuture<'a, io::Result<Option<Box<dyn Forward>>>> {
-        (**self).forward(remote)
-    }
-
-    fn forwards(&self) -> bool {
-        (**self).forwards()
-    }
-}
+connector_through!(&C, std::sync::Arc<C>, Box<C>);
 
 /// The command a [`Connector`] runs: the program's path on the other side
 /// and its arguments.
