@@ -80,20 +80,41 @@ thread_local! {
 /// nothing is inherited the way a local template inherits it); with its
 /// workers' streams forwarded in the `forwarded::` tests.
 async fn remote() -> Result<Template, Failed> {
-    let env = CommandConnector::new("env").arg("-i");
     let template = if FORWARDED.get() {
-        Template::remote(SameHost(env)).start().await
+        Template::remote(SameHost::new()).start().await
     } else {
-        Template::remote(env).start().await
+        Template::remote(CommandConnector::new("env").arg("-i"))
+            .start()
+            .await
     };
     template.map_err(fail)
 }
 
-/// A connector to this same machine that "forwards" a socket by handing
-/// out the remote side's own socket: what a connector with a real forward
-/// (ssh) gives, without ssh.
+/// `env -i` as a connector to this same machine that "forwards" a socket
+/// by handing out the remote side's own socket: what a connector with a
+/// real forward (ssh) gives, without ssh. Or, with `to`, a forward to
+/// another socket (that of a test, or none).
 #[derive(Debug)]
-struct SameHost(CommandConnector);
+struct SameHost {
+    env: CommandConnector,
+    to: Option<Scratch>,
+}
+
+impl SameHost {
+    fn new() -> SameHost {
+        SameHost {
+            env: CommandConnector::new("env").arg("-i"),
+            to: None,
+        }
+    }
+
+    fn forwarding_to(to: Scratch) -> SameHost {
+        SameHost {
+            to: Some(to),
+            ..SameHost::new()
+        }
+    }
+}
 
 /// [`SameHost`]'s forward: the remote side's socket itself.
 #[derive(Debug)]
@@ -110,22 +131,19 @@ impl Connector for SameHost {
         &'a self,
         command: &'a RemoteCommand,
     ) -> BoxFuture<'a, std::io::Result<Connection>> {
-        self.0.connect(command)
+        self.env.connect(command)
     }
 
     fn name(&self) -> String {
-        self.0.name()
+        self.env.name()
     }
 
     fn forward<'a>(
         &'a self,
         remote: &'a Path,
     ) -> BoxFuture<'a, std::io::Result<Option<Box<dyn Forward>>>> {
-        Box::pin(async move {
-            Ok(Some(
-                Box::new(Direct(remote.to_path_buf())) as Box<dyn Forward>
-            ))
-        })
+        let path = self.to.as_ref().map_or(remote, Scratch::path).to_path_buf();
+        Box::pin(async move { Ok(Some(Box::new(Direct(path)) as Box<dyn Forward>)) })
     }
 
     fn forwards(&self) -> bool {
@@ -1086,33 +1104,6 @@ fn no_shell_is_a_typed_error() -> Result<(), Failed> {
     }))
 }
 
-/// A connector whose forward leads nowhere (what an sshd with
-/// `AllowStreamLocalForwarding no` gives): the start-up check finds it
-/// out, and the template carries its workers' streams as channels.
-#[derive(Debug)]
-struct Nowhere(CommandConnector, Scratch);
-
-impl Connector for Nowhere {
-    fn connect<'a>(
-        &'a self,
-        command: &'a RemoteCommand,
-    ) -> BoxFuture<'a, std::io::Result<Connection>> {
-        self.0.connect(command)
-    }
-
-    fn forward<'a>(
-        &'a self,
-        _remote: &'a Path,
-    ) -> BoxFuture<'a, std::io::Result<Option<Box<dyn Forward>>>> {
-        let path = self.1.path().to_path_buf();
-        Box::pin(async move { Ok(Some(Box::new(Direct(path)) as Box<dyn Forward>)) })
-    }
-
-    fn forwards(&self) -> bool {
-        true
-    }
-}
-
 /// A spawn whose forwarded connection never reaches the remote side (a
 /// forward that answers its start-up check, then swallows every
 /// connection) fails with an error that says so, after at most half the
@@ -1137,7 +1128,7 @@ fn a_stream_that_never_comes_fails_its_spawn_not_the_template() -> Result<(), Fa
                 }
             }
         });
-        let connector = Nowhere(CommandConnector::new("env").arg("-i"), hole);
+        let connector = SameHost::forwarding_to(hole);
         // Borrowed: its scratch path (the socket) stays while it is.
         let template = Template::remote(&connector)
             .keepalive(Duration::from_millis(500), Duration::from_secs(2))
@@ -1182,11 +1173,10 @@ async fn shout_through(template: &Template) -> Result<bool, Failed> {
 
 fn a_forward_that_does_not_work_leaves_streams_in_channels() -> Result<(), Failed> {
     block_on(bounded(async {
-        // A socket path where nothing listens.
-        let nowhere = Nowhere(
-            CommandConnector::new("env").arg("-i"),
-            Scratch::new("no-forward"),
-        );
+        // A forward to a socket path where nothing listens (what an sshd
+        // with `AllowStreamLocalForwarding no` gives): the start-up check
+        // finds it out, and the streams go as channels.
+        let nowhere = SameHost::forwarding_to(Scratch::new("no-forward"));
         let template = Template::remote(nowhere).start().await.map_err(fail)?;
         ensure!(
             !shout_through(&template).await?,
@@ -1201,7 +1191,7 @@ fn a_forward_that_does_not_work_leaves_streams_in_channels() -> Result<(), Faile
 /// `forward_streams(false)`: a connector that could forward is not asked.
 fn streams_in_channels_when_forwarding_is_off() -> Result<(), Failed> {
     block_on(bounded(async {
-        let template = Template::remote(SameHost(CommandConnector::new("env").arg("-i")))
+        let template = Template::remote(SameHost::new())
             .forward_streams(false)
             .start()
             .await
@@ -1210,7 +1200,7 @@ fn streams_in_channels_when_forwarding_is_off() -> Result<(), Failed> {
             !shout_through(&template).await?,
             "a stream was forwarded with forward_streams(false)"
         );
-        let template = Template::remote(SameHost(CommandConnector::new("env").arg("-i")))
+        let template = Template::remote(SameHost::new())
             .start()
             .await
             .map_err(fail)?;
