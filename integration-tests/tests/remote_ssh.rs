@@ -109,13 +109,7 @@ fn a_template_over_ssh_forks_its_workers_there() -> Result<(), Failed> {
 fn rpc_over_ssh_through_one_control_master() -> Result<(), Failed> {
     block_on(bounded(async {
         // ANCHOR: openssh
-        let session = openssh::SessionBuilder::default()
-            .config_file(ssh_config()?)
-            .known_hosts_check(openssh::KnownHosts::Strict)
-            .connect_mux("fork-test")
-            .await
-            .map_err(fail)?;
-        let ssh = Arc::new(SshConnector::from_session(Arc::new(session)));
+        let ssh = Arc::new(SshConnector::new("fork-test").config_file(ssh_config()?));
         let first = Template::remote(ssh.clone()).start().await.map_err(fail)?;
         let second = Template::remote(ssh).start().await.map_err(fail)?;
         // ANCHOR_END: openssh
@@ -168,16 +162,10 @@ fn an_upload_over_ssh_happens_once() -> Result<(), Failed> {
         let scratch = Scratch::new("upload-ssh");
         let dir = scratch.path().join("bin");
         let target = dir.join(integration_tests::upload_name()?);
-        let session = openssh::SessionBuilder::default()
-            .config_file(ssh_config()?)
-            .known_hosts_check(openssh::KnownHosts::Strict)
-            .connect_mux("fork-test")
-            .await
-            .map_err(fail)?;
         let connectors: [(&str, Box<dyn Connector>); 2] = [
             (
                 "SshConnector",
-                Box::new(SshConnector::from_session(Arc::new(session))),
+                Box::new(SshConnector::new("fork-test").config_file(ssh_config()?)),
             ),
             ("ssh as a command", Box::new(ssh_command()?)),
         ];
