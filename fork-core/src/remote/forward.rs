@@ -74,8 +74,17 @@ pub(crate) struct Listener {
 
 #[derive(Default)]
 struct Arrived {
-    conns: Mutex<HashMap<u64, OwnedFd>>,
+    conns: Mutex<HashMap<u64, Slot>>,
     notify: Notify,
+}
+
+/// A spawn id's entry in [`Arrived`].
+enum Slot {
+    /// Its connection came; its spawn request has not taken it yet.
+    Came(OwnedFd),
+    /// Its spawn request gave up waiting: the connection, if it comes
+    /// late, is closed at once (not kept for nobody).
+    GaveUp,
 }
 
 impl Listener {
@@ -112,10 +121,17 @@ impl Listener {
             let notified = self.arrived.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if let Some(fd) = lock(&self.arrived.conns).remove(&id) {
-                return Some(fd);
+            {
+                let mut conns = lock(&self.arrived.conns);
+                if let Some(Slot::Came(fd)) = conns.remove(&id) {
+                    return Some(fd);
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    conns.insert(id, Slot::GaveUp);
+                    return None;
+                }
             }
-            tokio::time::timeout_at(deadline, notified).await.ok()?;
+            let _ = tokio::time::timeout_at(deadline, notified).await;
         }
     }
 }
@@ -167,8 +183,9 @@ fn base_dir() -> PathBuf {
 }
 
 /// Removes this user's `fork-core-<pid>-*` directories in `base` whose
-/// process is gone, with the socket in them (nothing else: a directory
-/// holding more stays).
+/// process is gone and whose socket nothing listens on any more (a process
+/// of another pid namespace sharing the directory may still), with the
+/// socket in them (nothing else: a directory holding more stays).
 fn sweep(base: &Path) {
     let Ok(entries) = std::fs::read_dir(base) else {
         return;
@@ -193,8 +210,9 @@ fn sweep(base: &Path) {
             Ok(m) if m.is_dir() => m,
             _ => continue,
         }) == uid;
-        if gone && ours {
-            let dir = entry.path();
+        let dir = entry.path();
+        let listened = std::os::unix::net::UnixStream::connect(dir.join("s")).is_ok();
+        if gone && ours && !listened {
             let _ = std::fs::remove_file(dir.join("s"));
             let _ = std::fs::remove_dir(&dir);
         }
@@ -241,8 +259,11 @@ async fn admit(mut stream: UnixStream, arrived: Arc<Arrived>) {
         return;
     }
     let mut conns = lock(&arrived.conns);
-    if conns.len() < MAX_WAITING {
-        conns.insert(id, OwnedFd::from(std));
+    if let Some(Slot::GaveUp) = conns.get(&id) {
+        // Too late: closed here, so the parent's end sees EOF.
+        conns.remove(&id);
+    } else if conns.len() < MAX_WAITING {
+        conns.insert(id, Slot::Came(OwnedFd::from(std)));
         arrived.notify.notify_waiters();
     }
 }
@@ -393,14 +414,21 @@ mod tests {
         let base = base_dir();
         let stale = base.join(format!("fork-core-{gone}-test"));
         let kept = base.join(format!("fork-core-{}-test", std::process::id()));
+        // Its process gone too, but something listens there (a process of
+        // another pid namespace, say).
+        let listened = base.join(format!("fork-core-{gone}-listened"));
         for dir in [&stale, &kept] {
             std::fs::create_dir_all(dir).unwrap();
             std::fs::write(dir.join("s"), b"").unwrap();
         }
+        std::fs::create_dir_all(&listened).unwrap();
+        let listening = std::os::unix::net::UnixListener::bind(listened.join("s")).unwrap();
         let new = private_dir().unwrap();
         assert!(!stale.exists(), "{} was not swept", stale.display());
         assert!(kept.exists(), "a live process's directory was swept");
-        for dir in [&kept, &new] {
+        assert!(listened.exists(), "a directory listened on was swept");
+        drop(listening);
+        for dir in [&kept, &new, &listened] {
             let _ = std::fs::remove_file(dir.join("s"));
             std::fs::remove_dir(dir).unwrap();
         }
@@ -415,5 +443,13 @@ mod tests {
         let mut rest = Vec::new();
         assert_eq!(bad.read_to_end(&mut rest).await.unwrap(), 0);
         assert!(listener.take(3, ARRIVAL).await.is_none());
+        // Its connection, coming late, is closed at once, not kept.
+        let (late, theirs) = connect(listener.path()).await.unwrap();
+        write_header(&theirs, 3).unwrap();
+        drop(theirs);
+        let mut late = UnixStream::from_std(late).unwrap();
+        let mut rest = Vec::new();
+        assert_eq!(late.read_to_end(&mut rest).await.unwrap(), 0);
+        assert!(lock(&listener.arrived.conns).is_empty());
     }
 }
