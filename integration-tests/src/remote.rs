@@ -49,6 +49,9 @@ pub trait Calc {
     async fn echo_shared(data: fork_rpc::SharedBytes) -> fork_rpc::SharedBytes;
     /// Sleeps `ms`, then returns the worker's pid.
     async fn nap(ms: u64) -> u32;
+    /// Ends the worker at once with exit code `code` (the call never
+    /// answers: it fails with the worker-lost error).
+    async fn quit(code: i32);
 }
 
 #[derive(Clone)]
@@ -78,6 +81,10 @@ impl Calc for CalcServer {
     async fn nap(self, _: context::Context, ms: u64) -> u32 {
         tokio::time::sleep(Duration::from_millis(ms)).await;
         std::process::id()
+    }
+
+    async fn quit(self, _: context::Context, code: i32) {
+        std::process::exit(code)
     }
 }
 

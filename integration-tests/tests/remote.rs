@@ -17,6 +17,7 @@ use fork_core::remote::{
     BoxFuture, CommandConnector, Connection, Connector, Forward, RemoteCommand, UploadFailure,
 };
 use fork_core::{Context, Entry, Error, InitFn, Template};
+use fork_rpc::WorkerLost;
 use integration_tests::remote::{SHOUT, calc_worker, is_forwarded};
 use integration_tests::{
     Failed, Scratch, all_exit_within, block_on, bounded, ensure, fail, parent_of, state_of,
@@ -174,6 +175,7 @@ forwarded!(
     a_remote_template_is_preloaded,
     a_closed_stream_is_a_broken_pipe_on_both_sides,
     rpc_over_a_remote_worker,
+    deadlines_and_a_lost_worker_over_a_remote_worker,
     dropping_the_template_ends_everything_remote,
     shutdown_returns_the_remote_status,
     a_stalled_worker_does_not_stall_others,
@@ -375,6 +377,47 @@ fn rpc_over_a_remote_worker() -> Result<(), Failed> {
         drop(calc);
         let status = worker.wait().await.map_err(fail)?;
         ensure!(status.success(), "worker ended with {status:?}");
+        Ok(())
+    }))
+}
+
+/// A call's deadline and a worker that dies under a call behave over a
+/// remote worker as over a local one: the late call fails with
+/// `DeadlineExceeded` at its deadline and the worker serves on; a worker
+/// that exits under a call fails it with the worker-lost error carrying
+/// the remote exit status, which `wait` gives too.
+fn deadlines_and_a_lost_worker_over_a_remote_worker() -> Result<(), Failed> {
+    block_on(bounded(async {
+        let template = remote().await?;
+        let (calc, mut worker) = calc_worker(&template).await?;
+        let mut ctx = context::current();
+        ctx.deadline = std::time::Instant::now() + Duration::from_millis(200);
+        let asked = std::time::Instant::now();
+        match calc.nap(ctx, 10_000).await {
+            Err(tarpc::client::RpcError::DeadlineExceeded) => {}
+            other => return Err(format!("a late call gave {other:?}").into()),
+        }
+        ensure!(
+            asked.elapsed() < Duration::from_secs(2),
+            "the deadline of 200 ms ended the call only after {:?}",
+            asked.elapsed()
+        );
+        ensure!(
+            calc.add(context::current(), 1, 1).await.map_err(fail)? == 2,
+            "the worker serves on after a deadline"
+        );
+        let e = calc
+            .quit(context::current(), 9)
+            .await
+            .err()
+            .ok_or("quit answered")?;
+        let lost = WorkerLost::find(&e).ok_or_else(|| format!("quit gave {e:?}"))?;
+        ensure!(
+            lost.pid() == worker.id() && lost.status().and_then(|s| s.code()) == Some(9),
+            "worker-lost error {lost:?}"
+        );
+        let status = worker.wait().await.map_err(fail)?;
+        ensure!(status.code() == Some(9), "wait gave {status:?}");
         Ok(())
     }))
 }
@@ -1228,6 +1271,10 @@ fn main() {
             a_closed_stream_is_a_broken_pipe_on_both_sides,
         ),
         ("rpc_over_a_remote_worker", rpc_over_a_remote_worker),
+        (
+            "deadlines_and_a_lost_worker_over_a_remote_worker",
+            deadlines_and_a_lost_worker_over_a_remote_worker,
+        ),
         ("descriptors_cannot_cross", descriptors_cannot_cross),
         ("another_build_is_refused", another_build_is_refused),
         (
